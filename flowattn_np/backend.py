@@ -1,0 +1,227 @@
+"""The array backend: NumPy by default, CuPy behind one flag.
+
+Every compute module takes its array module ``xp`` from here (``array_module()``
+for new arrays, ``get_array_module(*arrays)`` for the module of its inputs), never
+from ``numpy`` directly, so the same code runs on a GPU.
+
+Ways to choose the backend, in order of precedence:
+
+* ``with flowattn_np.use_backend("cupy"): ...`` (restores the previous one on exit),
+* ``flowattn_np.set_backend("cupy")``,
+* the environment variable ``FLOWATTN_BACKEND=cupy`` (read once, on first use).
+
+The backend is the only global state of the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import numpy
+
+KNOWN_BACKENDS = ("numpy", "cupy")
+ENV_VAR = "FLOWATTN_BACKEND"
+
+_CUPY_HELP = (
+    "Install a CuPy wheel that matches your CUDA version, e.g. "
+    "`pip install cupy-cuda12x` (CUDA 12) or `pip install cupy-cuda11x` (CUDA 11), "
+    "or `pip install 'flowattn-np[gpu]'`; see docs/gpu.md. "
+    "Use set_backend('numpy') to stay on the CPU."
+)
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot be used here, or arrays of two backends were mixed."""
+
+
+_state = {"name": None}
+
+
+def _check_name(name):
+    if not isinstance(name, str) or name.lower() not in KNOWN_BACKENDS:
+        raise ValueError(
+            f"backend: unknown backend {name!r}; known backends are "
+            + ", ".join(repr(k) for k in KNOWN_BACKENDS)
+        )
+    return name.lower()
+
+
+def _import_cupy():
+    """Import CuPy and check that a GPU is visible; raise BackendError otherwise."""
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install raising at import
+        raise BackendError(
+            f"backend 'cupy' was requested but CuPy cannot be imported ({exc}). " + _CUPY_HELP
+        ) from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        raise BackendError(
+            f"backend 'cupy' was requested but no CUDA GPU is visible ({exc}). " + _CUPY_HELP
+        ) from exc
+    if count < 1:
+        raise BackendError("backend 'cupy' was requested but no CUDA GPU is visible. " + _CUPY_HELP)
+    return cupy
+
+
+def _module_for(name):
+    return numpy if name == "numpy" else _import_cupy()
+
+
+def get_backend():
+    """Name of the active backend: 'numpy' or 'cupy'."""
+    if _state["name"] is None:
+        env = os.environ.get(ENV_VAR, "numpy").strip() or "numpy"
+        try:
+            name = _check_name(env)
+        except ValueError as exc:
+            raise ValueError(f"environment variable {ENV_VAR}: {exc}") from None
+        _module_for(name)
+        _state["name"] = name
+    return _state["name"]
+
+
+def set_backend(name):
+    """Make ``name`` ('numpy' or 'cupy') the active backend; returns the previous name."""
+    name = _check_name(name)
+    _module_for(name)  # fail now, with the install hint, not at the first array
+    previous = _state["name"]
+    _state["name"] = name
+    return previous
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Context manager: run the block with backend ``name``; restore the previous one after."""
+    name = _check_name(name)
+    _module_for(name)
+    previous = _state["name"]
+    _state["name"] = name
+    try:
+        yield _module_for(name)
+    finally:
+        _state["name"] = previous
+
+
+def array_module():
+    """The array module (numpy or cupy) of the active backend."""
+    return _module_for(get_backend())
+
+
+def is_cupy_array(a):
+    cupy = sys.modules.get("cupy")
+    return cupy is not None and isinstance(a, cupy.ndarray)
+
+
+def backend_of(a):
+    """'cupy' for a CuPy array, 'numpy' for anything else (NumPy arrays, scalars)."""
+    return "cupy" if is_cupy_array(a) else "numpy"
+
+
+def get_array_module(*arrays):
+    """numpy or cupy, chosen from the arguments (as ``cupy.get_array_module``).
+
+    Arguments that are not arrays (Python scalars, None) are ignored. With no
+    array among them, the active backend's module is returned.
+    """
+    found = None
+    for a in arrays:
+        if a is None or isinstance(a, (int, float, bool)):
+            continue
+        kind = backend_of(a)
+        if found is None:
+            found = kind
+        elif kind != found:
+            return check_same_backend(**{f"argument {i}": x for i, x in enumerate(arrays)})
+    if found is None:
+        return array_module()
+    return sys.modules["cupy"] if found == "cupy" else numpy
+
+
+def check_same_backend(**named):
+    """Return the array module of the named arrays; raise BackendError if they mix backends.
+
+    The message names each argument and where it lives, e.g.
+    ``Z is a cupy array (GPU) but theta is a numpy array (host)``.
+    """
+    kinds = {}
+    for name, a in named.items():
+        if a is None or isinstance(a, (int, float, bool)):
+            continue
+        kinds[name] = backend_of(a)
+    if len(set(kinds.values())) > 1:
+        where = {"cupy": "a cupy array (GPU)", "numpy": "a numpy array (host)"}
+        parts = [f"{n} is {where[k]}" for n, k in kinds.items()]
+        raise BackendError(
+            "arrays from different backends were mixed: " + ", ".join(parts)
+            + ". Move them to one backend first with flowattn_np.asarray(...) "
+            "(to the active backend) or flowattn_np.to_numpy(...)."
+        )
+    if "cupy" in kinds.values():
+        return sys.modules["cupy"]
+    return numpy if kinds else array_module()
+
+
+def asarray(a, dtype=None):
+    """Move ``a`` to the active backend (a no-op for an array already there)."""
+    xp = array_module()
+    if xp is numpy and is_cupy_array(a):
+        a = a.get()
+    return xp.asarray(a, dtype=dtype)
+
+
+def to_numpy(a):
+    """A NumPy copy (or view) of ``a`` on the host; works for either backend."""
+    if is_cupy_array(a):
+        return a.get()
+    return numpy.asarray(a)
+
+
+def to_float(a):
+    """A Python float from a 0-d array of either backend (a device sync on CuPy)."""
+    return float(to_numpy(a))
+
+
+def synchronize():
+    """Wait for queued GPU work (a no-op on NumPy); use before reading a wall clock."""
+    if get_backend() == "cupy":
+        sys.modules["cupy"].cuda.get_current_stream().synchronize()
+
+
+def host_rng(seed):
+    """A seeded NumPy Generator on the host, for initialisation and shuffles.
+
+    Parameters drawn from it are the same on every backend for the same seed.
+    """
+    return numpy.random.default_rng(seed)
+
+
+class RNG:
+    """A seeded random source for the active backend.
+
+    ``normal`` draws on the backend's device (no host-device copy); ``permutation``
+    is drawn on the host so that the same seed gives the same minibatch order on
+    every backend.
+    """
+
+    def __init__(self, seed):
+        self.seed = seed
+        self._host = numpy.random.default_rng(seed)
+        self._xp = array_module()
+        if self._xp is numpy:
+            self._device = self._host
+        else:
+            self._device = self._xp.random.RandomState(int(self._host.integers(2**31)))
+
+    def normal(self, shape, dtype):
+        """Standard normal samples of ``shape`` and ``dtype`` on the backend's device."""
+        if self._xp is numpy:
+            return self._device.standard_normal(shape, dtype=numpy.dtype(dtype))
+        return self._device.standard_normal(shape, dtype=dtype)
+
+    def permutation(self, n):
+        """A host (NumPy) permutation of range(n)."""
+        return self._host.permutation(n)

@@ -1,0 +1,257 @@
+"""Gradient flows of the point-wise cross-entropy, their splitting, and the integrators.
+
+Linear model (eq. 6):    dZ/dt = C theta - CA(Z, theta)
+    A (attention):       dZ/dt = -CA(Z, theta)         (nonlinear: explicit one-step method)
+    B (label forcing):   dZ/dt = C theta               (exact: Z + t C theta)
+Quadratic model:         dZ/dt = (C + C^T) Z theta - SA(Z, theta) - SA*(Z, theta)
+    A:                   dZ/dt = -(SA + SA*)(Z)
+    B:                   dZ/dt = M Z theta, M = C + C^T (exact in the eigenbases of M, theta)
+
+Splittings of one step of size h: Lie-Trotter ``B(h) o A(h)`` (first order) and
+Strang ``A(h/2) o B(h) o A(h/2)`` (second order with sub-flows of order >= 2).
+
+Integrators are explicit Runge-Kutta methods given by their Butcher tableau, each
+declaring its order; ``rk_forward``/``rk_backward`` step and differentiate any of
+them, which is how the blocks in ``layers`` get their backward passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import validate
+from .attention import _T, _cross_attention, _self_attention_sum, _sum_lead
+from .backend import get_array_module
+
+# ---------------------------------------------------------------- vector fields
+
+
+def linear_flow(Z, theta, C, heads=None):
+    """Right-hand side of the gradient flow (eq. 6): C theta - CA(Z, theta). Returns n x d."""
+    heads = validate.linear_inputs(Z, theta, C, heads)
+    return C @ theta - _cross_attention(Z, theta, heads)[0]
+
+
+def linear_flow_A(Z, theta, heads=None):
+    """Attention part of eq. (6): -CA(Z, theta) = -sigma(Z theta^T) theta. Returns n x d."""
+    heads = validate.linear_inputs(Z, theta, None, heads)
+    return -_cross_attention(Z, theta, heads)[0]
+
+
+def linear_flow_B(Z, theta, C):
+    """Label part of eq. (6): C theta (constant in Z). Returns n x d."""
+    validate.linear_inputs(Z, theta, C)
+    return C @ theta
+
+
+def linear_B_exact(Z, theta, C, t):
+    """Exact solution of dZ/dt = C theta after time t: Z + t C theta (second line of eq. 8)."""
+    validate.linear_inputs(Z, theta, C)
+    validate.check_step("t", t)
+    return Z + t * (C @ theta)
+
+
+def quadratic_flow(Z, theta, C):
+    """Gradient flow of the quadratic model: (C + C^T) Z theta - SA - SA*. Returns (..., n, d)."""
+    validate.quadratic_inputs(Z, theta, C)
+    return (C + _T(C)) @ Z @ theta - _self_attention_sum(Z, theta)[0]
+
+
+def quadratic_flow_A(Z, theta):
+    """Attention part of the quadratic flow: -(SA + SA*)(Z, theta). Returns (..., n, d)."""
+    validate.quadratic_inputs(Z, theta)
+    return -_self_attention_sum(Z, theta)[0]
+
+
+def quadratic_flow_B(Z, theta, C):
+    """Label part of the quadratic flow: M Z theta with M = C + C^T. Returns (..., n, d)."""
+    validate.quadratic_inputs(Z, theta, C)
+    return (C + _T(C)) @ Z @ theta
+
+
+def quadratic_B_exact(Z, theta, C, t):
+    """Exact solution of dZ/dt = M Z theta, M = C + C^T, after time t (eq. 10, second line).
+
+    With M = U diag(lam) U^T and theta = V diag(mu) V^T (eigh),
+        Z(t) = U [exp(t lam mu^T) * (U^T Z V)] V^T        (* element-wise).
+    This is NOT expm(tM) Z expm(t theta), which solves dZ/dt = M Z + Z theta.
+    """
+    validate.quadratic_inputs(Z, theta, C)
+    validate.check_step("t", t)
+    return _quadratic_B_exact(Z, theta, C + _T(C), t)[0]
+
+
+def _quadratic_B_exact(Z, theta, M, t):
+    """Unchecked exact quadratic B sub-flow; returns (Z(t), cache) for the VJP."""
+    xp = get_array_module(Z)
+    lam, U = xp.linalg.eigh(M)
+    mu, V = xp.linalg.eigh(theta)
+    Zt = _T(U) @ Z @ V
+    E = xp.exp(t * lam[..., :, None] * mu)
+    return U @ (E * Zt) @ V.T, (U, lam, V, mu, Zt, E, t)
+
+
+def _exprel(x):
+    """(exp(x) - 1) / x, with its limit 1 at x = 0 (no cancellation near 0)."""
+    xp = get_array_module(x)
+    small = xp.abs(x) < 1e-6
+    safe = xp.where(small, 1.0, x)
+    return xp.where(small, 1.0 + 0.5 * x, xp.expm1(safe) / safe)
+
+
+def quadratic_B_exact_vjp(Z_bar, cache):
+    """VJP of the exact quadratic B sub-flow Z(t) = exp(t theta (x) M) Z.
+
+    With Y = U^T Z_bar V, Zt = U^T Z V and the divided differences of exp
+    (Daleckii-Krein), for dZ/dt = M Z theta:
+        Z_in_bar  = U (E * Y) V^T
+        theta_bar = V G^T V^T,  G_ab = sum_i Y_ia Zt_ib D_iab,
+                    D_iab = (e^{t lam_i mu_a} - e^{t lam_i mu_b}) / (mu_a - mu_b)
+        M_bar     = U H U^T,    H_ij = sum_a Y_ia Zt_ja D'_aij,
+                    D'_aij = (e^{t lam_i mu_a} - e^{t lam_j mu_a}) / (lam_i - lam_j)
+        t_bar     = sum(Y * E * Zt * lam mu^T)
+    (divided differences taken as their limits t lam e^{t lam mu} at equal
+    eigenvalues). Returns (Z_bar_in, theta_bar, M_bar, t_bar).
+    """
+    xp = get_array_module(Z_bar)
+    U, lam, V, mu, Zt, E, t = cache
+    Y = _T(U) @ Z_bar @ V
+    Z_in_bar = U @ (E * Y) @ V.T
+    lam_mu = lam[..., :, None] * mu
+    t_bar = (Y * E * Zt * lam_mu).sum()
+    # D_iab = t lam_i e^{t lam_i mu_b} exprel(t lam_i (mu_a - mu_b)), stable at mu_a = mu_b
+    dmu = mu[:, None] - mu[None, :]
+    tl = t * lam[..., :, None, None]
+    D = tl * E[..., :, None, :] * _exprel(tl * dmu)
+    d = mu.shape[0]
+    G = xp.einsum("ia,ib,iab->ab", Y.reshape(-1, d), Zt.reshape(-1, d), D.reshape(-1, d, d))
+    theta_bar = V @ G.T @ V.T
+    # D'_aij = t mu_a e^{t lam_j mu_a} exprel(t mu_a (lam_i - lam_j))
+    dlam = lam[..., :, None] - lam[..., None, :]
+    tm = t * mu[:, None, None]
+    Dp = tm * _T(E)[..., :, None, :] * _exprel(tm * dlam[..., None, :, :])
+    H = xp.einsum("...ia,...ja,...aij->...ij", Y, Zt, Dp)
+    M_bar = U @ H @ _T(U)
+    return Z_in_bar, theta_bar, M_bar, t_bar
+
+
+# ---------------------------------------------------------------- integrators
+
+
+@dataclass(frozen=True)
+class Integrator:
+    """An explicit Runge-Kutta method: Butcher tableau (a, b) and its declared order.
+
+    Y_i = Z + h sum_{j<i} a_ij k_j,  k_i = f(Y_i),  Z_new = Z + h sum_i b_i k_i.
+    """
+
+    name: str
+    order: int
+    a: tuple
+    b: tuple
+
+    @property
+    def stages(self):
+        return len(self.b)
+
+
+EULER = Integrator("euler", 1, ((),), (1.0,))
+HEUN = Integrator("heun", 2, ((), (1.0,)), (0.5, 0.5))
+RK4 = Integrator(
+    "rk4", 4, ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6)
+)
+INTEGRATORS = {"euler": EULER, "heun": HEUN, "rk2": HEUN, "rk4": RK4}
+
+
+def get_integrator(method):
+    """The Integrator named ``method`` ('euler', 'heun' (= 'rk2'), 'rk4'), or one passed in."""
+    if isinstance(method, Integrator):
+        return method
+    try:
+        return INTEGRATORS[method]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"integrator: unknown method {method!r}; known: {', '.join(sorted(INTEGRATORS))}"
+        ) from None
+
+
+def rk_forward(field, Z, h, method):
+    """One explicit RK step of size h for dZ/dt = f(Z); ``field(Y) -> (f(Y), cache)``.
+
+    Returns (Z_new, cache) where cache holds the stages for ``rk_backward``.
+    """
+    rk = get_integrator(method)
+    ks, fcaches = [], []
+    for i in range(rk.stages):
+        Y = Z
+        for j, a in enumerate(rk.a[i]):
+            if a:
+                Y = Y + (h * a) * ks[j]
+        k, fc = field(Y)
+        ks.append(k)
+        fcaches.append(fc)
+    incr = ks[0] * rk.b[0] if rk.b[0] != 1 else ks[0]
+    for i in range(1, rk.stages):
+        incr = incr + rk.b[i] * ks[i]
+    return Z + h * incr, (rk, h, ks, fcaches, incr)
+
+
+def rk_backward(field_vjp, Z_bar, cache):
+    """Reverse-mode through one RK step; ``field_vjp(k_bar, fcache) -> (Y_bar, grads)``.
+
+    From Z_new = Z + h sum b_i k_i and Y_i = Z + h sum_{j<i} a_ij k_j, in reverse stage
+    order: k_bar_i = h b_i Z_bar + h sum_{l>i} a_li Y_bar_l, Y_bar_i = VJP_f(k_bar_i),
+    Z_bar_in = Z_bar + sum_i Y_bar_i, h_bar = <Z_bar, sum b_i k_i> + sum a_li <Y_bar_l, k_i>.
+    Returns (Z_bar_in, h_bar (0-d array), grads summed over the stages).
+    """
+    rk, h, ks, fcaches, incr = cache
+    k_bars = [(h * b) * Z_bar for b in rk.b]
+    h_bar = (Z_bar * incr).sum()
+    Z_in_bar = Z_bar
+    grads = {}
+    for i in reversed(range(rk.stages)):
+        Y_bar, g = field_vjp(k_bars[i], fcaches[i])
+        for name, value in g.items():
+            grads[name] = grads[name] + value if name in grads else value
+        Z_in_bar = Z_in_bar + Y_bar
+        for j, a in enumerate(rk.a[i]):
+            if a:
+                k_bars[j] = k_bars[j] + (h * a) * Y_bar
+                h_bar = h_bar + a * (Y_bar * ks[j]).sum()
+    return Z_in_bar, h_bar, grads
+
+
+def rk_step(f, Z, h, method="rk4"):
+    """One step of size h of dZ/dt = f(Z) with an explicit method (forward only)."""
+    return rk_forward(lambda Y: (f(Y), None), Z, h, method)[0]
+
+
+def integrate(f, Z0, T, steps, method="rk4", return_path=False):
+    """Integrate dZ/dt = f(Z) from Z0 over [0, T] with ``steps`` equal steps of ``method``.
+
+    The step is explicit: h = T / steps (no silent default). Returns Z(T), or the list
+    [Z0, Z1, ..., Z(T)] with ``return_path``.
+    """
+    if int(steps) < 1:
+        raise ValueError(f"steps: expected a positive number of steps, got {steps}")
+    h = T / steps
+    path = [Z0]
+    Z = Z0
+    for _ in range(int(steps)):
+        Z = rk_step(f, Z, h, method)
+        if return_path:
+            path.append(Z)
+    return path if return_path else Z
+
+
+def lie_step(step_A, step_B, Z, h):
+    """Lie-Trotter splitting, first order: B(h) o A(h) (eq. 8). step_X(Z, t) -> Z."""
+    return step_B(step_A(Z, h), h)
+
+
+def strang_step(step_A, step_B, Z, h):
+    """Strang splitting, second order: A(h/2) o B(h) o A(h/2). step_X(Z, t) -> Z."""
+    return step_A(step_B(step_A(Z, 0.5 * h), h), 0.5 * h)
+
+
+SCHEMES = {"lie": (lie_step, 1), "strang": (strang_step, 2)}

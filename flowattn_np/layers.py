@@ -1,0 +1,365 @@
+"""Transformer blocks from splitting the gradient flow, with hand-derived backward passes.
+
+One block advances the features by one step ``h`` of the split flow of ``flows``:
+
+    Lie (eq. 8, 10):  A(h) then B(h)             A: attention sub-flow
+    Strang:           A(h/2), B(h), A(h/2)       B: label sub-flow
+
+With one Euler step for A and B this is exactly the paper's block, e.g. for the
+linear model (eq. 8):
+
+    Z_half = Z_l - h CA(Z_l, theta)              # cross-attention + residual
+    Z_l+1  = Z_half + h C theta                  # linear map of keys/values + residual
+
+The targets ``C`` used inside a block come from an explicit source
+(``BlockConfig.targets``):
+
+* ``"labels"``:  the true labels (the theory, "feature discovery"; at test time an
+  oracle computation, never a classifier's test accuracy),
+* ``"none"``:    no B sub-flow, attention only,
+* ``"learned"``: a learned oracle ``C_hat(Z) = softmax(Z W^T + b)`` (linear model) or
+  ``softmax(Z W Z^T)`` (quadratic model), evaluated once at the block's input and held
+  fixed for the block (so the B sub-flow stays linear and exactly solvable).
+
+Every block has ``forward(Z, params, C=None) -> (Z_out, cache)`` and
+``backward(Z_out_bar, cache) -> (Z_bar, grads)`` with ``grads`` keyed like ``params``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .attention import (
+    _T,
+    _cross_attention,
+    _self_attention_sum,
+    _sum_lead,
+    cross_attention_vjp,
+    self_attention_sum_vjp,
+)
+from .backend import get_array_module
+from .flows import _quadratic_B_exact, get_integrator, quadratic_B_exact_vjp, rk_backward, rk_forward
+from .ops import softmax, softmax_vjp, softmax_vjp_heads
+
+MODELS = ("linear", "quadratic", "memory")
+SCHEMES = ("lie", "strang")
+B_FLOWS = ("exact", "euler")
+TARGETS = ("labels", "none", "learned")
+
+TARGET_TITLES = {
+    "labels": "true labels C (the theory: feature discovery; an oracle computation at test time)",
+    "none": "no targets (attention sub-flow only)",
+    "learned": "learned oracle C_hat(Z) (label-free)",
+}
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """What one block computes.
+
+    model:      'linear' (cross-attention block, eq. 8), 'quadratic' (self-attention
+                block, eq. 10) or 'memory' (Z + h softmax(Z K^T) V with s learned
+                key/value slots: beyond the theory).
+    scheme:     'lie' (A(h) then B(h)) or 'strang' (A(h/2) B(h) A(h/2)).
+    integrator: one-step method for the A sub-flow: 'euler' (the transformer block),
+                'heun' (order 2) or 'rk4' (order 4).
+    b_flow:     'exact' or 'euler' for the B sub-flow.
+    targets:    source of C: 'labels', 'none' or 'learned' (see the module docstring).
+    h:          the step (its initial value when learn_h).
+    learn_h:    whether h is a trained parameter.
+    heads:      class counts per head (linear model): one softmax per head.
+    slots:      number of key/value slots s of a 'memory' block.
+    """
+
+    model: str = "linear"
+    scheme: str = "lie"
+    integrator: str = "euler"
+    b_flow: str = "exact"
+    targets: str = "labels"
+    h: float = 0.1
+    learn_h: bool = False
+    heads: tuple | None = None
+    slots: int = 0
+
+    def __post_init__(self):
+        for field, allowed in (("model", MODELS), ("scheme", SCHEMES), ("b_flow", B_FLOWS),
+                               ("targets", TARGETS)):
+            if getattr(self, field) not in allowed:
+                raise ValueError(
+                    f"{field}: expected one of {', '.join(map(repr, allowed))}, "
+                    f"got {getattr(self, field)!r}"
+                )
+        get_integrator(self.integrator)
+        h = float(self.h)
+        if h != h or abs(h) == float("inf"):
+            raise ValueError(f"h: expected a finite step size, got {self.h}")
+        if self.model == "memory":
+            if self.targets != "none":
+                raise ValueError("targets: a 'memory' block has no label sub-flow; use targets='none'")
+            if int(self.slots) < 1:
+                raise ValueError(f"slots: a 'memory' block needs slots >= 1, got {self.slots}")
+        if self.heads is not None:
+            if self.model != "linear":
+                raise ValueError("heads: multi-head labels are defined for the linear model only")
+            object.__setattr__(self, "heads", tuple(int(s) for s in self.heads))
+
+    def replace(self, **changes):
+        return replace(self, **changes)
+
+    def describe(self):
+        """One line naming the block, its scheme, integrators and the source of C."""
+        if self.model == "memory":
+            return (f"key/value memory block Z + h softmax(Z K^T) V, s = {self.slots} slots "
+                    f"(beyond the theory), h {'learned' if self.learn_h else f'= {self.h:g}'}")
+        kind = "cross-attention (linear model)" if self.model == "linear" else \
+            "self-attention (quadratic model)"
+        step = "learned h" if self.learn_h else f"h = {self.h:g}"
+        b = "" if self.targets == "none" else f", B {self.b_flow}"
+        return (f"{kind} block, {self.scheme.capitalize()} splitting, A by {self.integrator}{b}, "
+                f"{step}; targets: {TARGET_TITLES[self.targets]}")
+
+
+def _scalar(xp, value, dtype):
+    return xp.asarray(value, dtype=dtype)
+
+
+def _step_schedule(config):
+    """The sub-steps of one block as (sub-flow, fraction of h)."""
+    if config.targets == "none":
+        return (("A", 1.0),) if config.scheme == "lie" else (("A", 0.5), ("A", 0.5))
+    if config.scheme == "lie":
+        return (("A", 1.0), ("B", 1.0))
+    return (("A", 0.5), ("B", 1.0), ("A", 0.5))
+
+
+class _SplitBlock:
+    """Shared forward/backward of a split-flow block; subclasses give the model's pieces.
+
+    Subclasses define: ``theta_of(params)``, ``param_grads(theta_bar, params)``,
+    ``field_A`` / ``field_A_vjp`` (vector field of the A sub-flow),
+    ``B_forward`` / ``B_vjp`` (the B sub-flow over time t) and
+    ``oracle`` / ``oracle_vjp`` (the learned targets).
+    """
+
+    def __init__(self, config):
+        self.config = config
+
+    # -- forward --------------------------------------------------------------
+    def forward(self, Z, params, C=None):
+        """Advance Z by one block; returns (Z_out, cache). C is needed iff targets='labels'."""
+        cfg = self.config
+        theta = self.theta_of(params)
+        h = params["h"] if cfg.learn_h else cfg.h
+        oracle_cache = None
+        if cfg.targets == "labels":
+            if C is None:
+                raise ValueError(
+                    "C: this block uses the true labels (targets='labels'); pass C, or "
+                    "configure targets='learned' or 'none' for a label-free block"
+                )
+        elif cfg.targets == "learned":
+            C, oracle_cache = self.oracle(Z, params)
+        else:
+            C = None
+        field = lambda Y: self.field_A(Y, theta)  # noqa: E731
+        steps = []
+        for kind, frac in _step_schedule(cfg):
+            t = h * frac
+            if kind == "A":
+                Z, c = rk_forward(field, Z, t, cfg.integrator)
+            else:
+                Z, c = self.B_forward(Z, theta, C, t)
+            steps.append((kind, frac, c))
+        return Z, (params, theta, C, oracle_cache, steps)
+
+    # -- backward -------------------------------------------------------------
+    def backward(self, Z_bar, cache):
+        """VJP of the block: returns (Z_in_bar, grads) with grads keyed like params."""
+        cfg = self.config
+        params, theta, C, oracle_cache, steps = cache
+        xp = get_array_module(Z_bar)
+        theta_bar = xp.zeros_like(theta)
+        h_bar = 0.0
+        C_bar = None
+        for kind, frac, c in reversed(steps):
+            if kind == "A":
+                Z_bar, t_bar, g = rk_backward(self.field_A_vjp, Z_bar, c)
+                theta_bar = theta_bar + g["theta"]
+            else:
+                Z_bar, th_bar, Cb, t_bar = self.B_vjp(Z_bar, c)
+                theta_bar = theta_bar + th_bar
+                C_bar = Cb if C_bar is None else C_bar + Cb
+            h_bar = h_bar + frac * t_bar
+        grads = self.param_grads(theta_bar, params)
+        if cfg.learn_h:
+            grads["h"] = xp.asarray(h_bar, dtype=Z_bar.dtype).reshape(())
+        if cfg.targets == "learned":
+            Z_extra, oracle_grads = self.oracle_vjp(C_bar, oracle_cache, params)
+            Z_bar = Z_bar + Z_extra
+            grads.update(oracle_grads)
+        return Z_bar, grads
+
+
+class CrossAttentionBlock(_SplitBlock):
+    """Block of the linear model N = Z theta^T (eq. 8): cross-attention + label forcing.
+
+    params: 'theta' (m x d), 'h' (0-d, if learn_h), 'W' (m x d) and 'b' (m,) (if
+    targets='learned'). Z: n x d, C: n x m.
+    """
+
+    def theta_of(self, params):
+        return params["theta"]
+
+    def param_grads(self, theta_bar, params):
+        return {"theta": theta_bar}
+
+    def field_A(self, Y, theta):
+        """A sub-flow -CA(Y, theta); cache (Y, P)."""
+        CA, P = _cross_attention(Y, theta, self.config.heads)
+        return -CA, (Y, theta, P)
+
+    def field_A_vjp(self, k_bar, fcache):
+        Y, theta, P = fcache
+        Y_bar, theta_bar = cross_attention_vjp(Y, theta, P, -k_bar, self.config.heads)
+        return Y_bar, {"theta": theta_bar}
+
+    def B_forward(self, Z, theta, C, t):
+        """B sub-flow Z + t C theta: exact, and identical to one Euler step (B is constant)."""
+        Ct = C @ theta
+        return Z + t * Ct, (theta, C, Ct, t)
+
+    def B_vjp(self, Z_bar, c):
+        theta, C, Ct, t = c
+        return Z_bar, t * (C.T @ Z_bar), t * (Z_bar @ theta.T), (Z_bar * Ct).sum()
+
+    def oracle(self, Z, params):
+        """Learned targets C_hat = softmax(Z W^T + b) (per head)."""
+        C = softmax(Z @ params["W"].T + params["b"], self.config.heads)
+        return C, (Z, C)
+
+    def oracle_vjp(self, C_bar, oc, params):
+        Z, C = oc
+        S_bar = softmax_vjp_heads(C, C_bar, self.config.heads)
+        return S_bar @ params["W"], {"W": S_bar.T @ Z, "b": S_bar.sum(axis=0)}
+
+
+class SelfAttentionBlock(_SplitBlock):
+    """Block of the quadratic model N = Z theta Z^T, theta = phi phi^T (eq. 10).
+
+    params: 'phi' (d x d, lower-triangular), 'h' (0-d, if learn_h), 'W' (d x d, if
+    targets='learned'). Z: (..., n, d), C: (..., n, n).
+    """
+
+    def theta_of(self, params):
+        phi = params["phi"]
+        return phi @ phi.T
+
+    def param_grads(self, theta_bar, params):
+        xp = get_array_module(theta_bar)
+        return {"phi": xp.tril((theta_bar + theta_bar.T) @ params["phi"])}
+
+    def field_A(self, Y, theta):
+        """A sub-flow -(SA + SA*)(Y, theta); cache (Y, P, Y theta)."""
+        F, P, Yt = _self_attention_sum(Y, theta)
+        return -F, (Y, theta, P, Yt)
+
+    def field_A_vjp(self, k_bar, fcache):
+        Y, theta, P, Yt = fcache
+        Y_bar, theta_bar = self_attention_sum_vjp(Y, theta, P, Yt, -k_bar)
+        return Y_bar, {"theta": theta_bar}
+
+    def B_forward(self, Z, theta, C, t):
+        """B sub-flow dZ/dt = M Z theta, M = C + C^T: exact (eigenbases) or one Euler step."""
+        M = C + _T(C)
+        if self.config.b_flow == "exact":
+            Z_out, c = _quadratic_B_exact(Z, theta, M, t)
+            return Z_out, ("exact", c)
+        MZt = M @ Z @ theta
+        return Z + t * MZt, ("euler", (Z, theta, M, MZt, t))
+
+    def B_vjp(self, Z_bar, c):
+        kind, c = c
+        if kind == "exact":
+            Z_in_bar, theta_bar, M_bar, t_bar = quadratic_B_exact_vjp(Z_bar, c)
+        else:
+            Z, theta, M, MZt, t = c
+            Z_in_bar = Z_bar + t * (_T(M) @ Z_bar @ theta.T)
+            theta_bar = t * _sum_lead(_T(M @ Z) @ Z_bar)
+            M_bar = t * (Z_bar @ _T(Z @ theta))
+            t_bar = (Z_bar * MZt).sum()
+        return Z_in_bar, theta_bar, M_bar + _T(M_bar), t_bar
+
+    def oracle(self, Z, params):
+        """Learned targets C_hat = softmax(Z W Z^T): each token picks a token."""
+        ZW = Z @ params["W"]
+        C = softmax(ZW @ _T(Z))
+        return C, (Z, ZW, C)
+
+    def oracle_vjp(self, C_bar, oc, params):
+        Z, ZW, C = oc
+        S_bar = softmax_vjp(C, C_bar)
+        Z_bar = S_bar @ Z @ params["W"].T + _T(S_bar) @ ZW
+        return Z_bar, {"W": _sum_lead(_T(Z) @ S_bar @ Z)}
+
+
+class MemoryBlock:
+    """Key/value memory block Z + h softmax(Z K^T) V with s learned slots.
+
+    Beyond the theory: keys K and values V (s x d) are separate parameters, where the
+    gradient flow ties both to theta. params: 'K', 'V', 'h' (if learn_h).
+    """
+
+    def __init__(self, config):
+        self.config = config
+
+    def forward(self, Z, params, C=None):
+        h = params["h"] if self.config.learn_h else self.config.h
+        P = softmax(Z @ params["K"].T)
+        PV = P @ params["V"]
+        return Z + h * PV, (Z, P, PV, h, params)
+
+    def backward(self, Z_bar, cache):
+        """P_bar = h Z_bar V^T, S_bar = softmax_vjp(P, P_bar), Z_bar_in = Z_bar + S_bar K,
+        K_bar = S_bar^T Z, V_bar = h P^T Z_bar, h_bar = <Z_bar, P V>."""
+        Z, P, PV, h, params = cache
+        S_bar = softmax_vjp(P, h * (Z_bar @ params["V"].T))
+        grads = {"K": S_bar.T @ Z, "V": h * (P.T @ Z_bar)}
+        if self.config.learn_h:
+            grads["h"] = (Z_bar * PV).sum().reshape(())
+        return Z_bar + S_bar @ params["K"], grads
+
+
+def make_block(config):
+    """The block class for ``config.model``."""
+    return {"linear": CrossAttentionBlock, "quadratic": SelfAttentionBlock,
+            "memory": MemoryBlock}[config.model](config)
+
+
+def init_block_params(config, d, m, rng, dtype, with_theta=True, scale=None):
+    """Initial parameters of one block on the active backend (host RNG, then moved).
+
+    theta ~ N(0, scale^2) with scale = 1/sqrt(d) (linear); phi = I / d^(1/4) so that
+    theta = I / sqrt(d) (quadratic); W ~ N(0, 1/d), b = 0; K, V ~ N(0, 1/d).
+    """
+    from .backend import array_module
+
+    xp = array_module()
+    s = (1.0 / d ** 0.5) if scale is None else scale
+    p = {}
+    if config.model == "linear":
+        if with_theta:
+            p["theta"] = xp.asarray(rng.normal(0, s, size=(m, d)), dtype=dtype)
+        if config.targets == "learned":
+            p["W"] = xp.asarray(rng.normal(0, 1.0 / d ** 0.5, size=(m, d)), dtype=dtype)
+            p["b"] = xp.zeros((m,), dtype=dtype)
+    elif config.model == "quadratic":
+        if with_theta:
+            p["phi"] = xp.eye(d, dtype=dtype) / d ** 0.25
+        if config.targets == "learned":
+            p["W"] = xp.asarray(rng.normal(0, 1.0 / d, size=(d, d)), dtype=dtype)
+    else:
+        p["K"] = xp.asarray(rng.normal(0, 1.0 / d ** 0.5, size=(config.slots, d)), dtype=dtype)
+        p["V"] = xp.asarray(rng.normal(0, 1.0 / d ** 0.5, size=(config.slots, d)), dtype=dtype)
+    if config.learn_h:
+        p["h"] = _scalar(xp, config.h, dtype)
+    return p

@@ -1,0 +1,281 @@
+"""A deep network of split-flow blocks with a multinomial-regression head.
+
+    Z_0 = E(X)                     identity, or a learned linear map X E^T
+    Z_l = block(Z_{l-1})           l = 1..L  (layers.py; eq. 8 or 10)
+    logits = Z_L theta^T           linear model (classes), or Z_L theta Z_L^T (quadratic)
+    loss = mean cross-entropy      over rows (images, or tokens)
+
+Tied (the paper's form): one theta for every block AND the head, so each block is a
+step of the gradient flow of the head's own cross-entropy. Untied (a variant): each
+block l has its own parameters ``block{l}.*``. L = 0 is plain multinomial regression.
+
+``forward`` returns (logits, cache); ``backward`` pushes the gradient of the loss back
+through the head, every block and the encoding, by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .attention import _T, _sum_lead
+from .backend import array_module, get_array_module, host_rng
+from .layers import TARGET_TITLES, BlockConfig, init_block_params, make_block
+from .ops import log_softmax, one_hot, softmax
+
+ENCODINGS = ("identity", "linear")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture of a Network.
+
+    n_inputs:  input features p per row (784 for Fashion-MNIST images).
+    n_classes: m classes of the linear head (ignored by the quadratic model, whose
+               targets are tokens).
+    layers:    number of blocks L (0 = multinomial regression).
+    block:     BlockConfig of every block; its ``model`` also picks the head:
+               'linear' and 'memory' -> Z theta^T, 'quadratic' -> Z theta Z^T.
+    tied:      one set of block weights shared by all blocks (and theta shared with
+               the head), as in the paper; False gives per-block weights (a variant).
+    encoding:  'identity' (Z_0 = X, d = p) or 'linear' (Z_0 = X E^T, E: d x p).
+    d:         latent width for the linear encoding.
+    dtype:     'float32' (fast path) or 'float64' (gradient checks).
+    """
+
+    n_inputs: int
+    n_classes: int = 10
+    layers: int = 0
+    block: BlockConfig = field(default_factory=BlockConfig)
+    tied: bool = True
+    encoding: str = "identity"
+    d: int | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if int(self.n_inputs) < 1:
+            raise ValueError(f"n_inputs: expected a positive integer, got {self.n_inputs}")
+        if int(self.layers) < 0:
+            raise ValueError(f"layers: expected L >= 0, got {self.layers}")
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding: expected 'identity' or 'linear', got {self.encoding!r}")
+        if self.encoding == "identity" and self.d not in (None, self.n_inputs):
+            raise ValueError(f"d: the identity encoding keeps d = n_inputs = {self.n_inputs}")
+        if self.encoding == "linear" and (self.d is None or int(self.d) < 1):
+            raise ValueError("d: the linear encoding needs a positive latent width d")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype: expected 'float32' or 'float64', got {self.dtype!r}")
+        if isinstance(self.block, dict):
+            object.__setattr__(self, "block", BlockConfig(**self.block))
+        heads = self.block.heads
+        if heads is not None and sum(heads) != self.n_classes:
+            raise ValueError(f"block.heads: head sizes {heads} must sum to n_classes {self.n_classes}")
+
+    @property
+    def width(self):
+        return self.n_inputs if self.encoding == "identity" else int(self.d)
+
+    @property
+    def head(self):
+        return "quadratic" if self.block.model == "quadratic" else "linear"
+
+    def replace(self, **changes):
+        return replace(self, **changes)
+
+    def describe(self):
+        form = "tied weights (the paper's form)" if self.tied else "untied per-block weights (a variant)"
+        if self.layers == 0:
+            return "multinomial regression (L = 0): logits = " + (
+                "Z theta Z^T" if self.head == "quadratic" else "Z theta^T")
+        return f"L = {self.layers} x {self.block.describe()}; {form}"
+
+    def to_dict(self):
+        out = {k: getattr(self, k) for k in ("n_inputs", "n_classes", "layers", "tied",
+                                             "encoding", "d", "dtype")}
+        out["block"] = {k: getattr(self.block, k) for k in self.block.__dataclass_fields__}
+        if out["block"]["heads"] is not None:
+            out["block"]["heads"] = list(out["block"]["heads"])
+        return out
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        block = dict(d.pop("block"))
+        if block.get("heads") is not None:
+            block["heads"] = tuple(block["heads"])
+        return cls(block=BlockConfig(**block), **d)
+
+
+class Network:
+    """Encoding, L blocks and a multinomial-regression head, with a hand-derived backward.
+
+    ``params`` is a dict of arrays on the active backend; ``grads`` from ``backward``
+    has the same keys. Labels ``y`` are integer class indices (n,), or (n, H) with
+    multi-head labels, or (B, n) target-token indices for the quadratic model.
+    """
+
+    def __init__(self, config, seed=0, params=None):
+        self.config = config
+        self.block = make_block(config.block)
+        self.params = self.init_params(seed) if params is None else dict(params)
+
+    # -- parameters -----------------------------------------------------------
+    def init_params(self, seed=0):
+        """Fresh parameters from a seeded host RNG (the same on every backend)."""
+        cfg = self.config
+        rng = host_rng(seed)  # host draws, moved to the backend: same init everywhere
+        xp = array_module()
+        d, m, dt = cfg.width, cfg.n_classes, cfg.dtype
+        p = {}
+        if cfg.encoding == "linear":
+            p["E"] = xp.asarray(rng.normal(0, 1 / cfg.n_inputs ** 0.5, size=(d, cfg.n_inputs)), dtype=dt)
+        head_cfg = cfg.block.replace(model=cfg.head, targets="none", learn_h=False, slots=0)
+        p.update(init_block_params(head_cfg, d, m, rng, dt))
+        if cfg.layers:
+            shares_theta = cfg.block.model != "memory"
+            if cfg.tied:
+                p.update(init_block_params(cfg.block, d, m, rng, dt, with_theta=False))
+            else:
+                for layer in range(cfg.layers):
+                    for k, v in init_block_params(cfg.block, d, m, rng, dt,
+                                                  with_theta=shares_theta).items():
+                        p[f"block{layer}.{k}"] = v
+        return p
+
+    def _theta_name(self):
+        return "phi" if self.config.head == "quadratic" else "theta"
+
+    def block_params(self, layer):
+        """The parameter dict block ``layer`` sees (shared arrays when tied)."""
+        if self.config.tied:
+            return self.params
+        prefix = f"block{layer}."
+        return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
+
+    # -- targets --------------------------------------------------------------
+    def targets(self, y, dtype):
+        """One-hot targets C from integer labels y: (n, m), (n, sum heads) or (B, n, n)."""
+        cfg = self.config
+        xp = get_array_module(y)
+        if cfg.head == "quadratic":
+            B, n = y.shape
+            return one_hot(y.reshape(-1), n, dtype).reshape(B, n, n)
+        if cfg.block.heads is None:
+            return one_hot(y, cfg.n_classes, dtype)
+        return xp.concatenate([one_hot(y[:, i], m, dtype) for i, m in enumerate(cfg.block.heads)],
+                              axis=1)
+
+    # -- forward / backward ---------------------------------------------------
+    def forward(self, X, y=None, C=None):
+        """Logits of a batch; returns (logits, cache). y (or C) is needed iff the blocks
+        use the true labels (targets='labels')."""
+        cfg = self.config
+        if cfg.layers and cfg.block.targets == "labels" and C is None:
+            if y is None:
+                raise ValueError(
+                    "y: this network's blocks use the true labels (targets='labels': an oracle "
+                    "computation); pass y, or build it with targets='learned' or 'none'"
+                )
+            C = self.targets(y, X.dtype)
+        Z = X if cfg.encoding == "identity" else X @ self.params["E"].T
+        caches = []
+        for layer in range(cfg.layers):
+            Z, c = self.block.forward(Z, self.block_params(layer), C)
+            caches.append(c)
+        theta = self._head_theta()
+        logits = Z @ theta.T if cfg.head == "linear" else Z @ theta @ _T(Z)
+        return logits, (X, Z, theta, caches)
+
+    def _head_theta(self):
+        if self.config.head == "linear":
+            return self.params["theta"]
+        phi = self.params["phi"]
+        return phi @ phi.T
+
+    def backward(self, logits_bar, cache):
+        """Gradients of all parameters for upstream logits_bar = d loss / d logits."""
+        cfg = self.config
+        X, Z, theta, caches = cache
+        xp = get_array_module(logits_bar)
+        grads = {}
+        if cfg.head == "linear":
+            grads["theta"] = logits_bar.T @ Z
+            Z_bar = logits_bar @ theta
+        else:
+            Y = Z @ theta
+            Z_bar = logits_bar @ Y + _T(logits_bar) @ Y  # theta symmetric
+            A = _sum_lead(_T(Z) @ logits_bar @ Z)
+            grads["phi"] = xp.tril((A + A.T) @ self.params["phi"])
+        for layer in reversed(range(cfg.layers)):
+            Z_bar, g = self.block.backward(Z_bar, caches[layer])
+            prefix = "" if cfg.tied else f"block{layer}."
+            for k, v in g.items():
+                name = prefix + k
+                grads[name] = grads[name] + v if name in grads else v
+        if cfg.encoding == "linear":
+            grads["E"] = _sum_lead(_T(Z_bar) @ X) if X.ndim > 2 else Z_bar.T @ X
+        return grads
+
+    def loss_and_grads(self, X, y):
+        """Batch-mean cross-entropy, its gradients, and the logits: (loss, grads, logits).
+
+        loss = -(1/rows) <C, log sigma(logits)>; d loss / d logits = (sigma(logits) - C) / rows.
+        """
+        C = self.targets(y, X.dtype)
+        logits, cache = self.forward(X, C=C)
+        rows = C.size // C.shape[-1]
+        heads = self.config.block.heads if self.config.head == "linear" else None
+        P = softmax(logits, heads)
+        loss = -(C * log_softmax(logits, heads)).sum() / rows
+        grads = self.backward((P - C) / rows, cache)
+        return loss, grads, logits
+
+    def loss(self, X, y):
+        """Batch-mean cross-entropy (0-d array)."""
+        C = self.targets(y, X.dtype)
+        logits, _ = self.forward(X, C=C)
+        heads = self.config.block.heads if self.config.head == "linear" else None
+        return -(C * log_softmax(logits, heads)).sum() / (C.size // C.shape[-1])
+
+    def logits(self, X, y=None):
+        return self.forward(X, y)[0]
+
+    def predict(self, X, y=None):
+        """Class (or target-token) predictions; per head with multi-head labels."""
+        logits = self.logits(X, y)
+        heads = self.config.block.heads
+        if heads is None or self.config.head != "linear":
+            return logits.argmax(axis=-1)
+        xp = get_array_module(logits)
+        out, start = [], 0
+        for m in heads:
+            out.append(logits[:, start:start + m].argmax(axis=1))
+            start += m
+        return xp.stack(out, axis=1)
+
+    def features(self, X, y=None):
+        """The iterates [Z_0, Z_1, ..., Z_L] of a batch (for Figure 1)."""
+        cfg = self.config
+        C = None
+        if cfg.layers and cfg.block.targets == "labels":
+            if y is None:
+                raise ValueError("y: this network's blocks use the true labels; pass y")
+            C = self.targets(y, X.dtype)
+        Z = X if cfg.encoding == "identity" else X @ self.params["E"].T
+        out = [Z]
+        for layer in range(cfg.layers):
+            Z, _ = self.block.forward(Z, self.block_params(layer), C)
+            out.append(Z)
+        return out
+
+    def describe(self):
+        """One line: architecture, weights and the source of the block targets."""
+        return self.config.describe()
+
+    def step_sizes(self):
+        """Learned step sizes as Python floats ({} when h is fixed): report their sign."""
+        if not self.config.block.learn_h or not self.config.layers:
+            return {}
+        return {k: float(v) for k, v in self.params.items() if k == "h" or k.endswith(".h")}
+
+
+__all__ = ["Network", "NetworkConfig", "TARGET_TITLES"]

@@ -1,0 +1,131 @@
+"""Numerics: stable softmax, log-softmax, log-sum-exp, one-hot, cross-entropy.
+
+Softmax is row-wise (over the last axis), shifted by the row maximum so that logits
+of +-1e4 stay finite in float32 (Blanchard, Higham & Higham 2021). With ``heads``
+(a tuple of class counts ``(m_1, ..., m_H)`` summing to the last axis) each head's
+block of columns gets its own softmax: the multi-head labels of SPEC.md.
+
+These functions trust their inputs (no validation): they are the hot path.
+The dtype of the input is kept (float32 in, float32 out).
+"""
+
+from __future__ import annotations
+
+from .backend import get_array_module
+
+
+def _segments(m, heads):
+    """Column slices of the heads; one slice over all m columns when heads is None."""
+    if heads is None:
+        return (slice(0, m),)
+    out, start = [], 0
+    for size in heads:
+        out.append(slice(start, start + size))
+        start += size
+    return tuple(out)
+
+
+def _softmax_rows(S, out):
+    # max shift: exp never overflows, and the largest entry of each row is exp(0) = 1
+    xp = get_array_module(S)
+    xp.subtract(S, S.max(axis=-1, keepdims=True), out=out)
+    xp.exp(out, out=out)
+    out /= out.sum(axis=-1, keepdims=True)
+    return out
+
+
+def softmax(S, heads=None, out=None):
+    """Row-wise softmax sigma(S)_ij = exp(S_ij) / sum_k exp(S_ik), max-shifted.
+
+    S: (..., m). With ``heads`` the softmax is taken within each head's columns.
+    Returns an array of S's shape and dtype (written into ``out`` if given).
+    """
+    xp = get_array_module(S)
+    if out is None:
+        out = xp.empty_like(S)
+    if heads is None:
+        return _softmax_rows(S, out)
+    for sl in _segments(S.shape[-1], heads):
+        out[..., sl] = _softmax_rows(S[..., sl], xp.empty_like(S[..., sl]))
+    return out
+
+
+def logsumexp(S, heads=None):
+    """Row-wise LSE(S)_i = max_k S_ik + log sum_k exp(S_ik - max_k S_ik).
+
+    S: (..., m). Returns (...,) or, with ``heads``, (..., H).
+    """
+    xp = get_array_module(S)
+    parts = []
+    for sl in _segments(S.shape[-1], heads):
+        Sh = S[..., sl]
+        mx = Sh.max(axis=-1, keepdims=True)
+        parts.append((mx + xp.log(xp.exp(Sh - mx).sum(axis=-1, keepdims=True)))[..., 0])
+    return parts[0] if heads is None else xp.stack(parts, axis=-1)
+
+
+def log_softmax(S, heads=None):
+    """Row-wise log sigma(S) = S - LSE(S), max-shifted. S: (..., m) -> (..., m)."""
+    xp = get_array_module(S)
+    if heads is None:
+        return S - logsumexp(S)[..., None]
+    out = xp.empty_like(S)
+    for sl in _segments(S.shape[-1], heads):
+        out[..., sl] = S[..., sl] - logsumexp(S[..., sl])[..., None]
+    return out
+
+
+def one_hot(y, m, dtype="float64"):
+    """One-hot rows: C_ik = 1 if y_i == k else 0. y: (n,) integers in [0, m) -> (n, m)."""
+    xp = get_array_module(y)
+    C = xp.zeros((y.shape[0], m), dtype=dtype)
+    C[xp.arange(y.shape[0]), y] = 1
+    return C
+
+
+def cross_entropy(logits, C, heads=None):
+    """Point-wise cross-entropy l = -<C, log sigma(N)> (eq. 3), summed over all rows.
+
+    logits N and targets C: same shape (..., m). Returns a 0-d array (no host sync).
+    """
+    return -(C * log_softmax(logits, heads)).sum()
+
+
+def mean_cross_entropy(logits, C, heads=None):
+    """Batch mean of the cross-entropy: cross_entropy / (number of rows)."""
+    rows = 1
+    for s in logits.shape[:-1]:
+        rows *= s
+    return cross_entropy(logits, C, heads) / rows
+
+
+def softmax_vjp(P, P_bar, out=None):
+    """Vector-Jacobian product of the row-wise softmax P = sigma(S).
+
+    S_bar = P * (P_bar - rowsum(P * P_bar)); P, P_bar: (..., m). With heads,
+    use ``softmax_vjp_heads``.
+    """
+    xp = get_array_module(P)
+    if out is None:
+        out = xp.empty_like(P)
+    xp.multiply(P, P_bar, out=out)
+    s = out.sum(axis=-1, keepdims=True)
+    xp.subtract(P_bar, s, out=out)
+    out *= P
+    return out
+
+
+def softmax_vjp_heads(P, P_bar, heads=None):
+    """softmax_vjp applied within each head's columns (the plain one when heads is None)."""
+    if heads is None:
+        return softmax_vjp(P, P_bar)
+    xp = get_array_module(P)
+    out = xp.empty_like(P)
+    for sl in _segments(P.shape[-1], heads):
+        out[..., sl] = softmax_vjp(P[..., sl], P_bar[..., sl])
+    return out
+
+
+def accuracy(logits, y):
+    """Fraction of rows whose arg-max logit equals the integer label y (0-d array)."""
+    return (logits.argmax(axis=-1) == y).mean()

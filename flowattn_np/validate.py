@@ -1,0 +1,168 @@
+"""Input checks at the public boundary.
+
+Each check raises a ValueError (TypeError for a non-array) whose message names the
+argument and says what was expected. The public equation functions call these once;
+the inner functions they hand over to trust their inputs.
+"""
+
+from __future__ import annotations
+
+from .backend import check_same_backend, get_array_module
+
+
+def _is_array(a):
+    return hasattr(a, "shape") and hasattr(a, "dtype") and hasattr(a, "ndim")
+
+
+def _shape_str(shape):
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def check_array(name, a, ndim=None, min_ndim=None):
+    """A floating array of ``ndim`` dimensions with finite entries; returns it."""
+    if not _is_array(a):
+        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(a).__name__}")
+    if a.dtype.kind != "f":
+        raise TypeError(
+            f"{name}: expected a floating-point array (float32 or float64), got dtype {a.dtype}"
+        )
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {_shape_str(a.shape)}")
+    if min_ndim is not None and a.ndim < min_ndim:
+        raise ValueError(
+            f"{name}: expected at least {min_ndim} dimensions, got shape {_shape_str(a.shape)}"
+        )
+    xp = get_array_module(a)
+    if a.size and not bool(xp.isfinite(a).all()):
+        bad = int((~xp.isfinite(a)).sum())
+        raise ValueError(f"{name}: expected finite values, found {bad} NaN or inf entries")
+    return a
+
+
+def check_shape(name, a, expected, meaning):
+    """``a.shape == expected``; ``meaning`` explains the expected shape in words."""
+    if tuple(a.shape) != tuple(expected):
+        raise ValueError(
+            f"{name}: expected shape {_shape_str(expected)} ({meaning}), "
+            f"got {_shape_str(a.shape)}"
+        )
+
+
+def check_same_dtype(**named):
+    dtypes = {n: a.dtype for n, a in named.items() if a is not None}
+    if len(set(dtypes.values())) > 1:
+        parts = ", ".join(f"{n} is {d}" for n, d in dtypes.items())
+        raise TypeError(f"expected arrays of one floating dtype, got {parts}; cast them first")
+
+
+def _label_tol(dtype):
+    return 1e-4 if dtype.itemsize <= 4 else 1e-8
+
+
+def check_labels(name, C, heads=None):
+    """Rows of C are probability distributions: C >= 0 and C 1 = 1 (per head)."""
+    xp = get_array_module(C)
+    if bool((C < 0).any()):
+        raise ValueError(
+            f"{name}: label rows must be probability distributions; "
+            f"found {int((C < 0).sum())} negative entries"
+        )
+    tol = _label_tol(C.dtype)
+    start = 0
+    for h, size in enumerate(heads if heads is not None else (C.shape[-1],)):
+        s = C[..., start:start + size].sum(axis=-1)
+        start += size
+        worst = float(xp.abs(s - 1).max()) if s.size else 0.0
+        if worst > tol:
+            where = f" of head {h}" if heads is not None else ""
+            raise ValueError(
+                f"{name}: label rows{where} must sum to 1; the worst row is off by "
+                f"{worst:.3g} (tolerance {tol:g})"
+            )
+    return C
+
+
+def check_symmetric(name, theta):
+    """theta == theta^T up to round-off (the quadratic model's parameter)."""
+    xp = get_array_module(theta)
+    scale = float(xp.abs(theta).max()) if theta.size else 0.0
+    err = float(xp.abs(theta - theta.T).max()) if theta.size else 0.0
+    tol = (1e-5 if theta.dtype.itemsize <= 4 else 1e-12) * max(scale, 1.0)
+    if err > tol:
+        raise ValueError(
+            f"{name}: the quadratic model needs a symmetric theta (theta = phi phi^T); "
+            f"max |theta - theta^T| = {err:.3g}. Pass phi and use theta_from_phi(phi)."
+        )
+
+
+def check_heads(name, heads, m):
+    if heads is None:
+        return None
+    heads = tuple(int(s) for s in heads)
+    if any(s < 1 for s in heads) or sum(heads) != m:
+        raise ValueError(
+            f"{name}: expected positive head sizes summing to the number of classes {m}, "
+            f"got {heads}"
+        )
+    return heads
+
+
+def check_step(name, h):
+    """A finite real step size (Python number or 0-d array)."""
+    try:
+        value = float(h)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a real number, got {type(h).__name__}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name}: expected a finite step size, got {value}")
+    return h
+
+
+def linear_inputs(Z, theta, C=None, heads=None):
+    """Validate (Z, theta, C) of the linear model N = Z theta^T; returns heads."""
+    check_same_backend(Z=Z, theta=theta, C=C)
+    check_array("Z", Z, ndim=2)
+    check_array("theta", theta, ndim=2)
+    n, d = Z.shape
+    check_shape("theta", theta, (theta.shape[0], d), "m classes x d features, d from Z")
+    check_same_dtype(Z=Z, theta=theta)
+    heads = check_heads("heads", heads, theta.shape[0])
+    if C is not None:
+        check_array("C", C, ndim=2)
+        check_shape("C", C, (n, theta.shape[0]), "n rows of Z x m classes of theta")
+        check_labels("C", C, heads)
+    return heads
+
+
+def quadratic_inputs(Z, theta, C=None, symmetric=True):
+    """Validate (Z, theta, C) of the quadratic model N = Z theta Z^T.
+
+    Z may carry leading batch axes: (..., n, d); C is then (..., n, n).
+    """
+    check_same_backend(Z=Z, theta=theta, C=C)
+    check_array("Z", Z, min_ndim=2)
+    check_array("theta", theta, ndim=2)
+    n, d = Z.shape[-2:]
+    check_shape("theta", theta, (d, d), "d x d, d from the last axis of Z")
+    check_same_dtype(Z=Z, theta=theta)
+    if symmetric:
+        check_symmetric("theta", theta)
+    if C is not None:
+        check_array("C", C, min_ndim=2)
+        check_shape("C", C, tuple(Z.shape[:-1]) + (n,), "n x n targets for each sequence in Z")
+        check_labels("C", C)
+
+
+def quadratic_phi_inputs(Z, phi, C=None):
+    check_same_backend(Z=Z, phi=phi, C=C)
+    check_array("phi", phi, ndim=2)
+    d = Z.shape[-1] if _is_array(Z) else phi.shape[0]
+    check_shape("phi", phi, (d, d), "d x d lower-triangular factor, d from the last axis of Z")
+    quadratic_inputs(Z, phi @ phi.T, C, symmetric=False)
+
+
+__all__ = [
+    "check_array", "check_shape", "check_labels", "check_symmetric", "check_step",
+    "check_heads", "check_same_dtype", "linear_inputs", "quadratic_inputs",
+    "quadratic_phi_inputs",
+]
