@@ -1,0 +1,68 @@
+"""flowattn_np: transformers derived as gradient flows of multinomial regression.
+
+NumPy (optionally CuPy) implementation of Actor, Gruber & Cyr, *Deriving Transformer
+Architectures as Implicit Multinomial Regression* (arXiv 2509.04653). Every forward
+and backward pass is written by hand and checked against finite differences.
+"""
+
+__version__ = "0.1.0"
+
+from .backend import (
+    BackendError,
+    array_module,
+    asarray,
+    get_array_module,
+    get_backend,
+    set_backend,
+    to_numpy,
+    use_backend,
+)
+from .ops import (
+    cross_entropy,
+    log_softmax,
+    logsumexp,
+    mean_cross_entropy,
+    one_hot,
+    softmax,
+    softmax_vjp,
+)
+from .attention import (
+    cross_attention,
+    cross_attention_vjp,
+    self_attention,
+    self_attention_adjoint,
+    self_attention_sum_vjp,
+)
+from .models import (
+    LinearModel,
+    QuadraticModel,
+    linear_grad_theta,
+    linear_grad_Z,
+    linear_logits,
+    linear_loss,
+    quadratic_grad_phi,
+    quadratic_grad_theta,
+    quadratic_grad_Z,
+    quadratic_logits,
+    quadratic_loss,
+    theta_from_phi,
+)
+from .flows import (
+    INTEGRATORS,
+    Integrator,
+    integrate,
+    lie_step,
+    linear_B_exact,
+    linear_flow,
+    linear_flow_A,
+    linear_flow_B,
+    quadratic_B_exact,
+    quadratic_flow,
+    quadratic_flow_A,
+    quadratic_flow_B,
+    rk_step,
+    strang_step,
+)
+from .gradient_check import GradcheckResult, check_vjp, gradcheck, numerical_gradient
+from .layers import BlockConfig, CrossAttentionBlock, MemoryBlock, SelfAttentionBlock, make_block
+from .network import Network, NetworkConfig
