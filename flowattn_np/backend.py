@@ -191,6 +191,17 @@ def synchronize():
         sys.modules["cupy"].cuda.get_current_stream().synchronize()
 
 
+def quiet_errors():
+    """Context manager silencing NumPy's floating-point warnings (a no-op on CuPy).
+
+    For code that detects non-finite values itself and raises a clear error, such
+    as ``fit``; elsewhere an overflow warning is a bug worth seeing.
+    """
+    if get_backend() == "numpy":
+        return numpy.errstate(over="ignore", invalid="ignore", divide="ignore")
+    return contextlib.nullcontext()
+
+
 def host_rng(seed):
     """A seeded NumPy Generator on the host, for initialisation and shuffles.
 
@@ -225,3 +236,49 @@ class RNG:
     def permutation(self, n):
         """A host (NumPy) permutation of range(n)."""
         return self._host.permutation(n)
+
+
+def save_arrays(path, arrays, meta):
+    """Write a dict of arrays (either backend) and a JSON-able ``meta`` dict to one .npz.
+
+    Atomic: the file is written under a temporary name in the same folder, flushed to
+    disk and then renamed over ``path``, so an interrupted save leaves any previous
+    file intact and no half-written file behind.
+    """
+    import json
+    import tempfile
+
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    host = {k: to_numpy(v) for k, v in arrays.items()}
+    host["__meta__"] = numpy.frombuffer(json.dumps(meta).encode("utf-8"), dtype=numpy.uint8)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            numpy.savez(f, **host)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_arrays(path):
+    """Read what ``save_arrays`` wrote: (dict of NumPy arrays, meta dict)."""
+    import json
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"path: no checkpoint at {path}")
+    try:
+        with numpy.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as exc:
+        raise ValueError(f"path: {path} is not a readable checkpoint (.npz): {exc}") from exc
+    if "__meta__" not in arrays:
+        raise ValueError(f"path: {path} is an .npz file but not a flowattn_np checkpoint (no metadata)")
+    meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
+    return arrays, meta

@@ -500,3 +500,60 @@ def add_noise(X, sigma, seed=0):
     eps *= sigma  # a Python float keeps eps's dtype
     eps += X
     return eps
+
+
+# ---------------------------------------------------------------- synthetic problems
+# Small problems the package generates itself, for tests, notebooks and students.
+# Host NumPy arrays (float32 features, int64 labels); move them with flowattn_np.asarray.
+
+
+def make_blobs(n=600, classes=3, dim=2, spread=0.5, radius=2.0, seed=0, dtype="float32"):
+    """Gaussian clusters around ``classes`` centres on a circle (dim >= 2, other axes 0).
+
+    Linearly separable for small ``spread``. Returns (X (n, dim), y (n,)).
+    """
+    rng = np.random.default_rng(seed)
+    angles = 2 * np.pi * np.arange(classes) / classes
+    centres = np.zeros((classes, dim))
+    centres[:, 0], centres[:, 1] = radius * np.cos(angles), radius * np.sin(angles)
+    y = rng.integers(0, classes, size=n)
+    X = centres[y] + spread * rng.standard_normal((n, dim))
+    return X.astype(dtype), y.astype(np.int64)
+
+
+def make_xor(n=800, spread=0.3, dim=2, seed=0, dtype="float32"):
+    """XOR: four clusters at (+-1, +-1); class 1 where the two signs differ.
+
+    No linear classifier through the origin (logits Z theta^T, no intercept) can
+    beat chance on it: class(z) = class(-z) while a linear score is odd. With
+    dim > 2 the extra axes carry pure noise. Returns (X (n, dim), y (n,)).
+    """
+    rng = np.random.default_rng(seed)
+    signs = rng.choice([-1.0, 1.0], size=(n, 2))
+    X = np.zeros((n, dim))
+    X[:, :2] = signs + spread * rng.standard_normal((n, 2))
+    if dim > 2:
+        X[:, 2:] = spread * rng.standard_normal((n, dim - 2))
+    y = (signs[:, 0] != signs[:, 1]).astype(np.int64)
+    return X.astype(dtype), y
+
+
+def random_spd(d, seed=0, condition=4.0):
+    """A random symmetric positive-definite d x d matrix with eigenvalues in [1, condition]."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return (Q * np.linspace(1.0, condition, d)) @ Q.T
+
+
+def make_retrieval(num_seqs=512, tokens=8, d=6, theta_star=None, seed=0, dtype="float32"):
+    """Self-attention retrieval: each token's target is the token it scores highest
+    under a hidden SPD matrix theta*: y_bi = argmax_j (Z_b theta* Z_b^T)_ij.
+
+    Returns (X (num_seqs, tokens, d), y (num_seqs, tokens), theta_star (d, d)).
+    """
+    rng = np.random.default_rng(seed)
+    if theta_star is None:
+        theta_star = random_spd(d, seed=seed + 1)
+    X = rng.standard_normal((num_seqs, tokens, d)) / d ** 0.25
+    scores = X @ theta_star @ X.transpose(0, 2, 1)
+    return X.astype(dtype), scores.argmax(axis=-1).astype(np.int64), theta_star.astype(dtype)

@@ -215,35 +215,36 @@ class Network:
             grads["E"] = _sum_lead(_T(Z_bar) @ X) if X.ndim > 2 else Z_bar.T @ X
         return grads
 
+    def _heads(self):
+        return self.config.block.heads if self.config.head == "linear" else None
+
+    def loss_from_logits(self, logits, C):
+        """Batch-mean cross-entropy -(1/rows) <C, log sigma(logits)> (0-d array)."""
+        return -(C * log_softmax(logits, self._heads())).sum() / (C.size // C.shape[-1])
+
     def loss_and_grads(self, X, y):
         """Batch-mean cross-entropy, its gradients, and the logits: (loss, grads, logits).
 
-        loss = -(1/rows) <C, log sigma(logits)>; d loss / d logits = (sigma(logits) - C) / rows.
+        d loss / d logits = (sigma(logits) - C) / rows, then ``backward``.
         """
         C = self.targets(y, X.dtype)
         logits, cache = self.forward(X, C=C)
         rows = C.size // C.shape[-1]
-        heads = self.config.block.heads if self.config.head == "linear" else None
-        P = softmax(logits, heads)
-        loss = -(C * log_softmax(logits, heads)).sum() / rows
-        grads = self.backward((P - C) / rows, cache)
-        return loss, grads, logits
+        grads = self.backward((softmax(logits, self._heads()) - C) / rows, cache)
+        return self.loss_from_logits(logits, C), grads, logits
 
     def loss(self, X, y):
         """Batch-mean cross-entropy (0-d array)."""
         C = self.targets(y, X.dtype)
-        logits, _ = self.forward(X, C=C)
-        heads = self.config.block.heads if self.config.head == "linear" else None
-        return -(C * log_softmax(logits, heads)).sum() / (C.size // C.shape[-1])
+        return self.loss_from_logits(self.forward(X, C=C)[0], C)
 
     def logits(self, X, y=None):
         return self.forward(X, y)[0]
 
-    def predict(self, X, y=None):
-        """Class (or target-token) predictions; per head with multi-head labels."""
-        logits = self.logits(X, y)
-        heads = self.config.block.heads
-        if heads is None or self.config.head != "linear":
+    def predictions(self, logits):
+        """Arg-max predictions from logits: classes (n,), per head (n, H), or tokens (B, n)."""
+        heads = self._heads()
+        if heads is None:
             return logits.argmax(axis=-1)
         xp = get_array_module(logits)
         out, start = [], 0
@@ -251,6 +252,10 @@ class Network:
             out.append(logits[:, start:start + m].argmax(axis=1))
             start += m
         return xp.stack(out, axis=1)
+
+    def predict(self, X, y=None):
+        """Class (or target-token) predictions; y only for blocks that use the true labels."""
+        return self.predictions(self.logits(X, y))
 
     def features(self, X, y=None):
         """The iterates [Z_0, Z_1, ..., Z_L] of a batch (for Figure 1)."""

@@ -1,0 +1,228 @@
+"""Optimisers, fit, evaluation and checkpoints (issue 3, part 3)."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+import flowattn_np as fa
+from flowattn_np.data import make_blobs, make_xor
+from flowattn_np.optim import SGD, Adam, Cosine, StepDecay, make_optimizer
+from flowattn_np.train import (
+    NonFiniteLossError,
+    evaluate,
+    fit,
+    load_checkpoint,
+    minibatches,
+    restore_optimizer,
+    save_checkpoint,
+)
+
+
+def _net(L=1, targets="learned", learn_h=True, p=2, m=3, seed=0, **kw):
+    cfg = fa.NetworkConfig(n_inputs=p, n_classes=m, layers=L,
+                           block=fa.BlockConfig(targets=targets, learn_h=learn_h, h=0.5), **kw)
+    return fa.Network(cfg, seed=seed)
+
+
+def test_minibatches_cover_every_row_once_in_a_seeded_order():
+    a = list(minibatches(10, 3, rng=7))
+    b = list(minibatches(10, 3, rng=7))
+    c = list(minibatches(10, 3, rng=8))
+    assert [len(i) for i in a] == [3, 3, 3, 1]
+    assert sorted(np.concatenate(a).tolist()) == list(range(10))
+    assert all((x == y).all() for x, y in zip(a, b))
+    assert any((x != y).any() for x, y in zip(a, c))
+    assert [len(range(10)[s]) for s in minibatches(10, 4, shuffle=False, drop_last=True)] == [4, 4]
+    with pytest.raises(ValueError, match="batch_size"):
+        list(minibatches(10, 0))
+
+
+def test_fit_reaches_ninety_five_percent_on_blobs(backend):
+    X, y = make_blobs(900, classes=3, seed=0)
+    Xt, yt = make_blobs(600, classes=3, seed=1)
+    net = _net(L=0, targets="none", learn_h=False)
+    hist = fit(net, X, y, epochs=20, batch_size=64, lr=0.1, X_val=Xt, y_val=yt, progress=False)
+    assert len(hist) == 20
+    assert hist.epochs[-1]["val_accuracy"] >= 0.95
+    assert hist.epochs[-1]["train_loss"] < hist.epochs[0]["train_loss"]
+    assert set(hist.epochs[0]) >= {"train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                                   "lr", "seconds", "samples_per_s", "h"}
+
+
+def test_learned_oracle_blocks_beat_multinomial_regression_on_xor():
+    # XOR is symmetric under z -> -z and a linear score through the origin is odd,
+    # so L = 0 stays at chance; a learned-oracle block adds a nonlinearity.
+    X, y = make_xor(2000, seed=0)
+    Xt, yt = make_xor(1000, seed=1)
+    acc = {}
+    for L in (0, 1):
+        net = _net(L=L, m=2, learn_h=True)
+        fit(net, X, y, epochs=60, batch_size=64, lr=0.1, progress=False)
+        acc[L] = evaluate(net, Xt, yt)["accuracy"]
+    assert acc[0] < 0.6
+    assert acc[1] > acc[0] + 0.1
+
+
+def test_same_seed_gives_bitwise_identical_parameters():
+    X, y = make_blobs(300, classes=3, seed=2)
+    runs = []
+    for _ in range(2):
+        net = _net(L=2, seed=3)
+        fit(net, X, y, epochs=2, batch_size=32, lr=0.05, seed=11, noise=0.1, progress=False)
+        runs.append(net.params)
+    assert runs[0].keys() == runs[1].keys()
+    for k in runs[0]:
+        assert np.array_equal(fa.to_numpy(runs[0][k]), fa.to_numpy(runs[1][k])), k
+    net = _net(L=2, seed=3)
+    fit(net, X, y, epochs=2, batch_size=32, lr=0.05, seed=12, noise=0.1, progress=False)
+    assert not np.array_equal(fa.to_numpy(net.params["theta"]), fa.to_numpy(runs[0]["theta"]))
+
+
+def test_nan_in_the_data_stops_fit_with_an_error_naming_X():
+    X, y = make_blobs(100, seed=0)
+    X[17, 1] = np.nan
+    net = _net()
+    before = {k: v.copy() for k, v in net.params.items()}
+    with pytest.raises(ValueError, match=r"X: expected finite values, found 1 NaN"):
+        fit(net, X, y, epochs=1, progress=False)
+    assert all(np.array_equal(before[k], net.params[k]) for k in before)
+
+
+@pytest.mark.parametrize("check_every", [1, 3])
+def test_non_finite_loss_stops_fit_and_keeps_the_last_finite_parameters(check_every):
+    X, y = make_blobs(200, seed=0)
+    X[150, 0] = np.inf  # reaches the loss only at the batch that holds row 150
+    net = _net(L=1)
+    states = [{k: v.copy() for k, v in net.params.items()}]  # initial, then after each step
+
+    class Spy(SGD):
+        def step(self, grads):
+            super().step(grads)
+            states.append({k: v.copy() for k, v in self.params.items()})
+
+    opt = Spy(net.params, lr=0.01)
+    with pytest.raises(NonFiniteLossError, match="non-finite") as err:
+        fit(net, X, y, epochs=1, batch_size=10, optimizer=opt, seed=0, progress=False,
+            check_inputs=False, check_every=check_every)
+    assert "restored" in str(err.value)
+    finite = [i for i, s in enumerate(states) if all(np.isfinite(v).all() for v in s.values())]
+    kept = [i for i, s in enumerate(states) if all(np.array_equal(s[k], net.params[k]) for k in s)]
+    assert kept, "the parameters are not any state the optimiser produced"
+    assert kept[-1] in finite
+    if check_every == 1:  # checked before every update: nothing after the last good step
+        assert kept[-1] == len(states) - 1
+    else:  # restored to the last check, a multiple of check_every steps
+        assert kept[-1] % check_every == 0
+
+
+def test_fit_rejects_labels_of_the_wrong_length():
+    X, y = make_blobs(50, seed=0)
+    with pytest.raises(ValueError, match="y: expected 50 labels"):
+        fit(_net(), X, y[:40], epochs=1, progress=False)
+
+
+def test_checkpoint_round_trip_restores_identical_predictions(tmp_path, backend):
+    X, y = make_blobs(200, seed=0)
+    net = _net(L=2, targets="learned", tied=False)
+    opt = SGD(net.params, lr=0.05, momentum=0.9)
+    hist = fit(net, X, y, epochs=2, batch_size=32, optimizer=opt, progress=False)
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, net, opt, hist, extra={"note": "test"})
+    with fa.use_backend("numpy"):  # a checkpoint saved on either backend loads on NumPy
+        loaded = load_checkpoint(path)
+        assert loaded.config == net.config
+        Xh = np.asarray(X)
+        assert np.array_equal(fa.to_numpy(loaded.predict(Xh)), fa.to_numpy(net.predict(fa.asarray(Xh))))
+        assert np.array_equal(fa.to_numpy(loaded.logits(Xh)), fa.to_numpy(net.logits(fa.asarray(Xh))))
+        assert loaded.checkpoint_meta["history"]["epochs"][-1]["epoch"] == 2
+        assert loaded.checkpoint_meta["extra"] == {"note": "test"}
+    loaded = load_checkpoint(path)
+    opt2 = restore_optimizer(SGD(loaded.params, lr=0.05, momentum=0.9), loaded)
+    assert opt2.t == opt.t
+    for k in opt.velocity:
+        assert np.array_equal(fa.to_numpy(opt2.velocity[k]), fa.to_numpy(opt.velocity[k]))
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    X, y = make_blobs(100, seed=0)
+    net = _net(L=1)
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, net)
+    before = path.read_bytes()
+    fit(net, X, y, epochs=1, progress=False)
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, net)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.npz"]
+
+
+def test_loading_a_missing_or_foreign_file_gives_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "nope.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="not a flowattn_np checkpoint"):
+        load_checkpoint(tmp_path / "other.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.npz")
+
+
+def test_fit_writes_a_checkpoint_every_epoch(tmp_path):
+    X, y = make_blobs(100, seed=0)
+    net = _net(L=1)
+    fit(net, X, y, epochs=2, progress=False, checkpoint=tmp_path / "run.npz")
+    assert load_checkpoint(tmp_path / "run.npz").checkpoint_meta["history"]["epochs"][-1]["epoch"] == 2
+
+
+def test_sgd_momentum_and_weight_decay_follow_their_formulas():
+    p = {"w": np.array([1.0, -2.0]), "h": np.array(0.5)}
+    g = {"w": np.array([0.5, 0.5]), "h": np.array(1.0)}
+    opt = SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01)
+    opt.step(g)
+    v1 = g["w"] + 0.01 * np.array([1.0, -2.0])
+    np.testing.assert_allclose(p["w"], np.array([1.0, -2.0]) - 0.1 * v1)
+    np.testing.assert_allclose(p["h"], 0.5 - 0.1 * 1.0)  # no weight decay on step sizes
+    w1 = p["w"].copy()
+    opt.step(g)
+    v2 = 0.9 * v1 + g["w"] + 0.01 * w1
+    np.testing.assert_allclose(p["w"], w1 - 0.1 * v2)
+
+
+def test_adam_first_step_moves_each_entry_by_lr():
+    p = {"w": np.array([1.0, -2.0, 3.0])}
+    opt = Adam(p, lr=0.01)
+    opt.step({"w": np.array([0.3, -5.0, 1e-3])})
+    np.testing.assert_allclose(p["w"], [0.99, -1.99, 2.99], rtol=1e-6)
+
+
+def test_schedules_and_bad_optimiser_settings():
+    cos = Cosine(total=100, warmup=10)
+    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0)
+    assert cos(10) == pytest.approx(1.0) and cos(100) == pytest.approx(0.0)
+    assert StepDecay(every=5, gamma=0.5)(12) == 0.25
+    p = {"w": np.zeros(2)}
+    with pytest.raises(ValueError, match="lr"):
+        SGD(p, lr=-1)
+    with pytest.raises(ValueError, match="momentum"):
+        SGD(p, momentum=1.0)
+    with pytest.raises(ValueError, match="optimizer"):
+        make_optimizer("lbfgs", p)
+
+
+def test_float32_training_keeps_float32_parameters(backend):
+    X, y = make_blobs(100, seed=0)
+    net = _net(L=2)
+    fit(net, X.astype(np.float64), y, epochs=1, progress=False,
+        optimizer=Adam(net.params, lr=1e-2))
+    assert all(v.dtype == np.float32 for v in net.params.values())
+    loss, grads, logits = net.loss_and_grads(fa.asarray(X), fa.asarray(y))
+    assert loss.dtype == np.float32 and logits.dtype == np.float32
+    assert all(g.dtype == np.float32 for g in grads.values())
+    assert math.isfinite(float(fa.to_numpy(loss)))
