@@ -88,9 +88,18 @@ def set_backend(name):
     """Make ``name`` ('numpy' or 'cupy') the active backend; returns the previous name."""
     name = _check_name(name)
     _module_for(name)  # fail now, with the install hint, not at the first array
-    previous = _state["name"]
+    previous = _effective_name()
     _state["name"] = name
     return previous
+
+
+def _effective_name():
+    """The backend in force now (the environment's choice before first use); None if
+    that choice is itself unusable, so that restoring it falls back to the default."""
+    try:
+        return get_backend()
+    except (ValueError, BackendError):
+        return None
 
 
 @contextlib.contextmanager
@@ -98,7 +107,7 @@ def use_backend(name):
     """Context manager: run the block with backend ``name``; restore the previous one after."""
     name = _check_name(name)
     _module_for(name)
-    previous = _state["name"]
+    previous = _state["name"]  # restored as it was, "not chosen yet" included
     _state["name"] = name
     try:
         yield _module_for(name)

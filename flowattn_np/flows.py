@@ -47,7 +47,7 @@ def linear_flow_B(Z, theta, C):
 def linear_B_exact(Z, theta, C, t):
     """Exact solution of dZ/dt = C theta after time t: Z + t C theta (second line of eq. 8)."""
     validate.linear_inputs(Z, theta, C)
-    validate.check_step("t", t)
+    t = validate.check_step("t", t)
     return Z + t * (C @ theta)
 
 
@@ -77,7 +77,7 @@ def quadratic_B_exact(Z, theta, C, t):
     This is NOT expm(tM) Z expm(t theta), which solves dZ/dt = M Z + Z theta.
     """
     validate.quadratic_inputs(Z, theta, C)
-    validate.check_step("t", t)
+    t = validate.check_step("t", t)
     return _quadratic_B_exact(Z, theta, C + _T(C), t)[0]
 
 
@@ -181,6 +181,8 @@ def rk_forward(field, Z, h, method):
     Returns (Z_new, cache) where cache holds the stages for ``rk_backward``.
     """
     rk = get_integrator(method)
+    if not hasattr(h, "shape"):  # a NumPy float64 scalar would upcast float32 features
+        h = float(h)
     ks, fcaches = [], []
     for i in range(rk.stages):
         Y = Z
@@ -232,9 +234,10 @@ def integrate(f, Z0, T, steps, method="rk4", return_path=False):
     The step is explicit: h = T / steps (no silent default). Returns Z(T), or the list
     [Z0, Z1, ..., Z(T)] with ``return_path``.
     """
-    if int(steps) < 1:
-        raise ValueError(f"steps: expected a positive number of steps, got {steps}")
-    h = T / steps
+    if isinstance(steps, bool) or not float(steps).is_integer() or int(steps) < 1:
+        raise ValueError(f"steps: expected a positive whole number of steps, got {steps!r}")
+    steps = int(steps)
+    h = validate.check_step("T", T) / steps
     path = [Z0]
     Z = Z0
     for _ in range(int(steps)):

@@ -40,6 +40,7 @@ from .attention import (
 from .backend import get_array_module
 from .flows import _quadratic_B_exact, get_integrator, quadratic_B_exact_vjp, rk_backward, rk_forward
 from .ops import softmax, softmax_vjp, softmax_vjp_heads
+from .validate import check_step
 
 MODELS = ("linear", "quadratic", "memory")
 SCHEMES = ("lie", "strang")
@@ -90,9 +91,8 @@ class BlockConfig:
                     f"got {getattr(self, field)!r}"
                 )
         get_integrator(self.integrator)
-        h = float(self.h)
-        if h != h or abs(h) == float("inf"):
-            raise ValueError(f"h: expected a finite step size, got {self.h}")
+        # a Python float: a NumPy float64 step would upcast float32 features
+        object.__setattr__(self, "h", check_step("h", self.h))
         if self.model == "memory":
             if self.targets != "none":
                 raise ValueError("targets: a 'memory' block has no label sub-flow; use targets='none'")
@@ -144,6 +144,13 @@ class _SplitBlock:
     def __init__(self, config):
         self.config = config
 
+    @staticmethod
+    def _need_labels():
+        raise ValueError(
+            "C: this block uses the true labels (targets='labels'); pass C, or "
+            "configure targets='learned' or 'none' for a label-free block"
+        )
+
     # -- forward --------------------------------------------------------------
     def forward(self, Z, params, C=None):
         """Advance Z by one block; returns (Z_out, cache). C is needed iff targets='labels'."""
@@ -153,10 +160,7 @@ class _SplitBlock:
         oracle_cache = None
         if cfg.targets == "labels":
             if C is None:
-                raise ValueError(
-                    "C: this block uses the true labels (targets='labels'); pass C, or "
-                    "configure targets='learned' or 'none' for a label-free block"
-                )
+                self._need_labels()
         elif cfg.targets == "learned":
             C, oracle_cache = self.oracle(Z, params)
         else:
@@ -170,13 +174,13 @@ class _SplitBlock:
             else:
                 Z, c = self.B_forward(Z, theta, C, t)
             steps.append((kind, frac, c))
-        return Z, (params, theta, C, oracle_cache, steps)
+        return Z, ("split", params, theta, C, oracle_cache, steps)
 
     # -- backward -------------------------------------------------------------
     def backward(self, Z_bar, cache):
         """VJP of the block: returns (Z_in_bar, grads) with grads keyed like params."""
         cfg = self.config
-        params, theta, C, oracle_cache, steps = cache
+        _, params, theta, C, oracle_cache, steps = cache
         xp = get_array_module(Z_bar)
         theta_bar = xp.zeros_like(theta)
         h_bar = 0.0
@@ -206,6 +210,79 @@ class CrossAttentionBlock(_SplitBlock):
     params: 'theta' (m x d), 'h' (0-d, if learn_h), 'W' (m x d) and 'b' (m,) (if
     targets='learned'). Z: n x d, C: n x m.
     """
+
+    def forward(self, Z, params, C=None):
+        """Advance Z by one block; returns (Z_out, cache). C is needed iff targets='labels'."""
+        cfg = self.config
+        if cfg.scheme == "lie" and cfg.integrator == "euler":
+            return self._eq8_forward(Z, params, C)
+        return super().forward(Z, params, C)
+
+    def backward(self, Z_bar, cache):
+        """VJP of the block: returns (Z_in_bar, grads) with grads keyed like params."""
+        if cache[0] == "eq8":
+            return self._eq8_backward(Z_bar, cache)
+        return super().backward(Z_bar, cache)
+
+    def _eq8_forward(self, Z, params, C):
+        """The transformer block of eq. (8) in one update: Z + h (C - sigma(Z theta^T)) theta.
+
+        Z_half = Z - h CA(Z, theta) and Z_out = Z_half + h C theta share the product
+        with theta (B is constant in Z, so its exact and Euler forms agree); a learned
+        oracle's scores Z W^T share one product with the attention scores Z theta^T.
+        """
+        cfg = self.config
+        xp = get_array_module(Z)
+        theta = params["theta"]
+        h = params["h"] if cfg.learn_h else cfg.h
+        m = theta.shape[0]
+        K = None
+        if cfg.targets == "learned":
+            K = xp.concatenate([params["W"], theta])  # keys of oracle and attention: 2m x d
+            S = Z @ K.T
+            S[:, :m] += params["b"]
+            C = softmax(S[:, :m], cfg.heads)
+            P = softmax(S[:, m:], cfg.heads)
+        else:
+            if cfg.targets == "labels" and C is None:
+                self._need_labels()
+            P = softmax(Z @ theta.T, cfg.heads)
+        R = -P if cfg.targets == "none" else C - P
+        out = R @ theta
+        out *= h
+        out += Z
+        return out, ("eq8", Z, theta, C, P, R, h, K)
+
+    def _eq8_backward(self, Z_bar, cache):
+        """VJP of Z_out = Z + h R theta, R = C - P, P = sigma(Z theta^T), C = sigma(Z W^T + b):
+
+            G = Z_bar theta^T,  h_bar = <G, R>,  R_bar = h G
+            theta_bar = h R^T Z_bar + S_P_bar^T Z,  S_P_bar = softmax_vjp(P, -R_bar)
+            S_C_bar = softmax_vjp(C, R_bar),  W_bar = S_C_bar^T Z,  b_bar = 1^T S_C_bar
+            Z_in_bar = Z_bar + S_C_bar W + S_P_bar theta
+        """
+        cfg = self.config
+        xp = get_array_module(Z_bar)
+        _, Z, theta, C, P, R, h, K = cache
+        G = Z_bar @ theta.T
+        R_bar = h * G
+        grads = {"theta": h * (R.T @ Z_bar)}
+        if cfg.learn_h:
+            grads["h"] = (G * R).sum().reshape(())
+        SP_bar = softmax_vjp_heads(P, -R_bar, cfg.heads)
+        if K is None:
+            Z_in_bar = SP_bar @ theta
+            grads["theta"] += SP_bar.T @ Z
+        else:
+            m = theta.shape[0]
+            S_bar = xp.concatenate([softmax_vjp_heads(C, R_bar, cfg.heads), SP_bar], axis=1)
+            Z_in_bar = S_bar @ K
+            KS = S_bar.T @ Z
+            grads["W"] = KS[:m]
+            grads["theta"] += KS[m:]
+            grads["b"] = S_bar[:, :m].sum(axis=0)
+        Z_in_bar += Z_bar
+        return Z_in_bar, grads
 
     def theta_of(self, params):
         return params["theta"]

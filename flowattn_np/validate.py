@@ -98,7 +98,15 @@ def check_symmetric(name, theta):
 def check_heads(name, heads, m):
     if heads is None:
         return None
-    heads = tuple(int(s) for s in heads)
+    try:
+        sizes = tuple(heads)
+        if not all(float(s) == int(s) for s in sizes):
+            raise ValueError
+        heads = tuple(int(s) for s in sizes)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name}: expected a tuple of positive whole numbers (classes per head), got {heads!r}"
+        ) from None
     if any(s < 1 for s in heads) or sum(heads) != m:
         raise ValueError(
             f"{name}: expected positive head sizes summing to the number of classes {m}, "
@@ -108,14 +116,18 @@ def check_heads(name, heads, m):
 
 
 def check_step(name, h):
-    """A finite real step size (Python number or 0-d array)."""
+    """A finite real step size; returned as a Python float.
+
+    (A NumPy float64 scalar would turn float32 features into float64 under NumPy 2's
+    promotion rules; a Python float keeps the arrays' dtype.)
+    """
     try:
         value = float(h)
     except (TypeError, ValueError):
         raise TypeError(f"{name}: expected a real number, got {type(h).__name__}") from None
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"{name}: expected a finite step size, got {value}")
-    return h
+    return value
 
 
 def linear_inputs(Z, theta, C=None, heads=None):

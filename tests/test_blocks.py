@@ -1,0 +1,403 @@
+"""Tests for the split-flow blocks of flowattn_np.layers.
+
+* The hand-derived ``backward`` of every block configuration (model x scheme x
+  integrator x b_flow x targets x learn_h, plus the memory block and the multi-head
+  linear block) equals central finite differences in float64, for the input Z and
+  for every parameter.
+* The blocks are the paper's equations: eq. (8) for the linear model, eq. (10) for
+  the quadratic model, the identity at h = 0.
+* Configuration errors name the offending field; forward keeps its inputs intact;
+  float32 stays float32 through forward and backward.
+
+Sizes are tiny (n = 4 tokens, d = 3 features, m = 5 classes, a batch of 2 sequences
+for the quadratic model) so the full matrix of finite-difference checks runs in
+seconds. The finite-difference checks run on the host (NumPy, float64); the cheap
+structural tests run on every installed backend through the ``xp`` fixture.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import flowattn_np as fa
+from flowattn_np.layers import BlockConfig, MemoryBlock, init_block_params, make_block
+
+N, D, M, BATCH, SLOTS = 4, 3, 5, 2, 3
+H = 0.3  # a non-trivial step: large enough that every sub-step matters
+RTOL = 1e-6
+
+MODELS = ("linear", "quadratic")
+SCHEMES = ("lie", "strang")
+INTEGRATORS = ("euler", "heun", "rk4")
+B_FLOWS = ("exact", "euler")
+TARGETS = ("labels", "none", "learned")
+
+
+# ---------------------------------------------------------------- helpers
+
+def _softmax_np(S, heads=None):
+    return fa.softmax(np.asarray(S, dtype=float), heads)
+
+
+def make_problem(config, seed=0, dtype=np.float64, m=M):
+    """Random (Z, params, C) for ``config`` on the host, all parameters non-trivial.
+
+    init gives b = 0 and phi = I / d^(1/4); both are replaced by random values here so
+    that no term of the backward pass is multiplied by zero.
+    """
+    rng = np.random.default_rng(seed)
+    params = {}
+    if config.model == "linear":
+        Z = rng.normal(size=(N, D))
+        params["theta"] = 0.8 * rng.normal(size=(m, D))
+        C = _softmax_np(rng.normal(size=(N, m)), config.heads) if config.targets == "labels" else None
+        if config.targets == "learned":
+            params["W"] = 0.8 * rng.normal(size=(m, D))
+            params["b"] = 0.5 * rng.normal(size=(m,))
+    elif config.model == "quadratic":
+        Z = rng.normal(size=(BATCH, N, D))
+        params["phi"] = np.tril(0.7 * rng.normal(size=(D, D)))
+        C = _softmax_np(rng.normal(size=(BATCH, N, N))) if config.targets == "labels" else None
+        if config.targets == "learned":
+            params["W"] = 0.5 * rng.normal(size=(D, D))
+    else:  # memory
+        Z = rng.normal(size=(N, D))
+        params["K"] = rng.normal(size=(config.slots, D))
+        params["V"] = rng.normal(size=(config.slots, D))
+        C = None
+    if config.learn_h:
+        params["h"] = np.asarray(config.h)
+    cast = lambda a: None if a is None else np.asarray(a, dtype=dtype)  # noqa: E731
+    return cast(Z), {k: cast(v) for k, v in params.items()}, cast(C)
+
+
+def to_backend(Z, params, C):
+    return (fa.asarray(Z), {k: fa.asarray(v) for k, v in params.items()},
+            None if C is None else fa.asarray(C))
+
+
+def assert_backward_matches_fd(config, seed=0):
+    """FD check of Z and every parameter for the objective <U, block(Z)>."""
+    block = make_block(config)
+    Z, params, C = make_problem(config, seed)
+    U = np.random.default_rng(seed + 100).normal(size=Z.shape)
+
+    def objective(Z_, params_):
+        return float((U * block.forward(Z_, params_, C)[0]).sum())
+
+    _, cache = block.forward(Z, params, C)
+    Z_bar, grads = block.backward(U.copy(), cache)
+    assert set(grads) == set(params), f"grads keys {sorted(grads)} != params keys {sorted(params)}"
+
+    failures = []
+    r = fa.gradcheck(lambda Z_: objective(Z_, params), Z, Z_bar)
+    if not r.rel_error < RTOL:
+        failures.append(f"Z: {r}")
+    for name, value in params.items():
+        lower = name == "phi"  # a lower-triangular parameter: perturb through tril
+
+        def f(p, name=name, lower=lower):
+            return objective(Z, {**params, name: np.tril(p) if lower else p})
+
+        assert grads[name].shape == value.shape, name
+        if lower:
+            assert np.array_equal(grads[name], np.tril(grads[name])), "phi grad must be lower-triangular"
+        r = fa.gradcheck(f, value, grads[name])
+        if not r.rel_error < RTOL:
+            failures.append(f"{name}: {r}")
+    assert not failures, f"{config.describe()}:\n" + "\n".join(failures)
+
+
+# ---------------------------------------------------------------- gradients
+
+ALL_SPLIT_CONFIGS = list(itertools.product(MODELS, SCHEMES, INTEGRATORS, B_FLOWS, TARGETS,
+                                           (True, False)))
+
+
+@pytest.mark.parametrize("model, scheme, integrator, b_flow, targets, learn_h", ALL_SPLIT_CONFIGS)
+def test_block_backward_matches_central_differences(model, scheme, integrator, b_flow, targets,
+                                                    learn_h):
+    config = BlockConfig(model=model, scheme=scheme, integrator=integrator, b_flow=b_flow,
+                         targets=targets, h=H, learn_h=learn_h)
+    assert_backward_matches_fd(config)
+
+
+@pytest.mark.parametrize("learn_h", [True, False])
+def test_memory_block_backward_matches_central_differences(learn_h):
+    config = BlockConfig(model="memory", targets="none", slots=SLOTS, h=H, learn_h=learn_h)
+    assert_backward_matches_fd(config)
+
+
+@pytest.mark.parametrize("scheme, integrator", [("lie", "euler"), ("strang", "rk4"),
+                                                ("strang", "heun")])
+@pytest.mark.parametrize("targets", TARGETS)
+def test_multihead_linear_block_backward_matches_central_differences(scheme, integrator, targets):
+    config = BlockConfig(model="linear", scheme=scheme, integrator=integrator, targets=targets,
+                         heads=(2, 3), h=H, learn_h=True)
+    assert_backward_matches_fd(config)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("targets", TARGETS)
+def test_block_backward_matches_central_differences_for_negative_h(model, targets):
+    """SPEC: a learned h may turn negative (a Hopfield-like step); the backward still holds."""
+    config = BlockConfig(model=model, scheme="strang", integrator="rk4", targets=targets,
+                         h=-H, learn_h=True)
+    assert_backward_matches_fd(config)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("targets", ["labels", "learned"])
+def test_exact_quadratic_B_backward_at_repeated_eigenvalues(scheme, targets):
+    """phi = I / d^(1/4) (the init: theta has one repeated eigenvalue) and one-hot C
+    (M = C + C^T with repeated eigenvalues): the divided differences of the exact-B VJP
+    must take their limits, and the gradient still matches finite differences."""
+    config = BlockConfig(model="quadratic", scheme=scheme, integrator="heun", b_flow="exact",
+                         targets=targets, h=H, learn_h=True)
+    block = make_block(config)
+    rng = np.random.default_rng(3)
+    Z = rng.normal(size=(BATCH, N, D))
+    params = {"phi": np.eye(D) / D ** 0.25, "h": np.asarray(H)}
+    if targets == "learned":
+        params["W"] = rng.normal(size=(D, D))
+    C = np.stack([fa.one_hot(np.array([1, 1, 0, 2]), N), fa.one_hot(np.array([3, 0, 0, 3]), N)])
+    assert np.allclose(np.linalg.eigvalsh(params["phi"] @ params["phi"].T), 1 / D ** 0.5)
+    U = rng.normal(size=Z.shape)
+    _, cache = block.forward(Z, params, C)
+    Z_bar, grads = block.backward(U, cache)
+    obj = lambda Z_, p_: float((U * block.forward(Z_, p_, C)[0]).sum())  # noqa: E731
+    assert fa.gradcheck(lambda Z_: obj(Z_, params), Z, Z_bar).rel_error < RTOL
+    for name, value in params.items():
+        lower = name == "phi"
+        r = fa.gradcheck(lambda x: obj(Z, {**params, name: np.tril(x) if lower else x}), value,
+                         grads[name])
+        assert r.rel_error < RTOL, f"{name}: {r}"
+
+
+def test_multihead_block_differs_from_single_softmax():
+    """heads=(2, 3) really uses one softmax per head (else the FD check above is vacuous)."""
+    Z, params, C = make_problem(BlockConfig(heads=(2, 3)))
+    multi = make_block(BlockConfig(heads=(2, 3), h=H)).forward(Z, params, C)[0]
+    single = make_block(BlockConfig(h=H)).forward(Z, params, C)[0]
+    assert np.abs(multi - single).max() > 1e-3
+
+
+def test_multihead_block_is_sum_of_per_head_cross_attentions():
+    """SPEC multi-head: one Euler step = Z - h sum_h (CA(Z, theta_h) - C_h theta_h)."""
+    Z, params, C = make_problem(BlockConfig(heads=(2, 3)))
+    theta = params["theta"]
+    out = make_block(BlockConfig(heads=(2, 3), h=H)).forward(Z, params, C)[0]
+    expected = Z.copy()
+    for sl in (slice(0, 2), slice(2, 5)):
+        expected -= H * (fa.cross_attention(Z, theta[sl]) - C[:, sl] @ theta[sl])
+    np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
+
+
+# ---------------------------------------------------------------- configuration errors
+
+@pytest.mark.parametrize("model", MODELS)
+def test_labels_block_without_C_raises_naming_C(model):
+    config = BlockConfig(model=model, targets="labels")
+    Z, params, _ = make_problem(config)
+    with pytest.raises(ValueError, match=r"\bC\b"):
+        make_block(config).forward(Z, params, None)
+
+
+@pytest.mark.parametrize("field", ["model", "scheme", "integrator", "b_flow", "targets"])
+def test_block_config_rejects_unknown_names_naming_the_field(field):
+    with pytest.raises(ValueError, match=rf"^{field}\b"):
+        BlockConfig(**{field: "no-such-thing"})
+
+
+@pytest.mark.parametrize("targets", ["labels", "learned"])
+def test_memory_block_rejects_targets_other_than_none(targets):
+    with pytest.raises(ValueError, match="targets"):
+        BlockConfig(model="memory", targets=targets, slots=SLOTS)
+
+
+def test_memory_block_needs_slots():
+    with pytest.raises(ValueError, match="slots"):
+        BlockConfig(model="memory", targets="none", slots=0)
+
+
+@pytest.mark.parametrize("h", [float("nan"), float("inf")])
+def test_block_config_rejects_non_finite_step(h):
+    with pytest.raises(ValueError, match="h"):
+        BlockConfig(h=h)
+
+
+# ---------------------------------------------------------------- the paper's equations
+
+@pytest.mark.parametrize("model, scheme, integrator, b_flow, targets",
+                         list(itertools.product(MODELS, SCHEMES, INTEGRATORS, B_FLOWS, TARGETS)))
+def test_zero_step_block_is_identity(xp, model, scheme, integrator, b_flow, targets):
+    config = BlockConfig(model=model, scheme=scheme, integrator=integrator, b_flow=b_flow,
+                         targets=targets, h=0.0, learn_h=True)
+    Z, params, C = to_backend(*make_problem(config))
+    params["h"] = xp.zeros(())  # the learned h, set to zero
+    out = make_block(config).forward(Z, params, C)[0]
+    # linear model and Euler B: exactly Z; the exact quadratic B goes through eigh (round-off)
+    np.testing.assert_allclose(fa.to_numpy(out), fa.to_numpy(Z), rtol=0, atol=1e-13)
+    fixed = make_block(config.replace(learn_h=False)).forward(Z, {k: v for k, v in params.items()
+                                                                  if k != "h"}, C)[0]
+    np.testing.assert_allclose(fa.to_numpy(fixed), fa.to_numpy(Z), rtol=0, atol=1e-13)
+
+
+def test_zero_step_memory_block_is_identity(xp):
+    config = BlockConfig(model="memory", targets="none", slots=SLOTS, h=0.0)
+    Z, params, _ = to_backend(*make_problem(config))
+    out = make_block(config).forward(Z, params)[0]
+    assert bool((out == Z).all())
+
+
+def test_linear_lie_euler_block_is_equation_8(xp):
+    """Z_l+1 = Z_l - h CA(Z_l, theta) + h C theta (eq. 8)."""
+    config = BlockConfig(model="linear", scheme="lie", integrator="euler", b_flow="exact",
+                         targets="labels", h=H)
+    Z, params, C = to_backend(*make_problem(config))
+    theta = params["theta"]
+    out = make_block(config).forward(Z, params, C)[0]
+    expected = Z - H * fa.cross_attention(Z, theta) + H * (C @ theta)
+    np.testing.assert_allclose(fa.to_numpy(out), fa.to_numpy(expected), rtol=1e-14, atol=1e-14)
+
+
+def test_linear_lie_euler_block_is_one_gradient_descent_step(xp):
+    """With C one-hot, eq. (8) is Z - h grad_Z l (eq. 4): a step of the full flow."""
+    config = BlockConfig(model="linear", targets="labels", h=H)
+    Z, params, _ = to_backend(*make_problem(config))
+    C = fa.one_hot(xp.asarray([0, 3, 1, 4]), M)
+    out = make_block(config).forward(Z, params, C)[0]
+    expected = Z - H * fa.linear_grad_Z(Z, params["theta"], C)
+    np.testing.assert_allclose(fa.to_numpy(out), fa.to_numpy(expected), rtol=1e-13, atol=1e-13)
+
+
+def test_quadratic_lie_euler_block_is_equation_10(xp):
+    """Z_half = Z - h (SA + SA*)(Z); Z_out = Z_half + h (C + C^T) Z_half theta (eq. 10)."""
+    config = BlockConfig(model="quadratic", scheme="lie", integrator="euler", b_flow="euler",
+                         targets="labels", h=H)
+    Z, params, C = to_backend(*make_problem(config))
+    theta = fa.theta_from_phi(params["phi"])
+    out = make_block(config).forward(Z, params, C)[0]
+    Z_half = Z - H * (fa.self_attention(Z, theta) + fa.self_attention_adjoint(Z, theta))
+    expected = Z_half + H * ((C + C.swapaxes(-1, -2)) @ Z_half @ theta)
+    np.testing.assert_allclose(fa.to_numpy(out), fa.to_numpy(expected), rtol=1e-13, atol=1e-13)
+
+
+def test_quadratic_lie_euler_block_with_exact_B_uses_the_exact_label_flow(xp):
+    config = BlockConfig(model="quadratic", scheme="lie", integrator="euler", b_flow="exact",
+                         targets="labels", h=H)
+    Z, params, C = to_backend(*make_problem(config))
+    theta = fa.theta_from_phi(params["phi"])
+    out = make_block(config).forward(Z, params, C)[0]
+    Z_half = Z - H * (fa.self_attention(Z, theta) + fa.self_attention_adjoint(Z, theta))
+    expected = fa.quadratic_B_exact(Z_half, theta, C, H)
+    np.testing.assert_allclose(fa.to_numpy(out), fa.to_numpy(expected), rtol=1e-12, atol=1e-12)
+
+
+def test_quadratic_exact_B_differs_from_its_euler_step():
+    """b_flow is honoured: exact and Euler B agree to O(h^2), not exactly."""
+    base = BlockConfig(model="quadratic", targets="labels", h=H)
+    Z, params, C = make_problem(base)
+    exact = make_block(base.replace(b_flow="exact")).forward(Z, params, C)[0]
+    euler = make_block(base.replace(b_flow="euler")).forward(Z, params, C)[0]
+    assert np.abs(exact - euler).max() > 1e-4
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_strang_block_is_half_A_full_B_half_A(model):
+    """Strang = A(h/2) B(h) A(h/2), composed from the Lie pieces with targets 'none'."""
+    cfg = BlockConfig(model=model, scheme="strang", integrator="heun", b_flow="euler",
+                      targets="labels", h=H)
+    Z, params, C = make_problem(cfg)
+    A_half = make_block(cfg.replace(scheme="lie", targets="none", h=H / 2))
+    Y = A_half.forward(Z, params)[0]
+    if model == "linear":
+        Y = fa.linear_B_exact(Y, params["theta"], C, H)
+    else:
+        theta = fa.theta_from_phi(params["phi"])
+        Y = Y + H * ((C + C.swapaxes(-1, -2)) @ Y @ theta)
+    expected = A_half.forward(Y, params)[0]
+    out = make_block(cfg).forward(Z, params, C)[0]
+    np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13)
+
+
+def test_memory_block_is_residual_key_value_attention(xp):
+    config = BlockConfig(model="memory", targets="none", slots=SLOTS, h=H)
+    Z, params, _ = to_backend(*make_problem(config))
+    out = make_block(config).forward(Z, params)[0]
+    expected = Z + H * fa.softmax(Z @ params["K"].T) @ params["V"]
+    np.testing.assert_allclose(fa.to_numpy(out), fa.to_numpy(expected), rtol=1e-14, atol=1e-14)
+
+
+# ---------------------------------------------------------------- no side effects, dtypes
+
+SMOKE_CONFIGS = [
+    BlockConfig(model=model, scheme=scheme, integrator="heun", b_flow=b_flow, targets=targets,
+                h=H, learn_h=learn_h)
+    for model, scheme, b_flow, targets, learn_h in itertools.product(
+        MODELS, SCHEMES, B_FLOWS, TARGETS, (True, False))
+] + [BlockConfig(model="memory", targets="none", slots=SLOTS, h=H, learn_h=lh) for lh in (True, False)] \
+  + [BlockConfig(model="linear", targets=t, heads=(2, 3), h=H, learn_h=True) for t in TARGETS]
+
+
+def _ids(config):
+    return (f"{config.model}-{config.scheme}-{config.b_flow}-{config.targets}-"
+            f"{'learnh' if config.learn_h else 'fixedh'}{'-heads' if config.heads else ''}")
+
+
+@pytest.mark.parametrize("config", SMOKE_CONFIGS, ids=_ids)
+def test_forward_and_backward_do_not_modify_inputs(xp, config):
+    Z, params, C = to_backend(*make_problem(config))
+    snapshot = [Z.copy(), {k: v.copy() for k, v in params.items()}, None if C is None else C.copy()]
+    block = make_block(config)
+    out, cache = block.forward(Z, params, C)
+    U = xp.ones_like(out)
+    U_copy = U.copy()
+    block.backward(U, cache)
+    assert bool((Z == snapshot[0]).all())
+    for k, v in params.items():
+        assert bool((v == snapshot[1][k]).all()), k
+    if C is not None:
+        assert bool((C == snapshot[2]).all())
+    assert bool((U == U_copy).all()), "backward modified its upstream gradient"
+    assert out is not Z
+
+
+@pytest.mark.parametrize("config", SMOKE_CONFIGS, ids=_ids)
+def test_float32_in_float32_out_and_float32_grads(xp, config):
+    Z, params, C = to_backend(*make_problem(config, dtype=np.float32))
+    block = make_block(config)
+    out, cache = block.forward(Z, params, C)
+    assert out.dtype == np.float32
+    Z_bar, grads = block.backward(xp.ones_like(out), cache)
+    assert Z_bar.dtype == np.float32
+    assert set(grads) == set(params)
+    for k, g in grads.items():
+        assert g.dtype == np.float32, f"grad {k} is {g.dtype}"
+        assert g.shape == params[k].shape, k
+    # and float32 agrees with float64 to float32 accuracy
+    Z64, params64, C64 = to_backend(*make_problem(config))
+    out64 = block.forward(Z64, params64, C64)[0]
+    np.testing.assert_allclose(fa.to_numpy(out), fa.to_numpy(out64), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("config", [BlockConfig(model="linear", targets="learned", learn_h=True),
+                                    BlockConfig(model="quadratic", targets="learned", learn_h=True),
+                                    BlockConfig(model="memory", targets="none", slots=SLOTS,
+                                                learn_h=True)], ids=_ids)
+def test_init_block_params_shapes_dtype_and_zero_bias(xp, config):
+    params = init_block_params(config, D, M, np.random.default_rng(0), "float32")
+    expected = {"linear": {"theta": (M, D), "W": (M, D), "b": (M,), "h": ()},
+                "quadratic": {"phi": (D, D), "W": (D, D), "h": ()},
+                "memory": {"K": (SLOTS, D), "V": (SLOTS, D), "h": ()}}[config.model]
+    assert {k: tuple(v.shape) for k, v in params.items()} == expected
+    assert all(v.dtype == np.float32 for v in params.values())
+    assert float(params["h"]) == pytest.approx(config.h)
+    if config.model == "quadratic":
+        phi = fa.to_numpy(params["phi"])
+        assert np.array_equal(phi, np.tril(phi))
+
+
+def test_memory_block_class():
+    assert isinstance(make_block(BlockConfig(model="memory", targets="none", slots=2)), MemoryBlock)
