@@ -142,6 +142,7 @@ def linear_inputs(Z, theta, C=None, heads=None):
     if C is not None:
         check_array("C", C, ndim=2)
         check_shape("C", C, (n, theta.shape[0]), "n rows of Z x m classes of theta")
+        check_same_dtype(Z=Z, C=C)
         check_labels("C", C, heads)
     return heads
 
@@ -162,6 +163,7 @@ def quadratic_inputs(Z, theta, C=None, symmetric=True):
     if C is not None:
         check_array("C", C, min_ndim=2)
         check_shape("C", C, tuple(Z.shape[:-1]) + (n,), "n x n targets for each sequence in Z")
+        check_same_dtype(Z=Z, C=C)
         check_labels("C", C)
 
 

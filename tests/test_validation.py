@@ -295,3 +295,16 @@ def test_validation_errors_are_raised_before_inputs_are_touched():
         fa.linear_grad_Z(a["Z"], a["theta"], C)
     np.testing.assert_array_equal(a["Z"], Z0)
     np.testing.assert_array_equal(C, C0)
+
+
+@pytest.mark.parametrize("model", ["linear", "quadratic"])
+def test_targets_of_another_dtype_are_rejected_naming_C(model):
+    Z = np.zeros((3, 2), dtype=np.float32)
+    if model == "linear":
+        theta, C = np.zeros((4, 2), np.float32), np.full((3, 4), 0.25)
+        call = lambda: fa.linear_loss(Z, theta, C)  # noqa: E731
+    else:
+        theta, C = np.eye(2, dtype=np.float32), np.full((3, 3), 1 / 3)
+        call = lambda: fa.quadratic_loss(Z, theta, C)  # noqa: E731
+    with pytest.raises(TypeError, match="C is float64"):
+        call()
