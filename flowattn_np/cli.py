@@ -1,0 +1,162 @@
+"""Command line: ``python -m flowattn_np`` or ``flowattn-np``.
+
+    flowattn-np reproduce [--quick] [--out DIR] [--layers 1,2,4] [--noise 0,0.5,1] ...
+    flowattn-np data [--download]      where the data is found (or fetch it)
+    flowattn-np info                   version, backend, CuPy and data availability
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from . import __version__
+
+
+def _floats(text):
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v < 0 or v != v for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got {text!r}")
+    return values
+
+
+def _ints(text):
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="flowattn-np",
+        description="Transformers derived as gradient flows of multinomial regression "
+                    "(Actor, Gruber & Cyr, arXiv 2509.04653), in NumPy.",
+    )
+    parser.add_argument("--version", action="version", version=f"flowattn-np {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    rep = sub.add_parser(
+        "reproduce", help="run the paper's Fashion-MNIST experiment (table, Figure 1, results.json)",
+        description="Reproduce the paper's Fashion-MNIST experiment: (1) multinomial regression, "
+                    "(2) feature discovery with the true labels (an oracle computation), (3) label-free "
+                    "classifiers trained end to end. Writes results.json, results.md and PNG figures.")
+    rep.add_argument("--out", help="output folder (default: a new folder under runs/)")
+    rep.add_argument("--layers", type=_ints, help="part 3 depths L, e.g. 1,2,4 (default 1,2,4)")
+    rep.add_argument("--max-layers", type=_positive, help="part 2: blocks L = 0..MAX (default 8)")
+    rep.add_argument("--noise", type=_floats, help="test noise levels sigma (default 0,0.5,1.0)")
+    rep.add_argument("--train-noise", type=float, help="sigma of the noise augmentation (default 0.5)")
+    rep.add_argument("--epochs", type=_positive, help="training epochs (default 5)")
+    rep.add_argument("--seeds", type=_positive, help="number of seeds for parts 1 and 3 (default 3)")
+    rep.add_argument("--seed", type=int, help="first seed (default 0)")
+    rep.add_argument("--optimizer", choices=("adam", "sgd"), help="part 3 optimiser (default adam)")
+    rep.add_argument("--lr", type=float, help="part 3 learning rate (default 3e-3)")
+    rep.add_argument("--h-units", type=float, help="part 2 step h in units of 1/lam_max (default 1)")
+    rep.add_argument("--backend", choices=("numpy", "cupy"), default=None,
+                     help="array backend (default: $FLOWATTN_BACKEND or numpy)")
+    rep.add_argument("--data-dir", help="folder holding the four Fashion-MNIST .gz files")
+    rep.add_argument("--quick", action="store_true", help="a smoke-sized run (seconds)")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rep.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+
+    dat = sub.add_parser("data", help="show where Fashion-MNIST is found, or download it")
+    dat.add_argument("--data-dir")
+    dat.add_argument("--download", action="store_true", help="download from the official mirror if missing")
+
+    sub.add_parser("info", help="version, backend, CuPy availability and data location")
+    return parser
+
+
+_REPRODUCE_FIELDS = {"layers": "layers", "max_layers": "max_layers", "noise": "noise",
+                     "train_noise": "train_noise", "epochs": "epochs", "seeds": "seeds", "seed": "seed",
+                     "optimizer": "optimizer", "lr": "lr", "h_units": "h_units"}
+
+
+def _reproduce(args):
+    from .experiment import ReproduceConfig, markdown_table, reproduce
+
+    overrides = {field: getattr(args, arg) for arg, field in _REPRODUCE_FIELDS.items()
+                 if getattr(args, arg) is not None}
+    cfg = ReproduceConfig.quick_run(**overrides) if args.quick else ReproduceConfig(**overrides)
+    out = args.out or os.path.join("runs", time.strftime("reproduce-%Y%m%d-%H%M%S"))
+    command = "flowattn-np " + " ".join(sys.argv[1:]) if sys.argv[1:] else "flowattn-np reproduce"
+    log = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr))
+    results = reproduce(cfg, out=out, backend=args.backend, data_dir=args.data_dir,
+                        progress=not args.no_progress, figures=not args.no_figures, command=command, log=log)
+    print(markdown_table(results))
+    print(f"Took {results['seconds']:.1f} s on backend {results['backend']}. "
+          f"Wrote {os.path.join(out, 'results.json')}, results.md"
+          + "".join(f", {f}" for f in results["figures"].values()) + f" in {out}/")
+    return 0
+
+
+def _data(args):
+    from .data import download_fashion_mnist, find_fashion_mnist, search_path
+
+    found = find_fashion_mnist(args.data_dir)
+    if found is None and args.download:
+        found = download_fashion_mnist(args.data_dir)
+    if found is None:
+        print("Fashion-MNIST not found. Looked in:")
+        for p in search_path(args.data_dir):
+            print(f"  {p}")
+        print("Get it with `sudo apt-get install dataset-fashion-mnist` or `flowattn-np data --download`.")
+        return 1
+    print(f"Fashion-MNIST found in {found}")
+    return 0
+
+
+def _info(args):
+    from .backend import BackendError, _import_cupy, get_backend
+    from .data import find_fashion_mnist
+
+    import numpy
+
+    print(f"flowattn-np {__version__}, Python {sys.version.split()[0]}, NumPy {numpy.__version__}")
+    print(f"backend: {get_backend()}")
+    try:
+        cupy = _import_cupy()
+        print(f"CuPy {cupy.__version__}: GPU available")
+    except BackendError as exc:
+        print(f"CuPy: not usable here ({str(exc).split('. ')[0]})")
+    found = find_fashion_mnist()
+    print(f"Fashion-MNIST: {found if found else 'not found (flowattn-np data --download)'}")
+    return 0
+
+
+def main(argv=None):
+    from .backend import BackendError
+    from .data import DataError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return {"reproduce": _reproduce, "data": _data, "info": _info}[args.command](args)
+    except (DataError, BackendError) as exc:
+        print(f"flowattn-np: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flowattn-np: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The reproduction command on the REAL Fashion-MNIST (issue 4): never skipped.
+
+CI installs Debian's dataset-fashion-mnist; on a developer machine the loader
+downloads the data from the official mirror.
+"""
+
+import json
+import math
+import os
+
+import pytest
+
+import flowattn_np as fa
+from flowattn_np import cli
+from flowattn_np.experiment import SCHEMA, ReproduceConfig, markdown_table, reproduce
+
+pytestmark = pytest.mark.realdata
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One --quick run through the command line, shared by the schema tests."""
+    out = tmp_path_factory.mktemp("quick")
+    code = cli.main(["reproduce", "--quick", "--out", str(out), "--no-progress"])
+    assert code == 0
+    with open(out / "results.json") as f:
+        return out, json.load(f)
+
+
+def test_quick_run_writes_results_table_and_figures(quick_run):
+    out, res = quick_run
+    assert sorted(os.listdir(out)) == ["accuracy_vs_layers.png", "figure1.png", "results.json",
+                                       "results.md", "training_curves.png"]
+    for name in res["figures"].values():
+        with open(out / name, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    table = (out / "results.md").read_text()
+    assert "Part 2. Feature discovery with the TRUE labels" in table
+    assert "oracle computation" in table and "NOT a classifier's test accuracy" in table
+    assert "Label-free" in table and "learned oracle" in table
+
+
+def test_results_json_has_the_documented_schema(quick_run):
+    _, res = quick_run
+    assert res["schema"] == SCHEMA
+    assert {"version", "command", "backend", "started", "seconds", "machine", "config", "data",
+            "part1", "part2", "part3", "checks", "figures"} <= set(res)
+    assert res["data"]["n_train"] == 4000 and res["data"]["n_test"] == 1000
+    assert res["data"]["source"]
+    noise = ["0", "0.5", "1"]
+    p1 = res["part1"]
+    assert list(p1["by_noise"]) == noise
+    for k in noise:
+        acc = p1["by_noise"][k]["accuracy"]
+        assert set(acc) == {"mean", "std", "range", "values"} and len(acc["values"]) == 2
+        assert 0.1 < acc["mean"] <= 1
+    p2 = res["part2"]
+    assert p2["targets"] == "true labels (oracle computation)"
+    assert p2["h"] == pytest.approx(p2["h_units"] / p2["lam_max"])
+    for scheme in ("lie", "strang"):
+        for k in noise:
+            r = p2["schemes"][scheme][k]
+            assert len(r["loss"]) == len(r["accuracy"]) == 4  # L = 0..3 in a quick run
+    p3 = res["part3"]
+    assert set(p3["settings"]) == {"clean", "noise-augmented"}
+    assert p3["settings"]["noise-augmented"]["train_noise"] == 0.5
+    rows = p3["settings"]["clean"]["rows"]
+    assert [(r["variant"], r["layers"]) for r in rows] == [
+        ("baseline", 0), ("attention", 1), ("attention", 2), ("oracle", 1), ("oracle", 2),
+        ("memory", 1), ("memory", 2)]
+    for r in rows:
+        assert set(r["accuracy"]) == set(noise)
+        if r["layers"]:
+            assert len(r["h"]["values"]) == 2 and r["h"]["sign"] in ("positive", "negative", "mixed")
+            assert all(math.isfinite(v) for v in r["h"]["values"])
+    assert "part3_oracle_vs_baseline_noise_augmented" in res["checks"]
+
+
+def test_feature_discovery_with_true_labels_lowers_the_loss_at_every_block(quick_run):
+    _, res = quick_run
+    for k, r in res["part2"]["schemes"]["lie"].items():
+        assert all(b < a for a, b in zip(r["loss"], r["loss"][1:])), k
+    assert all(v["loss_strictly_decreasing"] for v in res["checks"]["part2_lie_monotone"].values())
+
+
+def test_the_table_is_the_markdown_of_the_json(quick_run):
+    out, res = quick_run
+    assert markdown_table(res) == (out / "results.md").read_text()
+
+
+def test_reproduce_from_python_on_a_tiny_budget(tmp_path):
+    cfg = ReproduceConfig.quick_run(layers=(1,), max_layers=2, seeds=1, variants=("oracle",),
+                                    train_size=1000, test_size=500, noise=(0.0, 1.0))
+    res = reproduce(cfg, out=str(tmp_path), progress=False, figures=False, log=lambda m: None)
+    assert res["figures"] == {}
+    assert list(res["part1"]["by_noise"]) == ["0", "1"]
+    assert [r["variant"] for r in res["part3"]["settings"]["clean"]["rows"]] == ["baseline", "oracle"]
+    assert os.path.exists(tmp_path / "results.json")
+
+
+def test_cli_version_help_and_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and fa.__version__ in capsys.readouterr().out
+    assert cli.main([]) == 0
+    assert "reproduce" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["reproduce", "--backend", "tensorflow"])
+    assert e.value.code == 2 and "invalid choice: 'tensorflow'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "--noise", "0,-1"])
+    assert "non-negative" in capsys.readouterr().err
+
+
+def test_cli_reports_missing_data_clearly(tmp_path, monkeypatch, capsys):
+    import flowattn_np.data as data
+
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "none")
+    monkeypatch.setattr(data, "default_data_dir", lambda: tmp_path / "empty")
+    monkeypatch.delenv("FLOWATTN_DATA", raising=False)
+
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    code = cli.main(["reproduce", "--quick", "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "apt-get install dataset-fashion-mnist" in err and str(tmp_path / "empty") in err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_cli_asking_for_cupy_without_cupy_says_how_to_install(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from conftest import CUPY
+
+    if CUPY:
+        pytest.skip("CuPy is usable here; the missing-CuPy path cannot be shown")
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    code = cli.main(["reproduce", "--quick", "--backend", "cupy", "--out", str(tmp_path), "--no-progress"])
+    assert code == 2
+    assert "pip install cupy-cuda12x" in capsys.readouterr().err
