@@ -66,3 +66,31 @@ from .flows import (
 from .gradient_check import GradcheckResult, check_vjp, gradcheck, numerical_gradient
 from .layers import BlockConfig, CrossAttentionBlock, MemoryBlock, SelfAttentionBlock, make_block
 from .network import Network, NetworkConfig
+from .optim import SGD, Adam
+from .train import evaluate, fit, load_checkpoint, save_checkpoint
+
+__all__ = [
+    # backend
+    "BackendError", "array_module", "asarray", "get_array_module", "get_backend", "set_backend",
+    "to_numpy", "use_backend",
+    # numerics
+    "cross_entropy", "log_softmax", "logsumexp", "mean_cross_entropy", "one_hot", "softmax",
+    "softmax_vjp",
+    # attention (eqs. 4, 9)
+    "cross_attention", "cross_attention_vjp", "self_attention", "self_attention_adjoint",
+    "self_attention_sum_vjp",
+    # models and their gradients (eqs. 1-5, 9)
+    "LinearModel", "QuadraticModel", "linear_grad_theta", "linear_grad_Z", "linear_logits",
+    "linear_loss", "quadratic_grad_phi", "quadratic_grad_theta", "quadratic_grad_Z",
+    "quadratic_logits", "quadratic_loss", "theta_from_phi",
+    # flows, splitting, integrators (eqs. 6-8, 10)
+    "INTEGRATORS", "Integrator", "integrate", "lie_step", "linear_B_exact", "linear_flow",
+    "linear_flow_A", "linear_flow_B", "quadratic_B_exact", "quadratic_flow", "quadratic_flow_A",
+    "quadratic_flow_B", "rk_step", "strang_step",
+    # gradient checking
+    "GradcheckResult", "check_vjp", "gradcheck", "numerical_gradient",
+    # blocks, networks, training
+    "BlockConfig", "CrossAttentionBlock", "MemoryBlock", "SelfAttentionBlock", "make_block",
+    "Network", "NetworkConfig", "SGD", "Adam", "fit", "evaluate", "save_checkpoint",
+    "load_checkpoint",
+]

@@ -26,7 +26,8 @@ ENV_VAR = "FLOWATTN_BACKEND"
 
 _CUPY_HELP = (
     "Install a CuPy wheel that matches your CUDA version, e.g. "
-    "`pip install cupy-cuda12x` (CUDA 12) or `pip install cupy-cuda11x` (CUDA 11), "
+    "`pip install cupy-cuda12x` (CUDA 12), `pip install cupy-cuda13x` (CUDA 13) or "
+    "`pip install cupy-cuda11x` (CUDA 11), "
     "or `pip install 'flowattn-np[gpu]'`; see docs/gpu.md. "
     "Use set_backend('numpy') to stay on the CPU."
 )

@@ -25,12 +25,12 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
 
 from . import __version__
-from .backend import asarray, get_backend, to_float, to_numpy, use_backend
+from .backend import RNG, asarray, get_array_module, get_backend, to_float, to_numpy, use_backend
 from .layers import BlockConfig, make_block
 from .network import Network, NetworkConfig
 from .ops import log_softmax, one_hot
@@ -104,8 +104,6 @@ def _stats(values):
 
 def _noisy(X, sigma, seed):
     """X + sigma * eps on the backend; seeded so every run sees the same noisy test set."""
-    from .backend import RNG
-
     if not sigma:
         return X
     return X + sigma * RNG(seed).normal(X.shape, X.dtype)
@@ -142,8 +140,6 @@ def part1_baseline(X, y, tests, yt, cfg, progress):
 
 def lam_max(theta):
     """Largest eigenvalue of theta theta^T (m x m): the step-size unit of SPEC.md."""
-    from .backend import get_array_module
-
     xp = get_array_module(theta)
     t64 = theta.astype("float64")
     return to_float(xp.linalg.eigvalsh(t64 @ t64.T).max())

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import validate
-from .attention import _T, _cross_attention, _self_attention_sum, _sum_lead
+from .attention import _T, _cross_attention, _self_attention_sum
 from .backend import get_array_module
 
 # ---------------------------------------------------------------- vector fields
