@@ -122,6 +122,7 @@ def array_module():
 
 
 def is_cupy_array(a):
+    """True for a CuPy array (without importing CuPy when it is not loaded)."""
     cupy = sys.modules.get("cupy")
     return cupy is not None and isinstance(a, cupy.ndarray)
 

@@ -139,7 +139,10 @@ def part1_baseline(X, y, tests, yt, cfg, progress):
 
 
 def lam_max(theta):
-    """Largest eigenvalue of theta theta^T (m x m): the step-size unit of SPEC.md."""
+    """Largest eigenvalue of theta theta^T (m x m): the unit of the step size.
+
+    An Euler step of the full linear flow descends for h < 4 / lam_max (docs/math.md).
+    """
     xp = get_array_module(theta)
     t64 = theta.astype("float64")
     return to_float(xp.linalg.eigvalsh(t64 @ t64.T).max())

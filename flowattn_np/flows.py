@@ -70,7 +70,9 @@ def quadratic_flow_B(Z, theta, C):
 
 
 def quadratic_B_exact(Z, theta, C, t):
-    """Exact solution of dZ/dt = M Z theta, M = C + C^T, after time t (eq. 10, second line).
+    """Exact solution of the quadratic B sub-flow dZ/dt = M Z theta, M = C + C^T, after time t.
+
+    (The second line of eq. (10) is one Euler step of this sub-flow: Z + t M Z theta.)
 
     With M = U diag(lam) U^T and theta = V diag(mu) V^T (eigh),
         Z(t) = U [exp(t lam mu^T) * (U^T Z V)] V^T        (* element-wise).
@@ -110,8 +112,9 @@ def quadratic_B_exact_vjp(Z_bar, cache):
         M_bar     = U H U^T,    H_ij = sum_a Y_ia Zt_ja D'_aij,
                     D'_aij = (e^{t lam_i mu_a} - e^{t lam_j mu_a}) / (lam_i - lam_j)
         t_bar     = sum(Y * E * Zt * lam mu^T)
-    (divided differences taken as their limits t lam e^{t lam mu} at equal
-    eigenvalues). Returns (Z_bar_in, theta_bar, M_bar, t_bar).
+    At equal eigenvalues the divided differences take their limits: D_iab -> t lam_i
+    e^{t lam_i mu_a} and D'_aij -> t mu_a e^{t lam_i mu_a} (computed with exprel, so
+    nearly equal ones stay accurate). Returns (Z_bar_in, theta_bar, M_bar, t_bar).
     """
     xp = get_array_module(Z_bar)
     U, lam, V, mu, Zt, E, t = cache
@@ -152,6 +155,7 @@ class Integrator:
 
     @property
     def stages(self):
+        """Number of stages s (evaluations of f per step)."""
         return len(self.b)
 
 
@@ -253,8 +257,13 @@ def lie_step(step_A, step_B, Z, h):
 
 
 def strang_step(step_A, step_B, Z, h):
-    """Strang splitting, second order: A(h/2) o B(h) o A(h/2). step_X(Z, t) -> Z."""
+    """Strang splitting A(h/2) o B(h) o A(h/2); step_X(Z, t) -> Z.
+
+    Second order when both sub-steps are at least second order (exact B and Heun or
+    RK4 for A); with one Euler step for A it is first order, like Lie.
+    """
     return step_A(step_B(step_A(Z, 0.5 * h), h), 0.5 * h)
 
 
+# each scheme with its order when the sub-flows are solved to at least that order
 SCHEMES = {"lie": (lie_step, 1), "strang": (strang_step, 2)}

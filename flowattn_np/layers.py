@@ -104,6 +104,7 @@ class BlockConfig:
             object.__setattr__(self, "heads", tuple(int(s) for s in self.heads))
 
     def replace(self, **changes):
+        """A copy with some fields changed."""
         return replace(self, **changes)
 
     def describe(self):
@@ -285,9 +286,11 @@ class CrossAttentionBlock(_SplitBlock):
         return Z_in_bar, grads
 
     def theta_of(self, params):
+        """The model parameter theta (m x d) from the params dict."""
         return params["theta"]
 
     def param_grads(self, theta_bar, params):
+        """Parameter gradients from theta_bar: {"theta": theta_bar}."""
         return {"theta": theta_bar}
 
     def field_A(self, Y, theta):
@@ -296,6 +299,7 @@ class CrossAttentionBlock(_SplitBlock):
         return -CA, (Y, theta, P)
 
     def field_A_vjp(self, k_bar, fcache):
+        """VJP of the A vector field -CA(Y, theta): returns (Y_bar, {"theta": theta_bar})."""
         Y, theta, P = fcache
         Y_bar, theta_bar = cross_attention_vjp(Y, theta, P, -k_bar, self.config.heads)
         return Y_bar, {"theta": theta_bar}
@@ -306,6 +310,7 @@ class CrossAttentionBlock(_SplitBlock):
         return Z + t * Ct, (theta, C, Ct, t)
 
     def B_vjp(self, Z_bar, c):
+        """VJP of Z + t C theta: returns (Z_bar, theta_bar, C_bar, t_bar)."""
         theta, C, Ct, t = c
         return Z_bar, t * (C.T @ Z_bar), t * (Z_bar @ theta.T), (Z_bar * Ct).sum()
 
@@ -315,6 +320,7 @@ class CrossAttentionBlock(_SplitBlock):
         return C, (Z, C)
 
     def oracle_vjp(self, C_bar, oc, params):
+        """VJP of C_hat = softmax(Z W^T + b): returns (Z_bar, {"W": ..., "b": ...})."""
         Z, C = oc
         S_bar = softmax_vjp_heads(C, C_bar, self.config.heads)
         return S_bar @ params["W"], {"W": S_bar.T @ Z, "b": S_bar.sum(axis=0)}
@@ -328,10 +334,12 @@ class SelfAttentionBlock(_SplitBlock):
     """
 
     def theta_of(self, params):
+        """theta = phi phi^T from the params dict."""
         phi = params["phi"]
         return phi @ phi.T
 
     def param_grads(self, theta_bar, params):
+        """phi_bar = tril((theta_bar + theta_bar^T) phi) from the gradient in theta."""
         xp = get_array_module(theta_bar)
         return {"phi": xp.tril((theta_bar + theta_bar.T) @ params["phi"])}
 
@@ -341,6 +349,7 @@ class SelfAttentionBlock(_SplitBlock):
         return -F, (Y, theta, P, Yt)
 
     def field_A_vjp(self, k_bar, fcache):
+        """VJP of the A vector field -(SA + SA*)(Y, theta): returns (Y_bar, {"theta": theta_bar})."""
         Y, theta, P, Yt = fcache
         Y_bar, theta_bar = self_attention_sum_vjp(Y, theta, P, Yt, -k_bar)
         return Y_bar, {"theta": theta_bar}
@@ -355,6 +364,7 @@ class SelfAttentionBlock(_SplitBlock):
         return Z + t * MZt, ("euler", (Z, theta, M, MZt, t))
 
     def B_vjp(self, Z_bar, c):
+        """VJP of the B sub-step (exact or Euler): returns (Z_bar, theta_bar, C_bar, t_bar)."""
         kind, c = c
         if kind == "exact":
             Z_in_bar, theta_bar, M_bar, t_bar = quadratic_B_exact_vjp(Z_bar, c)
@@ -373,6 +383,7 @@ class SelfAttentionBlock(_SplitBlock):
         return C, (Z, ZW, C)
 
     def oracle_vjp(self, C_bar, oc, params):
+        """VJP of C_hat = softmax(Z W Z^T): returns (Z_bar, {"W": W_bar})."""
         Z, ZW, C = oc
         S_bar = softmax_vjp(C, C_bar)
         Z_bar = S_bar @ Z @ params["W"].T + _T(S_bar) @ ZW
@@ -390,6 +401,7 @@ class MemoryBlock:
         self.config = config
 
     def forward(self, Z, params, C=None):
+        """Z + h softmax(Z K^T) V; returns (Z_out, cache). C is ignored (no label sub-flow)."""
         h = params["h"] if self.config.learn_h else self.config.h
         P = softmax(Z @ params["K"].T)
         PV = P @ params["V"]

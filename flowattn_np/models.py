@@ -136,18 +136,23 @@ class LinearModel:
         self.heads = validate.check_heads("heads", heads, theta.shape[0])
 
     def logits(self, Z):
+        """Logits Z theta^T (n x m)."""
         return linear_logits(Z, self.theta)
 
     def loss(self, Z, C):
+        """Point-wise cross-entropy, summed over rows (eq. 3)."""
         return linear_loss(Z, self.theta, C, self.heads)
 
     def grad_Z(self, Z, C):
+        """Feature gradient CA(Z, theta) - C theta (eq. 4)."""
         return linear_grad_Z(Z, self.theta, C, self.heads)
 
     def grad_theta(self, Z, C):
+        """Parameter gradient (sigma(Z theta^T) - C)^T Z."""
         return linear_grad_theta(Z, self.theta, C, self.heads)
 
     def predict(self, Z):
+        """Predicted class of each row: argmax of Z theta^T."""
         return (Z @ self.theta.T).argmax(axis=-1)
 
 
@@ -160,18 +165,23 @@ class QuadraticModel:
 
     @property
     def theta(self):
+        """theta = phi phi^T (d x d, symmetric positive semi-definite)."""
         return theta_from_phi(self.phi)
 
     def logits(self, Z):
+        """Logits Z theta Z^T ((..., n, n))."""
         return quadratic_logits(Z, self.theta)
 
     def loss(self, Z, C):
+        """Point-wise cross-entropy, summed over rows (eq. 3)."""
         return quadratic_loss(Z, self.theta, C)
 
     def grad_Z(self, Z, C):
+        """Feature gradient SA + SA* - (C + C^T) Z theta (eq. 9)."""
         return quadratic_grad_Z(Z, self.theta, C)
 
     def grad_phi(self, Z, C):
+        """Gradient with respect to the lower-triangular factor phi."""
         return quadratic_grad_phi(Z, self.phi, C)
 
     def predict(self, Z):

@@ -72,16 +72,20 @@ class NetworkConfig:
 
     @property
     def width(self):
+        """Latent width d of the features Z."""
         return self.n_inputs if self.encoding == "identity" else int(self.d)
 
     @property
     def head(self):
+        """'linear' (Z theta^T) or 'quadratic' (Z theta Z^T)."""
         return "quadratic" if self.block.model == "quadratic" else "linear"
 
     def replace(self, **changes):
+        """A copy with some fields changed."""
         return replace(self, **changes)
 
     def describe(self):
+        """One line: the architecture and the source of the block targets."""
         form = "tied weights (the paper's form)" if self.tied else "untied per-block weights (a variant)"
         if self.layers == 0:
             return "multinomial regression (L = 0): logits = " + (
@@ -89,6 +93,7 @@ class NetworkConfig:
         return f"L = {self.layers} x {self.block.describe()}; {form}"
 
     def to_dict(self):
+        """A JSON-able dict (checkpoints)."""
         out = {k: getattr(self, k) for k in ("n_inputs", "n_classes", "layers", "tied",
                                              "encoding", "d", "dtype")}
         out["block"] = {k: getattr(self.block, k) for k in self.block.__dataclass_fields__}
@@ -98,6 +103,7 @@ class NetworkConfig:
 
     @classmethod
     def from_dict(cls, d):
+        """The inverse of to_dict."""
         d = dict(d)
         block = dict(d.pop("block"))
         if block.get("heads") is not None:
@@ -239,6 +245,7 @@ class Network:
         return self.loss_from_logits(self.forward(X, C=C)[0], C)
 
     def logits(self, X, y=None):
+        """Logits of a batch (y only for blocks that use the true labels)."""
         return self.forward(X, y)[0]
 
     def predictions(self, logits):

@@ -102,8 +102,8 @@ def mean_cross_entropy(logits, C, heads=None):
 def softmax_vjp(P, P_bar, out=None):
     """Vector-Jacobian product of the row-wise softmax P = sigma(S).
 
-    S_bar = P * (P_bar - rowsum(P * P_bar)); P, P_bar: (..., m). With heads,
-    use ``softmax_vjp_heads``.
+    S_bar = P * (P_bar - rowsum(P * P_bar)); P, P_bar: (..., m). For a softmax taken
+    per head, ops.softmax_vjp_heads applies this within each head's columns.
     """
     xp = get_array_module(P)
     if out is None:

@@ -22,6 +22,8 @@ class Schedule:
 
 
 class Constant(Schedule):
+    """A constant learning rate (multiplier 1)."""
+
     def __call__(self, t):
         return 1.0
 
@@ -88,6 +90,7 @@ class Optimizer:
 
     @property
     def current_lr(self):
+        """The learning rate of the next step: lr * schedule(t)."""
         return self.lr * self.schedule(self.t)
 
     def _grad(self, name, g):
@@ -100,6 +103,7 @@ class Optimizer:
         return {"t": self.t}
 
     def load_state(self, state):
+        """Restore what state() returned."""
         self.t = int(state.get("t", 0))
 
 
@@ -118,6 +122,7 @@ class SGD(Optimizer):
         self.velocity = {}
 
     def step(self, grads):
+        """Update every parameter that has a gradient, in place."""
         lr = self.current_lr
         for name, p in self.params.items():
             if name not in grads:
@@ -134,11 +139,13 @@ class SGD(Optimizer):
         self.t += 1
 
     def state(self):
+        """Step count and velocities, for checkpoints."""
         out = {"t": self.t}
         out.update({f"velocity/{k}": v for k, v in self.velocity.items()})
         return out
 
     def load_state(self, state):
+        """Restore what state() returned."""
         super().load_state(state)
         self.velocity = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("velocity/")}
 
@@ -158,6 +165,7 @@ class Adam(Optimizer):
         self.m, self.v = {}, {}
 
     def step(self, grads):
+        """Update every parameter that has a gradient, in place."""
         lr = self.current_lr
         self.t += 1
         c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
@@ -176,12 +184,14 @@ class Adam(Optimizer):
             p -= (lr / c1) * m / (xp.sqrt(v / c2) + self.eps)
 
     def state(self):
+        """Step count and moment estimates, for checkpoints."""
         out = {"t": self.t}
         out.update({f"m/{k}": a for k, a in self.m.items()})
         out.update({f"v/{k}": a for k, a in self.v.items()})
         return out
 
     def load_state(self, state):
+        """Restore what state() returned."""
         super().load_state(state)
         self.m = {k[2:]: a for k, a in state.items() if k.startswith("m/")}
         self.v = {k[2:]: a for k, a in state.items() if k.startswith("v/")}

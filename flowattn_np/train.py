@@ -89,9 +89,11 @@ class History:
         return len(self.epochs)
 
     def column(self, key):
+        """One field across the epochs, e.g. column("val_accuracy")."""
         return [e.get(key) for e in self.epochs]
 
     def to_dict(self):
+        """A JSON-able dict."""
         return {"epochs": list(self.epochs)}
 
 

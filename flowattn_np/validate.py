@@ -168,8 +168,15 @@ def quadratic_inputs(Z, theta, C=None, symmetric=True):
 
 
 def quadratic_phi_inputs(Z, phi, C=None):
+    """Validate (Z, phi, C) with theta = phi phi^T and phi lower-triangular."""
     check_same_backend(Z=Z, phi=phi, C=C)
     check_array("phi", phi, ndim=2)
+    xp = get_array_module(phi)
+    if phi.shape[0] == phi.shape[1] and bool((xp.triu(phi, 1) != 0).any()):
+        raise ValueError(
+            "phi: expected a lower-triangular (Cholesky) factor; its strictly upper "
+            "triangle has nonzero entries (use numpy.tril(phi))"
+        )
     d = Z.shape[-1] if _is_array(Z) else phi.shape[0]
     check_shape("phi", phi, (d, d), "d x d lower-triangular factor, d from the last axis of Z")
     quadratic_inputs(Z, phi @ phi.T, C, symmetric=False)

@@ -308,3 +308,11 @@ def test_targets_of_another_dtype_are_rejected_naming_C(model):
         call = lambda: fa.quadratic_loss(Z, theta, C)  # noqa: E731
     with pytest.raises(TypeError, match="C is float64"):
         call()
+
+
+def test_a_phi_that_is_not_lower_triangular_is_rejected_naming_phi():
+    Z = np.ones((3, 2))
+    C = np.full((3, 3), 1 / 3)
+    phi = np.array([[1.0, 0.5], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="phi: expected a lower-triangular"):
+        fa.quadratic_grad_phi(Z, phi, C)
