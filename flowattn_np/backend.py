@@ -202,6 +202,30 @@ def synchronize():
         sys.modules["cupy"].cuda.get_current_stream().synchronize()
 
 
+class Workspace:
+    """Named scratch arrays reused from one training step to the next.
+
+    A fresh n x d float array is large enough that the C allocator maps and unmaps
+    it on every step, and touching those pages again costs more than the arithmetic
+    (measured: ~3100 page faults per Fashion-MNIST step). Reusing one buffer per name
+    avoids that. A buffer is valid until the next call that asks for the same name.
+    """
+
+    def __init__(self):
+        self._arrays = {}
+
+    def get(self, name, shape, dtype, xp):
+        """An uninitialised array of ``shape`` and ``dtype`` owned by ``name``."""
+        a = self._arrays.get(name)
+        if a is None or a.shape != tuple(shape) or a.dtype != dtype or get_array_module(a) is not xp:
+            a = self._arrays[name] = xp.empty(shape, dtype=dtype)
+        return a
+
+    def clear(self):
+        """Drop every buffer (frees the memory)."""
+        self._arrays.clear()
+
+
 def quiet_errors():
     """Context manager silencing NumPy's floating-point warnings (a no-op on CuPy).
 
@@ -238,11 +262,16 @@ class RNG:
         else:
             self._device = self._xp.random.RandomState(int(self._host.integers(2**31)))
 
-    def normal(self, shape, dtype):
-        """Standard normal samples of ``shape`` and ``dtype`` on the backend's device."""
+    def normal(self, shape, dtype, out=None):
+        """Standard normal samples of ``shape`` and ``dtype`` on the backend's device
+        (written into ``out`` when given)."""
         if self._xp is numpy:
-            return self._device.standard_normal(shape, dtype=numpy.dtype(dtype))
-        return self._device.standard_normal(shape, dtype=dtype)
+            return self._device.standard_normal(shape, dtype=numpy.dtype(dtype), out=out)
+        sample = self._device.standard_normal(shape, dtype=dtype)
+        if out is None:
+            return sample
+        out[...] = sample
+        return out
 
     def permutation(self, n):
         """A host (NumPy) permutation of range(n)."""

@@ -153,8 +153,11 @@ class _SplitBlock:
         )
 
     # -- forward --------------------------------------------------------------
-    def forward(self, Z, params, C=None):
-        """Advance Z by one block; returns (Z_out, cache). C is needed iff targets='labels'."""
+    def forward(self, Z, params, C=None, out=None):
+        """Advance Z by one block; returns (Z_out, cache). C is needed iff targets='labels'.
+
+        ``out`` (a buffer for Z_out) is a hint that the fused paths use; others ignore it.
+        """
         cfg = self.config
         theta = self.theta_of(params)
         h = params["h"] if cfg.learn_h else cfg.h
@@ -178,7 +181,7 @@ class _SplitBlock:
         return Z, ("split", params, theta, C, oracle_cache, steps)
 
     # -- backward -------------------------------------------------------------
-    def backward(self, Z_bar, cache):
+    def backward(self, Z_bar, cache, out=None):
         """VJP of the block: returns (Z_in_bar, grads) with grads keyed like params."""
         cfg = self.config
         _, params, theta, C, oracle_cache, steps = cache
@@ -212,20 +215,26 @@ class CrossAttentionBlock(_SplitBlock):
     targets='learned'). Z: n x d, C: n x m.
     """
 
-    def forward(self, Z, params, C=None):
-        """Advance Z by one block; returns (Z_out, cache). C is needed iff targets='labels'."""
+    def forward(self, Z, params, C=None, out=None):
+        """Advance Z by one block; returns (Z_out, cache). C is needed iff targets='labels'.
+
+        ``out``: a buffer for Z_out (used by the fused eq. (8) path).
+        """
         cfg = self.config
         if cfg.scheme == "lie" and cfg.integrator == "euler":
-            return self._eq8_forward(Z, params, C)
+            return self._eq8_forward(Z, params, C, out)
         return super().forward(Z, params, C)
 
-    def backward(self, Z_bar, cache):
-        """VJP of the block: returns (Z_in_bar, grads) with grads keyed like params."""
+    def backward(self, Z_bar, cache, out=None):
+        """VJP of the block: returns (Z_in_bar, grads) with grads keyed like params.
+
+        ``out``: a buffer for Z_in_bar, which must not be Z_bar (fused path only).
+        """
         if cache[0] == "eq8":
-            return self._eq8_backward(Z_bar, cache)
+            return self._eq8_backward(Z_bar, cache, out)
         return super().backward(Z_bar, cache)
 
-    def _eq8_forward(self, Z, params, C):
+    def _eq8_forward(self, Z, params, C, out=None):
         """The transformer block of eq. (8) in one update: Z + h (C - sigma(Z theta^T)) theta.
 
         Z_half = Z - h CA(Z, theta) and Z_out = Z_half + h C theta share the product
@@ -249,12 +258,12 @@ class CrossAttentionBlock(_SplitBlock):
                 self._need_labels()
             P = softmax(Z @ theta.T, cfg.heads)
         R = -P if cfg.targets == "none" else C - P
-        out = R @ theta
-        out *= h
+        # h scales the n x m factor, not the n x d product: 1/d of the work
+        out = xp.matmul(h * R, theta, out=out)
         out += Z
         return out, ("eq8", Z, theta, C, P, R, h, K)
 
-    def _eq8_backward(self, Z_bar, cache):
+    def _eq8_backward(self, Z_bar, cache, out=None):
         """VJP of Z_out = Z + h R theta, R = C - P, P = sigma(Z theta^T), C = sigma(Z W^T + b):
 
             G = Z_bar theta^T,  h_bar = <G, R>,  R_bar = h G
@@ -272,12 +281,12 @@ class CrossAttentionBlock(_SplitBlock):
             grads["h"] = (G * R).sum().reshape(())
         SP_bar = softmax_vjp_heads(P, -R_bar, cfg.heads)
         if K is None:
-            Z_in_bar = SP_bar @ theta
+            Z_in_bar = xp.matmul(SP_bar, theta, out=out)
             grads["theta"] += SP_bar.T @ Z
         else:
             m = theta.shape[0]
             S_bar = xp.concatenate([softmax_vjp_heads(C, R_bar, cfg.heads), SP_bar], axis=1)
-            Z_in_bar = S_bar @ K
+            Z_in_bar = xp.matmul(S_bar, K, out=out)
             KS = S_bar.T @ Z
             grads["W"] = KS[:m]
             grads["theta"] += KS[m:]
@@ -400,22 +409,34 @@ class MemoryBlock:
     def __init__(self, config):
         self.config = config
 
-    def forward(self, Z, params, C=None):
-        """Z + h softmax(Z K^T) V; returns (Z_out, cache). C is ignored (no label sub-flow)."""
+    def forward(self, Z, params, C=None, out=None):
+        """Z + h softmax(Z K^T) V; returns (Z_out, cache). C is ignored (no label sub-flow).
+
+        ``out``: a buffer for Z_out.
+        """
+        xp = get_array_module(Z)
         h = params["h"] if self.config.learn_h else self.config.h
         P = softmax(Z @ params["K"].T)
-        PV = P @ params["V"]
-        return Z + h * PV, (Z, P, PV, h, params)
+        out = xp.matmul(h * P, params["V"], out=out)
+        out += Z
+        return out, (Z, P, h, params)
 
-    def backward(self, Z_bar, cache):
-        """P_bar = h Z_bar V^T, S_bar = softmax_vjp(P, P_bar), Z_bar_in = Z_bar + S_bar K,
-        K_bar = S_bar^T Z, V_bar = h P^T Z_bar, h_bar = <Z_bar, P V>."""
-        Z, P, PV, h, params = cache
-        S_bar = softmax_vjp(P, h * (Z_bar @ params["V"].T))
+    def backward(self, Z_bar, cache, out=None):
+        """G = Z_bar V^T, P_bar = h G, S_bar = softmax_vjp(P, P_bar),
+        Z_bar_in = Z_bar + S_bar K, K_bar = S_bar^T Z, V_bar = h P^T Z_bar, h_bar = <G, P>.
+
+        ``out``: a buffer for Z_bar_in, which must not be Z_bar.
+        """
+        xp = get_array_module(Z_bar)
+        Z, P, h, params = cache
+        G = Z_bar @ params["V"].T
+        S_bar = softmax_vjp(P, h * G)
         grads = {"K": S_bar.T @ Z, "V": h * (P.T @ Z_bar)}
         if self.config.learn_h:
-            grads["h"] = (Z_bar * PV).sum().reshape(())
-        return Z_bar + S_bar @ params["K"], grads
+            grads["h"] = (G * P).sum().reshape(())
+        Z_in_bar = xp.matmul(S_bar, params["K"], out=out)
+        Z_in_bar += Z_bar
+        return Z_in_bar, grads
 
 
 def make_block(config):

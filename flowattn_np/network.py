@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .attention import _T, _sum_lead
-from .backend import array_module, get_array_module, host_rng
+from .backend import Workspace, array_module, get_array_module, host_rng
 from .layers import TARGET_TITLES, BlockConfig, init_block_params, make_block
-from .ops import log_softmax, one_hot, softmax
+from .ops import log_softmax, one_hot
 
 ENCODINGS = ("identity", "linear")
 
@@ -123,6 +123,7 @@ class Network:
         self.config = config
         self.block = make_block(config.block)
         self.params = self.init_params(seed) if params is None else dict(params)
+        self._workspace = Workspace()  # training buffers, reused from step to step
 
     # -- parameters -----------------------------------------------------------
     def init_params(self, seed=0):
@@ -171,9 +172,13 @@ class Network:
                               axis=1)
 
     # -- forward / backward ---------------------------------------------------
-    def forward(self, X, y=None, C=None):
+    def forward(self, X, y=None, C=None, workspace=None):
         """Logits of a batch; returns (logits, cache). y (or C) is needed iff the blocks
-        use the true labels (targets='labels')."""
+        use the true labels (targets='labels').
+
+        With a ``workspace`` (training), block outputs go to reused buffers that stay
+        valid until the next call with the same workspace.
+        """
         cfg = self.config
         if cfg.layers and cfg.block.targets == "labels" and C is None:
             if y is None:
@@ -183,9 +188,11 @@ class Network:
                 )
             C = self.targets(y, X.dtype)
         Z = X if cfg.encoding == "identity" else X @ self.params["E"].T
+        xp = get_array_module(Z)
         caches = []
         for layer in range(cfg.layers):
-            Z, c = self.block.forward(Z, self.block_params(layer), C)
+            out = None if workspace is None else workspace.get(f"Z{layer + 1}", Z.shape, Z.dtype, xp)
+            Z, c = self.block.forward(Z, self.block_params(layer), C, out=out)
             caches.append(c)
         theta = self._head_theta()
         logits = Z @ theta.T if cfg.head == "linear" else Z @ theta @ _T(Z)
@@ -197,26 +204,35 @@ class Network:
         phi = self.params["phi"]
         return phi @ phi.T
 
-    def backward(self, logits_bar, cache):
-        """Gradients of all parameters for upstream logits_bar = d loss / d logits."""
+    def backward(self, logits_bar, cache, workspace=None):
+        """Gradients of all parameters for upstream logits_bar = d loss / d logits.
+
+        With a ``workspace``, the feature gradients alternate between two reused buffers.
+        """
         cfg = self.config
         X, Z, theta, caches = cache
         xp = get_array_module(logits_bar)
         grads = {}
+        bufs = (None, None) if workspace is None else tuple(
+            workspace.get(name, Z.shape, Z.dtype, xp) for name in ("Z_bar_a", "Z_bar_b"))
         if cfg.head == "linear":
             grads["theta"] = logits_bar.T @ Z
-            Z_bar = logits_bar @ theta
+            Z_bar = xp.matmul(logits_bar, theta, out=bufs[0])
         else:
             Y = Z @ theta
             Z_bar = logits_bar @ Y + _T(logits_bar) @ Y  # theta symmetric
             A = _sum_lead(_T(Z) @ logits_bar @ Z)
             grads["phi"] = xp.tril((A + A.T) @ self.params["phi"])
         for layer in reversed(range(cfg.layers)):
-            Z_bar, g = self.block.backward(Z_bar, caches[layer])
+            out = bufs[1] if Z_bar is bufs[0] else bufs[0]  # never the buffer being read
+            Z_bar, g = self.block.backward(Z_bar, caches[layer], out=out)
             prefix = "" if cfg.tied else f"block{layer}."
             for k, v in g.items():
                 name = prefix + k
-                grads[name] = grads[name] + v if name in grads else v
+                if name in grads:
+                    grads[name] += v  # tied weights: the gradients of all blocks add up
+                else:
+                    grads[name] = v
         if cfg.encoding == "linear":
             grads["E"] = _sum_lead(_T(Z_bar) @ X) if X.ndim > 2 else Z_bar.T @ X
         return grads
@@ -234,10 +250,14 @@ class Network:
         d loss / d logits = (sigma(logits) - C) / rows, then ``backward``.
         """
         C = self.targets(y, X.dtype)
-        logits, cache = self.forward(X, C=C)
+        logits, cache = self.forward(X, C=C, workspace=self._workspace)
         rows = C.size // C.shape[-1]
-        grads = self.backward((softmax(logits, self._heads()) - C) / rows, cache)
-        return self.loss_from_logits(logits, C), grads, logits
+        log_p = log_softmax(logits, self._heads())
+        loss = -(C * log_p).sum() / rows
+        G = get_array_module(log_p).exp(log_p)  # softmax(logits) from its log: one pass
+        G -= C
+        G /= rows
+        return loss, self.backward(G, cache, workspace=self._workspace), logits
 
     def loss(self, X, y):
         """Batch-mean cross-entropy (0-d array)."""

@@ -16,7 +16,9 @@ from tqdm.auto import tqdm
 from . import validate
 from .backend import (
     RNG,
+    Workspace,
     asarray,
+    get_array_module,
     get_backend,
     host_rng,
     load_arrays,
@@ -125,6 +127,8 @@ def fit(net, X, y, epochs=5, batch_size=256, optimizer=None, lr=0.1, X_val=None,
     if check_every is None:
         check_every = 1 if get_backend() == "numpy" else max(1, int(log_every))
     n = X.shape[0]
+    xp = get_array_module(X)
+    workspace = Workspace()
     order_rng, noise_rng = host_rng(seed), (RNG(seed + 1) if noise else None)
     steps_per_epoch = math.ceil(n / batch_size)
     history = History()
@@ -140,9 +144,14 @@ def fit(net, X, y, epochs=5, batch_size=256, optimizer=None, lr=0.1, X_val=None,
                    disable=not progress, leave=False)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            Xb, yb = X[idx], y[idx]
+            shape = (idx.shape[0],) + X.shape[1:]
+            # gathered (and noised) in place into reused buffers: no fresh batch arrays
+            Xb = xp.take(X, idx, axis=0, out=workspace.get("X_batch", shape, X.dtype, xp))
+            yb = y[idx]
             if noise:
-                Xb = Xb + noise * noise_rng.normal(Xb.shape, Xb.dtype)
+                eps = noise_rng.normal(shape, X.dtype, out=workspace.get("noise", shape, X.dtype, xp))
+                eps *= noise
+                Xb += eps
             with quiet_errors():  # non-finite values are detected below, with a clear error
                 loss, grads, logits = net.loss_and_grads(Xb, yb)
             if check_every == 1:

@@ -321,3 +321,27 @@ def test_network_config_round_trips_through_dict_and_json(config):
 def test_network_config_rejects_heads_not_summing_to_classes():
     with pytest.raises(ValueError, match="heads"):
         NetworkConfig(n_inputs=P, n_classes=6, block=BlockConfig(heads=(2, 3)))
+
+
+def test_reused_training_buffers_never_leak_between_calls():
+    """loss_and_grads reuses buffers from step to step; results must not depend on it."""
+    rng = np.random.default_rng(5)
+    cfg = fa.NetworkConfig(n_inputs=6, n_classes=3, layers=3, dtype="float64",
+                           block=fa.BlockConfig(targets="learned", learn_h=True, h=0.3))
+    net = fa.Network(cfg, seed=1)
+    XA, yA = rng.normal(size=(8, 6)), rng.integers(0, 3, 8)
+    XB, yB = rng.normal(size=(8, 6)), rng.integers(0, 3, 8)
+    feats = [z.copy() for z in net.features(XA)]
+    kept = net.features(XA)
+    lossA, gradsA, logitsA = net.loss_and_grads(XA, yA)
+    gradsA = {k: v.copy() for k, v in gradsA.items()}
+    net.loss_and_grads(XB, yB)
+    lossA2, gradsA2, logitsA2 = net.loss_and_grads(XA, yA)
+    assert lossA == lossA2 and np.array_equal(logitsA, logitsA2)
+    for k in gradsA:
+        assert np.array_equal(gradsA[k], gradsA2[k]), k
+    for a, b in zip(feats, kept):  # arrays handed to the caller are never training buffers
+        assert np.array_equal(a, b)
+    fresh = fa.Network(cfg, seed=1)
+    loss_f, grads_f, _ = fresh.loss_and_grads(XA, yA)
+    assert loss_f == lossA and all(np.array_equal(grads_f[k], gradsA[k]) for k in gradsA)
