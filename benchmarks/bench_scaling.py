@@ -5,7 +5,8 @@ batch size (at L = 4) and against the number of blocks L (at batch 256).
 Time: median wall-clock seconds of one SGD step (``loss_and_grads`` + SGD(momentum 0.9)),
 each configuration timed in a fresh process (the same allocator state for all of them).
 Memory: ``tracemalloc`` (NumPy reports its array allocations to it) peak during one
-``net.loss_and_grads(X, y)`` call minus what was allocated before it (params + batch).
+``net.loss_and_grads(X, y)`` call, counted from before the network's first step (so the
+training buffers it keeps from step to step are included) minus params and batch.
 Cached activations: the arrays held in the cache returned by ``net.forward`` (walked
 recursively through tuples, lists and dicts; each buffer counted once; parameters and
 the input batch excluded). The script fits peak memory linearly in L and in the batch
@@ -121,8 +122,10 @@ def measure(batch, layers, steps, warmup, lr, seed=0):
         X2, y2 = random_batch(batch, seed=seed)
         net2 = make_network(layers)
         base_bytes = sum(v.nbytes for v in net2.params.values()) + X2.nbytes + y2.nbytes
-        net2.loss_and_grads(X2, y2)  # first call outside the measured one (lazy imports, caches)
+        # the baseline is taken BEFORE the first call: the network keeps its training
+        # buffers from one step to the next, and they belong to the step's memory
         baseline = tracemalloc.get_traced_memory()[0]
+        net2.loss_and_grads(X2, y2)  # first call: allocates the buffers (and lazy imports)
         tracemalloc.reset_peak()
         out = net2.loss_and_grads(X2, y2)
         peak = tracemalloc.get_traced_memory()[1] - baseline
