@@ -94,7 +94,8 @@ def _reproduce(args):
                  if getattr(args, arg) is not None}
     cfg = ReproduceConfig.quick_run(**overrides) if args.quick else ReproduceConfig(**overrides)
     out = args.out or os.path.join("runs", time.strftime("reproduce-%Y%m%d-%H%M%S"))
-    command = "flowattn-np " + " ".join(sys.argv[1:]) if sys.argv[1:] else "flowattn-np reproduce"
+    prog = "python -m flowattn_np" if sys.argv[0].endswith("__main__.py") else "flowattn-np"
+    command = " ".join([prog] + list(args.argv))
     log = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr))
     results = reproduce(cfg, out=out, backend=args.backend, data_dir=args.data_dir,
                         progress=not args.no_progress, figures=not args.no_figures, command=command, log=log)
@@ -144,7 +145,9 @@ def main(argv=None):
     from .data import DataError
 
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # recorded in results.json as the command that made them
     if args.command is None:
         parser.print_help()
         return 0
