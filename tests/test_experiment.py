@@ -141,3 +141,19 @@ def test_cli_asking_for_cupy_without_cupy_says_how_to_install(tmp_path, monkeypa
     code = cli.main(["reproduce", "--quick", "--backend", "cupy", "--out", str(tmp_path), "--no-progress"])
     assert code == 2
     assert "pip install cupy-cuda12x" in capsys.readouterr().err
+
+
+def test_the_schema_table_in_docs_lists_exactly_the_keys_written(quick_run):
+    from pathlib import Path
+    import re
+
+    _, res = quick_run
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    section = doc.split("## The `results.json` schema", 1)[1]
+    documented = set()
+    for cell in re.findall(r"^\| ([^|]+) \|", section, re.M):
+        documented.update(re.findall(r"`([a-z_0-9]+)`", cell))
+    assert documented == set(res), (documented ^ set(res))
+    for part in ("part1", "part2", "part3"):
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{part}`"))
+        assert set(re.findall(r"`([a-z_0-9]+)`", row.split("|")[2])) == set(res[part]), part
