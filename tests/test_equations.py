@@ -12,23 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowattn_np as fa
+from helpers import assert_round_off, host
 
 HYP = settings(max_examples=30, deadline=None, database=None)
 FD_TOL = 1e-6
-ID_TOL = 1e-12
-
-
-def host(a):
-    return np.asarray(fa.to_numpy(a))
-
-
-def assert_round_off(actual, expected, *terms, tol=ID_TOL):
-    """actual == expected up to tol relative to the largest of the terms involved."""
-    actual, expected = host(actual), host(expected)
-    scale = max([np.abs(expected).max(initial=0.0)] + [np.abs(host(t)).max(initial=0.0) for t in terms]
-                + [1e-300])
-    err = np.abs(actual - expected).max(initial=0.0)
-    assert err <= tol * scale, f"max abs error {err:.3e} > {tol:.0e} x scale {scale:.3e}"
 
 
 def labels(rng, n, m, kind, lead=()):

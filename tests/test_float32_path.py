@@ -21,7 +21,7 @@ Sizes are tiny: the whole file runs in a few seconds.
 import numpy as np
 import pytest
 
-import flowattn_np as fa
+from helpers import network_data
 from flowattn_np.layers import BlockConfig
 from flowattn_np.network import Network, NetworkConfig
 from flowattn_np.optim import SGD, Adam
@@ -63,17 +63,7 @@ def _config(block, tied=True, encoding="identity", layers=LAYERS):
 
 
 def _data(config, seed=0, dtype="float32"):
-    rng = np.random.default_rng(seed)
-    if config.head == "quadratic":
-        X = rng.normal(size=(SEQS, TOKENS, config.n_inputs))
-        y = rng.integers(0, TOKENS, size=(SEQS, TOKENS))
-    else:
-        X = rng.random(size=(ROWS, config.n_inputs))
-        if config.block.heads is None:
-            y = rng.integers(0, config.n_classes, size=ROWS)
-        else:
-            y = np.stack([rng.integers(0, m, size=ROWS) for m in config.block.heads], axis=1)
-    return fa.asarray(X, dtype=dtype), fa.asarray(y)
+    return network_data(config, ROWS, SEQS, TOKENS, seed=seed, dtype=dtype, uniform=True)
 
 
 # ---------------------------------------------------------------- the cases

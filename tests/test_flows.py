@@ -10,20 +10,8 @@ import scipy.special
 
 import flowattn_np as fa
 from flowattn_np import flows
+from helpers import assert_round_off, host
 
-ID_TOL = 1e-12
-
-
-def host(a):
-    return np.asarray(fa.to_numpy(a))
-
-
-def assert_round_off(actual, expected, *terms, tol=ID_TOL):
-    actual, expected = host(actual), host(expected)
-    scale = max([np.abs(expected).max(initial=0.0)] + [np.abs(host(t)).max(initial=0.0) for t in terms]
-                + [1e-300])
-    err = np.abs(actual - expected).max(initial=0.0)
-    assert err <= tol * scale, f"max abs error {err:.3e} > {tol:.0e} x scale {scale:.3e}"
 
 
 def soft(rng, shape):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
+from helpers import network_data
 from flowattn_np.layers import BlockConfig
 from flowattn_np.network import Network, NetworkConfig
 
@@ -31,18 +32,7 @@ EPS = 1e-5  # central-difference step: round-off ~1e-16/EPS stays far below RTOL
 
 def make_data(config, seed=0, dtype=None):
     """(X, y) matching ``config``: rows of classes, sequences of tokens, or multi-head labels."""
-    rng = np.random.default_rng(seed)
-    dtype = dtype or config.dtype
-    if config.head == "quadratic":
-        X = rng.normal(size=(SEQS, TOKENS, config.n_inputs))
-        y = rng.integers(0, TOKENS, size=(SEQS, TOKENS))
-    else:
-        X = rng.normal(size=(ROWS, config.n_inputs))
-        if config.block.heads is None:
-            y = rng.integers(0, config.n_classes, size=ROWS)
-        else:
-            y = np.stack([rng.integers(0, m, size=ROWS) for m in config.block.heads], axis=1)
-    return fa.asarray(X, dtype=dtype), fa.asarray(y)
+    return network_data(config, ROWS, SEQS, TOKENS, seed=seed, dtype=dtype)
 
 
 def randomise(net, seed=1, scale=0.4):

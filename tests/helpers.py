@@ -1,0 +1,38 @@
+"""Helpers shared by several test modules (plain functions; fixtures live in conftest.py)."""
+
+import numpy as np
+
+import flowattn_np as fa
+
+ID_TOL = 1e-12
+
+
+def host(a):
+    """A NumPy copy of an array of either backend."""
+    return np.asarray(fa.to_numpy(a))
+
+
+def assert_round_off(actual, expected, *terms, tol=ID_TOL):
+    """actual == expected up to tol relative to the largest of the terms involved."""
+    actual, expected = host(actual), host(expected)
+    scale = max([np.abs(expected).max(initial=0.0)] + [np.abs(host(t)).max(initial=0.0) for t in terms]
+                + [1e-300])
+    err = np.abs(actual - expected).max(initial=0.0)
+    assert err <= tol * scale, f"max abs error {err:.3e} > {tol:.0e} x scale {scale:.3e}"
+
+
+def network_data(config, rows, seqs, tokens, seed=0, dtype=None, uniform=False):
+    """(X, y) matching a NetworkConfig: rows of classes, sequences of tokens, or multi-head
+    labels. ``uniform`` draws pixel-like features in [0, 1) instead of N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    dtype = dtype or config.dtype
+    if config.head == "quadratic":
+        X = rng.normal(size=(seqs, tokens, config.n_inputs))
+        y = rng.integers(0, tokens, size=(seqs, tokens))
+    else:
+        X = rng.random(size=(rows, config.n_inputs)) if uniform else rng.normal(size=(rows, config.n_inputs))
+        if config.block.heads is None:
+            y = rng.integers(0, config.n_classes, size=rows)
+        else:
+            y = np.stack([rng.integers(0, m, size=rows) for m in config.block.heads], axis=1)
+    return fa.asarray(X, dtype=dtype), fa.asarray(y)
