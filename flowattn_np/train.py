@@ -119,6 +119,10 @@ def fit(net, X, y, epochs=5, batch_size=256, optimizer=None, lr=0.1, X_val=None,
             validate.check_array("X_val", X_val, min_ndim=2)
     if int(epochs) < 0:
         raise ValueError(f"epochs: expected a non-negative integer, got {epochs}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+    if not (noise >= 0 and math.isfinite(noise)):
+        raise ValueError(f"noise: expected a finite sigma >= 0, got {noise}")
     X, y = asarray(X, dtype=net.config.dtype), asarray(y)
     if y.shape[0] != X.shape[0]:
         raise ValueError(f"y: expected {X.shape[0]} labels (one per row of X), got {y.shape[0]}")
