@@ -126,6 +126,10 @@ def fit(net, X, y, epochs=5, batch_size=256, optimizer=None, lr=0.1, X_val=None,
     X, y = asarray(X, dtype=net.config.dtype), asarray(y)
     if y.shape[0] != X.shape[0]:
         raise ValueError(f"y: expected {X.shape[0]} labels (one per row of X), got {y.shape[0]}")
+    if X_val is not None:
+        if y_val is None or len(y_val) != len(X_val):
+            raise ValueError("y_val: expected one label per row of X_val")
+        X_val, y_val = asarray(X_val, dtype=net.config.dtype), asarray(y_val)  # moved once
     if optimizer is None:
         optimizer = SGD(net.params, lr=lr, momentum=0.9)
     if check_every is None:

@@ -37,6 +37,8 @@ def test_fit_rejects_bad_batch_size_epochs_and_noise():
         fit(net, X, y, epochs=-1, progress=False)
     with pytest.raises(ValueError, match="noise"):
         fit(net, X, y, noise=float("nan"), progress=False)
+    with pytest.raises(ValueError, match="y_val"):
+        fit(net, X, y, X_val=X, y_val=None, progress=False)
     with pytest.raises(TypeError, match="X: expected a floating-point array"):
         fit(net, X.astype(np.int64), y, progress=False)
 
