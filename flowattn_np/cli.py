@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 from . import __version__
 
@@ -88,12 +87,12 @@ _REPRODUCE_FIELDS = {"layers": "layers", "max_layers": "max_layers", "noise": "n
 
 
 def _reproduce(args):
-    from .experiment import ReproduceConfig, markdown_table, reproduce
+    from .experiment import ReproduceConfig, default_out, markdown_table, reproduce
 
     overrides = {field: getattr(args, arg) for arg, field in _REPRODUCE_FIELDS.items()
                  if getattr(args, arg) is not None}
     cfg = ReproduceConfig.quick_run(**overrides) if args.quick else ReproduceConfig(**overrides)
-    out = args.out or os.path.join("runs", time.strftime("reproduce-%Y%m%d-%H%M%S"))
+    out = args.out or default_out()
     prog = "python -m flowattn_np" if sys.argv[0].endswith("__main__.py") else "flowattn-np"
     command = " ".join([prog] + list(args.argv))
     log = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr))

@@ -330,15 +330,21 @@ def markdown_table(results):
 # ---------------------------------------------------------------- driver
 
 
-def _default_out():
+def default_out():
+    """A new output folder under runs/, named by the start time."""
     return os.path.join("runs", time.strftime("reproduce-%Y%m%d-%H%M%S"))
 
 
 def _write_text_atomic(path, text):
+    """Write ``text`` to ``path`` via a temporary file and a rename (no half-written file)."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, figures=True,
@@ -350,7 +356,7 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
     from .data import CLASS_NAMES, load_fashion_mnist
 
     cfg = cfg or ReproduceConfig()
-    out = out or _default_out()
+    out = out or default_out()
     os.makedirs(out, exist_ok=True)
     t_start = time.perf_counter()
     with use_backend(backend or get_backend()):
