@@ -220,7 +220,7 @@ class Network:
             Z_bar = xp.matmul(logits_bar, theta, out=bufs[0])
         else:
             Y = Z @ theta
-            Z_bar = logits_bar @ Y + _T(logits_bar) @ Y  # theta symmetric
+            Z_bar = (logits_bar + _T(logits_bar)) @ Y  # theta symmetric: one product, not two
             A = _sum_lead(_T(Z) @ logits_bar @ Z)
             grads["phi"] = xp.tril((A + A.T) @ self.params["phi"])
         for layer in reversed(range(cfg.layers)):

@@ -99,12 +99,7 @@ def accuracy_vs_layers(part2, path=None):
                 title="feature discovery with the TRUE labels (oracle)")
     axes[1].set(xlabel="blocks L", ylabel="cross-entropy", yscale="log",
                 title=f"h = {part2['h_units']:g} / lam_max = {part2['h']:.3g}")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    if path:
-        save(fig, path)
-    return fig
+    return _finish(fig, axes, axes[0], 7, path)
 
 
 def training_curves(curves, path=None):
@@ -117,9 +112,14 @@ def training_curves(curves, path=None):
         axes[1].plot(ep, [100 * e["train_accuracy"] for e in hist["epochs"]], "-o", ms=3, label=label)
     axes[0].set(xlabel="epoch", ylabel="training cross-entropy")
     axes[1].set(xlabel="epoch", ylabel="training accuracy (%)")
+    return _finish(fig, axes, axes[1], 6, path)
+
+
+def _finish(fig, axes, legend_ax, fontsize, path):
+    """Grid on every panel, one legend, and the PNG when ``path`` is given."""
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=6)
+    legend_ax.legend(fontsize=fontsize)
     if path:
         save(fig, path)
     return fig
