@@ -50,8 +50,12 @@ def test_readme_tour_runs_as_written():
 def test_version_is_single_sourced():
     import flowattn_np
 
-    setup = (ROOT / "setup.py").read_text()
-    assert "__version__" in setup and re.match(r"^\d+\.\d+\.\d+$", flowattn_np.__version__)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'version = { attr = "flowattn_np.__version__" }' in pyproject
+    assert re.match(r"^\d+\.\d+\.\d+$", flowattn_np.__version__)
+    from importlib.metadata import version
+
+    assert version("flowattn-np") == flowattn_np.__version__
 
 
 @pytest.mark.slow
