@@ -63,15 +63,21 @@ def linear_flow_A(Z, theta, heads=None):
     return _linear_rhs(theta, None, heads)(Z)
 
 
-def linear_flow_B(Z, theta, C):
-    """Label part of eq. (6): C theta (constant in Z). Returns n x d."""
-    validate.linear_inputs(Z, theta, C)
+def linear_flow_B(Z, theta, C, heads=None):
+    """Label part of eq. (6): C theta (constant in Z). Returns n x d.
+
+    ``heads``: C holds one distribution per head in each row (multi-head labels).
+    """
+    validate.linear_inputs(Z, theta, C, heads)
     return C @ theta
 
 
-def linear_B_exact(Z, theta, C, t):
-    """Exact solution of dZ/dt = C theta after time t: Z + t C theta (second line of eq. 8)."""
-    validate.linear_inputs(Z, theta, C)
+def linear_B_exact(Z, theta, C, t, heads=None):
+    """Exact solution of dZ/dt = C theta after time t: Z + t C theta (second line of eq. 8).
+
+    ``heads``: C holds one distribution per head in each row (multi-head labels).
+    """
+    validate.linear_inputs(Z, theta, C, heads)
     t = validate.check_step("t", t)
     return Z + t * (C @ theta)
 
@@ -258,19 +264,19 @@ def rk_forward(field, Z, h, method):
     rk = get_integrator(method)
     if not hasattr(h, "shape"):  # a NumPy float64 scalar would upcast float32 features
         h = float(h)
-    ks, fcaches = [], []
+    slopes, field_caches = [], []
     for i in range(rk.stages):
         Y = Z
         for j, a in enumerate(rk.a[i]):
             if a:
-                Y = Y + (h * a) * ks[j]
+                Y = Y + (h * a) * slopes[j]
         k, fc = field(Y)
-        ks.append(k)
-        fcaches.append(fc)
-    incr = ks[0] * rk.b[0] if rk.b[0] != 1 else ks[0]
+        slopes.append(k)
+        field_caches.append(fc)
+    incr = slopes[0] * rk.b[0] if rk.b[0] != 1 else slopes[0]
     for i in range(1, rk.stages):
-        incr = incr + rk.b[i] * ks[i]
-    return Z + h * incr, RKCache(rk, h, ks, fcaches, incr)
+        incr = incr + rk.b[i] * slopes[i]
+    return Z + h * incr, RKCache(rk, h, slopes, field_caches, incr)
 
 
 def rk_backward(field_vjp, Z_bar, cache):
@@ -281,20 +287,20 @@ def rk_backward(field_vjp, Z_bar, cache):
     Z_bar_in = Z_bar + sum_i Y_bar_i, h_bar = <Z_bar, sum b_i k_i> + sum a_li <Y_bar_l, k_i>.
     Returns (Z_bar_in, h_bar (0-d array), grads summed over the stages).
     """
-    rk, h, ks, fcaches, incr = cache
+    rk, h, slopes, field_caches, incr = cache
     k_bars = [(h * b) * Z_bar for b in rk.b]
     h_bar = (Z_bar * incr).sum()
     Z_in_bar = Z_bar
     grads = {}
     for i in reversed(range(rk.stages)):
-        Y_bar, g = field_vjp(k_bars[i], fcaches[i])
+        Y_bar, g = field_vjp(k_bars[i], field_caches[i])
         for name, value in g.items():
             grads[name] = grads[name] + value if name in grads else value
         Z_in_bar = Z_in_bar + Y_bar
         for j, a in enumerate(rk.a[i]):
             if a:
                 k_bars[j] = k_bars[j] + (h * a) * Y_bar
-                h_bar = h_bar + a * (Y_bar * ks[j]).sum()
+                h_bar = h_bar + a * (Y_bar * slopes[j]).sum()
     return Z_in_bar, h_bar, grads
 
 

@@ -21,7 +21,14 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.layers import BlockConfig, MemoryBlock, init_block_params, make_block
+from flowattn_np.layers import (
+    BlockConfig,
+    CrossAttentionBlock,
+    MemoryBlock,
+    SelfAttentionBlock,
+    init_block_params,
+    make_block,
+)
 
 N, D, M, BATCH, SLOTS = 4, 3, 5, 2, 3
 H = 0.3  # a non-trivial step: large enough that every sub-step matters
@@ -149,7 +156,7 @@ def test_multihead_linear_block_backward_matches_central_differences(scheme, int
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("targets", TARGETS)
 def test_block_backward_matches_central_differences_for_negative_h(model, targets):
-    """SPEC: a learned h may turn negative (a Hopfield-like step); the backward still holds."""
+    """A learned h may turn negative (a Hopfield-like step); the backward still holds."""
     config = BlockConfig(model=model, scheme="strang", integrator="rk4", targets=targets,
                          h=-H, learn_h=True)
     assert_backward_matches_fd(config)
@@ -192,7 +199,7 @@ def test_multihead_block_differs_from_single_softmax():
 
 
 def test_multihead_block_is_sum_of_per_head_cross_attentions():
-    """SPEC multi-head: one Euler step = Z - h sum_h (CA(Z, theta_h) - C_h theta_h)."""
+    """Multi-head (docs/math.md section 6): one Euler step = Z - h sum_h (CA(Z, theta_h) - C_h theta_h)."""
     Z, params, C = make_problem(BlockConfig(heads=(2, 3)))
     theta = params["theta"]
     out = make_block(BlockConfig(heads=(2, 3), h=H)).forward(Z, params, C)[0]
@@ -418,5 +425,11 @@ def test_init_block_params_shapes_dtype_and_zero_bias(xp, config):
         assert np.array_equal(phi, np.tril(phi))
 
 
-def test_memory_block_class():
-    assert isinstance(make_block(BlockConfig(model="memory", targets="none", slots=2)), MemoryBlock)
+@pytest.mark.parametrize("config, cls", [
+    (BlockConfig(), CrossAttentionBlock),
+    (BlockConfig(model="quadratic"), SelfAttentionBlock),
+    (BlockConfig(model="memory", targets="none", slots=2), MemoryBlock),
+], ids=["linear", "quadratic", "memory"])
+def test_make_block_builds_the_block_of_the_configured_model(config, cls):
+    block = make_block(config)
+    assert type(block) is cls and block.config is config
