@@ -43,8 +43,12 @@ def _problem(config, seed=0):
     return Z, params, C, rng.normal(size=(N, D))
 
 
-def _both(config):
-    return CrossAttentionBlock(config), CrossAttentionBlock(config, fused=False)
+def _setup(case):
+    """(config, fused block, reference block, Z, params, C, upstream U) for one case."""
+    targets, learn_h, heads = case
+    config = BlockConfig(targets=targets, learn_h=learn_h, heads=heads, h=0.37)
+    fused, reference = CrossAttentionBlock(config), CrossAttentionBlock(config, fused=False)
+    return (config, fused, reference) + _problem(config)
 
 
 def _close(a, b):
@@ -54,10 +58,7 @@ def _close(a, b):
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_fused_eq8_forward_equals_the_split_block(case):
-    targets, learn_h, heads = case
-    config = BlockConfig(targets=targets, learn_h=learn_h, heads=heads, h=0.37)
-    fused, reference = _both(config)
-    Z, params, C, _ = _problem(config)
+    _, fused, reference, Z, params, C, _ = _setup(case)
     out_fused, cache_fused = fused.forward(Z, params, C)
     out_ref, cache_ref = reference.forward(Z, params, C)
     assert isinstance(cache_fused, Eq8Cache) and isinstance(cache_ref, SplitCache)
@@ -66,10 +67,7 @@ def test_fused_eq8_forward_equals_the_split_block(case):
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_fused_eq8_backward_equals_the_split_block(case):
-    targets, learn_h, heads = case
-    config = BlockConfig(targets=targets, learn_h=learn_h, heads=heads, h=0.37)
-    fused, reference = _both(config)
-    Z, params, C, U = _problem(config)
+    _, fused, reference, Z, params, C, U = _setup(case)
     Z_bar_fused, g_fused = fused.backward(U.copy(), fused.forward(Z, params, C)[1])
     Z_bar_ref, g_ref = reference.backward(U.copy(), reference.forward(Z, params, C)[1])
     assert set(g_fused) == set(g_ref) == set(params)
@@ -82,9 +80,8 @@ def test_fused_eq8_backward_equals_the_split_block(case):
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_fused_eq8_forward_is_flows_lie_step_of_the_sub_flows(case):
     """B(h) o A(h) with one Euler step of -CA for A and the exact B sub-flow (eq. 8)."""
-    targets, learn_h, heads = case
-    config = BlockConfig(targets=targets, learn_h=learn_h, heads=heads, h=0.37)
-    Z, params, C, _ = _problem(config)
+    targets, _, heads = case
+    config, fused, _, Z, params, C, _ = _setup(case)
     theta = params["theta"]
     if targets == "learned":  # the oracle, held fixed over the block
         C = fa.softmax(Z @ params["W"].T + params["b"], heads)
@@ -92,7 +89,7 @@ def test_fused_eq8_forward_is_flows_lie_step_of_the_sub_flows(case):
     step_B = (lambda Y, t: Y) if targets == "none" else (  # noqa: E731
         lambda Y, t: fa.linear_B_exact(Y, theta, C, t, heads))
     expected = fa.lie_step(step_A, step_B, Z, config.h)
-    out = CrossAttentionBlock(config).forward(Z, params, C if targets == "labels" else None)[0]
+    out = fused.forward(Z, params, C if targets == "labels" else None)[0]
     assert _close(out, expected), np.abs(out - expected).max()
 
 
