@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .attention import _T, _sum_lead
-from .backend import Workspace, array_module, get_array_module, host_rng
+from .backend import Workspace, array_module, get_array_module
 from .layers import TARGET_TITLES, BlockConfig, init_block_params, make_block
 from .ops import log_softmax, one_hot
+from .random import host_rng
 
 ENCODINGS = ("identity", "linear")
 
