@@ -384,27 +384,38 @@ def part2_lines(p2, p1):
         lines += [f"**{scheme.capitalize()} blocks**", "",
                   "| sigma | " + " | ".join(f"L={i}" for i in range(n_layers)) + " |",
                   "|---|" + "---|" * n_layers]
-        for k, r in per.items():
-            cells = [f"{100 * a:.1f} / {c:.3f}" for a, c in zip(r["accuracy"], r["loss"])]
-            lines.append(f"| {k} | " + " | ".join(cells) + " |")
+        lines += [f"| {k} | " + " | ".join(depth_cells(r)) + " |" for k, r in per.items()]
         lines.append("")
     return lines
 
 
 def part3_lines(p3, keys):
     """Part 3 as Markdown lines: one table per training setting."""
-    head = " | ".join(f"sigma = {k}" for k in keys)
     lines = [f"## {p3['title']}", "", f"{p3['optimizer']}, {p3['epochs']} epochs, tied blocks, "
              f"{len(p3['seeds'])} seeds (mean ± std of test accuracy %); learned h reported with its sign.", ""]
-    for name, setting in p3["settings"].items():
+    return lines + settings_lines(p3["settings"], keys, [("variant", lambda r: r["description"]),
+                                                         ("L", lambda r: r["layers"])])
+
+
+def settings_lines(settings, keys, label_columns):
+    """One Markdown table per training setting: the label columns ((header, row -> cell) pairs),
+    the test accuracy at each noise level (mean ± std over seeds), and the learned h."""
+    head = " | ".join([h for h, _ in label_columns] + [f"sigma = {k}" for k in keys] + ["learned h"])
+    lines = []
+    for name, setting in settings.items():
         lines += [f"**Trained {name} (train sigma = {setting['train_noise']:g})**", "",
-                  f"| variant | L | {head} | learned h |", "|---|---|" + "---|" * len(keys) + "---|"]
+                  f"| {head} |", "|" + "---|" * (len(label_columns) + len(keys) + 1)]
         for r in setting["rows"]:
             h = f"{r['h']['mean']:+.3f} ({r['h']['sign']})" if "h" in r else ""
-            lines.append(f"| {r['description']} | {r['layers']} | "
-                         + " | ".join(pct(r["accuracy"][k]) for k in keys) + f" | {h} |")
+            cells = [str(cell(r)) for _, cell in label_columns] + [pct(r["accuracy"][k]) for k in keys] + [h]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+def depth_cells(r):
+    """'accuracy % / cross-entropy' after each block L = 0..max, for a depth table."""
+    return [f"{100 * a:.1f} / {c:.3f}" for a, c in zip(r["accuracy"], r["loss"])]
 
 
 def check_lines(ch):

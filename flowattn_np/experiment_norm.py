@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 
 from .backend import to_float
 from .experiment import (
+    depth_cells,
     head_metrics,
     label_free_network,
     lam_max,
-    pct,
+    settings_lines,
     step_report,
     train_over_seeds,
     true_label_network,
@@ -145,22 +146,13 @@ def part4_markdown(p4, keys):
     lines += ["| flow | sigma | " + " | ".join(f"L={i}" for i in range(n_layers)) + " |",
               "|---|---|" + "---|" * n_layers]
     for flow, per in d["flows"].items():
-        for k, r in per.items():
-            cells = [f"{100 * a:.1f} / {c:.3f}" for a, c in zip(r["accuracy"], r["loss"])]
-            lines.append(f"| {flow} | {k} | " + " | ".join(cells) + " |")
+        lines += [f"| {flow} | {k} | " + " | ".join(depth_cells(r)) + " |" for k, r in per.items()]
     b = p4["label_free"]
-    head = " | ".join(f"sigma = {k}" for k in keys)
     lines += ["", f"**(b)** L = {b['layers']} tied blocks, {b['epochs']} epochs, {len(b['seeds'])} seeds "
               "(mean ± std of test accuracy %); learned h with its sign.", ""]
-    for name, setting in b["settings"].items():
-        lines += [f"Trained {name} (train sigma = {setting['train_noise']:g})", "",
-                  f"| variant | normalisation | L | {head} | learned h |", "|---|---|---|" + "---|" * len(keys) + "---|"]
-        for r in setting["rows"]:
-            h = f"{r['h']['mean']:+.3f} ({r['h']['sign']})" if "h" in r else ""
-            lines.append(f"| {SHORT_NAMES[r['variant']]} | {r['norm']} | {r['layers']} | "
-                         + " | ".join(pct(r["accuracy"][k]) for k in keys) + f" | {h} |")
-        lines.append("")
-    return lines
+    return lines + settings_lines(b["settings"], keys, [("variant", lambda r: SHORT_NAMES[r["variant"]]),
+                                                        ("normalisation", lambda r: r["norm"]),
+                                                        ("L", lambda r: r["layers"])])
 
 
 def part4_check_lines(checks):
