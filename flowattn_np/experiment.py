@@ -1,7 +1,7 @@
 """The paper's Fashion-MNIST experiment, made explicit about where the targets come from.
 
-``python -m flowattn_np reproduce`` runs three parts and writes a Markdown table,
-``results.json`` and PNG figures:
+``python -m flowattn_np reproduce`` runs three parts (``--parts`` chooses; part 1 always
+runs) and writes a Markdown table, ``results.json`` and PNG figures:
 
 1. Multinomial regression (L = 0), trained with the package's SGD: the baseline.
 2. Feature discovery with the TRUE labels (the paper's theory): theta fixed from
@@ -13,6 +13,9 @@
    C_hat(Z) = softmax(Z W^T + b) in place of C, (c) separate learned keys and values
    Z + h softmax(Z K^T) V (beyond the theory), trained on clean images and with noise
    augmentation, tested on clean and noisy images, over several seeds.
+4. (``--parts 4``, module ``experiment_norm``) Normalisation as a sphere constraint:
+   true-label feature discovery on the sphere against the flat flow, and the label-free
+   networks with normalised blocks (post-norm sphere / LayerNorm, pre-norm sphere).
 
 ``results.json`` schema (``SCHEMA``): see docs/results.md.
 """

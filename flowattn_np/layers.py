@@ -21,6 +21,12 @@ The targets ``C`` used inside a block come from an explicit source
   ``softmax(Z W Z^T)`` (quadratic model), evaluated once at the block's input and held
   fixed for the block (so the B sub-flow stays linear and exactly solvable).
 
+``BlockConfig.norm`` ('sphere' or 'layer') keeps the rows on a manifold (sphere.py):
+post-norm, every sub-step is a step of the projected sub-flow followed by the retraction
+R (the Riemannian reading; the linear B sub-step is the exact rotation on the manifold);
+pre-norm, Z + S(R(Z)) - R(Z) for each flat sub-step S (the GPT-2 layout, a variant that
+is not a flow on the manifold).
+
 Every block has ``forward(Z, params, C=None) -> (Z_out, cache)`` and
 ``backward(Z_out_bar, cache) -> (Z_bar, grads)`` with ``grads`` keyed like ``params``.
 """
