@@ -76,9 +76,9 @@ def test_part4_alone_writes_its_table_json_and_figure(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--parts", "5"], "argument --parts: expected part numbers among 1,2,3,4"),
-    (["--parts", "one"], "argument --parts: expected comma-separated integers"),
-    (["--norm-layers", "0"], "argument --norm-layers: expected a positive integer"),
+    (["--parts", "5"], "--parts: expected part numbers among 1,2,3,4"),
+    (["--parts", "one"], "--parts: expected comma-separated integers"),
+    (["--norm-layers", "0"], "--norm-layers: expected a positive integer"),
 ])
 def test_bad_parts_are_one_error_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
