@@ -187,7 +187,9 @@ def _config_from_meta(meta, path):
                          f"expected {CHECKPOINT_VERSION}")
     try:
         return NetworkConfig.from_dict(meta["config"])
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+    except KeyError as exc:
+        raise ValueError(f"path: {path}: the checkpoint's configuration lacks the key {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"path: {path}: the checkpoint's configuration is not valid: {exc}") from None
 
 
