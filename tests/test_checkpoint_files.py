@@ -2,7 +2,6 @@
 ValueError (or TypeError) naming the file or the parameter, before anything is built."""
 
 import io
-import json
 import os
 import threading
 import time
