@@ -263,3 +263,17 @@ def test_normalised_blocks_keep_float32(xp, norm, place, model):
     assert out.dtype == Z_bar.dtype == np.float32
     assert all(g.dtype == np.float32 for g in grads.values())
     assert bool(xp.isfinite(Z_bar).all())
+
+
+@pytest.mark.parametrize("norm, message", [("sphere", r"\|z\| = 0"), ("layer", "constant rows")])
+def test_normalised_blocks_and_networks_reject_rows_without_a_direction(norm, message):
+    config = BlockConfig(targets="learned", h=0.3, norm=norm)
+    Z, params, _ = make_problem(config)
+    Z[1] = 0.0
+    with pytest.raises(ValueError, match=rf"^Z: a normalised block needs rows .*{message}"):
+        make_block(config).forward(Z, params)
+    net = net_of(config)
+    X, _ = make_data(net.config)
+    X[2] = 0.0
+    with pytest.raises(ValueError, match=rf"^X: the input normalisation needs rows .*{message}"):
+        net.logits(X)
