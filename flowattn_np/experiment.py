@@ -197,15 +197,21 @@ def part2_feature_discovery(theta, tests, yt, cfg, progress):
                leave=False)
     for scheme in ("lie", "strang"):
         net = true_label_network(theta, scheme, h, cfg.max_layers)
-        per_noise = {}
-        for k, Z in tests.items():
-            metrics = [head_metrics(net, Z_l, yt, C) for Z_l in net.features(Z, yt)]  # L = 0..max
-            bar.update(cfg.max_layers)
-            per_noise[k] = {"loss": [to_float(loss) for loss, _ in metrics],
-                            "accuracy": [to_float(acc) for _, acc in metrics]}
-        out["schemes"][scheme] = per_noise
+        out["schemes"][scheme] = depth_metrics(net, tests, yt, C, bar)
     bar.close()
     return out
+
+
+def depth_metrics(net, tests, yt, C, bar):
+    """For each test noise level: the head's cross-entropy and accuracy on the iterates Z_0..Z_L
+    of a true-label network (an oracle computation), as lists of Python floats."""
+    per_noise = {}
+    for k, X in tests.items():
+        metrics = [head_metrics(net, Z_l, yt, C) for Z_l in net.features(X, yt)]  # L = 0..max
+        bar.update(net.config.layers)
+        per_noise[k] = {"loss": [to_float(loss) for loss, _ in metrics],
+                        "accuracy": [to_float(acc) for _, acc in metrics]}
+    return per_noise
 
 
 def true_label_network(theta, scheme, h, layers, norm="none"):

@@ -21,10 +21,9 @@ import functools
 
 from tqdm.auto import tqdm
 
-from .backend import to_float
 from .experiment import (
     depth_cells,
-    head_metrics,
+    depth_metrics,
     label_free_network,
     lam_max,
     settings_lines,
@@ -73,13 +72,7 @@ def part4_discovery(theta, tests, yt, cfg, progress):
                leave=False)
     for flow, norm in (("flat", "none"), ("sphere", "sphere")):
         net = true_label_network(theta, "lie", h, cfg.max_layers, norm=norm)
-        per_noise = {}
-        for k, X in tests.items():
-            metrics = [head_metrics(net, Z_l, yt, C) for Z_l in net.features(X, yt)]  # L = 0..max
-            bar.update(cfg.max_layers)
-            per_noise[k] = {"loss": [to_float(loss) for loss, _ in metrics],
-                            "accuracy": [to_float(acc) for _, acc in metrics]}
-        out["flows"][flow] = per_noise
+        out["flows"][flow] = depth_metrics(net, tests, yt, C, bar)
     bar.close()
     return out
 
