@@ -4,8 +4,8 @@
 
 * **labels**: every axes with plotted data has an x and a y label, or is an image panel
   (it shows an image) with a colorbar for the same colour map and limits whose axis is
-  labelled (one colorbar may serve a row of panels); an axes with nothing drawn in it is
-  a blank panel and goes;
+  labelled (one colorbar may serve a row of panels); an axes with nothing drawn in it, or
+  an image of one constant value, is a blank panel and goes;
 * **legends off the data**: no data point or line segment (lines, scatter points, bars)
   lies inside a legend's box, in display coordinates;
 * **integer ticks**: an axis whose plotted line or scatter data are all integers (epochs,
@@ -56,6 +56,8 @@ def _label_problems(fig, name):
             out.append(f"{where}: a blank panel (nothing drawn): remove it")
             continue
         if ax.images:
+            if any(np.ptp(np.asarray(im.get_array(), float)) == 0 for im in ax.images):
+                out.append(f"{where}: an image of one constant value (a blank panel): remove it")
             if any(_image_key(im) not in labelled_maps for im in ax.images):
                 out.append(f"{where}: an image without a labelled colorbar for its colour map and limits")
             continue

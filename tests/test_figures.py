@@ -17,6 +17,7 @@ import contextlib
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 matplotlib = pytest.importorskip("matplotlib")
@@ -73,6 +74,36 @@ def test_every_notebook_figure_is_readable(source):
         found += check(fig, name)
     assert not found, "\n".join(found)
     assert seen or "plt." not in source.read_text(encoding="utf-8"), "a notebook that plots drew no figure"
+
+
+def synthetic_figures():
+    """Each plotting function on small made-up inputs of the shapes the reproduction passes."""
+    from flowattn_np import plotting
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=784)
+    its = [x + 0.5 * rng.normal(size=784)]
+    for _ in range(3):
+        its.append(its[-1] + 0.05 * rng.normal(size=784))
+    panels = [{"title": "true labels", "iterates": its, "predictions": [6, 2, 6, 6]},
+              {"title": "learned oracle, L = 2", "iterates": its[:3], "predictions": [6, 6, 0]}]
+    names = [f"class {k}" for k in range(10)]
+    per = {s: {"loss": list(np.linspace(1, 0.5, 5) * (1 + s)), "accuracy": list(np.linspace(0.6, 0.9, 5) / (1 + s))}
+           for s in (0, 0.5, 1)}
+    part2 = {"schemes": {"lie": {f"{s:g}": r for s, r in per.items()}, "strang": {f"{s:g}": r for s, r in per.items()}},
+             "h_units": 1.0, "h": 0.05}
+    hist = {"epochs": [{"epoch": 1, "train_loss": 0.9, "train_accuracy": 0.7}]}  # one epoch: one point
+    curves = {"part 1: multinomial regression, L = 0": hist, "part 3: learned oracle, L = 1": hist,
+              "part 3: learned oracle, L = 2": hist}
+    return {"figure1": plotting.figure1(x, panels, label=6, class_names=names, sigma=0.5, title="Figure 1"),
+            "accuracy_vs_layers": plotting.accuracy_vs_layers(part2),
+            "training_curves": plotting.training_curves(curves)}
+
+
+def test_package_figures_of_made_up_results_are_readable():
+    found = [p for name, fig in synthetic_figures().items() for p in check(fig, name)]
+    plt.close("all")
+    assert not found, "\n".join(found)
 
 
 @pytest.fixture(scope="module")
