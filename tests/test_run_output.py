@@ -23,6 +23,7 @@ from flowattn_np.files import RunFolder, write_text
 from flowattn_np.network import Network, NetworkConfig
 from flowattn_np.progress import PlainProgress, progress_bar
 from flowattn_np.train import fit
+from helpers import offline_without_data
 
 # a small real run: one seed, one depth, one epoch on a subset
 SMALL = ["--quick", "--seeds", "1", "--layers", "1", "--max-layers", "2"]
@@ -76,21 +77,8 @@ def test_a_failed_run_leaves_a_shared_parent_that_is_not_empty(tmp_path):
 # ---------------------------------------------------------------- reproduce fails: nothing left
 
 
-def _offline_without_data(monkeypatch, tmp_path):
-    import flowattn_np.data as data
-
-    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "none")
-    monkeypatch.setattr(data, "default_data_dir", lambda: tmp_path / "empty")
-    monkeypatch.delenv("FLOWATTN_DATA", raising=False)
-
-    def offline(*a, **k):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
-
-
 def test_missing_data_leaves_no_run_folder(workdir, monkeypatch, capsys):
-    _offline_without_data(monkeypatch, workdir)
+    offline_without_data(monkeypatch, workdir)
     assert cli.main(["reproduce", *SMALL, "--no-progress"]) == 2
     assert "dataset-fashion-mnist" in capsys.readouterr().err
     assert not (workdir / "runs").exists()
