@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import functools
 
-from tqdm.auto import tqdm
-
 from .experiment import (
     depth_cells,
     depth_metrics,
@@ -32,6 +30,7 @@ from .experiment import (
     true_label_network,
 )
 from .ops import one_hot
+from .progress import progress_bar
 
 TITLE = ("Part 4. Normalisation as a sphere constraint: (a) feature discovery with the TRUE labels "
          "on the sphere vs flat (an oracle computation, NOT a classifier's test accuracy); "
@@ -68,8 +67,7 @@ def part4_discovery(theta, tests, yt, cfg, progress):
     C = one_hot(yt, theta.shape[0], theta.dtype)  # the true labels: oracle targets
     out = {"targets": "true labels (oracle computation)", "scheme": "lie", "lam_max": lam,
            "h_units": cfg.h_units, "h": h, "flows": {}}
-    bar = tqdm(total=2 * len(tests) * cfg.max_layers, desc="part 4 (a), true labels", disable=not progress,
-               leave=False)
+    bar = progress_bar(2 * len(tests) * cfg.max_layers, "part 4 (a), true labels", progress, unit="block")
     for flow, norm in (("flat", "none"), ("sphere", "sphere")):
         net = true_label_network(theta, "lie", h, cfg.max_layers, norm=norm)
         out["flows"][flow] = depth_metrics(net, tests, yt, C, bar)
