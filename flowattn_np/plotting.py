@@ -229,6 +229,8 @@ def normalisation(part4, path=None):
                    title="(a) TRUE labels (oracle computation): flat vs sphere")
     axes[0, 1].set(xlabel="blocks L", ylabel="cross-entropy", yscale="log",
                    title=f"(a) Lie blocks, h = {d['h_units']:g} / lam_max = {d['h']:.3g}")
+    for ax in axes[0]:
+        _integer_ticks(ax)
     for ax, (name, setting) in zip(axes[1], part4["label_free"]["settings"].items()):
         _label_free_panel(ax, setting["rows"])
         ax.set(xlabel="test noise sigma", ylabel="test accuracy (%)",

@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt
 from matplotlib import cm, colors
 
 import flowattn_np as fa
+from flowattn_np.plotting import method_color
 
 np.set_printoptions(precision=4, suppress=True)
 
@@ -96,7 +97,8 @@ def draw_sphere(ax):
     for k, t in enumerate(tetra):
         ax.scatter(*t, marker="*", s=220, color=f"C{k}", edgecolor="k", zorder=5)
         ax.text(*(1.25 * t), rf"$\theta_{k}$", color=f"C{k}", fontsize=12)
-    ax.set(xlabel="$z_1$", ylabel="$z_2$", zlabel="$z_3$", box_aspect=(1, 1, 1))
+    ax.set(xlabel="$z_1$", ylabel="$z_2$", zlabel="$z_3$", box_aspect=(1, 1, 1),
+           xticks=[-1, 0, 1], yticks=[-1, 0, 1], zticks=[-1, 0, 1])
 
 fig = plt.figure(figsize=(12, 5), layout="constrained")
 ax3 = fig.add_subplot(1, 2, 1, projection="3d")
@@ -237,9 +239,9 @@ Z_ref = sphere_path(Z0, 1.0, 4000, lambda Z: fa.linear_flow_sphere(Z, theta, C))
 Ls = np.array([8, 16, 32, 64])
 hs = 1.0 / Ls
 fig, ax = plt.subplots(figsize=(6.5, 4.8), layout="constrained")
-styles = {("lie", "rk4"): ("o-", "C0"), ("strang", "rk4"): ("s-", "C1"),
-          ("lie", "euler"): ("o--", "C2"), ("strang", "euler"): ("s--", "C3")}
-for (scheme, method), (ls, colour) in styles.items():
+styles = {("lie", "rk4"): "o-", ("strang", "rk4"): "s-", ("lie", "euler"): "o--", ("strang", "euler"): "s--"}
+for (scheme, method), ls in styles.items():
+    colour = method_color(scheme)  # one colour per splitting, as in every figure of the package
     errs = np.array([split_error(scheme, method, L) for L in Ls])
     p = float(np.polyfit(np.log(hs), np.log(errs), 1)[0])
     ax.loglog(hs, errs, ls, color=colour, label=f"{scheme.capitalize()}, A by {method} + R: slope {p:.2f}")
@@ -247,8 +249,10 @@ for (scheme, method), (ls, colour) in styles.items():
     assert abs(p - (2 if (scheme, method) == ("strang", "rk4") else 1)) < 0.2
 ax.set(xlabel="step h = T / L", ylabel="max error against the reference",
        title="splitting on the sphere: measured orders")
+ax.set_xticks(hs, [f"1/{L}" for L in Ls])
+ax.xaxis.set_minor_locator(plt.NullLocator())
 ax.grid(alpha=0.3, which="both")
-ax.legend(loc="upper left", fontsize=8);
+ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8);
 
 # %% [markdown]
 # ## Pre-norm is a different thing

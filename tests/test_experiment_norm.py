@@ -103,3 +103,20 @@ def test_every_part4_normalisation_is_a_valid_block():
         block = fa.BlockConfig(targets="learned", **fields)
         assert block.normalised == (name != "none")
         assert ("NOT a flow" in description) == (fields.get("norm_place") == "pre")
+
+
+@pytest.mark.realdata
+def test_part4_figure_follows_the_figure_rules(tmp_path):
+    """The normalisation figure of a small real run: readable (figure_rules), one colour per method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from figure_rules import colour_conflicts, labelled_colours, problems
+    from flowattn_np import plotting
+
+    cfg = ReproduceConfig.quick_run(parts=(4,), seeds=2, train_size=1000, test_size=500, norm_variants=("oracle",))
+    res = reproduce(cfg, out=str(tmp_path), progress=False, figures=False, log=lambda msg: None)
+    fig = plotting.normalisation(res["part4"])
+    found = problems(fig, "normalisation") + colour_conflicts(labelled_colours(fig, "normalisation"))
+    plt.close("all")
+    assert not found, "\n".join(found)
