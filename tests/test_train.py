@@ -130,12 +130,18 @@ def test_checkpoint_round_trip_restores_identical_predictions(tmp_path, backend)
     hist = fit(net, X, y, epochs=2, batch_size=32, optimizer=opt, progress=False)
     path = tmp_path / "ckpt.npz"
     save_checkpoint(path, net, opt, hist, extra={"note": "test"})
-    with fa.use_backend("numpy"):  # a checkpoint saved on either backend loads on NumPy
+    # the reference is computed where the network lives (on the device for cupy) ...
+    ref_logits = fa.to_numpy(net.logits(fa.asarray(X)))
+    with fa.use_backend("numpy"):  # ... and a checkpoint saved on either backend loads on NumPy
         loaded = load_checkpoint(path)
         assert loaded.config == net.config
-        Xh = np.asarray(X)
-        assert np.array_equal(fa.to_numpy(loaded.predict(Xh)), fa.to_numpy(net.predict(fa.asarray(Xh))))
-        assert np.array_equal(fa.to_numpy(loaded.logits(Xh)), fa.to_numpy(net.logits(fa.asarray(Xh))))
+        logits = fa.to_numpy(loaded.logits(np.asarray(X)))
+        # a GPU rounds differently from the CPU: equal up to float32 round-off, not bit for bit
+        np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
+        top2 = np.sort(ref_logits, axis=1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > 1e-3  # rows whose arg-max round-off cannot flip
+        assert clear.mean() > 0.9
+        assert np.array_equal(fa.to_numpy(loaded.predict(np.asarray(X)))[clear], ref_logits.argmax(1)[clear])
         assert loaded.checkpoint_meta["history"]["epochs"][-1]["epoch"] == 2
         assert loaded.checkpoint_meta["extra"] == {"note": "test"}
     loaded = load_checkpoint(path)
