@@ -25,10 +25,12 @@ KNOWN_BACKENDS = ("numpy", "cupy")
 ENV_VAR = "FLOWATTN_BACKEND"
 
 _CUPY_HELP = (
-    "Install a CuPy wheel that matches your CUDA version, e.g. "
-    "`pip install cupy-cuda12x` (CUDA 12), `pip install cupy-cuda13x` (CUDA 13) or "
-    "`pip install cupy-cuda11x` (CUDA 11), "
-    "or `pip install 'flowattn-np[gpu]'`; see docs/gpu.md. "
+    "Install the CuPy wheel for your CUDA major version (see `nvidia-smi`): "
+    "`pip install 'cupy-cuda12x[ctk]'` (CUDA 12) or `pip install 'cupy-cuda13x[ctk]'` (CUDA 13); "
+    "the [ctk] extra brings the CUDA libraries CuPy compiles its kernels with, which a machine "
+    "with only the NVIDIA driver lacks (leave it out where the CUDA toolkit is installed). "
+    "`pip install 'flowattn-np[gpu]'` installs the CUDA 12 one. CuPy 14 supports CUDA 12 and 13 "
+    "only; on CUDA 11 use CuPy 13 (`pip install cupy-cuda11x`). See docs/gpu.md. "
     "Use set_backend('numpy') to stay on the CPU."
 )
 
@@ -50,7 +52,7 @@ def _check_name(name):
 
 
 def _import_cupy():
-    """Import CuPy and check that a GPU is visible; raise BackendError otherwise."""
+    """Import CuPy, check that a GPU is visible and that a kernel runs; BackendError otherwise."""
     try:
         import cupy
     except Exception as exc:  # ImportError, or a broken CUDA install raising at import
@@ -65,7 +67,25 @@ def _import_cupy():
         ) from exc
     if count < 1:
         raise BackendError("backend 'cupy' was requested but no CUDA GPU is visible. " + _CUPY_HELP)
+    if _state.get("kernel_ok") is not cupy:
+        _launch_probe_kernel(cupy)
+        _state["kernel_ok"] = cupy
     return cupy
+
+
+def _launch_probe_kernel(cupy):
+    """Compile and run one tiny element-wise kernel, so that a missing CUDA toolkit (NVRTC)
+    fails here with install advice rather than at the first matrix product."""
+    try:
+        probe = cupy.arange(4, dtype=cupy.float32)
+        probe *= 2.0
+        cupy.cuda.get_current_stream().synchronize()
+    except Exception as exc:
+        raise BackendError(
+            f"backend 'cupy': CuPy imports and sees a GPU, but a first kernel failed to compile "
+            f"or run ({type(exc).__name__}: {exc}). This usually means the CUDA toolkit libraries "
+            f"(NVRTC) are missing. " + _CUPY_HELP
+        ) from exc
 
 
 def _module_for(name):
@@ -248,9 +268,10 @@ def host_rng(seed):
 class RNG:
     """A seeded random source for the active backend.
 
-    ``normal`` draws on the backend's device (no host-device copy); ``permutation``
-    is drawn on the host so that the same seed gives the same minibatch order on
-    every backend.
+    ``normal`` draws on the backend's device, into a given buffer (no host-device
+    copy, no fresh array); ``permutation`` is drawn on the host so that the same seed
+    gives the same minibatch order on every backend. The device stream of CuPy
+    differs from NumPy's: the same seed gives different noise on the two backends.
     """
 
     def __init__(self, seed):
@@ -260,18 +281,12 @@ class RNG:
         if self._xp is numpy:
             self._device = self._host
         else:
-            self._device = self._xp.random.RandomState(int(self._host.integers(2**31)))
+            self._device = self._xp.random.default_rng(int(self._host.integers(2**63)))
 
     def normal(self, shape, dtype, out=None):
         """Standard normal samples of ``shape`` and ``dtype`` on the backend's device
-        (written into ``out`` when given)."""
-        if self._xp is numpy:
-            return self._device.standard_normal(shape, dtype=numpy.dtype(dtype), out=out)
-        sample = self._device.standard_normal(shape, dtype=dtype)
-        if out is None:
-            return sample
-        out[...] = sample
-        return out
+        (written into ``out``, a contiguous array of that shape and dtype, when given)."""
+        return self._device.standard_normal(tuple(shape), dtype=numpy.dtype(dtype), out=out)
 
     def permutation(self, n):
         """A host (NumPy) permutation of range(n)."""

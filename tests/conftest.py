@@ -35,6 +35,16 @@ BACKENDS = ["numpy", pytest.param("strict", marks=pytest.mark.strict),
             pytest.param("cupy", marks=pytest.mark.cupy)]
 
 
+def pytest_configure(config):
+    """Ignore CuPy's PerformanceWarning (a RuntimeWarning subclass, which pyproject.toml
+    turns into errors): it reports a slow path, not a wrong number."""
+    try:
+        from cupy._util import PerformanceWarning  # noqa: F401
+    except Exception:  # no CuPy, or a broken CUDA install: nothing to filter
+        return
+    config.addinivalue_line("filterwarnings", "ignore::cupy._util.PerformanceWarning")
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     """Name of the backend under test ('numpy' or 'cupy'); it is active for the whole test.

@@ -140,7 +140,8 @@ def test_cli_asking_for_cupy_without_cupy_says_how_to_install(tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "cupy", None)
     code = cli.main(["reproduce", "--quick", "--backend", "cupy", "--out", str(tmp_path), "--no-progress"])
     assert code == 2
-    assert "pip install cupy-cuda12x" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pip install 'cupy-cuda12x[ctk]'" in err and "cupy-cuda13x" in err
 
 
 def test_the_schema_table_in_docs_lists_exactly_the_keys_written(quick_run):
