@@ -22,7 +22,7 @@ FUNCTIONS = [
     "exp", "expm1", "log", "log1p", "sqrt", "square", "tanh", "maximum", "minimum", "sign",
     "isfinite", "isnan", "isinf", "where", "clip", "tril", "triu", "eye", "identity",
     "zeros", "zeros_like", "ones", "ones_like", "empty", "empty_like", "full", "full_like",
-    "arange", "linspace", "concatenate", "stack", "take", "einsum", "matmul", "dot", "outer",
+    "arange", "linspace", "concatenate", "stack", "einsum", "matmul", "dot", "outer",
     "sum", "mean", "max", "min", "amax", "amin", "argmax", "argmin", "all", "any",
     "transpose", "swapaxes", "reshape", "broadcast_to", "diag", "trace", "cumsum",
     "logical_not", "logical_and", "logical_or", "equal", "not_equal", "less", "greater",
@@ -58,6 +58,12 @@ def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
     if isinstance(a, ndarray):
         return a.get(order=order, out=out)
     return np.asarray(a, order=order)
+
+
+def take(a, indices, axis=None, out=None):
+    """cupy.take(a, indices, axis=None, out=None): CuPy has no ``mode`` (it wraps
+    out-of-range indices instead of raising), so neither does the stand-in."""
+    return forward(np.take)(a, indices, axis=axis, out=out)
 
 
 def get_array_module(*args):
@@ -218,6 +224,7 @@ def build():
     m.asarray = asarray
     m.array = array
     m.asnumpy = asnumpy
+    m.take = take
     m.get_array_module = get_array_module
     m.linalg, m.random, m.cuda = _linalg(), _random(), _cuda()
     cupyx = types.ModuleType("cupyx")
