@@ -172,11 +172,30 @@ def get_array_module(*arrays):
     return sys.modules["cupy"] if found == "cupy" else numpy
 
 
+_WHERE = {"cupy": ("a cupy array (GPU)", "cupy arrays (GPU)"),
+          "numpy": ("a numpy array (host)", "numpy arrays (host)")}
+_MOVE_HINT = (". Move them to one backend first with flowattn_np.asarray(...) "
+              "(to the active backend) or flowattn_np.to_numpy(...).")
+
+
+def _describe_groups(kinds):
+    """'X is a numpy array (host), while W, b are cupy arrays (GPU)': names grouped by backend."""
+    groups = {}
+    for name, kind in kinds.items():
+        groups.setdefault(kind, []).append(name)
+    parts = []
+    for kind, names in sorted(groups.items(), key=lambda kv: len(kv[1])):  # the odd ones first
+        shown = ", ".join(names[:4]) + (f" (and {len(names) - 4} more)" if len(names) > 4 else "")
+        one, many = _WHERE[kind]
+        parts.append(f"{shown} is {one}" if len(names) == 1 else f"{shown} are {many}")
+    return ", while ".join(parts)
+
+
 def check_same_backend(**named):
     """Return the array module of the named arrays; raise BackendError if they mix backends.
 
-    The message names each argument and where it lives, e.g.
-    ``Z is a cupy array (GPU) but theta is a numpy array (host)``.
+    Only types are inspected (no device sync). The message names the arguments by
+    backend, e.g. ``Z is a cupy array (GPU), while theta is a numpy array (host)``.
     """
     kinds = {}
     for name, a in named.items():
@@ -184,16 +203,28 @@ def check_same_backend(**named):
             continue
         kinds[name] = backend_of(a)
     if len(set(kinds.values())) > 1:
-        where = {"cupy": "a cupy array (GPU)", "numpy": "a numpy array (host)"}
-        parts = [f"{n} is {where[k]}" for n, k in kinds.items()]
-        raise BackendError(
-            "arrays from different backends were mixed: " + ", ".join(parts)
-            + ". Move them to one backend first with flowattn_np.asarray(...) "
-            "(to the active backend) or flowattn_np.to_numpy(...)."
-        )
+        raise BackendError("arrays from different backends were mixed: " + _describe_groups(kinds)
+                           + _MOVE_HINT)
     if "cupy" in kinds.values():
         return sys.modules["cupy"]
     return numpy if kinds else array_module()
+
+
+def check_on_backend(backend, where, **named):
+    """Raise BackendError naming each array of ``named`` that is not on ``backend``
+    ('numpy' or 'cupy'); ``where`` ends the message, e.g. "the active backend is 'cupy'".
+
+    Only types are inspected (no device sync); None and Python scalars are ignored.
+    """
+    off = {name: backend_of(a) for name, a in named.items()
+           if a is not None and not isinstance(a, (int, float, bool)) and backend_of(a) != backend}
+    if off:
+        raise BackendError(f"{_describe_groups(off)}, but {where}" + _MOVE_HINT)
+
+
+def arrays_description(backend):
+    """'cupy arrays (GPU)' or 'numpy arrays (host)', for messages."""
+    return _WHERE[backend][1]
 
 
 def asarray(a, dtype=None):

@@ -37,7 +37,7 @@ from .attention import (
     cross_attention_vjp,
     self_attention_sum_vjp,
 )
-from .backend import get_array_module
+from .backend import check_same_backend, get_array_module
 from .flows import _quadratic_B_exact, get_integrator, quadratic_B_exact_vjp, rk_backward, rk_forward
 from .ops import softmax, softmax_vjp, softmax_vjp_heads
 from .validate import check_step
@@ -120,6 +120,12 @@ class BlockConfig:
                 f"{step}; targets: {TARGET_TITLES[self.targets]}")
 
 
+def check_block_backends(Z, params, C=None):
+    """BackendError naming the argument if Z, C and the parameters mix NumPy and CuPy
+    arrays (types only: no device sync)."""
+    check_same_backend(Z=Z, C=C, **{f"params[{k!r}]": v for k, v in params.items()})
+
+
 def _scalar(xp, value, dtype):
     return xp.asarray(value, dtype=dtype)
 
@@ -158,6 +164,7 @@ class _SplitBlock:
 
         ``out`` (a buffer for Z_out) is a hint that the fused paths use; others ignore it.
         """
+        check_block_backends(Z, params, C)
         cfg = self.config
         theta = self.theta_of(params)
         h = params["h"] if cfg.learn_h else cfg.h
@@ -222,6 +229,7 @@ class CrossAttentionBlock(_SplitBlock):
         """
         cfg = self.config
         if cfg.scheme == "lie" and cfg.integrator == "euler":
+            check_block_backends(Z, params, C)
             return self._eq8_forward(Z, params, C, out)
         return super().forward(Z, params, C)
 
@@ -414,6 +422,7 @@ class MemoryBlock:
 
         ``out``: a buffer for Z_out.
         """
+        check_block_backends(Z, params)
         xp = get_array_module(Z)
         h = params["h"] if self.config.learn_h else self.config.h
         P = softmax(Z @ params["K"].T)

@@ -18,7 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .attention import _T, _sum_lead
-from .backend import Workspace, array_module, get_array_module, host_rng
+from .backend import (
+    Workspace,
+    array_module,
+    arrays_description,
+    backend_of,
+    check_on_backend,
+    check_same_backend,
+    get_array_module,
+    host_rng,
+)
 from .layers import TARGET_TITLES, BlockConfig, init_block_params, make_block
 from .ops import log_softmax, one_hot
 
@@ -180,6 +189,7 @@ class Network:
         valid until the next call with the same workspace.
         """
         cfg = self.config
+        self.check_inputs_backend(X=X, y=y, C=C)
         if cfg.layers and cfg.block.targets == "labels" and C is None:
             if y is None:
                 raise ValueError(
@@ -197,6 +207,13 @@ class Network:
         theta = self._head_theta()
         logits = Z @ theta.T if cfg.head == "linear" else Z @ theta @ _T(Z)
         return logits, (X, Z, theta, caches)
+
+    def check_inputs_backend(self, **inputs):
+        """BackendError naming each input that is not on the parameters' backend (types
+        only: no device sync)."""
+        where = backend_of(self.params[self._theta_name()])
+        check_same_backend(**{f"params[{k!r}]": v for k, v in self.params.items()})
+        check_on_backend(where, f"the network's parameters are {arrays_description(where)}", **inputs)
 
     def _head_theta(self):
         if self.config.head == "linear":
@@ -249,6 +266,7 @@ class Network:
 
         d loss / d logits = (sigma(logits) - C) / rows, then ``backward``.
         """
+        self.check_inputs_backend(X=X, y=y)
         C = self.targets(y, X.dtype)
         logits, cache = self.forward(X, C=C, workspace=self._workspace)
         rows = C.size // C.shape[-1]
@@ -261,6 +279,7 @@ class Network:
 
     def loss(self, X, y):
         """Batch-mean cross-entropy (0-d array)."""
+        self.check_inputs_backend(X=X, y=y)
         C = self.targets(y, X.dtype)
         return self.loss_from_logits(self.forward(X, C=C)[0], C)
 
@@ -286,6 +305,7 @@ class Network:
 
     def features(self, X, y=None):
         """The iterates [Z_0, Z_1, ..., Z_L] of a batch (for Figure 1)."""
+        self.check_inputs_backend(X=X, y=y)
         cfg = self.config
         C = None
         if cfg.layers and cfg.block.targets == "labels":

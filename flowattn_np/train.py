@@ -18,6 +18,7 @@ from .backend import (
     RNG,
     Workspace,
     asarray,
+    check_on_backend,
     get_array_module,
     get_backend,
     host_rng,
@@ -123,6 +124,7 @@ def fit(net, X, y, epochs=5, batch_size=256, optimizer=None, lr=0.1, X_val=None,
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
     if not (noise >= 0 and math.isfinite(noise)):
         raise ValueError(f"noise: expected a finite sigma >= 0, got {noise}")
+    _check_fit_backends(net, X=X, y=y, X_val=X_val, y_val=y_val)
     X, y = asarray(X, dtype=net.config.dtype), asarray(y)
     if y.shape[0] != X.shape[0]:
         raise ValueError(f"y: expected {X.shape[0]} labels (one per row of X), got {y.shape[0]}")
@@ -208,6 +210,18 @@ def fit(net, X, y, epochs=5, batch_size=256, optimizer=None, lr=0.1, X_val=None,
         if checkpoint is not None:
             save_checkpoint(checkpoint, net, optimizer, history)
     return history
+
+
+def _check_fit_backends(net, **data):
+    """fit trains on the active backend: the network's parameters must live there, and the
+    data either there or on the host (moved once). Types only: no device sync."""
+    active = get_backend()
+    check_on_backend(active, f"the active backend is {active!r} (build the network under it, "
+                     "or load it with load_checkpoint there)",
+                     **{f"net.params[{k!r}]": v for k, v in net.params.items()})
+    if active == "numpy":
+        check_on_backend("numpy", "the active backend is 'numpy': fit does not copy device data "
+                         "to the host silently", **data)
 
 
 def _snapshot(params):
