@@ -277,13 +277,14 @@ class Workspace:
         self._arrays.clear()
 
 
-def quiet_errors():
+def quiet_errors(xp=None):
     """Context manager silencing NumPy's floating-point warnings (a no-op on CuPy).
 
     For code that detects non-finite values itself and raises a clear error, such
-    as ``fit``; elsewhere an overflow warning is a bug worth seeing.
+    as ``fit``; elsewhere an overflow warning is a bug worth seeing. ``xp``: the array
+    module in use (default: the active backend's).
     """
-    if get_backend() == "numpy":
+    if (xp is numpy) if xp is not None else get_backend() == "numpy":
         return numpy.errstate(over="ignore", invalid="ignore", divide="ignore")
     return contextlib.nullcontext()
 

@@ -143,3 +143,62 @@ def test_device_noise_is_drawn_into_the_given_buffer(xp, counts):
     assert out is buf and (w.reads, w.writes) == (0, 0)
     a = fa.to_numpy(buf)
     assert a.dtype == np.float32 and np.isfinite(a).all() and a.std() > 0
+
+
+# ---------------------------------------------------------------- public equation functions
+
+def _linear_args(xp, rng):
+    Z, theta = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
+    C = np.eye(4)[rng.integers(0, 4, size=5)]
+    return [fa.asarray(a) for a in (Z, theta, C)]
+
+
+def _quadratic_args(xp, rng):
+    Z = rng.normal(size=(2, 4, 3))
+    phi = np.tril(rng.normal(size=(3, 3)))
+    C = np.stack([np.eye(4)[rng.integers(0, 4, size=4)] for _ in range(2)])
+    return [fa.asarray(a) for a in (Z, phi @ phi.T, C)], fa.asarray(phi)
+
+
+PUBLIC = {  # function -> (model, how it is called, device reads allowed)
+    "cross_attention": ("linear", lambda Z, th, C: fa.cross_attention(Z, th), 1),
+    "linear_loss": ("linear", lambda Z, th, C: fa.linear_loss(Z, th, C), 1),
+    "linear_grad_Z": ("linear", lambda Z, th, C: fa.linear_grad_Z(Z, th, C), 1),
+    "linear_grad_theta": ("linear", lambda Z, th, C: fa.linear_grad_theta(Z, th, C), 1),
+    "linear_flow": ("linear", lambda Z, th, C: fa.linear_flow(Z, th, C), 1),
+    "linear_B_exact": ("linear", lambda Z, th, C: fa.linear_B_exact(Z, th, C, 0.3), 1),
+    "self_attention": ("quadratic", lambda Z, th, C, phi: fa.self_attention(Z, th), 1),
+    "quadratic_loss": ("quadratic", lambda Z, th, C, phi: fa.quadratic_loss(Z, th, C), 1),
+    "quadratic_grad_Z": ("quadratic", lambda Z, th, C, phi: fa.quadratic_grad_Z(Z, th, C), 1),
+    "quadratic_flow": ("quadratic", lambda Z, th, C, phi: fa.quadratic_flow(Z, th, C), 1),
+    "quadratic_B_exact": ("quadratic", lambda Z, th, C, phi: fa.quadratic_B_exact(Z, th, C, 0.3), 1),
+    "quadratic_grad_phi": ("quadratic", lambda Z, th, C, phi: fa.quadratic_grad_phi(Z, phi, C), 2),
+}
+
+
+@STRICT
+@pytest.mark.parametrize("name", list(PUBLIC))
+def test_a_public_equation_function_reads_the_device_at_most_once(name, xp, counts):
+    """Its input checks (finite values, label rows, symmetry) are reduced on the device and
+    read back together; the result stays on the device (docs/gpu.md)."""
+    model, call, allowed = PUBLIC[name]
+    rng = np.random.default_rng(0)
+    if model == "linear":
+        args = _linear_args(xp, rng)
+    else:
+        args, phi = _quadratic_args(xp, rng)
+        args = args + [phi]
+    with counts.window() as w:
+        out = call(*args)
+    assert isinstance(out, xp.ndarray)
+    assert w.reads <= allowed and w.writes == 0, w.describe()
+
+
+@STRICT
+def test_integrate_reads_once_per_evaluation_of_a_public_field(xp, counts):
+    """integrate itself reads nothing; a field built from a public function validates at
+    each evaluation (one read each: 4 per RK4 step)."""
+    Z, theta, C = _linear_args(xp, np.random.default_rng(0))
+    with counts.window() as w:
+        fa.integrate(lambda Y: fa.linear_flow(Y, theta, C), Z, 0.3, 3, "rk4")
+    assert w.reads == 3 * 4 and w.writes == 0, w.describe()
