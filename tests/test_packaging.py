@@ -74,8 +74,10 @@ def test_built_wheel_installs_in_a_fresh_venv_and_runs_the_cli(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     bindir = venv / ("Scripts" if os.name == "nt" else "bin")
     py = bindir / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], check=True, cwd=tmp_path)
+    # without PYTHONPATH: with the source tree on it, pip would find the egg-info that
+    # building the wheel left there and skip installing the wheel as "already satisfied"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], check=True, cwd=tmp_path, env=env)
     probe = subprocess.run(
         [str(py), "-c", "import flowattn_np, sys; print(flowattn_np.__file__); print(flowattn_np.__version__)"],
         check=True, capture_output=True, text=True, cwd=tmp_path, env=env)
