@@ -65,8 +65,8 @@ class ValueChecks:
         return self
 
     def finite(self, name, a):
-        """Every entry of ``a`` is finite."""
-        if a.size:
+        """Every entry of ``a`` is finite (None is skipped)."""
+        if a is not None and a.size:
             xp = get_array_module(a)
 
             def message(_):
@@ -195,20 +195,23 @@ def check_step(name, h):
 def linear_inputs(Z, theta, C=None, heads=None):
     """Validate (Z, theta, C) of the linear model N = Z theta^T; returns heads.
 
-    One device read for all value checks (see the module docstring).
+    Z=None checks theta and C alone (a vector field built once, before Z is known). One
+    device read for all value checks (see the module docstring).
     """
     check_same_backend(Z=Z, theta=theta, C=C)
-    check_array("Z", Z, ndim=2, finite=False)
     check_array("theta", theta, ndim=2, finite=False)
-    n, d = Z.shape
-    check_shape("theta", theta, (theta.shape[0], d), "m classes x d features, d from Z")
+    m = theta.shape[0]
+    if Z is not None:
+        check_array("Z", Z, ndim=2, finite=False)
+        check_shape("theta", theta, (m, Z.shape[1]), "m classes x d features, d from Z")
     check_same_dtype(Z=Z, theta=theta)
-    heads = check_heads("heads", heads, theta.shape[0])
+    heads = check_heads("heads", heads, m)
     checks = ValueChecks().finite("Z", Z).finite("theta", theta)
     if C is not None:
         check_array("C", C, ndim=2, finite=False)
-        check_shape("C", C, (n, theta.shape[0]), "n rows of Z x m classes of theta")
-        check_same_dtype(Z=Z, C=C)
+        n = C.shape[0] if Z is None else Z.shape[0]
+        check_shape("C", C, (n, m), "n rows of Z x m classes of theta")
+        check_same_dtype(**({"theta": theta} if Z is None else {"Z": Z}), C=C)
         check_labels("C", C, heads, checks.finite("C", C))
     checks.run()
     return heads
@@ -217,22 +220,26 @@ def linear_inputs(Z, theta, C=None, heads=None):
 def quadratic_inputs(Z, theta, C=None, symmetric=True):
     """Validate (Z, theta, C) of the quadratic model N = Z theta Z^T.
 
-    Z may carry leading batch axes: (..., n, d); C is then (..., n, n). One device
-    read for all value checks (see the module docstring).
+    Z may carry leading batch axes: (..., n, d); C is then (..., n, n). Z=None checks
+    theta and C alone (a vector field built once, before Z is known). One device read for
+    all value checks (see the module docstring).
     """
     check_same_backend(Z=Z, theta=theta, C=C)
-    check_array("Z", Z, min_ndim=2, finite=False)
     check_array("theta", theta, ndim=2, finite=False)
-    n, d = Z.shape[-2:]
-    check_shape("theta", theta, (d, d), "d x d, d from the last axis of Z")
+    if Z is not None:
+        check_array("Z", Z, min_ndim=2, finite=False)
+        check_shape("theta", theta, (Z.shape[-1],) * 2, "d x d, d from the last axis of Z")
+    else:
+        check_shape("theta", theta, (theta.shape[0],) * 2, "d x d")
     check_same_dtype(Z=Z, theta=theta)
     checks = ValueChecks().finite("Z", Z).finite("theta", theta)
     if symmetric:
         check_symmetric("theta", theta, checks)
     if C is not None:
         check_array("C", C, min_ndim=2, finite=False)
-        check_shape("C", C, tuple(Z.shape[:-1]) + (n,), "n x n targets for each sequence in Z")
-        check_same_dtype(Z=Z, C=C)
+        lead = C.shape[:-1] if Z is None else Z.shape[:-1]
+        check_shape("C", C, tuple(lead) + (lead[-1],), "n x n targets for each sequence in Z")
+        check_same_dtype(**({"theta": theta} if Z is None else {"Z": Z}), C=C)
         check_labels("C", C, None, checks.finite("C", C))
     checks.run()
 
@@ -240,8 +247,8 @@ def quadratic_inputs(Z, theta, C=None, symmetric=True):
 def quadratic_phi_inputs(Z, phi, C=None):
     """Validate (Z, phi, C) with theta = phi phi^T and phi lower-triangular.
 
-    Two device reads: phi's values first (theta = phi phi^T of a bad phi says nothing),
-    then those of quadratic_inputs.
+    Two device reads: phi's own values first (finite, lower-triangular), then the value
+    checks of quadratic_inputs (phi in theta's place: same shape and dtype).
     """
     check_same_backend(Z=Z, phi=phi, C=C)
     check_array("phi", phi, ndim=2, finite=False)
@@ -254,7 +261,8 @@ def quadratic_phi_inputs(Z, phi, C=None):
     checks.run()
     d = Z.shape[-1] if _is_array(Z) else phi.shape[0]
     check_shape("phi", phi, (d, d), "d x d lower-triangular factor, d from the last axis of Z")
-    quadratic_inputs(Z, phi @ phi.T, C, symmetric=False)
+    # phi has theta's shape and dtype: checking it in theta's place checks Z and C
+    quadratic_inputs(Z, phi, C, symmetric=False)
 
 
 __all__ = [

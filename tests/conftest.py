@@ -17,20 +17,11 @@ import pytest
 
 import flowattn_np as fa
 import strict_device
-from flowattn_np.backend import BackendError, _import_cupy
+from flowattn_np.backend import cupy_available
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-
-def _cupy_available():
-    try:
-        _import_cupy()
-        return True
-    except BackendError:
-        return False
-
-
-CUPY = _cupy_available()
+CUPY = cupy_available()
 BACKENDS = ["numpy", pytest.param("strict", marks=pytest.mark.strict),
             pytest.param("cupy", marks=pytest.mark.cupy)]
 

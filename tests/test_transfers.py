@@ -21,6 +21,7 @@ from flowattn_np.data import make_blobs
 from flowattn_np.layers import BlockConfig
 from flowattn_np.network import Network, NetworkConfig
 from flowattn_np.optim import SGD, Adam
+from flowattn_np.random import RNG
 from flowattn_np.train import fit
 from helpers import network_data
 
@@ -136,7 +137,7 @@ def test_fit_copies_host_data_to_the_device_once(counts):
 
 @STRICT
 def test_device_noise_is_drawn_into_the_given_buffer(xp, counts):
-    rng = fa.backend.RNG(5)
+    rng = RNG(5)
     buf = xp.empty((4, 3), dtype="float32")
     with counts.window() as w:
         out = rng.normal((4, 3), "float32", out=buf)
@@ -195,10 +196,14 @@ def test_a_public_equation_function_reads_the_device_at_most_once(name, xp, coun
 
 
 @STRICT
-def test_integrate_reads_once_per_evaluation_of_a_public_field(xp, counts):
-    """integrate itself reads nothing; a field built from a public function validates at
-    each evaluation (one read each: 4 per RK4 step)."""
+def test_integrate_with_a_field_built_once_reads_twice_in_all(xp, counts):
+    """linear_field checks theta and C when built (one read), integrate checks Z0 (one
+    read); the 12 evaluations of RK4 x 3 steps read nothing. A lambda around the public
+    linear_flow instead validates at every evaluation (docs/gpu.md)."""
     Z, theta, C = _linear_args(xp, np.random.default_rng(0))
-    with counts.window() as w:
+    with counts.window() as built:
+        fa.integrate(fa.linear_field(theta, C), Z, 0.3, 3, "rk4")
+    with counts.window() as per_call:
         fa.integrate(lambda Y: fa.linear_flow(Y, theta, C), Z, 0.3, 3, "rk4")
-    assert w.reads == 3 * 4 and w.writes == 0, w.describe()
+    assert (built.reads, built.writes) == (2, 0), built.describe()
+    assert (per_call.reads, per_call.writes) == (1 + 3 * 4, 0), per_call.describe()
