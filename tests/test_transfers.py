@@ -1,7 +1,8 @@
 """The transfer budget of the GPU path, counted by the strict CuPy stand-in.
 
-* A training step (``loss_and_grads`` + the optimiser's ``step``) moves nothing
-  between host and device, for every block configuration and both optimisers.
+* A training step (``train.train_step``: ``loss_and_grads`` + the optimiser's ``step``)
+  moves nothing between host and device, for every block configuration and both
+  optimisers.
 * ``fit`` reads from the device at most what docs/gpu.md states: per logging interval
   the NaN check and the progress-bar figures, per epoch the epoch's record, the
   validation figures and the learned step sizes; it copies the data to the device
@@ -22,7 +23,7 @@ from flowattn_np.layers import BlockConfig
 from flowattn_np.network import Network, NetworkConfig
 from flowattn_np.optim import SGD, Adam
 from flowattn_np.random import RNG
-from flowattn_np.train import fit
+from flowattn_np.train import fit, train_step
 from helpers import network_data
 
 STRICT = pytest.mark.parametrize("backend", [pytest.param("strict", marks=pytest.mark.strict)],
@@ -55,13 +56,6 @@ def _network(block, tied):
     return net, X, y
 
 
-def train_step(net, optimizer, X, y):
-    """One training step as fit takes it: forward, backward and the update."""
-    loss, grads, logits = net.loss_and_grads(X, y)
-    optimizer.step(grads)
-    return loss, logits
-
-
 @STRICT
 @pytest.mark.parametrize("block", CONFIGS, ids=[_id(c) for c in CONFIGS])
 def test_a_training_step_moves_nothing_between_host_and_device(block, counts):
@@ -72,7 +66,7 @@ def test_a_training_step_moves_nothing_between_host_and_device(block, counts):
         train_step(net, opt, X, y)  # the first step allocates buffers and optimiser state
         with counts.window() as w:
             for _ in range(2):
-                loss, _ = train_step(net, opt, X, y)
+                loss = train_step(net, opt, X, y)
         assert (w.reads, w.writes) == (0, 0), (
             f"{type(opt).__name__}, tied={tied}: a training step transferred data\n{w.describe()}")
         assert math.isfinite(fa.backend.to_float(loss))
