@@ -16,10 +16,16 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+_HELPERS = ("to_numpy", "to_float")  # flowattn_np.backend's movers: name their caller instead
+
+
 def _call_site():
-    """'file:line' of the first frame outside this folder (the code that caused it)."""
+    """'file:line' of the first frame outside this folder and the backend's movers (the
+    code that caused the transfer)."""
     frame = sys._getframe(2)
-    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _HERE:
+    while frame is not None and (
+            os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _HERE
+            or (frame.f_code.co_name in _HELPERS and frame.f_code.co_filename.endswith("backend.py"))):
         frame = frame.f_back
     if frame is None:
         return "?"
