@@ -159,7 +159,8 @@ class BlockConfig:
 def check_block_backends(Z, params, C=None):
     """BackendError naming the argument if Z, C and the parameters mix NumPy and CuPy
     arrays (types only: no device sync)."""
-    check_same_backend(Z=Z, C=C, **{f"params[{k!r}]": v for k, v in params.items()})
+    named = {f"params[{k!r}]": v for k, v in params.items()} if isinstance(params, dict) else {}
+    check_same_backend(Z=Z, C=C, **named)  # params of the wrong type: check_block_params says so
 
 
 def require_labels(value, name="C", subject="this block uses"):
