@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
+from . import fused_quadratic
 from .backend import Workspace, array_module, get_array_module, host_rng
 from .layers import TARGET_TITLES, BlockConfig, init_block_params, make_block, require_labels
 from .models import phi_grad, theta_from_phi
@@ -137,8 +138,11 @@ class Network:
     multi-head labels, or (B, n) target-token indices for the quadratic model.
     """
 
-    def __init__(self, config, seed=0, params=None):
+    def __init__(self, config, seed=0, params=None, fused=True):
         self.config = config
+        # quadratic Lie/Euler networks run the fused pass (fused_quadratic.py);
+        # fused=False runs the readable per-block path (the reference the tests compare with)
+        self.fused = bool(fused) and fused_quadratic.supports(config)
         self.block = make_block(config.block)
         self.params = self.init_params(seed) if params is None else dict(params)
         self._workspace = Workspace()  # training buffers, reused from step to step
@@ -207,6 +211,8 @@ class Network:
         """
         cfg = self.config
         C = self._block_targets(X, y, C)
+        if self.fused:
+            return fused_quadratic.forward(self, X, C, workspace)
         Z = self.encode(X)
         xp = get_array_module(Z)
         caches = []
@@ -239,6 +245,8 @@ class Network:
 
         With a ``workspace``, the feature gradients alternate between two reused buffers.
         """
+        if isinstance(cache, fused_quadratic.FusedQuadraticCache):
+            return fused_quadratic.backward(self, logits_bar, cache, workspace)
         cfg = self.config
         X, Z = cache.X, cache.Z
         xp = get_array_module(logits_bar)

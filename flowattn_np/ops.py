@@ -25,6 +25,26 @@ def sum_leading(A):
     return A if A.ndim == 2 else A.reshape((-1,) + A.shape[-2:]).sum(axis=0)
 
 
+def matmul_rows(A, W, out=None):
+    """A W for a stack A (..., k) and one matrix W (k, q), as ONE 2-D product over all rows.
+
+    A product sharing a weight: the rows of every matrix in the stack go to BLAS in one
+    GEMM instead of one small product per matrix. Returns (..., q) (into ``out`` if given).
+    """
+    xp = get_array_module(A)
+    rows = A.reshape(-1, A.shape[-1])
+    if out is None:
+        return (rows @ W).reshape(A.shape[:-1] + (W.shape[-1],))
+    xp.matmul(rows, W, out=out.reshape(-1, W.shape[-1]))
+    return out
+
+
+def gram_sum(A, B):
+    """sum over the stack of A_s^T B_s for stacks A (..., n, p), B (..., n, q), as ONE 2-D
+    product (the gradient of a weight shared by every matrix of a batch). Returns p x q."""
+    return A.reshape(-1, A.shape[-1]).T @ B.reshape(-1, B.shape[-1])
+
+
 def head_slices(m, heads):
     """Column slices of the heads; one slice over all m columns when heads is None."""
     if heads is None:
@@ -135,14 +155,15 @@ def mean_cross_entropy_and_grad(logits, C, heads=None):
 def softmax_vjp(P, P_bar, out=None):
     """Vector-Jacobian product of the row-wise softmax P = sigma(S).
 
-    S_bar = P * (P_bar - rowsum(P * P_bar)); P, P_bar: (..., m). For a softmax taken
+    S_bar = P * (P_bar - rowsum(P * P_bar)); P, P_bar: (..., m); ``out`` may be P_bar
+    (computed in place). For a softmax taken
     per head, ops.softmax_vjp_heads applies this within each head's columns.
     """
     xp = get_array_module(P)
     if out is None:
         out = xp.empty_like(P)
-    xp.multiply(P, P_bar, out=out)
-    s = out.sum(axis=-1, keepdims=True)
+    # the row sums first and without a temporary: ``out`` may be P_bar itself (in place)
+    s = xp.einsum("...j,...j->...", P, P_bar)[..., None]
     xp.subtract(P_bar, s, out=out)
     out *= P
     return out
