@@ -61,9 +61,10 @@ from flowattn_np.network import Network, NetworkConfig  # noqa: E402
 from flowattn_np.optim import SGD  # noqa: E402
 
 SHAPES = ((16, 16, 32), (64, 64, 32), (32, 128, 64))
-IMPLS = ("numpy", "eager", "compile", "fused")
+IMPLS = ("numpy", "eager", "compile", "fused", "blocks")
 LABELS = {"numpy": "NumPy (flowattn_np)", "eager": "PyTorch eager", "compile": "torch.compile",
-          "fused": "PyTorch, package's arrangement"}
+          "fused": "PyTorch, package's arrangement",
+          "blocks": "NumPy, per-block path (Network(fused=False), a diagnostic)"}
 TOL = {"float32": 1e-4, "float64": 1e-4}  # max|a - b| <= TOL max|b|: float32 round-off scale
 
 
@@ -94,7 +95,7 @@ def name_of(w):
     return f"quad ({w['B']},{w['n']},{w['d']}) {w['targets']:7s} L={w['layers']} {w['dtype']}"
 
 
-def build(w, seed=0):
+def build(w, seed=0, fused=True):
     """(network, X, y) of a workload: the NumPy side; PyTorch starts from net.params.
 
     Quadratic: X ~ N(0, 1) of shape (B, n, d), target tokens uniform in [0, n); phi gets
@@ -106,7 +107,7 @@ def build(w, seed=0):
     B, n, d = w["B"], w["n"], w["d"]
     cfg = NetworkConfig(n_inputs=d, layers=w["layers"], dtype=w["dtype"],
                         block=BlockConfig(model="quadratic", targets=w["targets"], h=w["h"]))
-    net = Network(cfg, seed=seed)
+    net = Network(cfg, seed=seed) if fused else Network(cfg, seed=seed, fused=False)
     rng = np.random.default_rng(seed + 1)
     phi = net.params["phi"] + np.tril(rng.normal(0, 0.3 * d ** -0.75, (d, d)))
     net.params["phi"][...] = phi.astype(w["dtype"])
@@ -117,8 +118,8 @@ def build(w, seed=0):
 
 def make_impl(impl, w, seed=0):
     """(step, loss, loss_and_grads) closures of one implementation of a workload."""
-    net, X, y = build(w, seed)
-    if impl == "numpy":
+    net, X, y = build(w, seed, fused=impl != "blocks")
+    if impl in ("numpy", "blocks"):
         opt = SGD(net.params, lr=w["lr"], momentum=0.9)
 
         def step():
@@ -166,7 +167,7 @@ def worker(args):
     if args.worker == "peaks":
         print(json.dumps(measure_peaks(args.gemm_n, args.copy_mib)))
         return 0
-    if args.worker != "numpy":
+    if args.worker not in ("numpy", "blocks"):
         import torch
 
         torch.set_num_threads(args.torch_threads)
@@ -202,7 +203,7 @@ def check_all(workloads, impls, seed):
     rows = []
     for w in workloads:
         ref = make_impl("eager", w, seed)[2]()
-        for impl in [i for i in impls if i in ("numpy", "fused")]:
+        for impl in [i for i in impls if i in ("numpy", "fused", "blocks")]:
             ok, diffs = compare(make_impl(impl, w, seed)[2](), ref, w["dtype"])
             rows.append((w["name"], impl, ok, diffs))
     return rows
@@ -227,7 +228,8 @@ def parse_args(argv=None):
     p.add_argument("--targets", default="none,learned", help="quadratic targets: none, learned")
     p.add_argument("--layers", default="2,4", help="quadratic L values")
     p.add_argument("--dtypes", default="float32,float64", help="quadratic dtypes")
-    p.add_argument("--impls", default=",".join(IMPLS), help="implementations to time")
+    p.add_argument("--impls", default=",".join(IMPLS[:4]),
+                   help="implementations to time (also: blocks = NumPy's per-block path)")
     p.add_argument("--compile-scope", choices=("light", "all"), default="light",
                    help="workloads timed under torch.compile: 'light' = the linear network and the "
                         "label-free float32 L=2 quadratic ones (a compile takes about a minute), or all")

@@ -163,10 +163,11 @@ def backward(net, logits_bar, cache, workspace=None):
     Z, Y = cache.Z, cache.Y
     xp = get_array_module(Z)
     bufs = tuple(_buf(ws, name, Z) for name in ("Z_bar_a", "Z_bar_b"))
-    # head: logits = Y Z^T with Y = Z theta, theta symmetric
-    Gs = xp.add(logits_bar, swap_last(logits_bar), out=_buf(ws, "G_sym", logits_bar))
-    Z_bar = xp.matmul(Gs, Y, out=bufs[0])
-    theta_bars = {"phi": gram_sum(Z, xp.matmul(logits_bar, Z, out=_buf(ws, "b_tmp", Z)))}
+    # head: logits = Y Z^T with Y = Z theta: Z_bar = G^T Y + (G Z) theta, theta_bar = Z^T G Z
+    GZ = xp.matmul(logits_bar, Z, out=_buf(ws, "b_tmp", Z))
+    theta_bars = {"phi": gram_sum(Z, GZ)}
+    Z_bar = xp.matmul(swap_last(logits_bar), Y, out=bufs[0])
+    Z_bar += matmul_rows(GZ, cache.theta, out=_buf(ws, "b_T", Z))
     grads = {}
     for layer in reversed(range(cfg.layers)):
         need_input = layer > 0 or cfg.encoding == "linear"

@@ -24,6 +24,7 @@ from .layers import TARGET_TITLES, BlockConfig, init_block_params, make_block, r
 from .models import phi_grad, theta_from_phi
 from .ops import (
     head_slices,
+    label_cross_entropy_and_grad,
     mean_cross_entropy,
     mean_cross_entropy_and_grad,
     one_hot,
@@ -279,13 +280,21 @@ class Network:
 
         d loss / d logits = (sigma(logits) - C) / rows, then ``backward``.
         """
+        if self.fused:  # token targets: the one-hot (B, n, n) matrix only if the blocks use it
+            ws = self._workspace
+            logits, cache = fused_quadratic.forward(self, X, self._block_targets(X, y, None), ws)
+            loss, logits_bar = label_cross_entropy_and_grad(
+                logits, y, out=ws.get("logits_bar", logits.shape, logits.dtype, get_array_module(logits)))
+            return loss, self.backward(logits_bar, cache, workspace=ws), logits
         C = self.target_matrix(y, X.dtype)
         logits, cache = self.forward(X, C=C, workspace=self._workspace)
         loss, logits_bar = mean_cross_entropy_and_grad(logits, C, self._heads())
         return loss, self.backward(logits_bar, cache, workspace=self._workspace), logits
 
     def loss(self, X, y):
-        """Batch-mean cross-entropy (0-d array)."""
+        """Batch-mean cross-entropy (0-d array), computed as loss_and_grads computes it."""
+        if self.fused:
+            return label_cross_entropy_and_grad(self.forward(X, y)[0], y)[0]
         C = self.target_matrix(y, X.dtype)
         return self.loss_from_logits(self.forward(X, C=C)[0], C)
 

@@ -152,6 +152,31 @@ def mean_cross_entropy_and_grad(logits, C, heads=None):
     return loss, G
 
 
+def label_cross_entropy_and_grad(logits, y, out=None):
+    """mean_cross_entropy_and_grad for integer targets y, without building the one-hot C.
+
+        loss = mean_i (LSE(N_i) - N_{i, y_i}),   dloss/dN = (sigma(N) - onehot(y)) / rows
+
+    logits: (..., m); y: (...) integers in [0, m). One max-shifted exp pass gives both.
+    Returns (loss (0-d array), gradient of the logits' shape, into ``out`` if given).
+    """
+    xp = get_array_module(logits)
+    m = logits.shape[-1]
+    S, labels = logits.reshape(-1, m), y.reshape(-1)
+    rows = S.shape[0]
+    pick = (xp.arange(rows), labels)
+    G = xp.empty_like(S) if out is None else out.reshape(-1, m)
+    xp.subtract(S, S.max(axis=1, keepdims=True), out=G)
+    picked = G[pick]  # N_iy - max_i
+    xp.exp(G, out=G)
+    s = G.sum(axis=1)
+    loss = (xp.log(s) - picked).sum() / rows
+    G /= s[:, None]
+    G[pick] -= 1
+    G /= rows
+    return loss, G.reshape(logits.shape)
+
+
 def softmax_vjp(P, P_bar, out=None):
     """Vector-Jacobian product of the row-wise softmax P = sigma(S).
 

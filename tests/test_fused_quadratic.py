@@ -127,3 +127,17 @@ def test_divided_differences_as_products_equal_their_definition(spread):
 def test_readable_path_for_other_schemes():
     cfg = NetworkConfig(n_inputs=D, layers=1, block=BlockConfig(model="quadratic", scheme="strang"))
     assert not fused_quadratic.supports(cfg) and not Network(cfg).fused
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e4], ids=["moderate", "logits1e4"])
+def test_label_cross_entropy_equals_the_one_hot_form(scale):
+    from flowattn_np.ops import label_cross_entropy_and_grad, mean_cross_entropy_and_grad, one_hot
+
+    rng = np.random.default_rng(3)
+    logits = scale * rng.normal(size=(3, 6, 6))
+    y = rng.integers(0, 6, (3, 6))
+    C = one_hot(y.reshape(-1), 6).reshape(3, 6, 6)
+    loss, G = label_cross_entropy_and_grad(logits, y)
+    loss_ref, G_ref = mean_cross_entropy_and_grad(logits, C)
+    assert np.isfinite(loss) and abs(float(loss) - float(loss_ref)) <= TOL * max(abs(float(loss_ref)), 1.0)
+    assert _close(G, G_ref)
