@@ -240,9 +240,10 @@ class QuadraticFused(QuadraticEager):
         G = torch.softmax(logits, dim=-1).reshape(-1, n)
         G[torch.arange(rows), y.reshape(-1)] -= 1
         G = (G / rows).view(Bsz, n, n)
-        Gs = G + G.mT
-        Zb = Gs @ YL
-        Ssym = Z.reshape(-1, d).T @ (Gs @ Z).reshape(-1, d)  # theta_bar + theta_bar^T
+        GZ = G @ Z
+        Ssym = Z.reshape(-1, d).T @ GZ.reshape(-1, d)
+        Ssym = Ssym + Ssym.T  # theta_bar + theta_bar^T
+        Zb = G.mT @ YL + (GZ.reshape(-1, d) @ theta).view(Bsz, n, d)
         grads = {k: torch.zeros_like(v) for k, v in self.p.items()}
         for layer in reversed(range(spec["layers"])):
             c = caches[layer]
