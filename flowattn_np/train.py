@@ -5,7 +5,8 @@ Read in this order:
 * ``train_step(net, optimizer, X, y)``: one step of gradient descent (forward, the
   hand-written backward, the update);
 * ``minibatches``: the seeded order of the rows;
-* ``fit``: epochs of ``train_step`` over ``minibatches``, with a progress bar, a guard
+* ``fit``: epochs of ``train_step`` over ``minibatches``, with a progress bar (one plain
+  line per epoch when standard error is not a terminal: ``progress.progress_bar``), a guard
   against a NaN/inf loss, validation and checkpoints; its options are a ``FitConfig``.
 
 Everything stays on the active backend: the data is moved there once, each epoch's
@@ -20,12 +21,11 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from tqdm.auto import tqdm
-
 from . import validate
 from .backend import Workspace, asarray, get_array_module, get_backend, quiet_errors, to_float
 from .checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from .optim import SGD, make_optimizer
+from .progress import progress_bar
 from .random import RNG, host_rng
 
 __all__ = ["FitConfig", "History", "NonFiniteGuard", "NonFiniteLossError", "evaluate", "fit",
@@ -283,11 +283,6 @@ class _EpochMeter:
                 "rows_per_s": f"{self.seen / seconds:.0f}"}
 
 
-def progress_bar(total, desc, enabled):
-    """A tqdm bar of ``total`` batches (plain lines when output is not a terminal)."""
-    return tqdm(total=total, desc=desc, unit="batch", disable=not enabled, leave=False)
-
-
 def _checked_data(net, X, y, names, check_inputs):
     """(X, y) on the active backend, X in the network's dtype; validated unless told not to."""
     X, y = asarray(X), asarray(y)
@@ -341,6 +336,8 @@ def _train_epoch(net, optimizer, batches, steps, cfg, guard):
             bar.update(1)
             if cfg.progress and guard.step % cfg.log_every == 0:
                 bar.set_postfix(**meter.postfix())
+        if cfg.progress and meter.seen:
+            bar.set_postfix(**meter.postfix())  # the epoch's figures, for a plain line's end
     return meter
 
 
