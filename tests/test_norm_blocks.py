@@ -277,3 +277,15 @@ def test_normalised_blocks_and_networks_reject_rows_without_a_direction(norm, me
     X[2] = 0.0
     with pytest.raises(ValueError, match=rf"^X: the input normalisation needs rows .*{message}"):
         net.logits(X)
+
+
+def test_normalised_quadratic_network_takes_the_per_block_path():
+    """The fused quadratic pass is for flat blocks; a normalised network must normalise Z_0."""
+    block = BlockConfig(model="quadratic", targets="labels", b_flow="euler", h=0.2, norm="sphere")
+    net = randomise(net_of(block))
+    X, y = make_data(net.config)
+    assert not net.fused
+    reference = fa.Network(net.config, params=net.params, fused=False)
+    assert_round_off(net.logits(X, y), reference.logits(X, y), net.logits(X, y))
+    Z0 = net.features(X, y)[0]
+    assert np.abs(np.linalg.norm(Z0, axis=-1) - math.sqrt(Z0.shape[-1])).max() < ON_MANIFOLD
