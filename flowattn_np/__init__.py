@@ -69,10 +69,10 @@ from .mlp import (
     MLPCache,
     gelu,
     gelu_grad,
-    mlp,
+    mlp_logits,
+    mlp_logits_vjp,
     mlp_oracle,
     mlp_oracle_vjp,
-    mlp_vjp,
     relu,
     relu_grad,
 )
@@ -102,8 +102,8 @@ __all__ = [
     # gradient checking
     "GradcheckResult", "check_vjp", "gradcheck", "numerical_gradient",
     # the MLP oracle C_hat(Z) = softmax(act(Z W1^T + b1) W2^T + b2)
-    "ACTIVATIONS", "MLPCache", "gelu", "gelu_grad", "mlp", "mlp_oracle", "mlp_oracle_vjp",
-    "mlp_vjp", "relu", "relu_grad",
+    "ACTIVATIONS", "MLPCache", "gelu", "gelu_grad", "mlp_logits", "mlp_logits_vjp",
+    "mlp_oracle", "mlp_oracle_vjp", "relu", "relu_grad",
     # blocks, networks, training
     "BlockConfig", "CrossAttentionBlock", "MemoryBlock", "SelfAttentionBlock", "make_block",
     "Network", "NetworkConfig", "SGD", "Adam", "fit", "evaluate", "save_checkpoint",

@@ -20,6 +20,11 @@ The targets ``C`` used inside a block come from an explicit source
 * ``"learned"``: a learned oracle ``C_hat(Z) = softmax(Z W^T + b)`` (linear model) or
   ``softmax(Z W Z^T)`` (quadratic model), evaluated once at the block's input and held
   fixed for the block (so the B sub-flow stays linear and exactly solvable).
+* ``"mlp"``:     the MLP oracle ``C_hat(Z) = softmax(act(Z W1^T + b1) W2^T + b2)``
+  (linear model; ``softmax(M(Z) Z^T)`` with a token-wise MLP ``M`` for the quadratic
+  model), evaluated at the input of the B sub-step and held fixed during it. With Lie
+  splitting and Euler for A this is the GPT-2 block: attention + residual, then an
+  MLP sub-layer + residual that sees the attention's output (module ``mlp``).
 
 Every block has ``forward(Z, params, C=None) -> (Z_out, cache)`` and
 ``backward(Z_out_bar, cache) -> (Z_bar, grads)`` with ``grads`` keyed like ``params``.
@@ -39,18 +44,27 @@ from .attention import (
 )
 from .backend import get_array_module
 from .flows import _quadratic_B_exact, get_integrator, quadratic_B_exact_vjp, rk_backward, rk_forward
+from .mlp import (
+    check_activation,
+    init_mlp_params,
+    mlp_oracle,
+    mlp_oracle_vjp,
+    mlp_token_oracle,
+    mlp_token_oracle_vjp,
+)
 from .ops import softmax, softmax_vjp, softmax_vjp_heads
 from .validate import check_step
 
 MODELS = ("linear", "quadratic", "memory")
 SCHEMES = ("lie", "strang")
 B_FLOWS = ("exact", "euler")
-TARGETS = ("labels", "none", "learned")
+TARGETS = ("labels", "none", "learned", "mlp")
 
 TARGET_TITLES = {
     "labels": "true labels C (the theory: feature discovery; an oracle computation at test time)",
     "none": "no targets (attention sub-flow only)",
     "learned": "learned oracle C_hat(Z) (label-free)",
+    "mlp": "MLP oracle C_hat(Z) = softmax(act(Z W1^T + b1) W2^T + b2) at the B sub-step (label-free)",
 }
 
 
@@ -65,11 +79,13 @@ class BlockConfig:
     integrator: one-step method for the A sub-flow: 'euler' (the transformer block),
                 'heun' (order 2) or 'rk4' (order 4).
     b_flow:     'exact' or 'euler' for the B sub-flow.
-    targets:    source of C: 'labels', 'none' or 'learned' (see the module docstring).
+    targets:    source of C: 'labels', 'none', 'learned' or 'mlp' (see the module docstring).
     h:          the step (its initial value when learn_h).
     learn_h:    whether h is a trained parameter.
     heads:      class counts per head (linear model): one softmax per head.
     slots:      number of key/value slots s of a 'memory' block.
+    mlp_hidden: hidden width k of the MLP oracle (targets='mlp').
+    activation: the MLP oracle's activation, 'gelu' (tanh form) or 'relu'.
     """
 
     model: str = "linear"
@@ -81,6 +97,8 @@ class BlockConfig:
     learn_h: bool = False
     heads: tuple | None = None
     slots: int = 0
+    mlp_hidden: int = 0
+    activation: str = "gelu"
 
     def __post_init__(self):
         for field, allowed in (("model", MODELS), ("scheme", SCHEMES), ("b_flow", B_FLOWS),
@@ -98,6 +116,12 @@ class BlockConfig:
                 raise ValueError("targets: a 'memory' block has no label sub-flow; use targets='none'")
             if int(self.slots) < 1:
                 raise ValueError(f"slots: a 'memory' block needs slots >= 1, got {self.slots}")
+        check_activation(self.activation)
+        if self.targets == "mlp" and int(self.mlp_hidden) < 1:
+            raise ValueError(f"mlp_hidden: targets='mlp' needs a hidden width >= 1, got {self.mlp_hidden}")
+        if self.targets != "mlp" and self.mlp_hidden:
+            raise ValueError(f"mlp_hidden: only used with targets='mlp' (targets={self.targets!r}); "
+                             "leave it 0")
         if self.heads is not None:
             if self.model != "linear":
                 raise ValueError("heads: multi-head labels are defined for the linear model only")
@@ -116,8 +140,11 @@ class BlockConfig:
             "self-attention (quadratic model)"
         step = "learned h" if self.learn_h else f"h = {self.h:g}"
         b = "" if self.targets == "none" else f", B {self.b_flow}"
+        source = TARGET_TITLES[self.targets]
+        if self.targets == "mlp":
+            source += f", k = {self.mlp_hidden} hidden units, {self.activation}"
         return (f"{kind} block, {self.scheme.capitalize()} splitting, A by {self.integrator}{b}, "
-                f"{step}; targets: {TARGET_TITLES[self.targets]}")
+                f"{step}; targets: {source}")
 
 
 def _scalar(xp, value, dtype):
@@ -131,6 +158,12 @@ def _step_schedule(config):
     if config.scheme == "lie":
         return (("A", 1.0), ("B", 1.0))
     return (("A", 0.5), ("B", 1.0), ("A", 0.5))
+
+
+def _add_grads(total, grads):
+    """total += grads, key by key (a parameter used twice: its gradients add up)."""
+    for k, v in grads.items():
+        total[k] = v if k not in total else total[k] + v
 
 
 class _SplitBlock:
@@ -176,7 +209,10 @@ class _SplitBlock:
             if kind == "A":
                 Z, c = rk_forward(field, Z, t, cfg.integrator)
             else:
+                if cfg.targets == "mlp":  # the MLP sees the B sub-step's input
+                    C, oracle_cache = self.mlp_oracle(Z, params)
                 Z, c = self.B_forward(Z, theta, C, t)
+                c = (c, oracle_cache if cfg.targets == "mlp" else None)
             steps.append((kind, frac, c))
         return Z, ("split", params, theta, C, oracle_cache, steps)
 
@@ -189,16 +225,23 @@ class _SplitBlock:
         theta_bar = xp.zeros_like(theta)
         h_bar = 0.0
         C_bar = None
+        mlp_grads_total = {}
         for kind, frac, c in reversed(steps):
             if kind == "A":
                 Z_bar, t_bar, g = rk_backward(self.field_A_vjp, Z_bar, c)
                 theta_bar = theta_bar + g["theta"]
             else:
+                c, mlp_cache = c
                 Z_bar, th_bar, Cb, t_bar = self.B_vjp(Z_bar, c)
                 theta_bar = theta_bar + th_bar
+                if mlp_cache is not None:  # C = C_hat(Z at this sub-step): back into Z and W1..b2
+                    Z_extra, mlp_grads = self.mlp_oracle_vjp(Cb, mlp_cache)
+                    Z_bar = Z_bar + Z_extra
+                    _add_grads(mlp_grads_total, mlp_grads)
                 C_bar = Cb if C_bar is None else C_bar + Cb
             h_bar = h_bar + frac * t_bar
         grads = self.param_grads(theta_bar, params)
+        grads.update(mlp_grads_total)
         if cfg.learn_h:
             grads["h"] = xp.asarray(h_bar, dtype=Z_bar.dtype).reshape(())
         if cfg.targets == "learned":
@@ -212,7 +255,8 @@ class CrossAttentionBlock(_SplitBlock):
     """Block of the linear model N = Z theta^T (eq. 8): cross-attention + label forcing.
 
     params: 'theta' (m x d), 'h' (0-d, if learn_h), 'W' (m x d) and 'b' (m,) (if
-    targets='learned'). Z: n x d, C: n x m.
+    targets='learned'), 'W1' (k x d), 'b1' (k,), 'W2' (m x k), 'b2' (m,) (if targets='mlp').
+    Z: n x d, C: n x m.
     """
 
     def forward(self, Z, params, C=None, out=None):
@@ -221,7 +265,7 @@ class CrossAttentionBlock(_SplitBlock):
         ``out``: a buffer for Z_out (used by the fused eq. (8) path).
         """
         cfg = self.config
-        if cfg.scheme == "lie" and cfg.integrator == "euler":
+        if cfg.scheme == "lie" and cfg.integrator == "euler" and cfg.targets != "mlp":
             return self._eq8_forward(Z, params, C, out)
         return super().forward(Z, params, C)
 
@@ -334,12 +378,23 @@ class CrossAttentionBlock(_SplitBlock):
         S_bar = softmax_vjp_heads(C, C_bar, self.config.heads)
         return S_bar @ params["W"], {"W": S_bar.T @ Z, "b": S_bar.sum(axis=0)}
 
+    def mlp_oracle(self, Z, params):
+        """MLP targets C_hat = softmax(act(Z W1^T + b1) W2^T + b2) (per head); (C, MLPCache)."""
+        cfg = self.config
+        return mlp_oracle(Z, params["W1"], params["b1"], params["W2"], params["b2"],
+                          cfg.activation, cfg.heads, check=False)
+
+    def mlp_oracle_vjp(self, C_bar, cache):
+        """VJP of the MLP oracle: (Z_bar, {"W1", "b1", "W2", "b2"})."""
+        return mlp_oracle_vjp(C_bar, cache)
+
 
 class SelfAttentionBlock(_SplitBlock):
     """Block of the quadratic model N = Z theta Z^T, theta = phi phi^T (eq. 10).
 
     params: 'phi' (d x d, lower-triangular), 'h' (0-d, if learn_h), 'W' (d x d, if
-    targets='learned'). Z: (..., n, d), C: (..., n, n).
+    targets='learned'), 'W1' (k x d), 'b1' (k,), 'W2' (d x k), 'b2' (d,) (if targets='mlp').
+    Z: (..., n, d), C: (..., n, n).
     """
 
     def theta_of(self, params):
@@ -398,6 +453,15 @@ class SelfAttentionBlock(_SplitBlock):
         Z_bar = S_bar @ Z @ params["W"].T + _T(S_bar) @ ZW
         return Z_bar, {"W": _sum_lead(_T(Z) @ S_bar @ Z)}
 
+    def mlp_oracle(self, Z, params):
+        """Token targets C_hat = softmax(M(Z) Z^T), M a token-wise MLP (d -> k -> d)."""
+        return mlp_token_oracle(Z, params["W1"], params["b1"], params["W2"], params["b2"],
+                                self.config.activation)
+
+    def mlp_oracle_vjp(self, C_bar, cache):
+        """VJP of the token MLP oracle: (Z_bar, {"W1", "b1", "W2", "b2"})."""
+        return mlp_token_oracle_vjp(C_bar, cache)
+
 
 class MemoryBlock:
     """Key/value memory block Z + h softmax(Z K^T) V with s learned slots.
@@ -449,7 +513,8 @@ def init_block_params(config, d, m, rng, dtype, with_theta=True, scale=None):
     """Initial parameters of one block on the active backend (host RNG, then moved).
 
     theta ~ N(0, scale^2) with scale = 1/sqrt(d) (linear); phi = I / d^(1/4) so that
-    theta = I / sqrt(d) (quadratic); W ~ N(0, 1/d), b = 0; K, V ~ N(0, 1/d).
+    theta = I / sqrt(d) (quadratic); W ~ N(0, 1/d), b = 0; K, V ~ N(0, 1/d); the MLP
+    oracle's W1, b1, W2, b2 from mlp.init_mlp_params.
     """
     from .backend import array_module
 
@@ -462,11 +527,15 @@ def init_block_params(config, d, m, rng, dtype, with_theta=True, scale=None):
         if config.targets == "learned":
             p["W"] = xp.asarray(rng.normal(0, 1.0 / d ** 0.5, size=(m, d)), dtype=dtype)
             p["b"] = xp.zeros((m,), dtype=dtype)
+        if config.targets == "mlp":
+            p.update(init_mlp_params(d, config.mlp_hidden, m, rng, dtype))
     elif config.model == "quadratic":
         if with_theta:
             p["phi"] = xp.eye(d, dtype=dtype) / d ** 0.25
         if config.targets == "learned":
             p["W"] = xp.asarray(rng.normal(0, 1.0 / d, size=(d, d)), dtype=dtype)
+        if config.targets == "mlp":  # the token MLP maps d -> k -> d
+            p.update(init_mlp_params(d, config.mlp_hidden, d, rng, dtype))
     else:
         p["K"] = xp.asarray(rng.normal(0, 1.0 / d ** 0.5, size=(config.slots, d)), dtype=dtype)
         p["V"] = xp.asarray(rng.normal(0, 1.0 / d ** 0.5, size=(config.slots, d)), dtype=dtype)

@@ -23,7 +23,7 @@ Activations (``ACTIVATIONS``):
   ``gelu'(x) = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)``, ``t = tanh(u)``.
 * ``"relu"``: ``max(x, 0)``, derivative ``1[x > 0]`` (0 at x = 0).
 
-``mlp`` / ``mlp_vjp`` compute the MLP's logits ``Y`` and their VJP (also the MLP-alone
+``mlp_logits`` / ``mlp_logits_vjp`` compute the logits ``Y`` and their VJP (also the MLP-alone
 classifier of the experiments); ``mlp_oracle`` / ``mlp_oracle_vjp`` add the softmax.
 Forward functions return ``(output, MLPCache)``; VJPs take the upstream gradient and
 that cache and return ``(Z_bar, grads)`` with grads keyed ``W1, b1, W2, b2``.
@@ -35,7 +35,7 @@ import math
 from typing import Any, NamedTuple
 
 from .backend import array_module, check_same_backend, get_array_module
-from .ops import softmax, softmax_vjp_heads
+from .ops import softmax, softmax_vjp, softmax_vjp_heads
 from .validate import check_array, check_heads, check_same_dtype, check_shape
 
 GELU_C = 0.044715
@@ -104,7 +104,7 @@ class MLPCache(NamedTuple):
     heads: tuple | None = None
 
 
-def mlp(Z, W1, b1, W2, b2, activation="gelu"):
+def mlp_logits(Z, W1, b1, W2, b2, activation="gelu"):
     """Two-layer perceptron Y = act(Z W1^T + b1) W2^T + b2, row-wise.
 
     Z: (..., d), W1: (k, d), b1: (k,), W2: (m, k), b2: (m,). Returns (Y (..., m), MLPCache).
@@ -123,7 +123,7 @@ def _rows(a):
     return a.reshape(-1, a.shape[-1])
 
 
-def mlp_vjp(Y_bar, cache):
+def mlp_logits_vjp(Y_bar, cache):
     """VJP of Y = act(A) W2^T + b2, A = Z W1^T + b1, for upstream Y_bar (..., m):
 
         W2_bar = Y_bar^T H,  b2_bar = 1^T Y_bar,  A_bar = (Y_bar W2) * act'(A)
@@ -170,7 +170,7 @@ def mlp_oracle(Z, W1, b1, W2, b2, activation="gelu", heads=None, check=True):
     """
     if check:
         heads = check_mlp_inputs(Z, W1, b1, W2, b2, activation, heads)
-    Y, cache = mlp(Z, W1, b1, W2, b2, activation)
+    Y, cache = mlp_logits(Z, W1, b1, W2, b2, activation)
     C = softmax(Y, heads, out=Y)  # Y is not needed by the VJP: reuse its memory
     return C, cache._replace(C=C, heads=heads)
 
@@ -178,11 +178,39 @@ def mlp_oracle(Z, W1, b1, W2, b2, activation="gelu", heads=None, check=True):
 def mlp_oracle_vjp(C_bar, cache):
     """VJP of C_hat = sigma(Y), Y = MLP(Z), for upstream C_bar (..., m):
 
-        Y_bar = C_hat * (C_bar - rowsum(C_hat * C_bar))   (per head), then ``mlp_vjp``.
+        Y_bar = C_hat * (C_bar - rowsum(C_hat * C_bar))   (per head), then ``mlp_logits_vjp``.
 
     Returns (Z_bar, {"W1", "b1", "W2", "b2"}).
     """
-    return mlp_vjp(softmax_vjp_heads(cache.C, C_bar, cache.heads), cache)
+    return mlp_logits_vjp(softmax_vjp_heads(cache.C, C_bar, cache.heads), cache)
+
+
+def mlp_token_oracle(Z, W1, b1, W2, b2, activation="gelu"):
+    """Token targets of the quadratic model from a token-wise MLP: C_hat = sigma(M(Z) Z^T).
+
+    M(Z) = act(Z W1^T + b1) W2^T + b2 maps each token to a query (d -> d); the softmax
+    over the tokens says which token each token targets. With M(Z) = Z W it is the
+    one-layer oracle sigma(Z W Z^T). Z: (..., n, d), W1: (k, d), b1: (k,), W2: (d, k),
+    b2: (d,). Trusts its inputs. Returns (C_hat (..., n, n), (MLPCache, Y = M(Z))).
+    """
+    Y, cache = mlp_logits(Z, W1, b1, W2, b2, activation)
+    C = softmax(Y @ Z.swapaxes(-1, -2))
+    return C, (cache._replace(C=C), Y)
+
+
+def mlp_token_oracle_vjp(C_bar, cache):
+    """VJP of C_hat = sigma(S), S = Y Z^T, Y = M(Z), for upstream C_bar (..., n, n):
+
+        S_bar = softmax_vjp(C_hat, C_bar),  Y_bar = S_bar Z,
+        Z_bar = S_bar^T Y + (Z_bar of the MLP for Y_bar)     (Z enters S twice)
+
+    Returns (Z_bar, {"W1", "b1", "W2", "b2"}).
+    """
+    mlp_cache, Y = cache
+    S_bar = softmax_vjp(mlp_cache.C, C_bar)
+    Z_bar, grads = mlp_logits_vjp(S_bar @ mlp_cache.Z, mlp_cache)
+    Z_bar += S_bar.swapaxes(-1, -2) @ Y
+    return Z_bar, grads
 
 
 def init_mlp_params(d, k, m, rng, dtype="float32"):
@@ -202,6 +230,6 @@ def init_mlp_params(d, k, m, rng, dtype="float32"):
 
 __all__ = [
     "ACTIVATIONS", "MLPCache", "PARAM_NAMES", "check_activation", "check_mlp_inputs", "gelu",
-    "gelu_grad", "init_mlp_params", "mlp", "mlp_oracle", "mlp_oracle_vjp", "mlp_vjp", "relu",
-    "relu_grad",
+    "gelu_grad", "init_mlp_params", "mlp_logits", "mlp_logits_vjp", "mlp_oracle", "mlp_oracle_vjp",
+    "mlp_token_oracle", "mlp_token_oracle_vjp", "relu", "relu_grad",
 ]

@@ -135,7 +135,8 @@ class Network:
         p = {}
         if cfg.encoding == "linear":
             p["E"] = xp.asarray(rng.normal(0, 1 / cfg.n_inputs ** 0.5, size=(d, cfg.n_inputs)), dtype=dt)
-        head_cfg = cfg.block.replace(model=cfg.head, targets="none", learn_h=False, slots=0)
+        head_cfg = cfg.block.replace(model=cfg.head, targets="none", learn_h=False, slots=0,
+                                     mlp_hidden=0)
         p.update(init_block_params(head_cfg, d, m, rng, dt))
         if cfg.layers:
             shares_theta = cfg.block.model != "memory"

@@ -48,12 +48,12 @@ def assert_vjp_matches_fd(Z, p, activation, heads=None, plain=False, seed=1):
 
     def forward(Z, p):
         if plain:
-            return fa.mlp(Z, p["W1"], p["b1"], p["W2"], p["b2"], activation)
+            return fa.mlp_logits(Z, p["W1"], p["b1"], p["W2"], p["b2"], activation)
         return oracle_of(Z, p, activation, heads)
 
     out, cache = forward(Z, p)
     out_bar = rng.normal(size=out.shape)
-    vjp = fa.mlp_vjp if plain else fa.mlp_oracle_vjp
+    vjp = fa.mlp_logits_vjp if plain else fa.mlp_oracle_vjp
     Z_bar, grads = vjp(out_bar, cache)
     assert set(grads) == {"W1", "b1", "W2", "b2"}
     r = fa.check_vjp(lambda Zx: forward(Zx, p)[0], Z, out_bar, Z_bar, rtol=RTOL)
