@@ -34,6 +34,16 @@ def _ints(text):
     return values
 
 
+def _parts(text):
+    from .experiment import PARTS
+
+    values = _ints(text)
+    if any(v not in PARTS for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected part numbers among {','.join(map(str, PARTS))}, got {text!r}")
+    return values
+
+
 def _positive(text):
     value = int(text)
     if value < 1:
@@ -56,6 +66,8 @@ def build_parser():
                     "(2) feature discovery with the true labels (an oracle computation), (3) label-free "
                     "classifiers trained end to end. Writes results.json, results.md and PNG figures.")
     rep.add_argument("--out", help="output folder (default: a new folder under runs/)")
+    rep.add_argument("--parts", type=_parts, help="parts to run, e.g. 5 or 1,2,3,5 (default 1,2,3; part 2 "
+                                                "also runs part 1, whose theta it uses)")
     rep.add_argument("--layers", type=_ints, help="part 3 depths L, e.g. 1,2,4 (default 1,2,4)")
     rep.add_argument("--max-layers", type=_positive, help="part 2: blocks L = 0..MAX (default 8)")
     rep.add_argument("--noise", type=_floats, help="test noise levels sigma (default 0,0.5,1.0)")
@@ -66,6 +78,11 @@ def build_parser():
     rep.add_argument("--optimizer", choices=("adam", "sgd"), help="part 3 optimiser (default adam)")
     rep.add_argument("--lr", type=float, help="part 3 learning rate (default 3e-3)")
     rep.add_argument("--h-units", type=float, help="part 2 step h in units of 1/lam_max (default 1)")
+    rep.add_argument("--mlp-widths", type=_ints, help="part 5 hidden widths k of the MLP oracle (default 64,256)")
+    rep.add_argument("--mlp-layers", type=_ints, help="part 5 depths L of the MLP-oracle networks (default 1,2,4)")
+    rep.add_argument("--mlp-activation", choices=("gelu", "relu"), help="part 5 activation (default gelu)")
+    rep.add_argument("--train-size", type=_positive, help="use the first N training images (default all)")
+    rep.add_argument("--test-size", type=_positive, help="use the first N test images (default all)")
     rep.add_argument("--backend", choices=("numpy", "cupy"), default=None,
                      help="array backend (default: $FLOWATTN_BACKEND or numpy)")
     rep.add_argument("--data-dir", help="folder holding the four Fashion-MNIST .gz files")
@@ -83,7 +100,9 @@ def build_parser():
 
 _REPRODUCE_FIELDS = {"layers": "layers", "max_layers": "max_layers", "noise": "noise",
                      "train_noise": "train_noise", "epochs": "epochs", "seeds": "seeds", "seed": "seed",
-                     "optimizer": "optimizer", "lr": "lr", "h_units": "h_units"}
+                     "optimizer": "optimizer", "lr": "lr", "h_units": "h_units", "parts": "parts",
+                     "mlp_widths": "mlp_widths", "mlp_layers": "mlp_layers",
+                     "mlp_activation": "mlp_activation", "train_size": "train_size", "test_size": "test_size"}
 
 
 def _reproduce(args):

@@ -251,3 +251,47 @@ def test_host_rng_initialisation_is_the_same_on_every_backend(xp):
         np.testing.assert_array_equal(host(a[k]), host(b[k]))
     assert host(a["W1"]).shape == (4, 3) and host(a["W2"]).shape == (2, 4)
     assert not host(a["b1"]).any() and not host(a["b2"]).any()
+
+
+# ---------------------------------------------------------------- the MLP alone, as a classifier
+
+def test_mlp_classifier_gradients_match_central_differences():
+    from flowattn_np.mlp import MLPClassifier, MLPClassifierConfig
+
+    rng = np.random.default_rng(12)
+    net = MLPClassifier(MLPClassifierConfig(4, n_classes=3, hidden=5, dtype="float64"), seed=0)
+    for k in net.params:  # init has zero biases: make every gradient term non-zero
+        net.params[k] = net.params[k] + 0.3 * rng.normal(size=net.params[k].shape)
+    X, y = rng.normal(size=(6, 4)), rng.integers(0, 3, size=6)
+    loss, grads, logits = net.loss_and_grads(X, y)
+    assert float(loss) == pytest.approx(float(net.loss(X, y)), rel=1e-14)
+    for name, value in net.params.items():
+        def f(x, name=name):
+            saved, net.params[name] = net.params[name], x
+            try:
+                return net.loss(X, y)
+            finally:
+                net.params[name] = saved
+        r = fa.gradcheck(f, value.copy(), grads[name])
+        assert r.passed, f"{name}: {r}"
+
+
+def test_mlp_classifier_trains_with_fit_and_predicts_without_labels(xp):
+    from flowattn_np.mlp import MLPClassifier, MLPClassifierConfig
+    from flowattn_np.train import evaluate, fit
+
+    rng = np.random.default_rng(13)
+    X = rng.normal(size=(200, 5)).astype(np.float32)
+    y = (X[:, 0] * X[:, 1] > 0).astype(np.int64)  # XOR-like: not linearly separable
+    net = MLPClassifier(MLPClassifierConfig(5, n_classes=2, hidden=16, activation="relu"), seed=0)
+    before = evaluate(net, X, y)["loss"]
+    hist = fit(net, X, y, epochs=30, batch_size=50, optimizer=fa.Adam(net.params, lr=0.02),
+               progress=False)
+    after = evaluate(net, X, y)
+    assert after["loss"] < 0.5 * before and after["accuracy"] > 0.9
+    assert len(hist) == 30
+    pred = net.predict(fa.asarray(X))
+    assert pred.shape == (200,)
+    assert float((host(pred) == y).mean()) == pytest.approx(after["accuracy"])
+    assert {k: v.dtype for k, v in net.params.items()} == {k: xp.float32 for k in net.params}
+    assert "MLP alone" in net.describe()
