@@ -24,7 +24,7 @@ import flowattn_np
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-MODULES = ("data", "train", "optim", "experiment", "mlp", "layers", "network", "flows", "backend",
+MODULES = ("data", "train", "optim", "experiment", "experiment_mlp", "mlp", "layers", "network", "flows", "backend",
            "plotting")
 CITING_DOCS = ("math.md", "backward.md")
 
