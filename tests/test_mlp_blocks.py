@@ -22,11 +22,11 @@ from flowattn_np.mlp import mlp_token_oracle
 from flowattn_np.network import Network, NetworkConfig
 
 from helpers import assert_round_off, network_data
+from test_network import assert_network_grads_match_fd, randomise
 
 N, D, M, K, BATCH = 4, 3, 5, 6, 2
 H = 0.3
 RTOL = 1e-6
-EPS_NET = 1e-5
 
 
 def make_problem(config, seed=0):
@@ -194,42 +194,14 @@ def net_of(block, tied, encoding, layers=3, dtype="float64", seed=0):
     return Network(cfg, seed=seed)
 
 
-def randomise(net, seed=1, scale=0.4):
-    """Perturb every parameter (init gives zero biases and phi = c I) so no gradient term vanishes."""
-    rng = np.random.default_rng(seed)
-    for name, value in list(net.params.items()):
-        if name.split(".")[-1] == "h":
-            continue
-        host = fa.to_numpy(value) + scale * rng.normal(size=value.shape)
-        net.params[name] = fa.asarray(np.tril(host) if name.split(".")[-1] == "phi" else host)
-    return net
-
-
 @pytest.mark.parametrize("case", list(NET_CASES))
 def test_network_of_mlp_blocks_matches_central_differences(case):
     block, tied, encoding = NET_CASES[case]
     net = randomise(net_of(block, tied, encoding))
     X, y = network_data(net.config, rows=6, seqs=2, tokens=4)
-    loss, grads, _ = net.loss_and_grads(X, y)
-    assert set(grads) == set(net.params)
     if not tied:
-        assert {"block0.W1", "block2.b2"} <= set(grads)
-    failures = []
-    for name in list(net.params):
-        original = net.params[name]
-        lower = name.split(".")[-1] == "phi"
-
-        def f(x, name=name, lower=lower):
-            net.params[name] = np.tril(x) if lower else x
-            return net.loss(X, y)
-
-        try:
-            r = fa.gradcheck(f, original.copy(), grads[name], eps=EPS_NET)
-        finally:
-            net.params[name] = original
-        if not r.rel_error < RTOL:
-            failures.append(f"{name}: {r}")
-    assert not failures, f"{net.describe()}:\n" + "\n".join(failures)
+        assert {"block0.W1", "block2.b2"} <= set(net.params)
+    assert_network_grads_match_fd(net, X, y)
 
 
 # ---------------------------------------------------------------- configuration, dtypes, labels
