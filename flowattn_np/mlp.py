@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .backend import array_module, check_same_backend, get_array_module, host_rng
-from .ops import mean_cross_entropy, one_hot, softmax, softmax_vjp, softmax_vjp_heads
+from .ops import mean_cross_entropy, one_hot, softmax, softmax_vjp, softmax_vjp_heads, swap_last
 from .validate import check_array, check_heads, check_same_dtype, check_shape
 
 GELU_C = 0.044715
@@ -195,7 +195,7 @@ def mlp_token_oracle(Z, W1, b1, W2, b2, activation="gelu"):
     b2: (d,). Trusts its inputs. Returns (C_hat (..., n, n), (MLPCache, Y = M(Z))).
     """
     Y, cache = mlp_logits(Z, W1, b1, W2, b2, activation)
-    C = softmax(Y @ Z.swapaxes(-1, -2))
+    C = softmax(Y @ swap_last(Z))
     return C, (cache._replace(C=C), Y)
 
 
@@ -210,7 +210,7 @@ def mlp_token_oracle_vjp(C_bar, cache):
     mlp_cache, Y = cache
     S_bar = softmax_vjp(mlp_cache.C, C_bar)
     Z_bar, grads = mlp_logits_vjp(S_bar @ mlp_cache.Z, mlp_cache)
-    Z_bar += S_bar.swapaxes(-1, -2) @ Y
+    Z_bar += swap_last(S_bar) @ Y
     return Z_bar, grads
 
 
@@ -271,7 +271,7 @@ class MLPClassifier:
         self.params = dict(params) if params is not None else init_mlp_params(
             config.n_inputs, config.hidden, config.n_classes, host_rng(seed), config.dtype)
 
-    def targets(self, y, dtype):
+    def target_matrix(self, y, dtype):
         """One-hot targets C (n, m) from integer labels y (n,)."""
         return one_hot(y, self.config.n_classes, dtype)
 
@@ -286,7 +286,7 @@ class MLPClassifier:
 
     def loss_and_grads(self, X, y):
         """(loss, grads, logits): d loss / d logits = (softmax(logits) - C) / n, then mlp_logits_vjp."""
-        C = self.targets(y, X.dtype)
+        C = self.target_matrix(y, X.dtype)
         logits, cache = self.forward(X)
         G = softmax(logits)
         G -= C
@@ -295,7 +295,7 @@ class MLPClassifier:
 
     def loss(self, X, y):
         """Batch-mean cross-entropy (0-d array)."""
-        return self.loss_from_logits(self.forward(X)[0], self.targets(y, X.dtype))
+        return self.loss_from_logits(self.forward(X)[0], self.target_matrix(y, X.dtype))
 
     def predictions(self, logits):
         """Arg-max classes (n,)."""

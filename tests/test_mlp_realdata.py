@@ -7,6 +7,8 @@
 """
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,3 +76,7 @@ def test_reproduce_parts_5_alone_writes_the_mlp_table_with_its_controls(tmp_path
     for description in KINDS.values():
         assert description in table
     assert "Does attention add to the MLP it contains?" in table
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    section = doc.split("## The `results.json` schema", 1)[1]
+    row = next(line for line in section.splitlines() if line.startswith("| `part5`"))
+    assert set(re.findall(r"`([a-z_0-9]+)`", row.split("|")[2])) == set(p5)
