@@ -439,6 +439,11 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
         if figures and 2 in cfg.parts:
             theta = nets1[0][0].params["theta"]
             results["figures"] = _figures(out, cfg, results, theta, Xt, yt, kept, nets1, CLASS_NAMES)
+        if figures and 5 in cfg.parts:
+            from .plotting import part5_accuracy
+
+            part5_accuracy(results["part5"], path=os.path.join(out, "part5_accuracy.png"))
+            results["figures"]["part5_accuracy"] = "part5_accuracy.png"
         results["seconds"] = time.perf_counter() - t_start
     _write_text_atomic(os.path.join(out, "results.json"), json.dumps(results, indent=1))
     table = markdown_table(results)

@@ -1,4 +1,4 @@
-"""Figures: Figure 1 of the paper, accuracy against depth, training curves.
+"""Figures: Figure 1 of the paper, accuracy against depth, training curves, part 5.
 
 Host-side (matplotlib, NumPy): callers pass NumPy arrays (``to_numpy``). Every
 function draws into a new figure, writes a PNG atomically when ``path`` is given
@@ -113,6 +113,57 @@ def training_curves(curves, path=None):
     axes[0].set(xlabel="epoch", ylabel="training cross-entropy")
     axes[1].set(xlabel="epoch", ylabel="training accuracy (%)")
     return _finish(fig, axes, axes[1], 6, path)
+
+
+PART5_STYLES = {  # kind: (label, colour, line style); the same model keeps its colour
+    "regression": ("(c) multinomial regression", "C7", ":s"),
+    "linear-oracle": ("(b) linear-oracle network", "C0", "--^"),
+    "mlp-alone": ("(a) MLP alone", "C1", "-o"),
+    "mlp-matched": ("(d) parameter-matched MLP", "C3", "-.D"),
+    "mlp-oracle": ("MLP-oracle network", "C2", "-v"),
+}
+
+
+def _part5_rows(rows, width):
+    """The rows drawn for hidden width ``width``, by kind (the matched MLP follows its (a) row)."""
+    alone = next(r for r in rows if r["kind"] == "mlp-alone" and r["width"] == width)
+    by_kind = {"regression": [r for r in rows if r["kind"] == "regression"],
+               "linear-oracle": [r for r in rows if r["kind"] == "linear-oracle"],
+               "mlp-alone": [alone], "mlp-matched": [rows[rows.index(alone) + 1]],
+               "mlp-oracle": [r for r in rows if r["kind"] == "mlp-oracle" and r["width"] == width]}
+    return {kind: max(rs, key=lambda r: np.mean([s["mean"] for s in r["accuracy"].values()]))
+            for kind, rs in by_kind.items() if rs}
+
+
+def part5_accuracy(part5, width=None, path=None):
+    """Part 5: test accuracy against test noise, one panel per training setting.
+
+    Mean over seeds with the std as error bars, for multinomial regression, the
+    linear-oracle and MLP-oracle networks at their best depth, the MLP alone and the
+    parameter-matched MLP, at hidden width ``width`` (default: the largest).
+    """
+    plt = _plt()
+    width = width or max(part5["widths"])
+    settings = part5["settings"]
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 4.4), sharey=True,
+                             layout="constrained")
+    axes = np.atleast_1d(axes)
+    for ax, (name, setting) in zip(axes, settings.items()):
+        for kind, row in _part5_rows(setting["rows"], width).items():
+            label, colour, style = PART5_STYLES[kind]
+            sizes = ", ".join(f"{key} = {row[field]}" for key, field in (("L", "layers"), ("k", "width"))
+                              if row[field])
+            stats = list(row["accuracy"].values())
+            ax.errorbar([float(s) for s in row["accuracy"]], [100 * s["mean"] for s in stats],
+                        yerr=[100 * s["std"] for s in stats], fmt=style, color=colour, ms=4, capsize=3,
+                        label=label + (f" ({sizes})" if sizes else ""))
+        ax.set(xlabel="test noise sigma", title=f"trained {name} (train sigma = {setting['train_noise']:g})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0].set_ylabel("test accuracy (%)")
+    if path:
+        save(fig, path)
+    return fig
 
 
 def _finish(fig, axes, legend_ax, fontsize, path):

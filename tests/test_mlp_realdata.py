@@ -57,9 +57,11 @@ def test_default_reproduce_leaves_part_5_behind_its_flag():
 def test_reproduce_parts_5_alone_writes_the_mlp_table_with_its_controls(tmp_path):
     code = cli.main(["reproduce", "--quick", "--parts", "5", "--out", str(tmp_path), "--no-progress",
                      "--train-size", "400", "--test-size", "200", "--seeds", "2", "--mlp-layers", "1",
-                     "--mlp-widths", "4", "--no-figures"])
+                     "--mlp-widths", "4"])
     assert code == 0
     res = json.loads((tmp_path / "results.json").read_text())
+    assert res["figures"] == {"part5_accuracy": "part5_accuracy.png"}  # parts 1-3 not run: no Figure 1
+    assert (tmp_path / "part5_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "part5" in res and "part1" not in res and "part3" not in res
     p5 = res["part5"]
     for setting in ("clean", "noise-augmented"):
