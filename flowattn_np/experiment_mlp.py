@@ -21,13 +21,10 @@ attention steps add accuracy or noise robustness beyond the MLP they contain?
 
 from __future__ import annotations
 
-import math
-
-from .experiment import percent, seed_stats
+from .experiment import cosine_optimizer, fit_options, percent, seed_stats
 from .layers import BlockConfig
 from .mlp import MLPClassifier, MLPClassifierConfig
 from .network import Network, NetworkConfig
-from .optim import Adam, Cosine
 from .train import evaluate, fit
 
 TITLE = ("Part 5. The MLP oracle C_hat(Z) = softmax(act(Z W1^T + b1) W2^T + b2) inside the blocks "
@@ -83,11 +80,9 @@ def train_row(kind, width, layers, X, y, tests, yt, cfg, sigma, progress, label)
     for s in range(cfg.seeds):
         seed = cfg.seed + s
         net = build(kind, width, layers, X.shape[1], 10, cfg, seed)
-        steps = cfg.epochs * math.ceil(X.shape[0] / cfg.batch_size)
-        opt = Adam(net.params, lr=cfg.lr, schedule=Cosine(steps))
-        fit(net, X, y, epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=opt, seed=seed,
-            noise=sigma, progress=progress, check_inputs=False,
-            desc=f"part 5, {label}, {kind} k={width} L={layers}, seed {seed}")
+        opt = cosine_optimizer("adam", net, cfg.lr, cfg, X.shape[0])
+        desc = f"part 5, {label}, {kind} k={width} L={layers}, seed {seed}"
+        fit(net, X, y, optimizer=opt, config=fit_options(cfg, seed, desc, progress, sigma))
         ev = {key: evaluate(net, Xs, yt) for key, Xs in tests.items()}
         accs.append({key: v["accuracy"] for key, v in ev.items()})
         losses.append({key: v["loss"] for key, v in ev.items()})

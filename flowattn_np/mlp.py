@@ -35,8 +35,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .backend import array_module, check_same_backend, get_array_module, host_rng
+from .backend import array_module, check_same_backend, get_array_module
 from .ops import mean_cross_entropy, one_hot, softmax, softmax_vjp, softmax_vjp_heads, swap_last
+from .random import host_rng
 from .validate import check_array, check_heads, check_same_dtype, check_shape
 
 GELU_C = 0.044715
