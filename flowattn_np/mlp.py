@@ -187,17 +187,24 @@ def mlp_oracle_vjp(C_bar, cache):
     return mlp_logits_vjp(softmax_vjp_heads(cache.C, C_bar, cache.heads), cache)
 
 
+class TokenOracleCache(NamedTuple):
+    """Cache of the token MLP oracle: the MLP's cache (with C = C_hat) and its queries Y = M(Z)."""
+
+    mlp: MLPCache
+    Y: Any
+
+
 def mlp_token_oracle(Z, W1, b1, W2, b2, activation="gelu"):
     """Token targets of the quadratic model from a token-wise MLP: C_hat = sigma(M(Z) Z^T).
 
     M(Z) = act(Z W1^T + b1) W2^T + b2 maps each token to a query (d -> d); the softmax
     over the tokens says which token each token targets. With M(Z) = Z W it is the
     one-layer oracle sigma(Z W Z^T). Z: (..., n, d), W1: (k, d), b1: (k,), W2: (d, k),
-    b2: (d,). Trusts its inputs. Returns (C_hat (..., n, n), (MLPCache, Y = M(Z))).
+    b2: (d,). Trusts its inputs. Returns (C_hat (..., n, n), TokenOracleCache).
     """
     Y, cache = mlp_logits(Z, W1, b1, W2, b2, activation)
     C = softmax(Y @ swap_last(Z))
-    return C, (cache._replace(C=C), Y)
+    return C, TokenOracleCache(cache._replace(C=C), Y)
 
 
 def mlp_token_oracle_vjp(C_bar, cache):
@@ -208,10 +215,9 @@ def mlp_token_oracle_vjp(C_bar, cache):
 
     Returns (Z_bar, {"W1", "b1", "W2", "b2"}).
     """
-    mlp_cache, Y = cache
-    S_bar = softmax_vjp(mlp_cache.C, C_bar)
-    Z_bar, grads = mlp_logits_vjp(S_bar @ mlp_cache.Z, mlp_cache)
-    Z_bar += swap_last(S_bar) @ Y
+    S_bar = softmax_vjp(cache.mlp.C, C_bar)
+    Z_bar, grads = mlp_logits_vjp(S_bar @ cache.mlp.Z, cache.mlp)
+    Z_bar += swap_last(S_bar) @ cache.Y
     return Z_bar, grads
 
 
@@ -318,6 +324,6 @@ class MLPClassifier:
 __all__ = [
     "ACTIVATIONS", "MLPCache", "PARAM_NAMES", "check_activation", "check_mlp_inputs", "gelu",
     "gelu_grad", "init_mlp_params", "mlp_logits", "mlp_logits_vjp", "mlp_oracle", "mlp_oracle_vjp",
-    "mlp_token_oracle", "mlp_token_oracle_vjp", "relu", "relu_grad", "MLPClassifier",
+    "mlp_token_oracle", "mlp_token_oracle_vjp", "relu", "relu_grad", "TokenOracleCache", "MLPClassifier",
     "MLPClassifierConfig",
 ]
