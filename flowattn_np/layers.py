@@ -328,13 +328,10 @@ class SplitBlock:
         for kind, frac in _step_schedule(cfg):
             if kind == "A":
                 Z, c = rk_forward(field, Z, h * frac, cfg.integrator)
+            elif cfg.targets == "mlp":
+                Z, c = self.mlp_B_step(Z, theta, params, h * frac)
             else:
-                if cfg.targets == "mlp":  # the MLP sees the B sub-step's input
-                    C, mlp_cache = self.mlp_oracle(Z, params)
-                    Z, c = self.B_forward(Z, theta, C, h * frac)
-                    c = MLPBCache(c, mlp_cache)
-                else:
-                    Z, c = self.B_forward(Z, theta, C, h * frac)
+                Z, c = self.B_forward(Z, theta, C, h * frac)
             steps.append(SubStep(frac, c))
         return Z, SplitCache(params, theta, C, oracle_cache, tuple(steps))
 
@@ -351,14 +348,13 @@ class SplitBlock:
             if isinstance(step.cache, RKCache):  # the A sub-flow
                 Z_bar, t_bar, g = rk_backward(self.field_A_vjp, Z_bar, step.cache)
                 theta_bar = theta_bar + g["theta"]
-            else:  # the B sub-flow
-                B_cache = step.cache.B if isinstance(step.cache, MLPBCache) else step.cache
-                Z_bar, B_theta_bar, B_C_bar, t_bar = self.B_vjp(Z_bar, B_cache)
+            elif isinstance(step.cache, MLPBCache):  # the B sub-flow with the MLP oracle
+                Z_bar, B_theta_bar, t_bar, g = self.mlp_B_step_vjp(Z_bar, step.cache)
                 theta_bar = theta_bar + B_theta_bar
-                if isinstance(step.cache, MLPBCache):  # C = C_hat(Z at this sub-step)
-                    Z_extra, g = self.mlp_oracle_vjp(B_C_bar, step.cache.oracle)
-                    Z_bar = Z_bar + Z_extra
-                    _add_grads(mlp_grads, g)
+                _add_grads(mlp_grads, g)
+            else:  # the B sub-flow
+                Z_bar, B_theta_bar, B_C_bar, t_bar = self.B_vjp(Z_bar, step.cache)
+                theta_bar = theta_bar + B_theta_bar
                 C_bar = B_C_bar if C_bar is None else C_bar + B_C_bar
             h_bar = h_bar + step.fraction * t_bar
         grads = self.param_grads(theta_bar, cache.params)
@@ -370,6 +366,21 @@ class SplitBlock:
             Z_bar = Z_bar + Z_extra
             grads.update(oracle_grads)
         return Z_bar, grads
+
+    # -- the B sub-step with the MLP oracle -----------------------------------
+    def mlp_B_step(self, Z, theta, params, t):
+        """B(t) with C = C_hat(Z), the MLP oracle at the sub-step's input, held fixed during
+        it (one Euler step of dZ/dt = C_hat(Z) theta); returns (Z_out, MLPBCache)."""
+        C, oracle_cache = self.mlp_oracle(Z, params)
+        Z_out, B_cache = self.B_forward(Z, theta, C, t)
+        return Z_out, MLPBCache(B_cache, oracle_cache)
+
+    def mlp_B_step_vjp(self, Z_out_bar, cache):
+        """VJP of mlp_B_step: B's VJP gives C_bar, the oracle's VJP turns it into a second
+        gradient at Z and the MLP's grads. Returns (Z_bar, theta_bar, t_bar, mlp_grads)."""
+        Z_bar, theta_bar, C_bar, t_bar = self.B_vjp(Z_out_bar, cache.B)
+        Z_extra, mlp_grads = self.mlp_oracle_vjp(C_bar, cache.oracle)
+        return Z_bar + Z_extra, theta_bar, t_bar, mlp_grads
 
 
 class CrossAttentionBlock(SplitBlock):
