@@ -93,6 +93,12 @@ def test_activation_derivative_matches_finite_differences(activation):
     assert np.abs(df(x) - fd).max() < 1e-8
 
 
+def test_relu_derivative_is_zero_at_the_kink():
+    """The convention the docs state: relu'(0) = 0 (a subgradient; the kink itself)."""
+    np.testing.assert_array_equal(fa.relu_grad(np.array([-1.0, 0.0, 2.0])), [0.0, 0.0, 1.0])
+    assert fa.gelu_grad(np.array([0.0]))[0] == 0.5
+
+
 def test_activations_at_large_arguments_stay_finite_in_float32():
     x = np.array([-1e4, -60.0, 0.0, 60.0, 1e4], dtype=np.float32)
     for f, df in fa.ACTIVATIONS.values():
