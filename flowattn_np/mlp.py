@@ -38,11 +38,11 @@ from typing import Any, NamedTuple
 from .backend import array_module, check_same_backend, get_array_module
 from .ops import mean_cross_entropy, one_hot, softmax, softmax_vjp, softmax_vjp_heads, swap_last
 from .random import host_rng
-from .validate import check_array, check_heads, check_same_dtype, check_shape
+from .validate import check_array, check_class_indices, check_heads, check_same_dtype, check_shape
 
 GELU_C = 0.044715
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)  # a Python float: keeps float32 arrays float32
-PARAM_NAMES = ("W1", "b1", "W2", "b2")
+MLP_PARAM_NAMES = ("W1", "b1", "W2", "b2")
 
 
 # ---------------------------------------------------------------- activations
@@ -221,19 +221,28 @@ def mlp_token_oracle_vjp(C_bar, cache):
     return Z_bar, grads
 
 
-def init_mlp_params(d, k, m, rng, dtype="float32"):
-    """Initial MLP weights on the active backend from a host generator ``rng``.
+def mlp_param_shapes(d, k, m):
+    """Names and shapes of the MLP's parameters, in the order they are drawn:
+    W1 (k, d), b1 (k,), W2 (m, k), b2 (m,)."""
+    return {"W1": (k, d), "b1": (k,), "W2": (m, k), "b2": (m,)}
 
-    W1 ~ N(0, 1/d), W2 ~ N(0, 1/k) (unit-variance pre-activations and logits for
-    unit-variance inputs), b1 = 0, b2 = 0. Returns {"W1", "b1", "W2", "b2"}.
+
+def init_mlp_param(name, shape, rng, dtype="float32"):
+    """Initial value of one MLP parameter on the active backend, from a host generator ``rng``.
+
+    W1, W2 ~ N(0, 1/fan_in) with fan_in = shape[1] (unit-variance pre-activations and
+    logits for unit-variance inputs); b1 = b2 = 0.
     """
     xp = array_module()
-    return {
-        "W1": xp.asarray(rng.normal(0, 1.0 / d ** 0.5, size=(k, d)), dtype=dtype),
-        "b1": xp.zeros((k,), dtype=dtype),
-        "W2": xp.asarray(rng.normal(0, 1.0 / k ** 0.5, size=(m, k)), dtype=dtype),
-        "b2": xp.zeros((m,), dtype=dtype),
-    }
+    if name in ("b1", "b2"):
+        return xp.zeros(shape, dtype=dtype)
+    return xp.asarray(rng.normal(0, 1.0 / shape[1] ** 0.5, size=shape), dtype=dtype)
+
+
+def init_mlp_params(d, k, m, rng, dtype="float32"):
+    """Initial MLP weights {"W1", "b1", "W2", "b2"} (``init_mlp_param`` for each of
+    ``mlp_param_shapes``, in that order)."""
+    return {name: init_mlp_param(name, shape, rng, dtype) for name, shape in mlp_param_shapes(d, k, m).items()}
 
 
 # ---------------------------------------------------------------- the MLP alone, as a classifier
@@ -278,12 +287,30 @@ class MLPClassifier:
         self.params = dict(params) if params is not None else init_mlp_params(
             config.n_inputs, config.hidden, config.n_classes, host_rng(seed), config.dtype)
 
-    def target_matrix(self, y, dtype):
-        """One-hot targets C (n, m) from integer labels y (n,)."""
-        return one_hot(y, self.config.n_classes, dtype)
+    def check_input(self, X, name="X"):
+        """Validate a batch X: (n, p) rows, floating, finite, p = n_inputs; returned in the
+        classifier's dtype."""
+        check_array(name, X, ndim=2)
+        if X.shape[-1] != self.config.n_inputs or X.shape[0] == 0:
+            raise ValueError(f"{name}: expected at least one row of {self.config.n_inputs} features "
+                             f"(n_inputs), got shape {tuple(X.shape)}")
+        return X.astype(self.config.dtype, copy=False)
 
-    def forward(self, X, y=None, C=None, workspace=None):
-        """Logits of a batch and the MLP's cache: (logits (n, m), MLPCache). Labels are not used."""
+    def check_labels(self, y, rows, name="y"):
+        """Validate integer labels: one class in [0, m) for each of the ``rows`` of X. Returns y."""
+        check_class_indices(name, y, self.config.n_classes)
+        check_shape(name, y, tuple(rows), "a class for each row of X")
+        return y
+
+    def target_matrix(self, y, dtype, check=True):
+        """One-hot targets C (n, m) from integer labels y (n,); ``check=False`` skips the range check."""
+        return one_hot(y, self.config.n_classes, dtype, check=check)
+
+    def forward(self, X, y=None, C=None, workspace=None, check=True):
+        """Logits of a batch and the MLP's cache: (logits (n, m), MLPCache). Labels are not used;
+        ``check=False`` skips the input check (a device sync on CuPy)."""
+        if check:
+            X = self.check_input(X)
         p = self.params
         return mlp_logits(X, p["W1"], p["b1"], p["W2"], p["b2"], self.config.activation)
 
@@ -293,8 +320,8 @@ class MLPClassifier:
 
     def loss_and_grads(self, X, y):
         """(loss, grads, logits): d loss / d logits = (softmax(logits) - C) / n, then mlp_logits_vjp."""
-        C = self.target_matrix(y, X.dtype)
-        logits, cache = self.forward(X)
+        C = self.target_matrix(y, X.dtype, check=False)
+        logits, cache = self.forward(X, check=False)
         G = softmax(logits)
         G -= C
         G /= X.shape[0]
@@ -322,8 +349,8 @@ class MLPClassifier:
 
 
 __all__ = [
-    "ACTIVATIONS", "MLPCache", "PARAM_NAMES", "check_activation", "check_mlp_inputs", "gelu",
-    "gelu_grad", "init_mlp_params", "mlp_logits", "mlp_logits_vjp", "mlp_oracle", "mlp_oracle_vjp",
+    "ACTIVATIONS", "MLPCache", "MLP_PARAM_NAMES", "check_activation", "check_mlp_inputs", "gelu",
+    "gelu_grad", "init_mlp_param", "init_mlp_params", "mlp_logits", "mlp_param_shapes", "mlp_logits_vjp", "mlp_oracle", "mlp_oracle_vjp",
     "mlp_token_oracle", "mlp_token_oracle_vjp", "relu", "relu_grad", "TokenOracleCache", "MLPClassifier",
     "MLPClassifierConfig",
 ]

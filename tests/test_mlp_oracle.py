@@ -28,6 +28,11 @@ from flowattn_np.mlp import check_mlp_inputs, init_mlp_params
 from helpers import assert_round_off, host
 
 RTOL = 1e-6
+# Central differences with step 1e-6 carry round-off of about 1e-16 / 1e-6 = 1e-10 per entry
+# on an O(1) objective (up to about 1e-9 over a whole gradient), so a gradient whose norm is
+# below 1e-3 cannot be checked to 1e-6 relative: the error is measured relative to at least
+# this norm (hypothesis found such shapes: one row, a nearly saturated softmax).
+FLOOR = 1e-3
 ACTS = ("gelu", "relu")
 
 
@@ -56,12 +61,13 @@ def assert_vjp_matches_fd(Z, p, activation, heads=None, plain=False, seed=1):
     vjp = fa.mlp_logits_vjp if plain else fa.mlp_oracle_vjp
     Z_bar, grads = vjp(out_bar, cache)
     assert set(grads) == {"W1", "b1", "W2", "b2"}
-    r = fa.check_vjp(lambda Zx: forward(Zx, p)[0], Z, out_bar, Z_bar, rtol=RTOL)
+    r = fa.gradcheck(lambda Zx: (out_bar * forward(Zx, p)[0]).sum(), Z, Z_bar, rtol=RTOL, floor=FLOOR)
     assert r.passed, f"Z ({activation}): {r}"
     for name in grads:
         def f(x, name=name):
             return forward(Z, {**p, name: x})[0]
-        r = fa.check_vjp(f, p[name], out_bar, grads[name], rtol=RTOL)
+        r = fa.gradcheck(lambda x, f=f: (out_bar * f(x)).sum(), p[name], grads[name], rtol=RTOL,
+                         floor=FLOOR)
         assert r.passed, f"{name} ({activation}): {r}"
 
 
@@ -301,3 +307,19 @@ def test_mlp_classifier_trains_with_fit_and_predicts_without_labels(xp):
     assert float((host(pred) == y).mean()) == pytest.approx(after["accuracy"])
     assert {k: v.dtype for k, v in net.params.items()} == {k: xp.float32 for k in net.params}
     assert "MLP alone" in net.describe()
+
+
+def test_mlp_classifier_names_bad_inputs_before_any_work():
+    from flowattn_np.mlp import MLPClassifier, MLPClassifierConfig
+    from flowattn_np.train import evaluate
+
+    net = MLPClassifier(MLPClassifierConfig(4, n_classes=3, hidden=5), seed=0)
+    X, y = np.zeros((6, 4), dtype=np.float32), np.zeros(6, dtype=np.int64)
+    with pytest.raises(ValueError, match=r"X: expected at least one row of 4 features"):
+        evaluate(net, np.zeros((6, 5), dtype=np.float32), y)
+    with pytest.raises(ValueError, match=r"^y: "):
+        evaluate(net, X, np.full(6, 3))
+    with pytest.raises(ValueError, match=r"^y: expected shape \(6\)"):
+        evaluate(net, X, np.zeros(5, dtype=np.int64))
+    with pytest.raises(ValueError, match="hidden: expected a positive integer"):
+        MLPClassifierConfig(4, hidden=0)
