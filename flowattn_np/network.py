@@ -18,7 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from .backend import Workspace, array_module, get_array_module
+from .backend import (
+    Workspace,
+    array_module,
+    arrays_description,
+    backend_of,
+    check_on_backend,
+    check_same_backend,
+    get_array_module,
+)
 from . import validate
 from .layers import (
     TARGET_TITLES,
@@ -344,6 +352,7 @@ class Network:
         until the next call with the same workspace.
         """
         cfg = self.config
+        self.check_inputs_backend(X=X, y=y, C=C)  # types only: no sync, also when check=False
         if check:
             X = self.check_input(X)
             if C is not None:
@@ -359,6 +368,13 @@ class Network:
         theta = self._head_theta()
         logits = Z @ theta.T if cfg.head_model == "linear" else Z @ theta @ swap_last(Z)
         return logits, NetworkCache(X, Z, theta, caches)
+
+    def check_inputs_backend(self, **inputs):
+        """BackendError naming each input that is not on the parameters' backend (types
+        only: no device sync)."""
+        where = backend_of(self.params["phi" if self.config.head_model == "quadratic" else "theta"])
+        check_same_backend(**{f"params[{k!r}]": v for k, v in self.params.items()})
+        check_on_backend(where, f"the network's parameters are {arrays_description(where)}", **inputs)
 
     def _head_theta(self):
         if self.config.head_model == "linear":
@@ -417,6 +433,7 @@ class Network:
         d loss / d logits = (sigma(logits) - C) / rows, then ``backward``. The training
         step: X and y are trusted here (``fit`` validates them once, before the loop).
         """
+        self.check_inputs_backend(X=X, y=y)
         C = self.target_matrix(y, X.dtype, check=False)
         logits, cache = self.forward(X, C=C, workspace=self._workspace, check=False)
         loss, logits_bar = mean_cross_entropy_and_grad(logits, C, self._heads())
@@ -424,6 +441,7 @@ class Network:
 
     def loss(self, X, y):
         """Batch-mean cross-entropy (0-d array)."""
+        self.check_inputs_backend(X=X, y=y)
         X = self.check_input(X)
         self.check_labels(y, X.shape[:-1])
         C = self.target_matrix(y, X.dtype, check=False)
@@ -448,6 +466,7 @@ class Network:
 
     def features(self, X, y=None):
         """The iterates [Z_0, Z_1, ..., Z_L] of a batch (for Figure 1)."""
+        self.check_inputs_backend(X=X, y=y)
         X = self.check_input(X)
         C = self._block_targets(X, y, None)
         Z = self.encode(X)

@@ -41,6 +41,7 @@ import matplotlib.pyplot as plt
 
 import flowattn_np as fa
 from flowattn_np import BlockConfig, Network, NetworkConfig, make_block
+from flowattn_np.plotting import method_color
 from flowattn_np.data import CLASS_NAMES, add_noise, load_fashion_mnist
 from flowattn_np.mlp import MLPClassifier, MLPClassifierConfig
 from flowattn_np.optim import Adam, Cosine
@@ -156,11 +157,12 @@ def train(model, seed=0):
 
 block_cfg = BlockConfig(targets="mlp", mlp_hidden=K, activation="gelu", h=0.1, learn_h=True)
 models = {
-    "MLP-oracle network, L = 3": Network(NetworkConfig(n_inputs=784, n_classes=10, layers=3,
+    "MLP oracle network, L = 3": Network(NetworkConfig(n_inputs=784, n_classes=10, layers=3,
                                                        block=block_cfg), seed=0),
     "MLP alone (same width)": MLPClassifier(MLPClassifierConfig(784, 10, hidden=K), seed=0),
     "multinomial regression": Network(NetworkConfig(n_inputs=784, n_classes=10, layers=0), seed=0),
 }
+colours = {name: method_color(key) for name, key in zip(models, ("mlp oracle", "mlp alone", "regression"))}
 histories = {}
 for name, model in models.items():
     t = time.perf_counter()
@@ -168,19 +170,19 @@ for name, model in models.items():
     acc = {s: 100 * evaluate(model, Xs, y_test)["accuracy"] for s, Xs in tests.items()}
     print(f"{name:28s} test accuracy: clean {acc[0.0]:.1f} %, noise 0.5 {acc[0.5]:.1f} %  "
           f"({time.perf_counter() - t:.1f} s)")
-net = models["MLP-oracle network, L = 3"]
+net = models["MLP oracle network, L = 3"]
 print("learned h =", net.step_sizes())
 predicted = fa.to_numpy(net.predict(fa.asarray(X_test)))   # no labels
 print(f"accuracy from predict (labels only used to score): {100 * (predicted == y_test).mean():.1f} %")
 
 # %%
-fig, ax = plt.subplots(figsize=(6, 3.2), layout="constrained")
+fig, ax = plt.subplots(figsize=(7.5, 3.2), layout="constrained")
 for name, hist in histories.items():
-    ax.plot(range(1, EPOCHS + 1), hist.column("train_loss"), marker="o", label=name)
+    ax.plot(range(1, EPOCHS + 1), hist.column("train_loss"), marker="o", label=name, color=colours[name])
 ax.set_xlabel("epoch")
 ax.set_ylabel("training cross-entropy")
 ax.set_xticks(range(1, EPOCHS + 1))
-ax.legend(loc="upper right", fontsize=8)
+ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
 ax.set_title("training curves (6 000 images)");
 
 # %% [markdown]
@@ -224,13 +226,14 @@ for r, (Za, dA, dB, C_hat, probs) in enumerate(rows):
         im = axes[r, c].imshow(a, cmap=cmap, vmin=-lim if centred else None, vmax=lim)
         axes[r, c].set_title(title, fontsize=9)
         axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
-        fig.colorbar(im, ax=axes[r, c], shrink=0.8)
+        fig.colorbar(im, ax=axes[r, c], shrink=0.8).set_label("feature value" if c == 0 else "change")
     bars = [(C_hat, "MLP oracle $\\hat C(Z_{%d/2})$" % (2 * r + 1), "C0"),
             (probs, "head $\\sigma(Z_{%d}\\theta^\\top)$" % (r + 1), "C1")]
     for c, (vals, title, colour) in enumerate(bars, start=3):
         axes[r, c].bar(range(10), fa.to_numpy(vals)[0], color=colour)
         axes[r, c].set_ylim(0, 1)
         axes[r, c].set_ylabel("probability")
+        axes[r, c].set_xlabel("class")
         axes[r, c].set_title(title, fontsize=9)
         axes[r, c].set_xticks(range(10), [n[:7] for n in CLASS_NAMES], rotation=90, fontsize=7)
 fig.suptitle(f"a noisy '{CLASS_NAMES[6]}' (sigma = 0.3) through {len(rows)} blocks, learned h = {h_learned:+.3f}");
