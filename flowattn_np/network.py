@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
+from . import fused_quadratic
 from .backend import (
     Workspace,
     array_module,
@@ -40,6 +41,7 @@ from .models import phi_grad, theta_from_phi
 from .random import host_rng
 from .ops import (
     head_slices,
+    label_cross_entropy_and_grad,
     mean_cross_entropy,
     mean_cross_entropy_and_grad,
     one_hot,
@@ -211,10 +213,13 @@ class Network:
     multi-head labels, or (B, n) target-token indices for the quadratic model.
     """
 
-    def __init__(self, config, seed=0, params=None):
+    def __init__(self, config, seed=0, params=None, fused=True):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config: expected a NetworkConfig, got {type(config).__name__}")
         self.config = config
+        # quadratic Lie/Euler networks run the fused pass (fused_quadratic.py);
+        # fused=False runs the readable per-block path (the reference the tests compare with)
+        self.fused = bool(fused) and fused_quadratic.supports(config)
         self.block = make_block(config.block)
         if params is None:
             self.params = self.init_params(seed)
@@ -358,6 +363,8 @@ class Network:
             if C is not None:
                 self._check_targets(X, C)
         C = self._block_targets(X, y, C, check)
+        if self.fused:
+            return fused_quadratic.forward(self, X, C, workspace)
         Z = self.encode(X)
         xp = get_array_module(Z)
         caches = []
@@ -397,6 +404,8 @@ class Network:
 
         With a ``workspace``, the feature gradients alternate between two reused buffers.
         """
+        if isinstance(cache, fused_quadratic.FusedQuadraticCache):
+            return fused_quadratic.backward(self, logits_bar, cache, workspace)
         cfg = self.config
         X, Z = cache.X, cache.Z
         xp = get_array_module(logits_bar)
@@ -434,16 +443,24 @@ class Network:
         step: X and y are trusted here (``fit`` validates them once, before the loop).
         """
         self.check_inputs_backend(X=X, y=y)
+        if self.fused:  # token targets: the one-hot (B, n, n) matrix only if the blocks use it
+            ws = self._workspace
+            logits, cache = fused_quadratic.forward(self, X, self._block_targets(X, y, None, False), ws)
+            loss, logits_bar = label_cross_entropy_and_grad(
+                logits, y, out=ws.get("logits_bar", logits.shape, logits.dtype, get_array_module(logits)))
+            return loss, self.backward(logits_bar, cache, workspace=ws), logits
         C = self.target_matrix(y, X.dtype, check=False)
         logits, cache = self.forward(X, C=C, workspace=self._workspace, check=False)
         loss, logits_bar = mean_cross_entropy_and_grad(logits, C, self._heads())
         return loss, self.backward(logits_bar, cache, workspace=self._workspace), logits
 
     def loss(self, X, y):
-        """Batch-mean cross-entropy (0-d array)."""
+        """Batch-mean cross-entropy (0-d array), computed as loss_and_grads computes it."""
         self.check_inputs_backend(X=X, y=y)
         X = self.check_input(X)
         self.check_labels(y, X.shape[:-1])
+        if self.fused:
+            return label_cross_entropy_and_grad(self.forward(X, y, check=False)[0], y)[0]
         C = self.target_matrix(y, X.dtype, check=False)
         return self.loss_from_logits(self.forward(X, C=C, check=False)[0], C)
 

@@ -22,7 +22,7 @@ FUNCTIONS = [
     "exp", "expm1", "log", "log1p", "sqrt", "square", "tanh", "maximum", "minimum", "sign",
     "isfinite", "isnan", "isinf", "where", "clip", "tril", "triu", "eye", "identity",
     "zeros", "zeros_like", "ones", "ones_like", "empty", "empty_like", "full", "full_like",
-    "arange", "linspace", "concatenate", "stack", "einsum", "matmul", "dot", "outer",
+    "arange", "linspace", "concatenate", "stack", "einsum", "matmul", "dot", "vdot", "outer",
     "sum", "mean", "max", "min", "amax", "amin", "argmax", "argmin", "all", "any",
     "transpose", "swapaxes", "reshape", "broadcast_to", "diag", "trace", "cumsum",
     "logical_not", "logical_and", "logical_or", "equal", "not_equal", "less", "greater",
@@ -51,6 +51,14 @@ def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocki
         return wrap(np.array(obj._a, dtype=dtype, copy=copy, order=order, ndmin=ndmin))
     COUNTS.write("cupy.array of host data")
     return wrap(np.array(obj, dtype=dtype, copy=True, order=order, ndmin=ndmin))
+
+
+def may_share_memory(a, b, max_work=None):
+    """cupy.may_share_memory: a host-side bound from the arrays' pointers (no device read)."""
+    for name, x in (("a", a), ("b", b)):
+        if not isinstance(x, ndarray):
+            raise TypeError(f"Unsupported type {type(x)} for argument {name} (a device array is needed)")
+    return bool(np.may_share_memory(a._a, b._a))
 
 
 def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
@@ -226,6 +234,7 @@ def build():
     m.asarray = asarray
     m.array = array
     m.asnumpy = asnumpy
+    m.may_share_memory = may_share_memory
     m.take = take
     m.get_array_module = get_array_module
     m.linalg, m.random, m.cuda = _linalg(), _random(), _cuda()
