@@ -82,6 +82,18 @@ from .sphere import (
     tangent_project,
 )
 from .gradient_check import GradcheckResult, check_vjp, gradcheck, numerical_gradient
+from .mlp import (
+    ACTIVATIONS,
+    MLPCache,
+    gelu,
+    gelu_grad,
+    mlp_logits,
+    mlp_logits_vjp,
+    mlp_oracle,
+    mlp_oracle_vjp,
+    relu,
+    relu_grad,
+)
 from .layers import BlockConfig, CrossAttentionBlock, MemoryBlock, SelfAttentionBlock, make_block
 from .network import Network, NetworkConfig
 from .optim import SGD, Adam
@@ -113,6 +125,9 @@ __all__ = [
     "retract_vjp", "tangent_project",
     # gradient checking
     "GradcheckResult", "check_vjp", "gradcheck", "numerical_gradient",
+    # the MLP oracle C_hat(Z) = softmax(act(Z W1^T + b1) W2^T + b2)
+    "ACTIVATIONS", "MLPCache", "gelu", "gelu_grad", "mlp_logits", "mlp_logits_vjp",
+    "mlp_oracle", "mlp_oracle_vjp", "relu", "relu_grad",
     # blocks, networks, training
     "BlockConfig", "CrossAttentionBlock", "MemoryBlock", "SelfAttentionBlock", "make_block",
     "Network", "NetworkConfig", "SGD", "Adam", "fit", "evaluate", "save_checkpoint",

@@ -107,26 +107,29 @@ def build_parser():
         "reproduce", help="run the paper's Fashion-MNIST experiment (table, Figure 1, results.json)",
         description="Reproduce the paper's Fashion-MNIST experiment: (1) multinomial regression, "
                     "(2) feature discovery with the true labels (an oracle computation), (3) label-free "
-                    "classifiers trained end to end; (4, with --parts 4) normalisation as a sphere "
-                    "constraint. Writes results.json, results.md and PNG figures.")
+                    "classifiers trained end to end; with --parts 4, (4) normalisation as a sphere "
+                    "constraint; with --parts 5, (5) the MLP oracle inside the blocks against its controls. "
+                    "Writes results.json, results.md and PNG figures.")
     rep.set_defaults(parser=rep)
     rep.add_argument("--out", help="output folder (default: a new folder under runs/)")
     rep.add_argument("--parts", type=_parts,
-                     help="comma-separated parts to run, e.g. 4 or 1,2,3,4 (default 1,2,3; part 1, "
-                          "the baseline that gives theta, always runs)")
-    rep.add_argument("--train-size", type=_positive, help="use the first N training images (default all 60000)")
-    rep.add_argument("--test-size", type=_positive, help="use the first N test images (default all 10000)")
+                     help="comma-separated parts to run, e.g. 4, 5 or 1,2,3,4,5 (default 1,2,3; parts 2 and 4 also run part 1, whose theta they use)")
     rep.add_argument("--norm-layers", type=_positive, help="part 4: depth L of the normalised networks (default 2)")
     rep.add_argument("--layers", type=_ints, help="part 3 depths L, e.g. 1,2,4 (default 1,2,4)")
     rep.add_argument("--max-layers", type=_positive, help="part 2: blocks L = 0..MAX (default 8)")
     rep.add_argument("--noise", type=_floats, help="test noise levels sigma (default 0,0.5,1.0)")
     rep.add_argument("--train-noise", type=_non_negative_float, help="sigma of the noise augmentation (default 0.5)")
     rep.add_argument("--epochs", type=_positive, help="training epochs (default 5)")
-    rep.add_argument("--seeds", type=_positive, help="number of seeds for parts 1 and 3 (default 3)")
+    rep.add_argument("--seeds", type=_positive, help="number of seeds for parts 1, 3 and 5 (default 3)")
     rep.add_argument("--seed", type=_non_negative_int, help="first seed (default 0)")
     rep.add_argument("--optimizer", choices=("adam", "sgd"), help="part 3 optimiser (default adam)")
-    rep.add_argument("--lr", type=_positive_float, help="part 3 learning rate (default 3e-3)")
+    rep.add_argument("--lr", type=_positive_float, help="part 3 and 5 learning rate (default 3e-3)")
     rep.add_argument("--h-units", type=_positive_float, help="part 2 step h in units of 1/lam_max (default 1)")
+    rep.add_argument("--mlp-widths", type=_ints, help="part 5 hidden widths k of the MLP oracle (default 64,256)")
+    rep.add_argument("--mlp-layers", type=_ints, help="part 5 depths L of the MLP-oracle networks (default 1,2,4)")
+    rep.add_argument("--mlp-activation", choices=("gelu", "relu"), help="part 5 activation (default gelu)")
+    rep.add_argument("--train-size", type=_positive, help="use the first N training images (default all)")
+    rep.add_argument("--test-size", type=_positive, help="use the first N test images (default all)")
     rep.add_argument("--backend", choices=("numpy", "cupy"), default=None,
                      help="array backend (default: $FLOWATTN_BACKEND or numpy)")
     rep.add_argument("--data-dir", help="folder holding the four Fashion-MNIST .gz files")
@@ -172,7 +175,8 @@ def _preflight_reproduce(args):
 
 # the options of `reproduce` that override a ReproduceConfig field of the same name
 REPRODUCE_OPTIONS = ("layers", "max_layers", "noise", "train_noise", "epochs", "seeds", "seed",
-                     "optimizer", "lr", "h_units", "parts", "norm_layers", "train_size", "test_size")
+                     "optimizer", "lr", "h_units", "parts", "norm_layers", "mlp_widths", "mlp_layers",
+                     "mlp_activation", "train_size", "test_size")
 
 
 def _reproduce(args):

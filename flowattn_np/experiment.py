@@ -1,7 +1,8 @@
 """The paper's Fashion-MNIST experiment, made explicit about where the targets come from.
 
-``python -m flowattn_np reproduce`` runs three parts (``--parts`` chooses; part 1 always
-runs) and writes a Markdown table, ``results.json`` and PNG figures:
+``python -m flowattn_np reproduce`` runs parts 1-3 (``--parts`` selects others; part 1,
+the baseline whose theta parts 2 and 4 use, runs with either of them) and writes a
+Markdown table, ``results.json`` and PNG figures:
 
 1. Multinomial regression (L = 0), trained with the package's SGD: the baseline.
 2. Feature discovery with the TRUE labels (the paper's theory): theta fixed from
@@ -16,6 +17,9 @@ runs) and writes a Markdown table, ``results.json`` and PNG figures:
 4. (``--parts 4``, module ``experiment_norm``) Normalisation as a sphere constraint:
    true-label feature discovery on the sphere against the flat flow, and the label-free
    networks with normalised blocks (post-norm sphere / LayerNorm, pre-norm sphere).
+5. (``--parts 5``) The MLP oracle inside the blocks (a transformer block), beside the
+   MLP alone, the linear-oracle network, multinomial regression and a parameter-matched
+   MLP: module ``experiment_mlp``.
 
 ``results.json`` schema (``SCHEMA``): see docs/results.md.
 """
@@ -44,7 +48,7 @@ from .random import host_rng
 from .train import FitConfig, evaluate, fit
 
 SCHEMA = "flowattn_np.reproduce/1"
-PARTS = (1, 2, 3, 4)
+PARTS = (1, 2, 3, 4, 5)
 FIGURES_SKIPPED = ('figures skipped: matplotlib is not installed; the numbers are in results.json and '
                    'results.md. For the figures: pip install ".[plot]" (or pip install matplotlib)')
 
@@ -90,10 +94,13 @@ class ReproduceConfig:
     train_size: int | None = None         # None: all 60000 (quick runs use a subset)
     test_size: int | None = None
     quick: bool = False
-    parts: tuple = (1, 2, 3)              # parts to run; part 1 always runs (baseline, theta)
+    parts: tuple = (1, 2, 3)              # parts to run; parts 2 and 4 also run part 1 (its theta)
     norm_layers: int = 2                  # part 4 (b): depth L of the normalised label-free networks
     norm_variants: tuple = ("oracle", "memory")
     norms: tuple = ("none", "post-sphere", "post-layer", "pre-sphere")
+    mlp_layers: tuple = (1, 2, 4)         # part 5: depths of the MLP-oracle networks
+    mlp_widths: tuple = (64, 256)         # part 5: hidden widths k of the MLP oracle
+    mlp_activation: str = "gelu"          # part 5: 'gelu' (tanh form) or 'relu'
 
     def __post_init__(self):
         parts = tuple(self.parts)
@@ -111,7 +118,8 @@ class ReproduceConfig:
     def quick_run(cls, **overrides):
         """A smoke-sized run: a data subset, 1 epoch, 2 seeds, shallow networks."""
         base = dict(max_layers=3, layers=(1, 2), epochs=1, seeds=2, train_size=4000,
-                    test_size=1000, memory_slots=16, quick=True, norm_layers=1)
+                    test_size=1000, memory_slots=16, quick=True, norm_layers=1, mlp_layers=(1, 2),
+                    mlp_widths=(16,))
         base.update(overrides)
         return cls(**base)
 
@@ -154,7 +162,7 @@ def run_optimizer(kind, net, lr, cfg, n_rows):
 
 
 def fit_config(cfg, seed, desc, progress, noise=0.0):
-    """The fit options shared by parts 1 and 3 (inputs were checked once, on loading)."""
+    """The fit options shared by parts 1, 3, 4 and 5 (inputs were checked once, on loading)."""
     return FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed, noise=noise,
                      progress=progress, desc=desc, check_inputs=False)
 
@@ -315,6 +323,8 @@ def checks(results, cfg):
         from .experiment_norm import part4_checks
 
         out["part4"] = part4_checks(results["part4"])
+    if "part5" in results:
+        out["part5"] = results["part5"]["checks"]
     return out
 
 
@@ -362,10 +372,13 @@ def pct(stats):
 
 def markdown_table(results):
     """The results as Markdown: one titled table per part that ran, then the checks."""
-    keys = list(results["part1"]["by_noise"])
+    from .experiment_mlp import markdown_part5
+
+    keys = [noise_key(s) for s in results["config"]["noise"]]
     lines = [f"# Fashion-MNIST: {results['data']['n_train']} training / {results['data']['n_test']} "
              f"test images, backend {results['backend']}, {results['seconds']:.0f} s", ""]
-    lines += part1_lines(results["part1"], keys)
+    if "part1" in results:
+        lines += part1_lines(results["part1"], keys)
     if "part2" in results:
         lines += part2_lines(results["part2"], results["part1"])
     if "part3" in results:
@@ -374,6 +387,8 @@ def markdown_table(results):
         from .experiment_norm import part4_markdown
 
         lines += part4_markdown(results["part4"], keys)
+    if "part5" in results:
+        lines += markdown_part5(results["part5"]).splitlines() + [""]
     lines += ["## Checks", ""] + check_lines(results["checks"])
     return "\n".join(lines) + "\n"
 
@@ -452,6 +467,8 @@ def check_lines(ch):
         from .experiment_norm import part4_check_lines
 
         lines += part4_check_lines(ch["part4"])
+    if "part5" in ch:
+        lines.append("- part 5: see the part 5 section above (the MLP-oracle networks against their controls)")
     return lines
 
 
@@ -495,27 +512,44 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
                                "cpus": os.cpu_count()},
                    "config": asdict(cfg),
                    "data": {"source": ds.source, "n_train": int(X.shape[0]), "n_test": int(Xt.shape[0])}}
-        results["parts"] = sorted({1, *cfg.parts})  # the parts that ran: part 1 always does
-        results["part1"], nets1 = _timed(log, 1, part1_baseline, X, y, tests, yt, cfg, progress)
-        theta = nets1[0][0].params["theta"]
-        kept = {}
-        if 2 in cfg.parts:
-            results["part2"] = _timed(log, 2, part2_feature_discovery, theta, tests, yt, cfg, progress)
-        if 3 in cfg.parts:
-            results["part3"], kept = _timed(log, 3, part3_label_free, X, y, tests, yt, cfg, progress)
-        if 4 in cfg.parts:
-            from .experiment_norm import part4_normalisation  # it imports this module's helpers
-
-            results["part4"] = _timed(log, 4, part4_normalisation, X, y, tests, yt, theta, cfg, progress)
+        nets1, kept = run_parts(results, cfg, X, y, tests, yt, progress, log)
         results["seconds"] = time.perf_counter() - t_start
         results["checks"] = checks(results, cfg)
         results["figures"] = {}
-        if figures:
+        if figures and nets1:  # part 1 ran: its curves, and the figures of parts 2-4 that ran
+            theta = nets1[0][0].params["theta"]
             results["figures"] = _figures(folder, cfg, results, theta, Xt, yt, kept, nets1, CLASS_NAMES)
+        if figures and 5 in cfg.parts:
+            plotting.part5_accuracy(results["part5"], path=folder.file("part5_accuracy.png"))
+            results["figures"]["part5_accuracy"] = "part5_accuracy.png"
         results["seconds"] = time.perf_counter() - t_start
         write_text(folder.file("results.json"), json.dumps(results, indent=1))
         write_text(folder.file("results.md"), markdown_table(results))
     return results
+
+
+def run_parts(results, cfg, X, y, tests, yt, progress, log):
+    """Run the selected parts into ``results``; part 1 (the baseline) also runs for parts 2
+    and 4, which use its theta. Returns part 1's and part 3's networks."""
+    from .experiment_mlp import part5_mlp_oracle
+
+    nets1, kept = [], {}
+    ran = sorted(set(cfg.parts) | ({1} if {2, 4} & set(cfg.parts) else set()))
+    results["parts"] = ran
+    if 1 in ran:
+        results["part1"], nets1 = _timed(log, 1, part1_baseline, X, y, tests, yt, cfg, progress)
+    theta = nets1[0][0].params["theta"] if nets1 else None
+    if 2 in ran:
+        results["part2"] = _timed(log, 2, part2_feature_discovery, theta, tests, yt, cfg, progress)
+    if 3 in ran:
+        results["part3"], kept = _timed(log, 3, part3_label_free, X, y, tests, yt, cfg, progress)
+    if 4 in ran:
+        from .experiment_norm import part4_normalisation  # it imports this module's helpers
+
+        results["part4"] = _timed(log, 4, part4_normalisation, X, y, tests, yt, theta, cfg, progress)
+    if 5 in ran:
+        results["part5"] = _timed(log, 5, part5_mlp_oracle, X, y, tests, yt, cfg, progress)
+    return nets1, kept
 
 
 def _timed(log, part, fn, *args):

@@ -20,6 +20,11 @@ The targets ``C`` used inside a block come from an explicit source
 * ``"learned"``: a learned oracle ``C_hat(Z) = softmax(Z W^T + b)`` (linear model) or
   ``softmax(Z W Z^T)`` (quadratic model), evaluated once at the block's input and held
   fixed for the block (so the B sub-flow stays linear and exactly solvable).
+* ``"mlp"``:     the MLP oracle ``C_hat(Z) = softmax(act(Z W1^T + b1) W2^T + b2)``
+  (linear model; ``softmax(M(Z) Z^T)`` with a token-wise MLP ``M`` for the quadratic
+  model), evaluated at the input of the B sub-step and held fixed during it. With Lie
+  splitting and Euler for A this is the GPT-2 block: attention + residual, then an
+  MLP sub-layer + residual that sees the attention's output (module ``mlp``).
 
 ``BlockConfig.norm`` ('sphere' or 'layer') keeps the rows on a manifold (sphere.py):
 post-norm, every sub-step is a step of the projected sub-flow followed by the retraction
@@ -52,6 +57,16 @@ from .flows import (
     rk_backward,
     rk_forward,
 )
+from .mlp import (
+    MLP_PARAM_NAMES,
+    check_activation,
+    init_mlp_param,
+    mlp_oracle,
+    mlp_oracle_vjp,
+    mlp_param_shapes,
+    mlp_token_oracle,
+    mlp_token_oracle_vjp,
+)
 from .models import phi_grad, theta_from_phi
 from .ops import softmax, softmax_vjp, softmax_vjp_heads, sum_leading, swap_last
 from .sphere import (
@@ -78,7 +93,7 @@ from .validate import (
 MODELS = ("linear", "quadratic", "memory")
 SCHEMES = ("lie", "strang")
 B_FLOWS = ("exact", "euler")
-TARGETS = ("labels", "none", "learned")
+TARGETS = ("labels", "none", "learned", "mlp")
 NORMS = ("none", "sphere", "layer")
 NORM_PLACES = ("post", "pre")
 
@@ -94,6 +109,7 @@ TARGET_TITLES = {
     "labels": "true labels C (the theory: feature discovery; an oracle computation at test time)",
     "none": "no targets (attention sub-flow only)",
     "learned": "learned oracle C_hat(Z) (label-free)",
+    "mlp": "MLP oracle C_hat(Z) = softmax(act(Z W1^T + b1) W2^T + b2) at the B sub-step (label-free)",
 }
 
 
@@ -112,7 +128,7 @@ class BlockConfig:
                 so only 'exact' is accepted there, except in a post-norm block, where
                 'exact' is the rotation on the manifold and 'euler' its Euler step + R.
                 A post-norm quadratic block takes 'euler' (no exact form on a manifold).
-    targets:    source of C: 'labels', 'none' or 'learned' (see the module docstring).
+    targets:    source of C: 'labels', 'none', 'learned' or 'mlp' (see the module docstring).
     h:          the step (its initial value when learn_h).
     learn_h:    whether h is a trained parameter.
     heads:      class counts per head (linear model): one softmax per head.
@@ -123,6 +139,8 @@ class BlockConfig:
                 retraction R (the Riemannian reading; the linear B sub-step is the exact
                 rotation on the manifold); 'pre': Z + step(R(Z)), the GPT-2 layout, a
                 variant that is not a flow on the manifold.
+    mlp_hidden: hidden width k of the MLP oracle (targets='mlp').
+    activation: the MLP oracle's activation, 'gelu' (tanh form) or 'relu'.
     """
 
     model: str = "linear"
@@ -136,6 +154,8 @@ class BlockConfig:
     slots: int = 0
     norm: str = "none"
     norm_place: str = "post"
+    mlp_hidden: int = 0
+    activation: str = "gelu"
 
     def __post_init__(self):
         for field, allowed in (("model", MODELS), ("scheme", SCHEMES), ("b_flow", B_FLOWS),
@@ -155,6 +175,12 @@ class BlockConfig:
                 raise ValueError("targets: a 'memory' block has no label sub-flow; use targets='none'")
             if self.slots < 1:
                 raise ValueError(f"slots: a 'memory' block needs slots >= 1, got {self.slots}")
+        check_activation(self.activation)
+        if self.targets == "mlp" and int(self.mlp_hidden) < 1:
+            raise ValueError(f"mlp_hidden: targets='mlp' needs a hidden width >= 1, got {self.mlp_hidden}")
+        if self.targets != "mlp" and self.mlp_hidden:
+            raise ValueError(f"mlp_hidden: only used with targets='mlp' (targets={self.targets!r}); "
+                             "leave it 0")
         if self.heads is not None:
             if self.model != "linear":
                 raise ValueError("heads: multi-head labels are defined for the linear model only")
@@ -208,8 +234,11 @@ class BlockConfig:
         b = "" if self.targets == "none" else f", B {self.b_flow}"
         if self.normalised and self.norm_place == "post" and self.targets != "none":
             b = ", B exact (a rotation on the manifold)" if self.b_flow == "exact" else ", B euler + R"
+        source = TARGET_TITLES[self.targets]
+        if self.targets == "mlp":
+            source += f", k = {self.mlp_hidden} hidden units, {self.activation}"
         return (f"{kind} block, {self.scheme.capitalize()} splitting, A by {self.integrator}{b}, "
-                f"{step}; targets: {TARGET_TITLES[self.targets]}{norm}")
+                f"{step}; targets: {source}{norm}")
 
 
 def check_block_backends(Z, params, C=None):
@@ -235,6 +264,12 @@ def _step_schedule(config):
     if config.scheme == "lie":
         return (("A", 1.0), ("B", 1.0))
     return (("A", 0.5), ("B", 1.0), ("A", 0.5))
+
+
+def _add_grads(total, grads):
+    """total += grads, key by key (a parameter used twice: its gradients add up)."""
+    for k, v in grads.items():
+        total[k] = v if k not in total else total[k] + v
 
 
 # ---------------------------------------------------------------- caches
@@ -316,6 +351,14 @@ class OracleCache(NamedTuple):
     Z: Any
     C: Any
     ZW: Any
+
+
+class MLPBCache(NamedTuple):
+    """Cache of a B sub-step with the MLP oracle (targets='mlp'): the B sub-flow's cache
+    and the oracle's MLPCache, evaluated at the sub-step's input."""
+
+    B: Any
+    oracle: Any
 
 
 class MemoryCache(NamedTuple):
@@ -442,7 +485,7 @@ class SplitBlock:
             C = None
         steps = []
         for kind, frac in _step_schedule(cfg):
-            Z, c = self.sub_step(kind, Z, theta, C, h * frac)
+            Z, c = self.sub_step(kind, Z, theta, C, h * frac, params)
             steps.append(SubStep(frac, c))
         return Z, SplitCache(params, theta, C, oracle_cache, tuple(steps))
 
@@ -454,13 +497,16 @@ class SplitBlock:
         theta_bar = xp.zeros_like(cache.theta)
         h_bar = 0.0
         C_bar = None
+        mlp_grads = {}
         for step in reversed(cache.steps):
-            Z_bar, t_bar, step_theta_bar, step_C_bar = self.sub_step_vjp(Z_bar, step.cache)
+            Z_bar, t_bar, step_theta_bar, step_C_bar, g = self.sub_step_vjp(Z_bar, step.cache)
             theta_bar = theta_bar + step_theta_bar
             if step_C_bar is not None:
                 C_bar = step_C_bar if C_bar is None else C_bar + step_C_bar
+            _add_grads(mlp_grads, g)
             h_bar = h_bar + step.fraction * t_bar
         grads = self.param_grads(theta_bar, cache.params)
+        grads.update(mlp_grads)
         if cfg.learn_h:
             grads["h"] = xp.asarray(h_bar, dtype=Z_bar.dtype).reshape(())
         if cfg.targets == "learned":
@@ -469,44 +515,73 @@ class SplitBlock:
             grads.update(oracle_grads)
         return Z_bar, grads
 
+    # -- the B sub-step with the MLP oracle -----------------------------------
+    def mlp_B_step(self, Z, theta, params, t, B_forward=None):
+        """B(t) with C = C_hat(Z), the MLP oracle at the sub-step's input, held fixed during
+        it; B_forward is the flat B sub-flow (one Euler step of dZ/dt = C_hat(Z) theta, the
+        default) or its exact rotation on the manifold. Returns (Z_out, MLPBCache)."""
+        C, oracle_cache = self.mlp_oracle(Z, params)
+        Z_out, B_cache = (B_forward or self.B_forward)(Z, theta, C, t)
+        return Z_out, MLPBCache(B_cache, oracle_cache)
+
+    def mlp_B_step_vjp(self, Z_out_bar, cache):
+        """VJP of mlp_B_step: B's VJP gives C_bar, the oracle's VJP turns it into a second
+        gradient at Z and the MLP's grads. Returns (Z_bar, theta_bar, t_bar, mlp_grads)."""
+        if isinstance(cache.B, SphereLinearBCache):  # C enters the rotation on the manifold
+            Z_bar, t_bar, theta_bar, C_bar = self.B_vjp_manifold(Z_out_bar, cache.B)
+        else:
+            Z_bar, theta_bar, C_bar, t_bar = self.B_vjp(Z_out_bar, cache.B)
+        Z_extra, mlp_grads = self.mlp_oracle_vjp(C_bar, cache.oracle)
+        return Z_bar + Z_extra, theta_bar, t_bar, mlp_grads
 
     # -- sub-steps ------------------------------------------------------------
-    def flat_step(self, kind, Z, theta, C, t):
-        """The flat sub-step: an RK step of the A field ('A') or the B sub-flow ('B') over time t."""
+    def flat_step(self, kind, Z, theta, C, t, params=None):
+        """The flat sub-step: an RK step of the A field ('A') or the B sub-flow ('B') over
+        time t; with targets='mlp' B evaluates the MLP oracle at this Z (params holds it)."""
         if kind == "A":
             return rk_forward(lambda Y: self.field_A(Y, theta), Z, t, self.config.integrator)
+        if self.config.targets == "mlp":
+            return self.mlp_B_step(Z, theta, params, t)
         return self.B_forward(Z, theta, C, t)
 
     def flat_step_vjp(self, Z_bar, cache):
-        """VJP of flat_step: (Z_bar, t_bar, theta_bar, C_bar or None)."""
+        """VJP of flat_step: (Z_bar, t_bar, theta_bar, C_bar or None, MLP oracle grads or {})."""
         if isinstance(cache, RKCache):
             Z_bar, t_bar, g = rk_backward(self.field_A_vjp, Z_bar, cache)
-            return Z_bar, t_bar, g["theta"], None
+            return Z_bar, t_bar, g["theta"], None, {}
+        if isinstance(cache, MLPBCache):
+            Z_bar, theta_bar, t_bar, g = self.mlp_B_step_vjp(Z_bar, cache)
+            return Z_bar, t_bar, theta_bar, None, g
         Z_bar, theta_bar, C_bar, t_bar = self.B_vjp(Z_bar, cache)
-        return Z_bar, t_bar, theta_bar, C_bar
+        return Z_bar, t_bar, theta_bar, C_bar, {}
 
-    def sub_step(self, kind, Z, theta, C, t):
+    def sub_step(self, kind, Z, theta, C, t, params=None):
         """One sub-step A(t) or B(t), normalised as the config says; returns (Z_out, cache).
 
         Post-norm: A is an RK step of the projected field P_Y f_A(Y) followed by R; B is
         the exact rotation on the manifold (linear, b_flow='exact') or a projected Euler
-        step followed by R. Pre-norm: Z + S(R(Z)) - R(Z) for the flat sub-step S.
+        step followed by R. Pre-norm: Z + S(R(Z)) - R(Z) for the flat sub-step S. The MLP
+        oracle (targets='mlp') is evaluated at the B sub-step's input: R(Z) pre-norm (as
+        GPT-2's MLP sees ln_2(x)), the current on-manifold Z post-norm.
         """
         cfg = self.config
         if not cfg.normalised:
-            return self.flat_step(kind, Z, theta, C, t)
-        flat = lambda X: self.flat_step(kind, X, theta, C, t)  # noqa: E731
+            return self.flat_step(kind, Z, theta, C, t, params)
+        flat = lambda X: self.flat_step(kind, X, theta, C, t, params)  # noqa: E731
         if cfg.norm_place == "pre":
             return pre_norm_forward(flat, Z, cfg.norm)
         if kind == "A":
             U, rk = rk_forward(lambda Y: self.projected_field_A(Y, theta), Z, t, cfg.integrator)
             return retract_to(U, cfg.norm), RiemannianRKCache(rk, U)
+        if cfg.b_flow == "exact" and cfg.targets == "mlp":
+            return self.mlp_B_step(Z, theta, params, t, self.B_forward_manifold)
         if cfg.b_flow == "exact":
             return self.B_forward_manifold(Z, theta, C, t)
         return post_norm_forward(flat, Z, cfg.norm)
 
     def sub_step_vjp(self, Z_bar, cache):
-        """VJP of sub_step: (Z_bar, t_bar, theta_bar, C_bar or None), dispatched on the cache."""
+        """VJP of sub_step: (Z_bar, t_bar, theta_bar, C_bar or None, MLP oracle grads or {}),
+        dispatched on the cache."""
         norm = self.config.norm
         if isinstance(cache, PreNormCache):
             return pre_norm_vjp(self.flat_step_vjp, Z_bar, cache, norm)
@@ -515,9 +590,9 @@ class SplitBlock:
         if isinstance(cache, RiemannianRKCache):
             U_bar = retract_to_vjp(cache.U, Z_bar, norm)
             Z_bar, t_bar, g = rk_backward(self.projected_field_A_vjp, U_bar, cache.rk)
-            return Z_bar, t_bar, g["theta"], None
+            return Z_bar, t_bar, g["theta"], None, {}
         if isinstance(cache, SphereLinearBCache):
-            return self.B_vjp_manifold(Z_bar, cache)
+            return (*self.B_vjp_manifold(Z_bar, cache), {})
         return self.flat_step_vjp(Z_bar, cache)
 
     def projected_field_A(self, Y, theta):
@@ -536,17 +611,19 @@ class CrossAttentionBlock(SplitBlock):
     """Block of the linear model N = Z theta^T (eq. 8): cross-attention + label forcing.
 
     params: 'theta' (m x d), 'h' (0-d, if learn_h), 'W' (m x d) and 'b' (m,) (if
-    targets='learned'). Z: n x d, C: n x m.
+    targets='learned'), 'W1' (k x d), 'b1' (k,), 'W2' (m x k), 'b2' (m,) (if targets='mlp').
+    Z: n x d, C: n x m.
 
     With Lie splitting and Euler for A (the transformer block) ``forward`` takes the
     fused eq. (8) path; ``fused=False`` takes the general SplitBlock path instead (the
-    readable reference, to which tests/test_fast_path.py compares the fused one).
+    readable reference, to which tests/test_fast_path.py compares the fused one). With
+    the MLP oracle, evaluated after the attention sub-step, there is no fused path.
     """
 
     def __init__(self, config, fused=True):
         super().__init__(config)
         self.fused = (fused and config.scheme == "lie" and config.integrator == "euler"
-                      and not config.normalised)
+                      and not config.normalised and config.targets != "mlp")
 
     def forward(self, Z, params, C=None, out=None, check=True):
         """Advance Z by one block; returns (Z_out, cache). C is needed iff targets='labels'.
@@ -704,12 +781,23 @@ class CrossAttentionBlock(SplitBlock):
         S_bar = softmax_vjp_heads(C, C_bar, self.config.heads)
         return S_bar @ params["W"], {"W": S_bar.T @ Z, "b": S_bar.sum(axis=0)}
 
+    def mlp_oracle(self, Z, params):
+        """MLP targets C_hat = softmax(act(Z W1^T + b1) W2^T + b2) (per head); (C, MLPCache)."""
+        cfg = self.config
+        return mlp_oracle(Z, params["W1"], params["b1"], params["W2"], params["b2"],
+                          cfg.activation, cfg.heads, check=False)
+
+    def mlp_oracle_vjp(self, C_bar, cache):
+        """VJP of the MLP oracle: (Z_bar, {"W1", "b1", "W2", "b2"})."""
+        return mlp_oracle_vjp(C_bar, cache)
+
 
 class SelfAttentionBlock(SplitBlock):
     """Block of the quadratic model N = Z theta Z^T, theta = phi phi^T (eq. 10).
 
     params: 'phi' (d x d, lower-triangular), 'h' (0-d, if learn_h), 'W' (d x d, if
-    targets='learned'). Z: (..., n, d), C: (..., n, n).
+    targets='learned'), 'W1' (k x d), 'b1' (k,), 'W2' (d x k), 'b2' (d,) (if targets='mlp').
+    Z: (..., n, d), C: (..., n, n).
     """
 
     def theta_of(self, params):
@@ -772,6 +860,15 @@ class SelfAttentionBlock(SplitBlock):
         S_bar = softmax_vjp(C, C_bar)
         Z_bar = S_bar @ Z @ params["W"].T + swap_last(S_bar) @ ZW
         return Z_bar, {"W": sum_leading(swap_last(Z) @ S_bar @ Z)}
+
+    def mlp_oracle(self, Z, params):
+        """Token targets C_hat = softmax(M(Z) Z^T), M a token-wise MLP (d -> k -> d)."""
+        return mlp_token_oracle(Z, params["W1"], params["b1"], params["W2"], params["b2"],
+                                self.config.activation)
+
+    def mlp_oracle_vjp(self, C_bar, cache):
+        """VJP of the token MLP oracle: (Z_bar, {"W1", "b1", "W2", "b2"})."""
+        return mlp_token_oracle_vjp(C_bar, cache)
 
 
 class MemoryBlock:
@@ -861,11 +958,15 @@ def block_param_shapes(config, d, m, with_theta=True):
             shapes["theta"] = (m, d)
         if config.targets == "learned":
             shapes["W"], shapes["b"] = (m, d), (m,)
+        if config.targets == "mlp":
+            shapes.update(mlp_param_shapes(d, config.mlp_hidden, m))
     elif config.model == "quadratic":
         if with_theta:
             shapes["phi"] = (d, d)
         if config.targets == "learned":
             shapes["W"] = (d, d)
+        if config.targets == "mlp":  # the token MLP maps d -> k -> d
+            shapes.update(mlp_param_shapes(d, config.mlp_hidden, d))
     else:
         shapes["K"] = shapes["V"] = (config.slots, d)
     if config.learn_h:
@@ -902,7 +1003,8 @@ def init_block_param(config, name, shape, d, rng, dtype, scale=None):
 
     theta ~ N(0, scale^2) with scale = 1/sqrt(d) (linear); phi = I / d^(1/4) so that
     theta = I / sqrt(d) (quadratic); W ~ N(0, 1/d) (linear) or N(0, 1/d^2) entries
-    (quadratic), b = 0; K, V ~ N(0, 1/d); h = config.h.
+    (quadratic), b = 0; K, V ~ N(0, 1/d); h = config.h; the MLP oracle's W1, b1, W2, b2
+    by ``mlp.init_mlp_param``.
     """
     from .backend import array_module
 
@@ -913,6 +1015,8 @@ def init_block_param(config, name, shape, d, rng, dtype, scale=None):
         return xp.zeros(shape, dtype=dtype)
     if name == "phi":
         return xp.eye(d, dtype=dtype) / d ** 0.25
+    if name in MLP_PARAM_NAMES:
+        return init_mlp_param(name, shape, rng, dtype)
     std = 1.0 / d ** 0.5  # theta (unless scale is given), W of the linear model, K, V
     if name == "theta" and scale is not None:
         std = scale

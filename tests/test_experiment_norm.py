@@ -76,7 +76,7 @@ def test_part4_alone_writes_its_table_json_and_figure(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--parts", "5"], "--parts: expected part numbers among 1,2,3,4"),
+    (["--parts", "6"], "--parts: expected part numbers among 1,2,3,4,5"),
     (["--parts", "one"], "--parts: expected comma-separated integers"),
     (["--norm-layers", "0"], "--norm-layers: expected a positive integer"),
 ])
