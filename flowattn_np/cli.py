@@ -3,6 +3,7 @@
     flowattn-np reproduce [--quick] [--out DIR] [--layers 1,2,4] [--noise 0,0.5,1] ...
     flowattn-np data [--download]      where the data is found (or fetch it)
     flowattn-np info                   version, backend, CuPy and data availability
+    flowattn-np coursework init DIR    an nbgrader course directory with the assignments
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ def build_parser():
     dat.add_argument("--download", action="store_true", help="download from the official mirror if missing")
 
     sub.add_parser("info", help="version, backend, CuPy availability and data location")
+    from .coursework import add_parser as add_coursework_parser
+
+    add_coursework_parser(sub)
     return parser
 
 
@@ -151,6 +155,10 @@ def main(argv=None):
         parser.print_help()
         return 0
     try:
+        if args.command == "coursework":
+            from .coursework import main as coursework_main
+
+            return coursework_main(args)
         return {"reproduce": _reproduce, "data": _data, "info": _info}[args.command](args)
     except (DataError, BackendError) as exc:
         print(f"flowattn-np: error: {exc}", file=sys.stderr)
