@@ -33,10 +33,10 @@ API_MD = ROOT / "docs" / "api.md"
 
 PACKAGE = "flowattn_np"
 # Modules whose own public functions and classes are documented (besides the package's).
-MODULES = ("data", "train", "optim", "experiment", "layers", "network", "flows", "backend",
+MODULES = ("data", "train", "optim", "experiment", "layers", "network", "flows", "sphere", "backend",
            "plotting")
 # Order of the sections: the order a student meets the modules in.
-SECTION_ORDER = ("backend", "ops", "attention", "models", "flows", "gradient_check", "layers",
+SECTION_ORDER = ("backend", "ops", "attention", "models", "flows", "sphere", "gradient_check", "layers",
                  "network", "optim", "train", "data", "experiment", "plotting")
 
 _ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")

@@ -24,7 +24,7 @@ import flowattn_np
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-MODULES = ("data", "train", "optim", "experiment", "layers", "network", "flows", "backend",
+MODULES = ("data", "train", "optim", "experiment", "layers", "network", "flows", "sphere", "backend",
            "plotting")
 CITING_DOCS = ("math.md", "backward.md")
 
