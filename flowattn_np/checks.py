@@ -359,7 +359,9 @@ def _run(student_fn, expected_fn, input_sets, *, ex, mistakes, dtypes, tols, out
                 res = _compare_one(oname, g, e, args, tol, dtype, mk_i)
                 if res is not None:
                     return _failure(title, context, *res, raise_on_failure)
-    return CheckResult(True, f"{title}: passed {what} on {len(input_sets)} input sets ({', '.join(dtypes)})")
+    part = "" if output is None or not (ex and output < len(ex.outputs)) else f" {ex.outputs[output]}"
+    sets = f"{len(input_sets)} input set{'s' if len(input_sets) > 1 else ''}"
+    return CheckResult(True, f"{title}:{part} passed {what} on {sets} ({', '.join(dtypes)})")
 
 
 def check_function(student_fn, reference_fn, make_inputs, exercise=None, mistakes=(), seeds=(0, 1, 2),
@@ -466,6 +468,11 @@ def _head_only(X, y, theta, h, L):
         Z = reference_ca_block(Z, theta, np.zeros_like(C), h)
     G = (ops.softmax(Z @ theta.T) - C) / X.shape[0]
     return loss, G.T @ Z, h_bar
+
+
+def sphere_inputs(rng, n=5, d=4):
+    """Random (Z (n, d), Y_bar (n, d), r) for the retraction and its VJP."""
+    return rng.standard_normal((n, d)), rng.standard_normal((n, d)), float(rng.uniform(0.5, 3.0))
 
 
 def block_inputs(rng, n=5, m=4, d=3):
@@ -656,6 +663,31 @@ EXERCISES = {
                     make=lambda Z, phi, C: (lambda A: np.tril((A + A.T) @ phi))(
                         _quad_A(Z, phi, C, lambda Z, th, C: ops.softmax(Z @ th @ _swap(Z))))),
         )),
+    "rk4_attention": Exercise("rk4_attention", "one RK4 step of the attention sub-flow dZ/dt = -CA(Z, theta)", (
+        Mistake("sign of the sub-flow flipped", "the attention sub-flow is dZ/dt = -CA(Z, theta) (it descends "
+                "the log-sum-exp); you integrate +CA.",
+                make=lambda Z, th, t: rk_step(lambda X: -linear_flow_A(X, th), Z, t, "rk4")),
+        Mistake("one Euler step", "you take one Euler step Z - t CA(Z, theta); RK4 evaluates the field four "
+                "times: k1 = f(Z), k2 = f(Z + t/2 k1), k3 = f(Z + t/2 k2), k4 = f(Z + t k3), "
+                "Z + t/6 (k1 + 2 k2 + 2 k3 + k4).",
+                make=lambda Z, th, t: Z + t * linear_flow_A(Z, th)),
+    )),
+    "retract": Exercise("retract", "R(z) = r z / |z|, row by row", (
+        Mistake("norm over the wrong axis", "|z| is the length of each ROW (one token's features): "
+                "np.linalg.norm(Z, axis=-1, keepdims=True), not over the columns.",
+                make=lambda Z, r: r * Z / np.sqrt((Z * Z).sum(axis=-2, keepdims=True))),
+        Mistake("missing radius r", "R(z) = r z / |z| puts the rows on the sphere of radius r, not 1.",
+                make=lambda Z, r: Z / np.sqrt((Z * Z).sum(axis=-1, keepdims=True))),
+    )),
+    "retract_vjp": Exercise("retract_vjp", "z_bar = (r / |z|) (y_bar - z_hat (z_hat . y_bar)), z_hat = z / |z|", (
+        Mistake("missing tangent projection", "you return (r / |z|) y_bar: R(z) does not change when z is "
+                "scaled, so the radial part of y_bar must be removed: - z_hat (z_hat . y_bar).",
+                make=lambda Z, Yb, r: r * Yb / np.sqrt((Z * Z).sum(axis=-1, keepdims=True))),
+        Mistake("missing factor r / |z|", "the projection is right but the factor r / |z| (the derivative "
+                "of the scaling) is missing.",
+                make=lambda Z, Yb, r: (lambda u: Yb - u * (u * Yb).sum(-1, keepdims=True))(
+                    Z / np.sqrt((Z * Z).sum(axis=-1, keepdims=True)))),
+    )),
     "lie_step": Exercise("lie_step", "Lie splitting B(h) o A(h): attention first (eq. 8)", (
         Mistake("sub-flows in the wrong order", "you apply B before A: eq. (8) takes the attention "
                 "sub-flow A first, then the label sub-flow B: B(h) o A(h).",
