@@ -108,8 +108,8 @@ print(checks.check_function(logsumexp, fa.logsumexp, lambda r: checks.logits_inp
                             exercise="logsumexp"))
 ### BEGIN HIDDEN TESTS
 assert np.isclose(logsumexp(np.array([[1e4, 1e4]]))[0], 1e4 + np.log(2.0))
-print(checks.check_function(logsumexp, fa.logsumexp, lambda r: (r.standard_normal((3, 2, 6)),),
-                            exercise="logsumexp"))
+batched = checks.check_function(logsumexp, fa.logsumexp, lambda r: (r.standard_normal((3, 2, 6)),), exercise="logsumexp", seeds=(4, 5))
+print(batched)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -177,8 +177,7 @@ def grad_Z(Z, theta, C):
 # %% nbgrader={"grade": true, "grade_id": "test_grad_Z", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 print(checks.check_function(grad_Z, fa.linear_grad_Z, checks.linear_inputs, exercise="linear_grad_Z"))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(grad_Z, fa.linear_grad_Z, lambda r: checks.linear_inputs(r, n=9, m=6, d=6),
-                            exercise="linear_grad_Z", seeds=(7, 8)))
+print(checks.check_function(grad_Z, fa.linear_grad_Z, lambda r: checks.linear_inputs(r, n=9, m=6, d=6), exercise="linear_grad_Z", seeds=(7, 8)))
 ### END HIDDEN TESTS
 
 # %% nbgrader={"grade": true, "grade_id": "test_grad_Z_finite_differences", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
@@ -232,8 +231,7 @@ print(checks.check_function(grad_theta, fa.linear_grad_theta, checks.linear_inpu
 print(checks.check_gradient(grad_theta, fa.linear_loss, checks.linear_inputs, wrt=1,
                             reference_grad=fa.linear_grad_theta, exercise="linear_grad_theta", seeds=(3,)))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(grad_theta, fa.linear_grad_theta, lambda r: checks.linear_inputs(r, n=7, m=5, d=5),
-                            exercise="linear_grad_theta", seeds=(11,)))
+print(checks.check_function(grad_theta, fa.linear_grad_theta, lambda r: checks.linear_inputs(r, n=7, m=5, d=5), exercise="linear_grad_theta", seeds=(11,)))
 ### END HIDDEN TESTS
 
 # %% [markdown]

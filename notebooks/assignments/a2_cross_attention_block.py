@@ -69,8 +69,7 @@ def forward_only(Z, theta, C, h):
 
 print(checks.check_function(forward_only, checks.reference_ca_block, checks.block_inputs, exercise="ca_block"))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(forward_only, checks.reference_ca_block,
-                            lambda r: checks.block_inputs(r, n=8, m=3, d=5), exercise="ca_block", seeds=(5, 6)))
+print(checks.check_function(forward_only, checks.reference_ca_block, lambda r: checks.block_inputs(r, n=8, m=3, d=5), exercise="ca_block", seeds=(5, 6)))
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -117,9 +116,7 @@ print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, checks.b
 print(checks.check_gradient(student_vjp, pairing, checks.block_vjp_inputs, wrt=1, output=0,
                             reference_grad=checks.reference_ca_block_vjp, exercise="ca_block_vjp", seeds=(3,)))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(student_vjp, checks.reference_ca_block_vjp,
-                            lambda r: checks.block_vjp_inputs(r, n=7, m=2, d=4), exercise="ca_block_vjp",
-                            output=0, seeds=(21,)))
+print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, lambda r: checks.block_vjp_inputs(r, n=7, m=2, d=4), exercise="ca_block_vjp", output=0, seeds=(21,)))
 ### END HIDDEN TESTS
 
 # %% nbgrader={"grade": true, "grade_id": "test_block_backward_theta", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
@@ -128,19 +125,14 @@ print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, checks.b
 print(checks.check_gradient(student_vjp, pairing, checks.block_vjp_inputs, wrt=2, output=1,
                             reference_grad=checks.reference_ca_block_vjp, exercise="ca_block_vjp", seeds=(4,)))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(student_vjp, checks.reference_ca_block_vjp,
-                            lambda r: checks.block_vjp_inputs(r, n=3, m=5, d=2), exercise="ca_block_vjp",
-                            output=1, seeds=(22,)))
+print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, lambda r: checks.block_vjp_inputs(r, n=3, m=5, d=2), exercise="ca_block_vjp", output=1, seeds=(22,)))
 ### END HIDDEN TESTS
 
 # %% nbgrader={"grade": true, "grade_id": "test_block_backward_h", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, checks.block_vjp_inputs,
                             exercise="ca_block_vjp", output=2))
 ### BEGIN HIDDEN TESTS
-print(checks.check_gradient(lambda Zb, Z, th, C, h: student_vjp(Zb, Z, th, C, float(h))[2],
-                            lambda Zb, Z, th, C, h: pairing(Zb, Z, th, C, float(h)),
-                            lambda r: (lambda a: a[:4] + (np.array(a[4]),))(checks.block_vjp_inputs(r)),
-                            wrt=4, dtypes=("float64",), seeds=(23,)))
+print(checks.check_gradient(lambda Zb, Z, th, C, h: student_vjp(Zb, Z, th, C, float(h))[2], lambda Zb, Z, th, C, h: pairing(Zb, Z, th, C, float(h)), lambda r: (lambda a: a[:4] + (np.array(a[4]),))(checks.block_vjp_inputs(r)), wrt=4, dtypes=("float64",), seeds=(23,)))
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -187,8 +179,7 @@ def network_loss_and_grads(X, y, theta, h, L):
 print(checks.check_function(network_loss_and_grads, checks.reference_network, checks.network_inputs,
                             exercise="network"))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(network_loss_and_grads, checks.reference_network,
-                            lambda r: checks.network_inputs(r, n=9, m=4, d=3, L=3), exercise="network", seeds=(31,)))
+print(checks.check_function(network_loss_and_grads, checks.reference_network, lambda r: checks.network_inputs(r, n=9, m=4, d=3, L=3), exercise="network", seeds=(31,)))
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -218,7 +209,7 @@ def train(L, epochs=60, lr=0.05, seed=0):
 
 def accuracy(params, L, X, y):
     Z = X
-    for _ in range(L):
+    for layer in range(L):
         Z = block_forward(Z, params["theta"], np.zeros((len(X), 4), X.dtype), params["h"])[0]
     return float(((Z @ params["theta"].T).argmax(axis=1) == y).mean())
 
