@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import attention, layers, models, ops
+from . import attention, layers, ops
 from .flows import linear_B_exact, linear_flow_A, rk_step
 from .gradient_check import numerical_gradient
 
@@ -275,6 +275,8 @@ def _compare_one(name, got, expected, args, tol, dtype, mistakes):
     if _close(got_arr, expected, tol):
         return None
     text, where = where_they_differ(got_arr, expected, tol)
+    if name != "the result":
+        text = f"`{name}`: {text}"
     return text, _diagnose(got_arr, expected, args, tol, mistakes), where
 
 
@@ -648,8 +650,6 @@ EXERCISES = {
             Mistake("sign of (C + C^T) Z theta flipped", "the label term of eq. (9) must be subtracted: "
                     "- (C + C^T) Z theta; you add it.",
                     make=lambda Z, th, C: sum(_quad_terms(Z, th, C))),
-            Mistake(WRONG_AXIS, WRONG_AXIS_MSG, make=lambda Z, th, C: (
-                lambda G: (G + _swap(G)) @ Z @ th)(_softmax_cols(Z @ th @ _swap(Z)) - C)),
         )),
     "quadratic_grad_phi": Exercise(
         "grad_phi", "grad_phi l = tril((Z^T G Z + Z^T G^T Z) phi), G = sigma(Z theta Z^T) - C, summed over sequences", (

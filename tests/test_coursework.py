@@ -338,3 +338,23 @@ def test_cli_coursework_init_and_its_error_line(tmp_path, capsys):
     assert main(["coursework", "list"]) == 0
     listed = capsys.readouterr().out
     assert all(n in listed for n in NAMES)
+
+
+def test_the_points_in_docs_teaching_md_are_the_notebooks_points():
+    table = (ROOT / "docs" / "teaching.md").read_text(encoding="utf-8")
+    for name in NAMES:
+        nb = nbformat.read(str(SOURCES / f"{name}.ipynb"), as_version=4)
+        graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+        auto = sum(c.metadata["nbgrader"]["points"] for c in graded if c.cell_type == "code")
+        written = sum(c.metadata["nbgrader"]["points"] for c in graded if c.cell_type == "markdown")
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
+        assert row.rstrip().endswith(f"| {auto:g} + {written:g} |"), (name, auto, written)
+
+
+def test_assignment_sources_are_linted_like_the_package():
+    """Undefined names, unused imports and syntax errors in an assignment fail like in the code."""
+    paths = [str(p) for p in sorted(SOURCES.glob("*.py"))]
+    assert len(paths) == len(NAMES)
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", *paths],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
