@@ -183,10 +183,24 @@ def logits_inputs(rng, n=4, m=5, scale=3.0):
     return (scale * rng.standard_normal((n, m)),)
 
 
-def _input_sets(make_inputs, seeds):
+def _input_sets(make_inputs, seeds, dtypes, student_fn, reference_fn):
+    """The input tuples to check on, after checking the arguments of a check."""
+    for name, fn in (("student_fn", student_fn), ("reference_fn", reference_fn)):
+        if not callable(fn):
+            raise TypeError(f"{name}: expected a function, got {type(fn).__name__}")
+    bad = [d for d in dtypes if d not in TOLERANCES]
+    if bad or not dtypes:
+        raise ValueError(f"dtypes: expected some of {', '.join(TOLERANCES)}, got {tuple(dtypes)}")
     if callable(make_inputs):
-        return [tuple(make_inputs(np.random.default_rng(s))) for s in seeds]
-    return [tuple(args) for args in make_inputs]
+        sets = [tuple(make_inputs(np.random.default_rng(s))) for s in seeds]
+    elif isinstance(make_inputs, (list, tuple)):
+        sets = [tuple(args) for args in make_inputs]
+    else:
+        raise TypeError("make_inputs: expected a function rng -> tuple of inputs, or a list of input tuples, "
+                        f"got {type(make_inputs).__name__}")
+    if not sets:
+        raise ValueError("make_inputs/seeds: no input sets to check on")
+    return sets
 
 
 def _cast(args, dtype):
@@ -380,13 +394,14 @@ def check_function(student_fn, reference_fn, make_inputs, exercise=None, mistake
     CheckResult when raise_on_failure is False); returns a passed CheckResult.
     """
     ex = _lookup(exercise)
+    sets = _input_sets(make_inputs, seeds, dtypes, student_fn, reference_fn)
     tols = {d: tol or TOLERANCES[d] for d in dtypes}
 
     def expected(args, args64, dtype):
         out = reference_fn(*args)
         return out if output is None else out[output]
 
-    return _run(student_fn, expected, _input_sets(make_inputs, seeds),
+    return _run(student_fn, expected, sets,
                 ex=ex, mistakes=mistakes, dtypes=dtypes, tols=tols, output=output,
                 what="against the reference", raise_on_failure=raise_on_failure)
 
@@ -419,8 +434,9 @@ def check_gradient(student_grad, loss_fn, make_inputs, wrt=0, reference_grad=Non
 
         return numerical_gradient(f, args64[wrt], eps)
 
+    sets = _input_sets(make_inputs, seeds, dtypes, student_grad, loss_fn)
     tols = {d: FD_TOLERANCE if d == "float64" else TOLERANCES[d] for d in dtypes}
-    return _run(student_grad, expected, _input_sets(make_inputs, seeds), ex=ex, mistakes=mistakes,
+    return _run(student_grad, expected, sets, ex=ex, mistakes=mistakes,
                 dtypes=dtypes, tols=tols, output=output, what="against finite differences",
                 raise_on_failure=raise_on_failure)
 

@@ -196,3 +196,16 @@ def test_returned_none_and_unknown_exercise_and_not_implemented():
 
 def test_check_failure_is_an_assertion_error_so_a_test_cell_fails():
     assert issubclass(checks.CheckFailure, AssertionError)
+
+
+def test_bad_arguments_of_a_check_are_named():
+    with pytest.raises(TypeError, match="student_fn: expected a function"):
+        checks.check_function(None, fa.softmax, checks.logits_inputs)
+    with pytest.raises(TypeError, match="make_inputs: expected a function"):
+        checks.check_function(fa.softmax, fa.softmax, 3)
+    with pytest.raises(ValueError, match="dtypes: expected some of float64, float32"):
+        checks.check_function(fa.softmax, fa.softmax, checks.logits_inputs, dtypes=("float16",))
+    with pytest.raises(ValueError, match="no input sets"):
+        checks.check_function(fa.softmax, fa.softmax, checks.logits_inputs, seeds=())
+    fixed = [(np.array([[1.0, 2.0], [3.0, -1.0]]),)]
+    assert checks.check_function(fa.softmax, fa.softmax, fixed).passed  # a list of fixed inputs
