@@ -59,13 +59,13 @@ def matmul_products(n, d, m, layers, k_rows):
     """The matrix products of one forward + backward, as they are in the code.
 
     Per block (layers.py, CrossAttentionBlock._eq8_forward / _eq8_backward), with
-    K = [W; theta] (k_rows = 2m rows: the learned oracle's keys and the attention keys):
-      forward   S     = Z[n,d] @ K^T[d,2m]            scores of oracle and attention
+    keys = [W; theta] (k_rows = 2m rows: the learned oracle's keys and the attention keys):
+      forward   S     = Z[n,d] @ keys^T[d,2m]         scores of oracle and attention
                 out   = R[n,m] @ theta[m,d]           R = C_hat - P
       backward  G     = Z_bar[n,d] @ theta^T[d,m]
                         R^T[m,n] @ Z_bar[n,d]         theta gradient (h R^T Z_bar)
-                Z_in  = S_bar[n,2m] @ K[2m,d]
-                KS    = S_bar^T[2m,n] @ Z[n,d]        W and theta gradients
+                Z_in  = S_bar[n,2m] @ keys[2m,d]
+                keys_bar = S_bar^T[2m,n] @ Z[n,d]     W and theta gradients
     Head (network.py, forward / backward):
                 logits = Z[n,d] @ theta^T[d,m]
                 theta_bar = logits_bar^T[m,n] @ Z[n,d]

@@ -221,10 +221,6 @@ class Workspace:
             a = self._arrays[name] = xp.empty(shape, dtype=dtype)
         return a
 
-    def clear(self):
-        """Drop every buffer (frees the memory)."""
-        self._arrays.clear()
-
 
 def quiet_errors():
     """Context manager silencing NumPy's floating-point warnings (a no-op on CuPy).

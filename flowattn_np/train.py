@@ -72,7 +72,7 @@ def evaluate(net, X, y, batch_size=2048):
     loss_sum, correct = 0.0, 0.0
     for start in range(0, n, batch_size):
         Xb, yb = X[start:start + batch_size], y[start:start + batch_size]
-        C = net.targets(yb, Xb.dtype)
+        C = net.target_matrix(yb, Xb.dtype)
         logits, _ = net.forward(Xb, C=C)
         loss_sum = loss_sum + net.loss_from_logits(logits, C) * Xb.shape[0]
         correct = correct + _accuracy_sum(net, logits, yb)

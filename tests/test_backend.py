@@ -66,9 +66,13 @@ def test_set_backend_returns_the_effective_previous_name_before_first_use(monkey
 
 
 def test_use_backend_restores_the_previous_backend_after_the_block(numpy_state):
+    # a previous state that differs from the block's backend, so that a use_backend that
+    # forgets to restore it (and leaves "numpy") fails here
+    previous = object()
+    numpy_state.setitem(backend._state, "name", previous)
     with fa.use_backend("numpy") as xp:
-        assert xp is np and fa.get_backend() == "numpy"
-    assert backend._state["name"] == "numpy"
+        assert xp is np and backend._state["name"] == "numpy"
+    assert backend._state["name"] is previous
 
 
 def test_use_backend_restores_the_previous_backend_even_when_the_block_raises(numpy_state):
@@ -81,12 +85,16 @@ def test_use_backend_restores_the_previous_backend_even_when_the_block_raises(nu
 
 
 def test_use_backend_nests(numpy_state):
-    sentinel = "numpy"
+    """Each block restores what was in force when it began, the outer one included."""
+    numpy_state.setitem(backend._state, "name", None)
     with fa.use_backend("numpy"):
-        backend._state["name"] = sentinel
+        assert backend._state["name"] == "numpy"
+        inner_previous = object()  # distinct from anything the inner block sets
+        backend._state["name"] = inner_previous
         with fa.use_backend("numpy"):
-            pass
-        assert backend._state["name"] is sentinel
+            assert backend._state["name"] == "numpy"
+        assert backend._state["name"] is inner_previous
+    assert backend._state["name"] is None
 
 
 def test_the_environment_variable_chooses_the_backend_on_first_use(monkeypatch):
@@ -140,8 +148,16 @@ def test_environment_variable_cupy_without_cupy_raises_backend_error(no_cupy):
         fa.get_backend()
 
 
-def test_backend_error_is_a_runtime_error():
-    assert issubclass(BackendError, RuntimeError)
+def test_a_failed_cupy_request_is_caught_as_a_runtime_error_naming_the_fix(no_cupy):
+    """Callers that guard a GPU path with ``except RuntimeError`` get the install hint."""
+    try:
+        fa.set_backend("cupy")
+    except RuntimeError as exc:  # BackendError must be one, with the readable message
+        assert isinstance(exc, BackendError)
+        assert "'cupy'" in str(exc) and "pip install" in str(exc)
+    else:  # pragma: no cover
+        pytest.fail("set_backend('cupy') without CuPy did not raise")
+    assert fa.get_backend() == "numpy"
 
 
 # ---------------------------------------------------------------- mixing backends
