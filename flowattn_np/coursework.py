@@ -11,7 +11,8 @@ points in the cell metadata.
 
 ``student_notebook(src, dst)`` writes one student version with nbgrader's own
 preprocessors (for a course site). Only these two need nbgrader
-(``pip install "flowattn-np[coursework]"``); the assignments themselves do not.
+(``pip install "flowattn-np[coursework]"``); the assignments themselves do not, and a
+student checks a notebook from a terminal with ``flowattn-np coursework check NB.ipynb``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 ASSIGNMENTS = (
@@ -127,6 +129,55 @@ def student_notebook(src, dst):
     return dst
 
 
+@dataclass(frozen=True)
+class CellOutcome:
+    """One graded test cell of a run notebook: its grade id, points, whether it passed, the error."""
+
+    grade_id: str
+    points: float
+    passed: bool
+    message: str = ""
+
+
+def check_notebook(path, timeout=600):
+    """Run a student's notebook top to bottom (a failing cell does not stop it) and report
+    each graded test cell: a list of CellOutcome. Only the tests in the notebook run
+    (the student version has no hidden tests). Needs nbclient and ipykernel, not nbgrader.
+    """
+    try:
+        import nbformat
+        from nbclient import NotebookClient
+    except ImportError:
+        raise CourseworkError('running a notebook needs nbclient: pip install "flowattn-np[notebooks]"') from None
+    path = Path(path)
+    if not path.is_file():
+        raise CourseworkError(f"NOTEBOOK: {path} is not a file")
+    nb = nbformat.read(str(path), as_version=4)
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(path.resolve().parent)}}).execute()
+    outcomes = []
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type != "code" or not meta.get("grade"):
+            continue
+        errors = [o for o in cell.get("outputs", []) if o.output_type == "error"]
+        message = f"{errors[0].ename}: {errors[0].evalue}" if errors else ""
+        outcomes.append(CellOutcome(meta.get("grade_id", "?"), float(meta.get("points", 0)), not errors, message))
+    return outcomes
+
+
+def _print_outcomes(outcomes):
+    for o in outcomes:
+        print(f"{'passed' if o.passed else 'FAILED'}  {o.grade_id} ({o.points:g} points)")
+        if not o.passed:
+            print("    " + o.message.replace("\n", "\n    "))
+    got = sum(o.points for o in outcomes if o.passed)
+    total = sum(o.points for o in outcomes)
+    print(f"{got:g} of {total:g} points on the tests in this notebook "
+          "(hidden tests and written answers are graded by your teacher)")
+    return 0 if got == total else 1
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -139,6 +190,8 @@ def add_parser(subparsers):
     init.add_argument("dir", metavar="DIR", help="the course directory to create (new or empty)")
     init.add_argument("--assignments", help=f"comma-separated subset of: {', '.join(ASSIGNMENTS)}")
     sub.add_parser("list", help="the assignments and where their source notebooks are")
+    chk = sub.add_parser("check", help="run a notebook and report its graded tests (for students; no nbgrader)")
+    chk.add_argument("notebook", metavar="NOTEBOOK", help="an assignment notebook (.ipynb)")
     return cw
 
 
@@ -149,6 +202,8 @@ def main(args, prog="flowattn-np"):
             for name in ASSIGNMENTS:
                 print(f"{name}: {assignment_path(name)}")
             return 0
+        if args.coursework_command == "check":
+            return _print_outcomes(check_notebook(args.notebook))
         names = None if args.assignments is None else [s.strip() for s in args.assignments.split(",") if s.strip()]
         course = init_course(args.dir, names)
     except CourseworkError as exc:

@@ -358,3 +358,23 @@ def test_assignment_sources_are_linted_like_the_package():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", *paths],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_student_checks_a_notebook_from_the_terminal(tmp_path, capsys, monkeypatch):
+    """`flowattn-np coursework check NB`: runs the notebook (no nbgrader), one line per graded test."""
+    from flowattn_np.cli import main
+
+    for key, value in kernel_env().items():
+        monkeypatch.setenv(key, value)
+    bug = BUGS[0]
+    path = tmp_path / f"{bug.assignment}.ipynb"
+    nbformat.write(seeded(bug), str(path))
+    assert main(["coursework", "check", str(path)]) == 1
+    out = capsys.readouterr().out
+    failed = {line.split()[1] for line in out.splitlines() if line.startswith("FAILED")}
+    passed = {line.split()[1] for line in out.splitlines() if line.startswith("passed")}
+    assert failed == bug.failing and passed and not passed & failed
+    assert f"Diagnosis - {bug.diagnosis}" in out and "11 of 18 points" in out
+    assert main(["coursework", "check", str(tmp_path / "missing.ipynb")]) == 2
+    assert "error: NOTEBOOK:" in capsys.readouterr().err
