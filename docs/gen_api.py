@@ -34,10 +34,11 @@ API_MD = ROOT / "docs" / "api.md"
 PACKAGE = "flowattn_np"
 # Modules whose own public functions and classes are documented (besides the package's).
 MODULES = ("data", "train", "optim", "experiment", "layers", "network", "flows", "sphere", "backend",
-           "plotting", "checks", "coursework")
+           "plotting", "random", "checkpoint", "files", "checks", "coursework")
 # Order of the sections: the order a student meets the modules in.
-SECTION_ORDER = ("backend", "ops", "attention", "models", "flows", "sphere", "gradient_check", "layers",
-                 "network", "optim", "train", "data", "experiment", "plotting", "checks", "coursework")
+SECTION_ORDER = ("backend", "random", "ops", "attention", "models", "flows", "sphere", "gradient_check", "layers",
+                 "network", "optim", "train", "checkpoint", "files", "data", "experiment", "plotting", "checks",
+                 "coursework")
 
 _ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
 

@@ -185,6 +185,7 @@ def add_parser(subparsers):
     """The ``coursework`` subcommand of the flowattn-np command line."""
     cw = subparsers.add_parser("coursework", help="graded assignments: create an nbgrader course directory",
                                description="Graded assignments (nbgrader). See docs/teaching.md.")
+    cw.set_defaults(parser=cw)
     sub = cw.add_subparsers(dest="coursework_command", metavar="ACTION", required=True)
     init = sub.add_parser("init", help="create DIR/source/<assignment>/ and DIR/nbgrader_config.py")
     init.add_argument("dir", metavar="DIR", help="the course directory to create (new or empty)")

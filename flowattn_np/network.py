@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from .backend import Workspace, array_module, get_array_module, host_rng
+from .backend import Workspace, array_module, get_array_module
 from .layers import TARGET_TITLES, BlockConfig, init_block_params, make_block, require_labels
 from .models import phi_grad, theta_from_phi
+from .random import host_rng
 from .ops import (
     head_slices,
     mean_cross_entropy,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np import backend
+from flowattn_np import backend, random
 from flowattn_np.backend import BackendError
 
 
@@ -18,14 +18,6 @@ def numpy_state(monkeypatch):
     """Start from the numpy backend; whatever the test does, the state is restored after."""
     monkeypatch.setitem(backend._state, "name", "numpy")
     return monkeypatch
-
-
-def _cupy_usable():
-    try:
-        backend._import_cupy()
-        return True
-    except BackendError:
-        return False
 
 
 # ---------------------------------------------------------------- choosing a backend
@@ -133,6 +125,20 @@ def test_requesting_cupy_without_cupy_raises_backend_error_with_install_hint(no_
     assert fa.get_backend() == "numpy"  # the failed request changed nothing
 
 
+def test_cupy_available_is_false_without_cupy_and_changes_nothing(no_cupy):
+    assert backend.cupy_available() is False
+    assert fa.get_backend() == "numpy"
+
+
+def test_cupy_available_agrees_with_whether_set_backend_cupy_works(numpy_state):
+    try:
+        with fa.use_backend("cupy"):
+            works = True
+    except BackendError:
+        works = False
+    assert backend.cupy_available() is works
+
+
 def test_use_backend_cupy_without_cupy_fails_before_the_block(no_cupy):
     ran = []
     with pytest.raises(BackendError, match="pip install"):
@@ -204,7 +210,7 @@ def test_check_same_backend_ignores_none_and_scalars(rng):
 
 
 @pytest.mark.cupy
-@pytest.mark.skipif(not _cupy_usable(), reason="CuPy with a CUDA GPU is not available here")
+@pytest.mark.skipif(not backend.cupy_available(), reason="CuPy with a CUDA GPU is not available here")
 def test_real_numpy_and_cupy_arrays_cannot_be_mixed(rng):
     import cupy
 
@@ -248,18 +254,22 @@ def test_get_array_module_without_arrays_is_the_active_module(xp):
 
 
 def test_host_rng_and_RNG_are_reproducible(xp):
-    a = backend.RNG(7).normal((3,), "float32")
-    b = backend.RNG(7).normal((3,), "float32")
-    assert a.dtype == np.float32
+    a = random.RNG(7).normal((3,), "float32")
+    b = random.RNG(7).normal((3,), "float32")
+    assert a.dtype == np.float32 and fa.get_array_module(a) is xp
     np.testing.assert_array_equal(fa.to_numpy(a), fa.to_numpy(b))
-    np.testing.assert_array_equal(backend.RNG(7).permutation(10), backend.RNG(7).permutation(10))
-    assert backend.host_rng(1).integers(1000) == backend.host_rng(1).integers(1000)
+    assert not np.array_equal(fa.to_numpy(a), fa.to_numpy(random.RNG(8).normal((3,), "float32")))
+    np.testing.assert_array_equal(random.RNG(7).permutation(10), random.RNG(7).permutation(10))
+    assert random.host_rng(1).integers(1000) == random.host_rng(1).integers(1000)
 
 
 # ---------------------------------------------------------------- no direct numpy imports
 
 PACKAGE_DIR = Path(fa.__file__).resolve().parent
-MAY_IMPORT_NUMPY = {"backend.py", "data.py", "plotting.py", "cli.py", "__main__.py", "checks.py"}
+# host-side modules: the backend itself, files (data, checkpoints), figures, the host RNG, the CLI,
+# and the teaching checkers (they compare a student's NumPy with the reference on the host)
+MAY_IMPORT_NUMPY = {"backend.py", "data.py", "plotting.py", "cli.py", "__main__.py", "checkpoint.py",
+                    "random.py", "checks.py"}
 
 
 def numpy_imports(source, filename="<string>"):

@@ -15,8 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "flowattn_np"
 MAX_LINES = 60
 
 # (module, function) pairs still too long, and (module, name) private imports still in use
-PENDING_LONG = {("train.py", "fit")}
-PENDING_PRIVATE = {("cli.py", "_import_cupy")}
+PENDING_LONG = set()
+PENDING_PRIVATE = set()
 
 
 def _modules():
