@@ -64,6 +64,16 @@ def _ints(text):
     return values
 
 
+def _parts(text):
+    from .experiment import PARTS
+
+    values = _ints(text)
+    if any(v not in PARTS for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected part numbers among {','.join(map(str, PARTS))}, got {text!r}")
+    return values
+
+
 def _positive(text):
     try:
         value = int(text)
@@ -98,9 +108,16 @@ def build_parser():
         "reproduce", help="run the paper's Fashion-MNIST experiment (table, Figure 1, results.json)",
         description="Reproduce the paper's Fashion-MNIST experiment: (1) multinomial regression, "
                     "(2) feature discovery with the true labels (an oracle computation), (3) label-free "
-                    "classifiers trained end to end. Writes results.json, results.md and PNG figures.")
+                    "classifiers trained end to end; (4, with --parts 4) normalisation as a sphere "
+                    "constraint. Writes results.json, results.md and PNG figures.")
     rep.set_defaults(parser=rep)
     rep.add_argument("--out", help="output folder (default: a new folder under runs/)")
+    rep.add_argument("--parts", type=_parts,
+                     help="comma-separated parts to run, e.g. 4 or 1,2,3,4 (default 1,2,3; part 1, "
+                          "the baseline that gives theta, always runs)")
+    rep.add_argument("--train-size", type=_positive, help="use the first N training images (default all 60000)")
+    rep.add_argument("--test-size", type=_positive, help="use the first N test images (default all 10000)")
+    rep.add_argument("--norm-layers", type=_positive, help="part 4: depth L of the normalised networks (default 2)")
     rep.add_argument("--layers", type=_ints, help="part 3 depths L, e.g. 1,2,4 (default 1,2,4)")
     rep.add_argument("--max-layers", type=_positive, help="part 2: blocks L = 0..MAX (default 8)")
     rep.add_argument("--noise", type=_floats, help="test noise levels sigma (default 0,0.5,1.0)")
@@ -159,7 +176,7 @@ def _preflight_reproduce(args):
 
 # the options of `reproduce` that override a ReproduceConfig field of the same name
 REPRODUCE_OPTIONS = ("layers", "max_layers", "noise", "train_noise", "epochs", "seeds", "seed",
-                     "optimizer", "lr", "h_units")
+                     "optimizer", "lr", "h_units", "parts", "norm_layers", "train_size", "test_size")
 
 
 def _reproduce(args):

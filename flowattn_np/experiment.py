@@ -1,7 +1,7 @@
 """The paper's Fashion-MNIST experiment, made explicit about where the targets come from.
 
-``python -m flowattn_np reproduce`` runs three parts and writes a Markdown table,
-``results.json`` and PNG figures:
+``python -m flowattn_np reproduce`` runs three parts (``--parts`` chooses; part 1 always
+runs) and writes a Markdown table, ``results.json`` and PNG figures:
 
 1. Multinomial regression (L = 0), trained with the package's SGD: the baseline.
 2. Feature discovery with the TRUE labels (the paper's theory): theta fixed from
@@ -13,12 +13,16 @@
    C_hat(Z) = softmax(Z W^T + b) in place of C, (c) separate learned keys and values
    Z + h softmax(Z K^T) V (beyond the theory), trained on clean images and with noise
    augmentation, tested on clean and noisy images, over several seeds.
+4. (``--parts 4``, module ``experiment_norm``) Normalisation as a sphere constraint:
+   true-label feature discovery on the sphere against the flat flow, and the label-free
+   networks with normalised blocks (post-norm sphere / LayerNorm, pre-norm sphere).
 
 ``results.json`` schema (``SCHEMA``): see docs/results.md.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -41,6 +45,7 @@ from .random import RNG
 from .train import FitConfig, evaluate, fit
 
 SCHEMA = "flowattn_np.reproduce/1"
+PARTS = (1, 2, 3, 4)
 
 PART_TITLES = {
     "part1": "Part 1. Multinomial regression (L = 0), SGD: targets are used only by the loss",
@@ -84,41 +89,59 @@ class ReproduceConfig:
     train_size: int | None = None         # None: all 60000 (quick runs use a subset)
     test_size: int | None = None
     quick: bool = False
+    parts: tuple = (1, 2, 3)              # parts to run; part 1 always runs (baseline, theta)
+    norm_layers: int = 2                  # part 4 (b): depth L of the normalised label-free networks
+    norm_variants: tuple = ("oracle", "memory")
+    norms: tuple = ("none", "post-sphere", "post-layer", "pre-sphere")
+
+    def __post_init__(self):
+        parts = tuple(self.parts)
+        if not parts or any(p not in PARTS for p in parts):
+            raise ValueError(f"parts: expected part numbers among {', '.join(map(str, PARTS))}, got {self.parts!r}")
+        object.__setattr__(self, "parts", tuple(sorted(set(parts))))
+        from .experiment_norm import check_norms  # that module imports this one
+
+        object.__setattr__(self, "norms", check_norms(self.norms))
+        unknown = [v for v in self.norm_variants if v not in VARIANTS or v == "baseline"]
+        if unknown:
+            raise ValueError(f"norm_variants: expected names among attention, oracle, memory, got {unknown}")
 
     @classmethod
     def quick_run(cls, **overrides):
         """A smoke-sized run: a data subset, 1 epoch, 2 seeds, shallow networks."""
         base = dict(max_layers=3, layers=(1, 2), epochs=1, seeds=2, train_size=4000,
-                    test_size=1000, memory_slots=16, quick=True)
+                    test_size=1000, memory_slots=16, quick=True, norm_layers=1)
         base.update(overrides)
         return cls(**base)
 
 
-def _noise_key(sigma):
+def noise_key(sigma):
+    """The key of a noise level in results.json: '0', '0.5', '1'."""
     return f"{float(sigma):g}"
 
 
-def _stats(values):
+def seed_stats(values):
+    """Mean, standard deviation, range (max - min) and the values of a metric over seeds."""
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / n) if n > 1 else 0.0
     return {"mean": mean, "std": std, "range": max(values) - min(values), "values": list(values)}
 
 
-def _noisy(X, sigma, seed):
+def noisy(X, sigma, seed):
     """X + sigma * eps on the backend; seeded so every run sees the same noisy test set."""
     if not sigma:
         return X
     return X + sigma * RNG(seed).normal(X.shape, X.dtype)
 
 
-def _head_metrics(net, Z, y, C):
+def head_metrics(net, Z, y, C):
     """Batch-mean cross-entropy and accuracy of the head Z theta^T on features Z (0-d arrays)."""
     logits = linear_logits(Z, net.params["theta"])
     return mean_cross_entropy(logits, C), (net.predictions(logits) == y).mean()
 
 
-def _optimizer(kind, net, lr, cfg, n_rows):
+def run_optimizer(kind, net, lr, cfg, n_rows):
     """SGD (momentum 0.9) or Adam at ``lr`` with cosine decay over the whole run."""
     schedule = Cosine(cfg.epochs * math.ceil(n_rows / cfg.batch_size))
     if kind == "adam":
@@ -126,7 +149,7 @@ def _optimizer(kind, net, lr, cfg, n_rows):
     return SGD(net.params, lr=lr, momentum=0.9, schedule=schedule)
 
 
-def _fit_config(cfg, seed, desc, progress, noise=0.0):
+def fit_config(cfg, seed, desc, progress, noise=0.0):
     """The fit options shared by parts 1 and 3 (inputs were checked once, on loading)."""
     return FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed, noise=noise,
                      progress=progress, desc=desc, check_inputs=False)
@@ -140,15 +163,15 @@ def part1_baseline(X, y, tests, yt, cfg, progress):
     runs, nets = [], []
     for s in range(cfg.seeds):
         net = Network(NetworkConfig(n_inputs=X.shape[1], n_classes=10, layers=0), seed=cfg.seed + s)
-        opt = _optimizer("sgd", net, cfg.baseline_lr, cfg, X.shape[0])
+        opt = run_optimizer("sgd", net, cfg.baseline_lr, cfg, X.shape[0])
         hist = fit(net, X, y, optimizer=opt,
-                   config=_fit_config(cfg, cfg.seed + s, f"part 1, seed {cfg.seed + s}", progress))
+                   config=fit_config(cfg, cfg.seed + s, f"part 1, seed {cfg.seed + s}", progress))
         runs.append({k: evaluate(net, Xs, yt) for k, Xs in tests.items()})
         nets.append((net, hist))
     by_noise = {}
     for k in tests:
-        by_noise[k] = {"accuracy": _stats([r[k]["accuracy"] for r in runs]),
-                       "loss": _stats([r[k]["loss"] for r in runs])}
+        by_noise[k] = {"accuracy": seed_stats([r[k]["accuracy"] for r in runs]),
+                       "loss": seed_stats([r[k]["loss"] for r in runs])}
     return {"title": PART_TITLES["part1"], "optimizer": f"SGD(lr={cfg.baseline_lr}, momentum=0.9, cosine)",
             "seeds": [cfg.seed + s for s in range(cfg.seeds)], "by_noise": by_noise}, nets
 
@@ -176,7 +199,7 @@ def part2_feature_discovery(theta, tests, yt, cfg, progress):
         net = true_label_network(theta, scheme, h, cfg.max_layers)
         per_noise = {}
         for k, Z in tests.items():
-            metrics = [_head_metrics(net, Z_l, yt, C) for Z_l in net.features(Z, yt)]  # L = 0..max
+            metrics = [head_metrics(net, Z_l, yt, C) for Z_l in net.features(Z, yt)]  # L = 0..max
             bar.update(cfg.max_layers)
             per_noise[k] = {"loss": [to_float(loss) for loss, _ in metrics],
                             "accuracy": [to_float(acc) for _, acc in metrics]}
@@ -185,25 +208,59 @@ def part2_feature_discovery(theta, tests, yt, cfg, progress):
     return out
 
 
-def true_label_network(theta, scheme, h, layers):
+def true_label_network(theta, scheme, h, layers, norm="none"):
     """Part 2's network: ``layers`` tied linear blocks fed the TRUE labels, with theta fixed.
 
-    Each block is one Lie or Strang step of eq. (8) with step h; ``features(Z, y)``
-    gives the iterates Z_0..Z_L (an oracle computation: the labels y enter them).
+    Each block is one Lie or Strang step of eq. (8) with step h (``norm='sphere'``: the
+    post-norm blocks on the sphere of part 4); ``features(Z, y)`` gives the iterates
+    Z_0..Z_L (an oracle computation: the labels y enter them).
     """
-    block = BlockConfig(model="linear", scheme=scheme, targets="labels", h=h)
+    block = BlockConfig(model="linear", scheme=scheme, targets="labels", h=h, norm=norm)
     config = NetworkConfig(n_inputs=theta.shape[1], n_classes=theta.shape[0], layers=layers,
                            block=block, dtype=theta.dtype.name)
     return Network(config, params={"theta": theta})
 
 
-def _part3_net(variant, L, d, cfg, seed):
+def label_free_network(variant, L, d, cfg, seed, **block_changes):
+    """A network of ``VARIANTS[variant]`` with L tied blocks and learned h (L = 0: the baseline).
+
+    ``block_changes`` set further BlockConfig fields (part 4: the normalisation).
+    """
     if variant == "baseline" or L == 0:
         return Network(NetworkConfig(n_inputs=d, n_classes=10, layers=0), seed=seed)
-    spec = dict(VARIANTS[variant][1])
+    spec = dict(VARIANTS[variant][1], **block_changes)
     block = BlockConfig(h=1.0 if spec["model"] == "memory" else cfg.h_init, learn_h=True,
                         slots=cfg.memory_slots if spec["model"] == "memory" else 0, **spec)
     return Network(NetworkConfig(n_inputs=d, n_classes=10, layers=L, block=block), seed=seed)
+
+
+def train_over_seeds(make_net, X, y, tests, yt, cfg, progress, sigma, desc):
+    """Train ``make_net(seed)`` for each seed (train noise sigma) and test it on every noise level.
+
+    Returns ({"accuracy", "loss": seed_stats per test noise, "h": learned h values}, the seed-0
+    network, its training history as a dict).
+    """
+    accs, losses, hs, first = [], [], [], None
+    for s in range(cfg.seeds):
+        seed = cfg.seed + s
+        net = make_net(seed)
+        opt = run_optimizer(cfg.optimizer, net, cfg.lr, cfg, X.shape[0])
+        hist = fit(net, X, y, optimizer=opt, config=fit_config(cfg, seed, f"{desc}, seed {seed}", progress, sigma))
+        ev = {k: evaluate(net, Xs, yt) for k, Xs in tests.items()}
+        accs.append({k: v["accuracy"] for k, v in ev.items()})
+        losses.append({k: v["loss"] for k, v in ev.items()})
+        hs.append(net.step_sizes().get("h"))
+        first = first or (net, hist.to_dict())
+    stats = {"accuracy": {k: seed_stats([a[k] for a in accs]) for k in tests},
+             "loss": {k: seed_stats([a[k] for a in losses]) for k in tests}, "h": hs}
+    return stats, first[0], first[1]
+
+
+def step_report(hs):
+    """The learned steps of a row over seeds: values, mean and their common sign (a finding)."""
+    return {"values": hs, "mean": sum(hs) / len(hs),
+            "sign": "negative" if all(v < 0 for v in hs) else
+                    "positive" if all(v > 0 for v in hs) else "mixed"}
 
 
 def part3_label_free(X, y, tests, yt, cfg, progress):
@@ -219,29 +276,15 @@ def part3_label_free(X, y, tests, yt, cfg, progress):
     for name, sigma in settings.items():
         rows = []
         for variant, L in rows_todo:
-            accs, losses, hs, hist0 = [], [], [], None
-            for s in range(cfg.seeds):
-                seed = cfg.seed + s
-                net = _part3_net(variant, L, X.shape[1], cfg, seed)
-                opt = _optimizer(cfg.optimizer, net, cfg.lr, cfg, X.shape[0])
-                desc = f"part 3, {name}, {variant} L={L}, seed {seed}"
-                hist = fit(net, X, y, optimizer=opt, config=_fit_config(cfg, seed, desc, progress, sigma))
-                ev = {k: evaluate(net, Xs, yt) for k, Xs in tests.items()}
-                accs.append({k: v["accuracy"] for k, v in ev.items()})
-                losses.append({k: v["loss"] for k, v in ev.items()})
-                hs.append(net.step_sizes().get("h"))
-                if s == 0:
-                    hist0 = hist.to_dict()
-                    kept[(name, variant, L)] = net
+            stats, net, hist0 = train_over_seeds(
+                functools.partial(label_free_network, variant, L, X.shape[1], cfg),
+                X, y, tests, yt, cfg, progress, sigma, f"part 3, {name}, {variant} L={L}")
+            kept[(name, variant, L)] = net
             row = {"variant": variant, "description": VARIANTS[variant][0], "layers": L,
                    "targets": "none inside the blocks" if variant != "oracle" else "learned oracle C_hat(Z)",
-                   "accuracy": {k: _stats([a[k] for a in accs]) for k in tests},
-                   "loss": {k: _stats([a[k] for a in losses]) for k in tests},
-                   "history_seed0": hist0}
+                   "accuracy": stats["accuracy"], "loss": stats["loss"], "history_seed0": hist0}
             if L:
-                row["h"] = {"values": hs, "mean": sum(hs) / len(hs),
-                            "sign": "negative" if all(v < 0 for v in hs) else
-                                    "positive" if all(v > 0 for v in hs) else "mixed"}
+                row["h"] = step_report(stats["h"])
             rows.append(row)
         out["settings"][name] = {"train_noise": sigma, "rows": rows}
     return out, kept
@@ -251,40 +294,55 @@ def part3_label_free(X, y, tests, yt, cfg, progress):
 
 
 def checks(results, cfg):
-    """The claims the issue asks the numbers to show, evaluated on this run."""
+    """The claims the numbers should show, evaluated on this run (for the parts that ran)."""
     out = {}
-    p2 = results["part2"]["schemes"]["lie"]
+    if "part2" in results:
+        out.update(part2_checks(results["part2"]))
+    if "part3" in results:
+        out.update(part3_checks(results["part3"]))
+    if "part4" in results:
+        from .experiment_norm import part4_checks
+
+        out["part4"] = part4_checks(results["part4"])
+    return out
+
+
+def part2_checks(p2):
+    """Part 2, Lie blocks: the loss falls at every block, accuracy never drops, the clean gain."""
+    lie = p2["schemes"]["lie"]
     mono = {}
-    for k, r in p2.items():
-        L = r["loss"]
-        A = r["accuracy"]
+    for k, r in lie.items():
+        L, A = r["loss"], r["accuracy"]
         mono[k] = {"loss_strictly_decreasing": all(b < a for a, b in zip(L, L[1:])),
                    "accuracy_non_decreasing": all(b >= a for a, b in zip(A, A[1:]))}
-    out["part2_lie_monotone"] = mono
-    clean = _noise_key(0.0)
-    if clean in p2:
-        out["part2_lie_gain_clean_points"] = 100 * (p2[clean]["accuracy"][-1] - p2[clean]["accuracy"][0])
-    setting = results["part3"]["settings"].get("noise-augmented")
-    if setting:
-        rows = setting["rows"]
-        base = next(r for r in rows if r["variant"] == "baseline")
-        oracle = [r for r in rows if r["variant"] == "oracle"]
-        if oracle:
-            best = max(oracle, key=lambda r: sum(r["accuracy"][k]["mean"] for k in r["accuracy"]))
-            per = {}
-            for k in base["accuracy"]:
-                gain = best["accuracy"][k]["mean"] - base["accuracy"][k]["mean"]
-                spread = base["accuracy"][k]["range"]
-                per[k] = {"gain_points": 100 * gain, "baseline_spread_points": 100 * spread,
-                          "beats_by_more_than_spread": gain > spread}
-            out["part3_oracle_vs_baseline_noise_augmented"] = {"best_layers": best["layers"], "by_noise": per}
+    out = {"part2_lie_monotone": mono}
+    clean = noise_key(0.0)
+    if clean in lie:
+        out["part2_lie_gain_clean_points"] = 100 * (lie[clean]["accuracy"][-1] - lie[clean]["accuracy"][0])
     return out
+
+
+def part3_checks(p3):
+    """Part 3, noise-augmented: the learned oracle at its best depth against L = 0, with the spread."""
+    setting = p3["settings"].get("noise-augmented")
+    oracle = [r for r in setting["rows"] if r["variant"] == "oracle"] if setting else []
+    if not oracle:
+        return {}
+    base = next(r for r in setting["rows"] if r["variant"] == "baseline")
+    best = max(oracle, key=lambda r: sum(r["accuracy"][k]["mean"] for k in r["accuracy"]))
+    per = {}
+    for k in base["accuracy"]:
+        gain = best["accuracy"][k]["mean"] - base["accuracy"][k]["mean"]
+        spread = base["accuracy"][k]["range"]
+        per[k] = {"gain_points": 100 * gain, "baseline_spread_points": 100 * spread,
+                  "beats_by_more_than_spread": gain > spread}
+    return {"part3_oracle_vs_baseline_noise_augmented": {"best_layers": best["layers"], "by_noise": per}}
 
 
 # ---------------------------------------------------------------- table
 
 
-def _pct(stats):
+def pct(stats):
     """Accuracy in percent, with the seed-to-seed std where there are several seeds."""
     if len(stats["values"]) > 1:
         return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
@@ -292,42 +350,80 @@ def _pct(stats):
 
 
 def markdown_table(results):
-    """The results as Markdown: one titled table per part."""
+    """The results as Markdown: one titled table per part that ran, then the checks."""
     keys = list(results["part1"]["by_noise"])
-    head = " | ".join(f"sigma = {k}" for k in keys)
     lines = [f"# Fashion-MNIST: {results['data']['n_train']} training / {results['data']['n_test']} "
              f"test images, backend {results['backend']}, {results['seconds']:.0f} s", ""]
-    p1 = results["part1"]
-    lines += [f"## {p1['title']}", "", f"{p1['optimizer']}, {len(p1['seeds'])} seeds (mean ± std).", "",
-              f"| metric | {head} |", "|---|" + "---|" * len(keys)]
-    lines.append("| test accuracy % | " + " | ".join(_pct(p1["by_noise"][k]["accuracy"]) for k in keys) + " |")
+    lines += part1_lines(results["part1"], keys)
+    if "part2" in results:
+        lines += part2_lines(results["part2"], results["part1"])
+    if "part3" in results:
+        lines += part3_lines(results["part3"], keys)
+    if "part4" in results:
+        from .experiment_norm import part4_markdown
+
+        lines += part4_markdown(results["part4"], keys)
+    lines += ["## Checks", ""] + check_lines(results["checks"])
+    return "\n".join(lines) + "\n"
+
+
+def part1_lines(p1, keys):
+    """Part 1 as Markdown lines."""
+    head = " | ".join(f"sigma = {k}" for k in keys)
+    lines = [f"## {p1['title']}", "", f"{p1['optimizer']}, {len(p1['seeds'])} seeds (mean ± std).", "",
+             f"| metric | {head} |", "|---|" + "---|" * len(keys)]
+    lines.append("| test accuracy % | " + " | ".join(pct(p1["by_noise"][k]["accuracy"]) for k in keys) + " |")
     lines.append("| test cross-entropy | " + " | ".join(f"{p1['by_noise'][k]['loss']['mean']:.4f}" for k in keys) + " |")
-    p2 = results["part2"]
-    lines += ["", f"## {p2['title']}", "",
-              f"theta from part 1 (seed {p1['seeds'][0]}), lam_max(theta theta^T) = {p2['lam_max']:.2f}, "
-              f"h = {p2['h_units']:g} / lam_max = {p2['h']:.4g}. Entries: accuracy % / cross-entropy.", ""]
+    return lines + [""]
+
+
+def part2_lines(p2, p1):
+    """Part 2 as Markdown lines: accuracy / cross-entropy against L per scheme and noise."""
+    lines = [f"## {p2['title']}", "",
+             f"theta from part 1 (seed {p1['seeds'][0]}), lam_max(theta theta^T) = {p2['lam_max']:.2f}, "
+             f"h = {p2['h_units']:g} / lam_max = {p2['h']:.4g}. Entries: accuracy % / cross-entropy.", ""]
     for scheme, per in p2["schemes"].items():
         n_layers = len(next(iter(per.values()))["loss"])
         lines += [f"**{scheme.capitalize()} blocks**", "",
                   "| sigma | " + " | ".join(f"L={i}" for i in range(n_layers)) + " |",
                   "|---|" + "---|" * n_layers]
-        for k, r in per.items():
-            cells = [f"{100 * a:.1f} / {c:.3f}" for a, c in zip(r["accuracy"], r["loss"])]
-            lines.append(f"| {k} | " + " | ".join(cells) + " |")
+        lines += [f"| {k} | " + " | ".join(depth_cells(r)) + " |" for k, r in per.items()]
         lines.append("")
-    p3 = results["part3"]
-    lines += [f"## {p3['title']}", "", f"{p3['optimizer']}, {p3['epochs']} epochs, tied blocks, "
-              f"{len(p3['seeds'])} seeds (mean ± std of test accuracy %); learned h reported with its sign.", ""]
-    for name, setting in p3["settings"].items():
+    return lines
+
+
+def part3_lines(p3, keys):
+    """Part 3 as Markdown lines: one table per training setting."""
+    lines = [f"## {p3['title']}", "", f"{p3['optimizer']}, {p3['epochs']} epochs, tied blocks, "
+             f"{len(p3['seeds'])} seeds (mean ± std of test accuracy %); learned h reported with its sign.", ""]
+    return lines + settings_lines(p3["settings"], keys, [("variant", lambda r: r["description"]),
+                                                         ("L", lambda r: r["layers"])])
+
+
+def settings_lines(settings, keys, label_columns):
+    """One Markdown table per training setting: the label columns ((header, row -> cell) pairs),
+    the test accuracy at each noise level (mean ± std over seeds), and the learned h."""
+    head = " | ".join([h for h, _ in label_columns] + [f"sigma = {k}" for k in keys] + ["learned h"])
+    lines = []
+    for name, setting in settings.items():
         lines += [f"**Trained {name} (train sigma = {setting['train_noise']:g})**", "",
-                  f"| variant | L | {head} | learned h |", "|---|---|" + "---|" * len(keys) + "---|"]
+                  f"| {head} |", "|" + "---|" * (len(label_columns) + len(keys) + 1)]
         for r in setting["rows"]:
             h = f"{r['h']['mean']:+.3f} ({r['h']['sign']})" if "h" in r else ""
-            lines.append(f"| {r['description']} | {r['layers']} | "
-                         + " | ".join(_pct(r["accuracy"][k]) for k in keys) + f" | {h} |")
+            cells = [str(cell(r)) for _, cell in label_columns] + [pct(r["accuracy"][k]) for k in keys] + [h]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    ch = results["checks"]
-    lines += ["## Checks", ""]
+    return lines
+
+
+def depth_cells(r):
+    """'accuracy % / cross-entropy' after each block L = 0..max, for a depth table."""
+    return [f"{100 * a:.1f} / {c:.3f}" for a, c in zip(r["accuracy"], r["loss"])]
+
+
+def check_lines(ch):
+    """The checks as Markdown list items."""
+    lines = []
     for k, v in ch.get("part2_lie_monotone", {}).items():
         lines.append(f"- part 2, Lie, sigma = {k}: cross-entropy strictly decreasing in L: "
                      f"{v['loss_strictly_decreasing']}; accuracy non-decreasing: {v['accuracy_non_decreasing']}")
@@ -341,7 +437,11 @@ def markdown_table(results):
                          f"test sigma = {k}: {v['gain_points']:+.2f} points; baseline spread (max - min over "
                          f"seeds) {v['baseline_spread_points']:.2f}; beats by more than the spread: "
                          f"{v['beats_by_more_than_spread']}")
-    return "\n".join(lines) + "\n"
+    if "part4" in ch:
+        from .experiment_norm import part4_check_lines
+
+        lines += part4_check_lines(ch["part4"])
+    return lines
 
 
 # ---------------------------------------------------------------- driver
@@ -369,7 +469,7 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
         train, test = slice(cfg.train_size or None), slice(cfg.test_size or None)  # None: all rows
         X, y = asarray(ds.X_train[train]), asarray(ds.y_train[train])  # host -> backend, once
         Xt, yt = asarray(ds.X_test[test]), asarray(ds.y_test[test])
-        tests = {_noise_key(s): _noisy(Xt, s, seed=10_000 + i) for i, s in enumerate(cfg.noise)}
+        tests = {noise_key(s): noisy(Xt, s, seed=10_000 + i) for i, s in enumerate(cfg.noise)}
         log(f"data: {X.shape[0]} training / {Xt.shape[0]} test images from {ds.source}; "
             f"backend {get_backend()}")
         results = {"schema": SCHEMA, "version": __version__, "command": command,
@@ -378,16 +478,18 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
                                "cpus": os.cpu_count()},
                    "config": asdict(cfg),
                    "data": {"source": ds.source, "n_train": int(X.shape[0]), "n_test": int(Xt.shape[0])}}
-        t = time.perf_counter()
-        results["part1"], nets1 = part1_baseline(X, y, tests, yt, cfg, progress)
-        log(f"part 1 done in {time.perf_counter() - t:.1f} s")
+        results["parts"] = sorted({1, *cfg.parts})  # the parts that ran: part 1 always does
+        results["part1"], nets1 = _timed(log, 1, part1_baseline, X, y, tests, yt, cfg, progress)
         theta = nets1[0][0].params["theta"]
-        t = time.perf_counter()
-        results["part2"] = part2_feature_discovery(theta, tests, yt, cfg, progress)
-        log(f"part 2 done in {time.perf_counter() - t:.1f} s")
-        t = time.perf_counter()
-        results["part3"], kept = part3_label_free(X, y, tests, yt, cfg, progress)
-        log(f"part 3 done in {time.perf_counter() - t:.1f} s")
+        kept = {}
+        if 2 in cfg.parts:
+            results["part2"] = _timed(log, 2, part2_feature_discovery, theta, tests, yt, cfg, progress)
+        if 3 in cfg.parts:
+            results["part3"], kept = _timed(log, 3, part3_label_free, X, y, tests, yt, cfg, progress)
+        if 4 in cfg.parts:
+            from .experiment_norm import part4_normalisation  # it imports this module's helpers
+
+            results["part4"] = _timed(log, 4, part4_normalisation, X, y, tests, yt, theta, cfg, progress)
         results["seconds"] = time.perf_counter() - t_start
         results["checks"] = checks(results, cfg)
         results["figures"] = {}
@@ -399,6 +501,14 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
     return results
 
 
+def _timed(log, part, fn, *args):
+    """fn(*args), logging how long part ``part`` took."""
+    t = time.perf_counter()
+    out = fn(*args)
+    log(f"part {part} done in {time.perf_counter() - t:.1f} s")
+    return out
+
+
 def _figure1_panel(title, net, iterates):
     """One row of Figure 1: the iterates Z_0..Z_L of one image, and the head's class after each."""
     theta = net.params["theta"]
@@ -407,15 +517,37 @@ def _figure1_panel(title, net, iterates):
 
 
 def _figures(out, cfg, results, theta, Xt, yt, kept, nets1, class_names):
-    """Figure 1, accuracy/cross-entropy against L, and training curves (PNG files)."""
+    """The PNG files of the parts that ran: Figure 1 and accuracy/cross-entropy against L
+    (part 2), training curves (parts 1 and 3), the normalisation figure (part 4)."""
     from . import plotting
 
     files = {}
+    if "part2" in results:
+        files["figure1"] = _figure1(out, cfg, results, theta, Xt, yt, kept, class_names)
+        plotting.accuracy_vs_layers(results["part2"], path=os.path.join(out, "accuracy_vs_layers.png"))
+        files["accuracy_vs_layers"] = "accuracy_vs_layers.png"
+    curves = {"part 1: L = 0 (SGD)": nets1[0][1].to_dict()}
+    for name, setting in results.get("part3", {}).get("settings", {}).items():
+        for r in setting["rows"]:
+            if r["variant"] in ("baseline", "oracle"):
+                curves[f"part 3, {name}: {r['variant']} L = {r['layers']}"] = r["history_seed0"]
+    plotting.training_curves(curves, path=os.path.join(out, "training_curves.png"))
+    files["training_curves"] = "training_curves.png"
+    if "part4" in results:
+        plotting.normalisation(results["part4"], path=os.path.join(out, "normalisation.png"))
+        files["normalisation"] = "normalisation.png"
+    return files
+
+
+def _figure1(out, cfg, results, theta, Xt, yt, kept, class_names):
+    """Figure 1: one noisy test image through the true-label blocks and the best learned oracle."""
+    from . import plotting
+
     labels = to_numpy(yt)
     matches = [i for i, c in enumerate(labels) if c == cfg.figure_class]
     index = matches[0] if matches else 0
     x = Xt[index:index + 1]
-    z0 = _noisy(x, cfg.figure_noise, seed=20_000)
+    z0 = noisy(x, cfg.figure_noise, seed=20_000)
     oracle_net = true_label_network(theta, "lie", results["part2"]["h"], cfg.max_layers)
     panels = [_figure1_panel(f"true labels C (oracle), Lie, h = {results['part2']['h']:.3g}",
                              oracle_net, oracle_net.features(z0, yt[index:index + 1]))]
@@ -425,19 +557,6 @@ def _figures(out, cfg, results, theta, Xt, yt, kept, nets1, class_names):
         L, net = next(((L, n) for L, n in oracle if L == check.get("best_layers")), oracle[-1])
         panels.append(_figure1_panel(f"learned oracle C_hat (label-free), L = {L}, learned h = "
                                      f"{net.step_sizes().get('h', float('nan')):+.3g}", net, net.features(z0)))
-    path = os.path.join(out, "figure1.png")
     plotting.figure1(to_numpy(x)[0], panels, label=int(labels[index]), class_names=class_names,
-                     sigma=cfg.figure_noise, path=path)
-    files["figure1"] = "figure1.png"
-    path = os.path.join(out, "accuracy_vs_layers.png")
-    plotting.accuracy_vs_layers(results["part2"], path=path)
-    files["accuracy_vs_layers"] = "accuracy_vs_layers.png"
-    curves = {"part 1: L = 0 (SGD)": nets1[0][1].to_dict()}
-    for name, setting in results["part3"]["settings"].items():
-        for r in setting["rows"]:
-            if r["variant"] in ("baseline", "oracle"):
-                curves[f"part 3, {name}: {r['variant']} L = {r['layers']}"] = r["history_seed0"]
-    path = os.path.join(out, "training_curves.png")
-    plotting.training_curves(curves, path=path)
-    files["training_curves"] = "training_curves.png"
-    return files
+                     sigma=cfg.figure_noise, path=os.path.join(out, "figure1.png"))
+    return "figure1.png"

@@ -22,6 +22,7 @@ from .backend import Workspace, array_module, get_array_module
 from .layers import TARGET_TITLES, BlockConfig, init_block_params, make_block, require_labels
 from .models import phi_grad, theta_from_phi
 from .random import host_rng
+from .sphere import retract_to, retract_to_vjp
 from .ops import (
     head_slices,
     mean_cross_entropy,
@@ -85,6 +86,11 @@ class NetworkConfig:
         return self.n_inputs if self.encoding == "identity" else int(self.d)
 
     @property
+    def normalises_input(self):
+        """Whether Z_0 is normalised: the blocks keep their rows on a manifold (L >= 1)."""
+        return bool(self.layers) and self.block.normalised
+
+    @property
     def head_model(self):
         """The head's model: 'linear' (Z theta^T) or 'quadratic' (Z theta Z^T)."""
         return "quadratic" if self.block.model == "quadratic" else "linear"
@@ -99,7 +105,12 @@ class NetworkConfig:
         if self.layers == 0:
             return "multinomial regression (L = 0): logits = " + (
                 "Z theta Z^T" if self.head_model == "quadratic" else "Z theta^T")
-        return f"L = {self.layers} x {self.block.describe()}; {form}"
+        norm = ""
+        if self.normalises_input:
+            norm = ("; Z_0 = R(encoding) on the sphere |z| = sqrt(d) (RMS normalisation)"
+                    if self.block.norm == "sphere" else
+                    "; Z_0 = R(encoding) on the LayerNorm manifold {mean 0, |z| = sqrt(d)}")
+        return f"L = {self.layers} x {self.block.describe()}; {form}{norm}"
 
     def to_dict(self):
         """A JSON-able dict (checkpoints)."""
@@ -128,6 +139,7 @@ class NetworkCache(NamedTuple):
     Z: Any
     theta: Any
     block_caches: list
+    encoded: Any = None
 
 
 class Network:
@@ -195,8 +207,16 @@ class Network:
         return self.target_matrix(y, X.dtype)
 
     def encode(self, X):
-        """Z_0 = X (identity encoding) or X E^T (linear encoding)."""
-        return X if self.config.encoding == "identity" else X @ self.params["E"].T
+        """Z_0 = X (identity encoding) or X E^T (linear encoding), followed by the blocks'
+        normalisation R when they use one (so that Z_0 lies on their manifold)."""
+        return self._encode(X)[0]
+
+    def _encode(self, X):
+        """(Z_0, the encoding before the normalisation, or None when there is none)."""
+        E_X = X if self.config.encoding == "identity" else X @ self.params["E"].T
+        if not self.config.normalises_input:
+            return E_X, None
+        return retract_to(E_X, self.config.block.norm), E_X
 
     # -- forward / backward ---------------------------------------------------
     def forward(self, X, y=None, C=None, workspace=None):
@@ -208,7 +228,7 @@ class Network:
         """
         cfg = self.config
         C = self._block_targets(X, y, C)
-        Z = self.encode(X)
+        Z, encoded = self._encode(X)
         xp = get_array_module(Z)
         caches = []
         for layer in range(cfg.layers):
@@ -217,7 +237,7 @@ class Network:
             caches.append(c)
         theta = self._head_theta()
         logits = Z @ theta.T if cfg.head_model == "linear" else Z @ theta @ swap_last(Z)
-        return logits, NetworkCache(X, Z, theta, caches)
+        return logits, NetworkCache(X, Z, theta, caches, encoded)
 
     def _head_theta(self):
         if self.config.head_model == "linear":
@@ -257,6 +277,8 @@ class Network:
                 else:
                     grads[name] = v
         if cfg.encoding == "linear":
+            if cache.encoded is not None:  # Z_0 = R(X E^T)
+                Z_bar = retract_to_vjp(cache.encoded, Z_bar, cfg.block.norm)
             grads["E"] = sum_leading(swap_last(Z_bar) @ X) if X.ndim > 2 else Z_bar.T @ X
         return grads
 

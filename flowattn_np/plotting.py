@@ -118,3 +118,54 @@ def _finish(fig, axes, legend_ax, fontsize, path):
     if path:
         save(fig, path)
     return fig
+
+
+# one colour per normalisation, in every panel; flat = no normalisation
+NORM_COLOURS = {"none": "C7", "flat": "C7", "post-sphere": "C0", "sphere": "C0", "post-layer": "C2",
+                "pre-sphere": "C1"}
+_DASHES = ("-", "--", ":", "-.")
+
+
+def normalisation(part4, path=None):
+    """Part 4: (a) accuracy and cross-entropy against L, flat vs sphere, one line style per test
+    noise; (b) test accuracy against the test noise for each variant and normalisation, trained
+    clean and noise-augmented (mean over seeds, error bars one standard deviation)."""
+    plt = _plt()
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), layout="constrained")
+    for flow, per in part4["discovery"]["flows"].items():
+        for (k, r), ls in zip(per.items(), _DASHES):
+            L = np.arange(len(r["loss"]))
+            kw = dict(color=NORM_COLOURS[flow], ls=ls, marker="o" if flow == "flat" else "s", ms=3,
+                      label=f"{flow}, test sigma = {k}")
+            axes[0, 0].plot(L, 100 * np.asarray(r["accuracy"]), **kw)
+            axes[0, 1].plot(L, r["loss"], **kw)
+    d = part4["discovery"]
+    axes[0, 0].set(xlabel="blocks L", ylabel="test accuracy (%)",
+                   title="(a) TRUE labels (oracle computation): flat vs sphere")
+    axes[0, 1].set(xlabel="blocks L", ylabel="cross-entropy", yscale="log",
+                   title=f"(a) Lie blocks, h = {d['h_units']:g} / lam_max = {d['h']:.3g}")
+    for ax, (name, setting) in zip(axes[1], part4["label_free"]["settings"].items()):
+        _label_free_panel(ax, setting["rows"])
+        ax.set(xlabel="test noise sigma", ylabel="test accuracy (%)",
+               title=f"(b) label-free, trained {name} (train sigma = {setting['train_noise']:g})")
+    for ax in axes.ravel():
+        ax.grid(alpha=0.3)
+    for ax in (axes[0, 1], axes[1, 1]):
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    if path:
+        save(fig, path)
+    return fig
+
+
+def _label_free_panel(ax, rows):
+    """Accuracy against test noise: colour = normalisation, line style = variant."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    for r in rows:
+        keys = list(r["accuracy"])
+        sig = np.array([float(k) for k in keys])
+        mean = 100 * np.array([r["accuracy"][k]["mean"] for k in keys])
+        std = 100 * np.array([r["accuracy"][k]["std"] for k in keys])
+        ls = _DASHES[variants.index(r["variant"]) % len(_DASHES)]
+        label = "baseline (L = 0)" if r["variant"] == "baseline" else f"{r['variant']}, {r['norm']}"
+        ax.errorbar(sig, mean, yerr=std, color="k" if r["variant"] == "baseline" else NORM_COLOURS[r["norm"]],
+                    ls=ls, marker="o", ms=3, capsize=2, label=label)

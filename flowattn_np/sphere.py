@@ -21,6 +21,7 @@ the ``*_forward`` and ``*_vjp`` ones trust them (they are the blocks' hot path).
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 from . import validate
 from .backend import get_array_module
@@ -312,23 +313,23 @@ def quadratic_flow_B_sphere(Z, theta, C, manifold="sphere"):
 def linear_B_exact_sphere(Z, theta, C, t, r=None):
     """Exact solution of the linear model's B sub-flow on the sphere, dz/dt = P_z c, c = (C theta)_row.
 
-    The flow keeps |z| = rho and rotates z toward c in the plane of z and c: with
+    The flow keeps rho = |z| and rotates z toward c in the plane of z and c: with
     c_hat = c / |c| and the angle a between z and c, tan(a(t)/2) = tan(a0/2) exp(-|c| t / rho).
-    In closed form, with p = z . c_hat and q = exp(-|c| t / rho),
+    In closed form, with p = z . c_hat, w = z - p c_hat, s+- = rho +- p and q = exp(-|c| t / rho),
 
-        z(t) = rho [(rho (1 - q^2) + p (1 - q)^2) c_hat + 2 q z] / (rho (1 + q^2) + p (1 - q^2)),
+        z(t) = rho [(s+ - q^2 s-) c_hat + 2 q w] / (s+ + q^2 s-),
 
-    whose denominator is positive for every row, so the degenerate rows need no special
-    case: c = 0 or z parallel or antiparallel to c give z(t) = z.
-    rho is each row's own length when r is None; a given r requires rows with |z| = r.
+    where the one of s+, s- that would cancel is computed as |w|^2 / (rho -+ p). Degenerate
+    rows need no special case: c = 0, or z parallel or antiparallel to c, give z(t) = z.
+    ``r`` (optional) states the sphere's radius: rows off |z| = r raise a ValueError.
     Z: n x d, theta: m x d, C: n x m. Returns n x d.
     """
     validate.linear_inputs(Z, theta, C)
     _rows("Z", Z, what="linear_B_exact_sphere")
     t = validate.check_step("t", t)
     if r is not None:
-        r = check_on_sphere("Z", Z, check_radius(r, Z.shape[-1]))
-    return linear_B_exact_sphere_forward(Z, C @ theta, t, r)[0]
+        check_on_sphere("Z", Z, check_radius(r, Z.shape[-1]))
+    return linear_B_exact_sphere_forward(Z, C @ theta, t)[0]
 
 
 def check_on_sphere(name, Z, r):
@@ -344,50 +345,92 @@ def check_on_sphere(name, Z, r):
     return r
 
 
-def linear_B_exact_sphere_forward(Z, F, t, r=None):
+class SphereBCache(NamedTuple):
+    """What linear_B_exact_sphere_vjp needs: the inputs Z, F = C theta and t, and per row
+    kappa = |F|, c_hat, rho = |z|, p, w, |w|^2, s+, s-, q, the numerator N, D and Y."""
+
+    Z: Any
+    F: Any
+    t: Any
+    kappa: Any
+    c_hat: Any
+    rho: Any
+    p: Any
+    w: Any
+    w2: Any
+    s_plus: Any
+    s_minus: Any
+    q: Any
+    N: Any
+    D: Any
+    Y: Any
+
+
+def linear_B_exact_sphere_forward(Z, F, t):
     """The exact spherical B step for forcing rows F = C theta, without input checks.
 
-    rho = |z| when r is None, else r. Returns (Z(t), cache) for linear_B_exact_sphere_vjp.
+    Returns (Z(t), SphereBCache). A row exactly antiparallel to c whose q^2 underflows
+    (|c| t / rho > 354 in float64) stays where it is, as the flow says.
     """
     xp = get_array_module(Z)
     kappa = xp.sqrt(rowdot(F, F))
     c_hat = F / xp.where(kappa > 0, kappa, 1.0)  # zero rows of F stay zero: z(t) = z
-    rho = xp.sqrt(rowdot(Z, Z)) if r is None else r
+    rho = xp.sqrt(rowdot(Z, Z))
     p = rowdot(Z, c_hat)
+    w = Z - p * c_hat
+    w2 = rowdot(w, w)
+    small = w2 / (rho + xp.abs(p))  # rho -+ p on the side where it would cancel
+    s_plus = xp.where(p >= 0, rho + p, small)
+    s_minus = xp.where(p >= 0, small, rho - p)
     q = xp.exp(-(t * kappa) / rho)
-    A = rho * (1.0 - q * q) + p * (1.0 - q) ** 2
-    D = rho * (1.0 + q * q) + p * (1.0 - q * q)
-    N = A * c_hat + (2.0 * q) * Z
-    Y = (rho / D) * N
-    return Y, (Z, F, t, r, kappa, c_hat, rho, p, q, A, D, N, Y)
+    D = s_plus + (q * q) * s_minus
+    N = (s_plus - (q * q) * s_minus) * c_hat + (2.0 * q) * w
+    Y = xp.where(D > 0, (rho / xp.where(D > 0, D, 1.0)) * N, Z)
+    return Y, SphereBCache(Z, F, t, kappa, c_hat, rho, p, w, w2, s_plus, s_minus, q, N, D, Y)
 
 
 def linear_B_exact_sphere_vjp(Y_bar, cache):
     """VJP of the exact spherical B step z(t) = rho N / D (trusts its inputs).
 
-    Reverse through N = A c_hat + 2 q z, A = rho (1 - q^2) + p (1 - q)^2,
-    D = rho (1 + q^2) + p (1 - q^2), q = exp(-kappa t / rho), p = z . c_hat,
-    c_hat = c / kappa, kappa = |c|, rho = |z| (or r). At a zero forcing row the
-    derivative in c is its first-order limit t P_z. Returns (Z_bar, F_bar, t_bar (0-d)).
+    Reverse through N = (s+ - q^2 s-) c_hat + 2 q w, D = s+ + q^2 s-, the branches of
+    s+- (rho +- p, or |w|^2 / (rho + |p|)), q = exp(-kappa t / rho), w = z - p c_hat,
+    p = z . c_hat, c_hat = c / kappa, rho = |z| (docs/backward.md, section 13). At a zero
+    forcing row the derivative in c is its first-order limit t P_z.
+    Returns (Z_bar, F_bar, t_bar (0-d)).
     """
+    c = cache
     xp = get_array_module(Y_bar)
-    Z, F, t, r, kappa, c_hat, rho, p, q, A, D, N, Y = cache
-    yg = rowdot(Y, Y_bar)
-    N_bar = (rho / D) * Y_bar
-    A_bar, D_bar = rowdot(N_bar, c_hat), -yg / D
-    rho_bar = yg / rho + A_bar * (1.0 - q * q) + D_bar * (1.0 + q * q)
-    q_bar = (2.0 * rowdot(N_bar, Z) - 2.0 * A_bar * (rho * q + p * (1.0 - q))
-             + 2.0 * D_bar * q * (rho - p))
-    p_bar = A_bar * (1.0 - q) ** 2 + D_bar * (1.0 - q * q)
-    e_bar = q_bar * q  # q = exp(e), e = -kappa t / rho
-    kappa_bar = -(t / rho) * e_bar
-    t_bar = -(e_bar * kappa / rho).sum()
-    rho_bar = rho_bar + e_bar * kappa * t / (rho * rho)
-    Z_bar = (2.0 * q) * N_bar + p_bar * c_hat
-    ch_bar = A * N_bar + p_bar * Z
-    safe = xp.where(kappa > 0, kappa, 1.0)
-    F_bar = (ch_bar - rowdot(c_hat, ch_bar) * c_hat) / safe + kappa_bar * c_hat
-    F_bar = xp.where(kappa > 0, F_bar, t * tangent_project_forward(Z, Y_bar))
-    if r is None:
-        Z_bar = Z_bar + (rho_bar / rho) * Z
-    return Z_bar, F_bar, t_bar
+    q2 = c.q * c.q
+    D = xp.where(c.D > 0, c.D, 1.0)
+    Y_in = Y_bar
+    Y_bar = xp.where(c.D > 0, Y_bar, 0.0)  # rows left in place (D = 0) pass Y_bar straight back
+    gamma = rowdot(c.Y, Y_bar)
+    N_bar = (c.rho / D) * Y_bar
+    a_bar, D_bar = rowdot(N_bar, c.c_hat), -gamma / D
+    sp_bar, sm_bar = D_bar + a_bar, q2 * (D_bar - a_bar)
+    q_bar = 2.0 * rowdot(N_bar, c.w) + 2.0 * c.q * c.s_minus * (D_bar - a_bar)
+    w_bar = (2.0 * c.q) * N_bar
+    pos = c.p >= 0
+    small_bar = xp.where(pos, sm_bar, sp_bar)
+    den = c.rho + xp.abs(c.p)
+    den_bar = -small_bar * (c.w2 / den) / den
+    rho_bar = gamma / c.rho + xp.where(pos, sp_bar, sm_bar) + den_bar
+    p_bar = xp.where(pos, sp_bar + den_bar, -sm_bar - den_bar)
+    w_bar = w_bar + (2.0 * small_bar / den) * c.w
+    e_bar = q_bar * c.q  # q = exp(e), e = -kappa t / rho
+    rho_bar = rho_bar + e_bar * c.kappa * c.t / (c.rho * c.rho)
+    t_bar = -(e_bar * c.kappa / c.rho).sum()
+    p_bar = p_bar - rowdot(w_bar, c.c_hat)
+    ch_bar = (c.s_plus - q2 * c.s_minus) * N_bar + p_bar * c.Z - c.p * w_bar
+    Z_bar = w_bar + p_bar * c.c_hat + (rho_bar / c.rho) * c.Z
+    Z_bar = xp.where(c.D > 0, Z_bar, Y_in)
+    return Z_bar, forcing_bar(c, ch_bar, -(c.t / c.rho) * e_bar, Y_bar), t_bar
+
+
+def forcing_bar(c, ch_bar, kappa_bar, Y_bar):
+    """F_bar from c_hat_bar and kappa_bar through c_hat = F / kappa, kappa = |F|; at a zero
+    row of F, the first-order limit t P_z Y_bar."""
+    xp = get_array_module(Y_bar)
+    safe = xp.where(c.kappa > 0, c.kappa, 1.0)
+    F_bar = (ch_bar - rowdot(c.c_hat, ch_bar) * c.c_hat) / safe + kappa_bar * c.c_hat
+    return xp.where(c.kappa > 0, F_bar, c.t * tangent_project_forward(c.Z, Y_bar))

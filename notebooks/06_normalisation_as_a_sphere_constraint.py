@@ -270,6 +270,25 @@ print("mean row length after 5, 10, 20 blocks, pre-norm :", lengths[[4, 9, 19], 
 print("mean row length after 5, 10, 20 blocks, post-norm:", lengths[[4, 9, 19], 1].round(2))
 
 # %% [markdown]
+# ## The same steps as transformer blocks
+#
+# `BlockConfig(norm="sphere")` builds these normalised blocks, with hand-derived backward
+# passes, for training (`norm="layer"` for LayerNorm; `norm_place="pre"` for the pre-norm
+# variant). The blocks use the radius $r = \sqrt d$; on that sphere a post-norm Lie block
+# with Euler for A is exactly the Euler step + retraction, then the exact label rotation.
+
+# %%
+rd = np.sqrt(d)
+Zs = rd * Z0                                               # the same features on |z| = sqrt(3)
+post = fa.make_block(fa.BlockConfig(targets="labels", h=0.2, norm="sphere"))
+by_hand = fa.linear_B_exact_sphere(fa.retract(Zs + 0.2 * fa.linear_flow_A_sphere(Zs, theta)), theta, C, 0.2)
+print(post.config.describe())
+print(fa.make_block(fa.BlockConfig(targets="labels", h=0.2, norm="sphere", norm_place="pre")).config.describe())
+gap = np.abs(post.forward(Zs, {'theta': theta}, C)[0] - by_hand).max()
+print(f"block vs by hand: {gap:.1e}")
+assert gap < 1e-12
+
+# %% [markdown]
 # ## Beside normalised transformers (nGPT)
 #
 # nGPT (Loshchilov, Hsieh, Sun & Ginsburg, *nGPT: Normalized Transformer with
