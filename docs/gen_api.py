@@ -34,11 +34,11 @@ API_MD = ROOT / "docs" / "api.md"
 PACKAGE = "flowattn_np"
 # Modules whose own public functions and classes are documented (besides the package's).
 MODULES = ("data", "train", "optim", "experiment", "experiment_mlp", "mlp", "layers", "network", "flows",
-           "sphere", "backend", "plotting", "random", "checkpoint", "files", "progress")
+           "sphere", "backend", "plotting", "random", "checkpoint", "files", "progress", "checks", "coursework")
 # Order of the sections: the order a student meets the modules in.
 SECTION_ORDER = ("backend", "random", "ops", "attention", "models", "flows", "sphere", "gradient_check", "mlp",
                  "layers", "network", "optim", "progress", "train", "checkpoint", "files", "data", "experiment",
-                 "experiment_mlp", "plotting")
+                 "experiment_mlp", "plotting", "checks", "coursework")
 
 _ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
 

@@ -3,6 +3,7 @@
     flowattn-np reproduce [--quick] [--out DIR] [--layers 1,2,4] [--noise 0,0.5,1] ...
     flowattn-np data [--download]      where the data is found (or fetch it)
     flowattn-np info                   version, backend, CuPy and data availability
+    flowattn-np coursework init DIR    an nbgrader course directory with the assignments
 """
 
 from __future__ import annotations
@@ -147,6 +148,9 @@ def build_parser():
     for command in (rep, dat, info):
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the full traceback of an error")
+    from .coursework import add_parser as add_coursework_parser
+
+    add_coursework_parser(sub)
     return parser
 
 
@@ -258,6 +262,10 @@ def main(argv=None):
         if problem:
             args.parser.error(problem)  # argparse's form and exit status 2, before any work
     try:
+        if args.command == "coursework":
+            from .coursework import main as coursework_main
+
+            return coursework_main(args)
         return {"reproduce": _reproduce, "data": _data, "info": _info}[args.command](args)
     except (DataError, BackendError, ValueError, TypeError) as exc:
         if getattr(args, "debug", False):

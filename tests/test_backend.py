@@ -266,9 +266,10 @@ def test_host_rng_and_RNG_are_reproducible(xp):
 # ---------------------------------------------------------------- no direct numpy imports
 
 PACKAGE_DIR = Path(fa.__file__).resolve().parent
-# host-side modules: the backend itself, files (data, checkpoints), figures, the host RNG, the CLI
+# host-side modules: the backend itself, files (data, checkpoints), figures, the host RNG, the CLI,
+# and the teaching checkers (they compare a student's NumPy with the reference on the host)
 MAY_IMPORT_NUMPY = {"backend.py", "data.py", "plotting.py", "cli.py", "__main__.py", "checkpoint.py",
-                    "random.py"}
+                    "random.py", "checks.py"}
 
 
 def numpy_imports(source, filename="<string>"):

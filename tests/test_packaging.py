@@ -75,6 +75,12 @@ def test_built_wheel_installs_in_a_fresh_venv_and_runs_the_cli(tmp_path):
     assert top == {"flowattn_np", next(t for t in top if t.endswith(".dist-info"))}
     assert "flowattn_np/layers.py" in names and "flowattn_np/__main__.py" in names
     assert not any(n.startswith(("tests/", "notebooks/", "data/", "docs/")) for n in names)
+    # the graded assignments ship as package data (flowattn_np/assignments -> notebooks/assignments);
+    # their jupytext .py sources stay in the repository
+    from flowattn_np.coursework import ASSIGNMENTS
+
+    shipped = sorted(n for n in names if n.startswith("flowattn_np/assignments/"))
+    assert shipped == sorted(f"flowattn_np/assignments/{a}.ipynb" for a in ASSIGNMENTS)
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -96,3 +102,8 @@ def test_built_wheel_installs_in_a_fresh_venv_and_runs_the_cli(tmp_path):
     ver = subprocess.run([str(py), "-m", "flowattn_np", "--version"], check=True, capture_output=True,
                          text=True, cwd=tmp_path, env=env)
     assert ver.stdout.strip() == f"flowattn-np {version}"
+    # a teacher's first command works from the wheel (nbgrader is not needed for it)
+    subprocess.run([str(bindir / "flowattn-np"), "coursework", "init", "course"], check=True,
+                   capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert sorted(p.name for p in (tmp_path / "course" / "source").iterdir()) == sorted(ASSIGNMENTS)
+    assert (tmp_path / "course" / "nbgrader_config.py").is_file()

@@ -1,0 +1,730 @@
+"""Checkers that teach: compare a student's function with a reference, and name the mistake.
+
+A gradient checker that only prints a relative error leaves the student to guess what
+is wrong. These checkers say *where* the arrays differ (row, column, expected, got)
+and *which* common mistake explains the difference, naming the equation and the term:
+
+    >>> import numpy as np, flowattn_np as fa
+    >>> from flowattn_np import checks
+    >>> def grad_Z(Z, theta, C):                      # the sign of C theta is flipped
+    ...     return (fa.softmax(Z @ theta.T) + C) @ theta
+    >>> r = checks.check_function(grad_Z, fa.linear_grad_Z, checks.linear_inputs,
+    ...                           exercise="linear_grad_Z", raise_on_failure=False)
+    >>> r.diagnoses
+    ('sign of - C theta flipped',)
+
+``check_function`` compares with a reference implementation, ``check_gradient`` with
+central finite differences of a loss (and with a reference in float32, where finite
+differences drown in round-off). Both run on several input sets, in float64 and
+float32 (float32 in must stay float32 out), watch for inputs changed in place, and
+raise ``CheckFailure`` (an AssertionError, so a notebook test cell fails) with the
+whole story in its message.
+
+The catalogue ``EXERCISES`` holds, per exercise, the equation and the mistakes to
+look for. Each mistake either *produces* the wrong answer it stands for
+(``make(*inputs)``; the student's output is compared with it) or *detects* it from
+the outputs (``detect(got, expected, inputs)``). This is a teaching (host) module:
+it computes with NumPy directly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import attention, layers, ops
+from .flows import linear_B_exact, linear_flow_A, rk_step
+from .gradient_check import numerical_gradient
+
+TOLERANCES = {"float64": 1e-7, "float32": 2e-4}
+"""Largest allowed |got - expected|, relative to max |expected|, per dtype."""
+
+FD_TOLERANCE = 1e-6
+"""Largest allowed relative error (2-norm) of a gradient against central differences."""
+
+
+class CheckFailure(AssertionError):
+    """A student's function disagrees with the reference; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A common mistake: its name, what to tell the student, and how to recognise it.
+
+    make(*inputs) returns the output the mistake produces; detect(got, expected,
+    inputs) -> bool recognises it from the outputs. Give one of the two.
+    """
+
+    name: str
+    message: str
+    make: Callable | None = None
+    detect: Callable | None = None
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """An exercise of the catalogue: the function's name, its equation, its mistakes."""
+
+    function: str
+    equation: str
+    mistakes: tuple = ()
+    outputs: tuple = ()
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of a check: passed, the message shown to the student, diagnosed mistakes."""
+
+    passed: bool
+    message: str
+    diagnoses: tuple = ()
+    where: dict = field(default_factory=dict)
+
+    def __str__(self):
+        return self.message
+
+    def __bool__(self):
+        return self.passed
+
+
+# ---------------------------------------------------------------- generic detectors
+
+
+def _swap(a):
+    return np.swapaxes(a, -1, -2) if np.ndim(a) >= 2 else a
+
+
+def _close(got, expected, tol):
+    """|got - expected| <= tol * max |expected| everywhere (NaN never close)."""
+    got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    if got.shape != expected.shape:
+        return False
+    scale = max(float(np.abs(expected).max(initial=0.0)), 1e-30)
+    diff = np.abs(got - expected)
+    return bool(np.all(diff <= tol * scale))
+
+
+def _is_flipped_sign(got, expected, inputs, tol):
+    return _close(got, -np.asarray(expected), tol) and np.abs(expected).max(initial=0) > 0
+
+
+def _is_transposed(got, expected, inputs, tol):
+    expected = np.asarray(expected)
+    return expected.ndim >= 2 and not _close(got, expected, tol) and _close(_swap(got), expected, tol)
+
+
+def _overflowed(got, expected, inputs, tol):
+    return bool(np.all(np.isfinite(expected)) and not np.all(np.isfinite(got)))
+
+
+FLIPPED_SIGN = Mistake(
+    "flipped sign",
+    "your result is the exact negative of the expected one: one sign is flipped for the "
+    "whole expression (a gradient points uphill: grad l, not -grad l).",
+    detect=_is_flipped_sign)
+MISSING_TRANSPOSE = Mistake(
+    "missing transpose",
+    "your result is the transpose of the expected one: a transpose is missing (or one too "
+    "many); check which side each factor multiplies from and the shapes it must have.",
+    detect=_is_transposed)
+MISSING_MAX_SHIFT = Mistake(
+    "missing max-shift (overflow at large logits)",
+    "your result has inf or NaN where the expected one is finite: exp overflows at large "
+    "logits (exp(1e4) = inf in any float). Subtract the row maximum before exp (the "
+    "max-shift): sigma(S - c 1^T) = sigma(S), and LSE(S) = c + LSE(S - c 1^T) with c = max_k S_ik.",
+    detect=_overflowed)
+UPCAST = Mistake(
+    "float32 upcast",
+    "float32 in must stay float32 out. An upcast to float64 comes from a NumPy float64 scalar "
+    "(np.float64(0.5) * X), an array made with the default dtype (np.zeros(n), np.eye(m)) or "
+    "astype(float): use Python floats and dtype=X.dtype.")
+GENERIC = (FLIPPED_SIGN, MISSING_TRANSPOSE, MISSING_MAX_SHIFT)
+
+
+def in_place_message(name):
+    """The diagnosis for an input changed in place."""
+    return (f"your function changed its argument `{name}` "
+            f"(e.g. `{name} -= ...`, `{name} /= ...` or `out=` into it), so the caller's array is "
+            f"modified. Compute into a new array instead: `{name} = {name} - ...`.")
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def linear_inputs(rng, n=5, m=4, d=3, scale=1.0):
+    """Random (Z (n, d), theta (m, d), C (n, m) one-hot) for the linear model."""
+    Z = scale * rng.standard_normal((n, d))
+    theta = rng.standard_normal((m, d))
+    C = np.eye(m)[rng.integers(0, m, size=n)]
+    return Z, theta, C
+
+
+def quadratic_inputs(rng, batch=2, n=5, d=3):
+    """Random (Z (batch, n, d), theta (d, d) SPD, C (batch, n, n) one-hot) for the quadratic model."""
+    Z = rng.standard_normal((batch, n, d))
+    phi = np.tril(rng.standard_normal((d, d))) + 2.0 * np.eye(d)
+    C = np.eye(n)[rng.integers(0, n, size=(batch, n))]
+    return Z, phi @ phi.T / d, C
+
+
+def quadratic_phi_inputs(rng, batch=2, n=5, d=3):
+    """Random (Z, phi lower-triangular, C) for gradients in the Cholesky factor phi."""
+    Z = rng.standard_normal((batch, n, d))
+    phi = (np.tril(rng.standard_normal((d, d))) + 2.0 * np.eye(d)) / d ** 0.5
+    C = np.eye(n)[rng.integers(0, n, size=(batch, n))]
+    return Z, phi, C
+
+
+def logits_inputs(rng, n=4, m=5, scale=3.0):
+    """Random logits S (n, m); scale=1e4 tests the max-shift."""
+    return (scale * rng.standard_normal((n, m)),)
+
+
+def _input_sets(make_inputs, seeds, dtypes, student_fn, reference_fn):
+    """The input tuples to check on, after checking the arguments of a check."""
+    for name, fn in (("student_fn", student_fn), ("reference_fn", reference_fn)):
+        if not callable(fn):
+            raise TypeError(f"{name}: expected a function, got {type(fn).__name__}")
+    bad = [d for d in dtypes if d not in TOLERANCES]
+    if bad or not dtypes:
+        raise ValueError(f"dtypes: expected some of {', '.join(TOLERANCES)}, got {tuple(dtypes)}")
+    if callable(make_inputs):
+        sets = [tuple(make_inputs(np.random.default_rng(s))) for s in seeds]
+    elif isinstance(make_inputs, (list, tuple)):
+        sets = [tuple(args) for args in make_inputs]
+    else:
+        raise TypeError("make_inputs: expected a function rng -> tuple of inputs, or a list of input tuples, "
+                        f"got {type(make_inputs).__name__}")
+    if not sets:
+        raise ValueError("make_inputs/seeds: no input sets to check on")
+    return sets
+
+
+def _cast(args, dtype):
+    return tuple(a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a
+                 for a in args)
+
+
+# ---------------------------------------------------------------- reports
+
+
+def _coords(index, ndim):
+    if ndim == 0:
+        return "the (scalar) value"
+    if ndim == 1:
+        return f"entry {index[0]}"
+    names = ["row", "column"]
+    lead = ", ".join(f"index {i}" for i in index[:-2])
+    rc = f"row {index[-2]}, column {index[-1]}"
+    return f"{'sequence ' + lead + ', ' if lead else ''}{rc}" if ndim > 2 else \
+        f"{names[0]} {index[0]}, {names[1]} {index[1]}"
+
+
+def where_they_differ(got, expected, tol):
+    """Where got and expected differ most: (text, dict with index, expected, got, count)."""
+    got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    scale = max(float(np.abs(expected).max(initial=0.0)), 1e-30)
+    diff = np.abs(got - expected)
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    bad = int((diff > tol * scale).sum())
+    index = np.unravel_index(int(np.argmax(diff)), expected.shape) if expected.ndim else ()
+    index = tuple(int(i) for i in index)
+    e, g = float(expected[index]), float(got[index])
+    text = (f"{bad} of {expected.size} entries differ; the largest difference is at "
+            f"{_coords(index, expected.ndim)}: expected {e:.6g}, got {g:.6g}")
+    return text, {"index": index, "expected": e, "got": g, "count": bad}
+
+
+def _describe_inputs(names, args):
+    parts = []
+    for name, a in zip(names, args):
+        parts.append(f"{name} {tuple(a.shape)}" if isinstance(a, np.ndarray) else f"{name}={a!r}")
+    return ", ".join(parts)
+
+
+def _param_names(fn, count):
+    try:
+        names = [p.name for p in inspect.signature(fn).parameters.values()]
+    except (TypeError, ValueError):
+        names = []
+    names = names[:count]
+    return names + [f"argument {i + 1}" for i in range(len(names), count)]
+
+
+def _diagnose(got, expected, args, tol, mistakes):
+    """The mistakes whose output matches the student's (only those that change the answer)."""
+    found = []
+    with np.errstate(all="ignore"):
+        for mk in mistakes:
+            if mk.detect is not None:
+                if mk.detect(got, expected, args, tol):
+                    found.append(mk)
+                continue
+            wrong = mk.make(*args)
+            if _close(wrong, expected, tol):
+                continue  # on these inputs the mistake gives the right answer
+            if _close(got, wrong, tol):
+                found.append(mk)
+    return found
+
+
+# ---------------------------------------------------------------- the checks
+
+
+def _compare_one(name, got, expected, args, tol, dtype, mistakes):
+    """None if got matches expected, else (problem text, diagnoses, where)."""
+    if got is None:
+        return f"`{name}` is None: did you forget `return`?", [], {}
+    got_arr, expected = np.asarray(got), np.asarray(expected)
+    if got_arr.shape != expected.shape:
+        problem = f"`{name}` has shape {got_arr.shape}, expected {expected.shape}"
+        found = [MISSING_TRANSPOSE] if got_arr.shape == _swap(expected).shape and \
+            _close(_swap(got_arr), expected, tol) else []
+        return problem, found, {}
+    if dtype == "float32" and got_arr.dtype != np.float32 and not isinstance(got, float):
+        return f"`{name}` is {got_arr.dtype} for float32 inputs", [UPCAST], {}
+    if _close(got_arr, expected, tol):
+        return None
+    text, where = where_they_differ(got_arr, expected, tol)
+    if name != "the result":
+        text = f"`{name}`: {text}"
+    return text, _diagnose(got_arr, expected, args, tol, mistakes), where
+
+
+def _call(fn, *args):
+    with np.errstate(all="ignore"):
+        return fn(*args)
+
+
+def _failure(title, context, problem, found, where, raise_on_failure):
+    lines = [f"{title}: wrong {context}", f"  {problem}."]
+    for mk in found:
+        lines.append(f"  Diagnosis - {mk.name}: {mk.message}")
+    if not found:
+        lines.append("  (No common mistake of this exercise matches; compare your steps with the equation.)")
+    result = CheckResult(False, "\n".join(lines), tuple(mk.name for mk in found), where)
+    if raise_on_failure:
+        raise CheckFailure(result.message)
+    return result
+
+
+def _lookup(exercise):
+    if exercise is None or isinstance(exercise, Exercise):
+        return exercise
+    try:
+        return EXERCISES[exercise]
+    except KeyError:
+        raise ValueError(f"exercise: unknown exercise {exercise!r}; known: {', '.join(sorted(EXERCISES))}") \
+            from None
+
+
+def _narrow(mistakes, index):
+    """Mistakes of a tuple-valued function, narrowed to its output ``index``."""
+    return tuple(mk if mk.make is None else
+                 Mistake(mk.name, mk.message, make=lambda *a, _m=mk.make: _m(*a)[index]) for mk in mistakes)
+
+
+def _outputs(ex, output, got, expected):
+    """[(name, got, expected, index)] to compare: every element of a tuple result, or one."""
+    names = ex.outputs if ex else ()
+    if output is not None:  # expected is that output already
+        name = names[output] if output < len(names) else f"output {output}"
+        return [(name, got[output] if isinstance(got, tuple) else got, expected, output)]
+    if names:
+        if not isinstance(got, tuple) or len(got) != len(names):
+            return None
+        return [(n, g, e, i) for i, (n, g, e) in enumerate(zip(names, got, expected))]
+    return [("the result", got, expected, None)]
+
+
+def _mutated(names, args, saved):
+    for name, a, s in zip(names, args, saved):
+        if s is not None and not np.array_equal(a, s, equal_nan=True):
+            return name
+    return None
+
+
+def _run(student_fn, expected_fn, input_sets, *, ex, mistakes, dtypes, tols, output, what,
+         raise_on_failure):
+    """The shared loop of check_function and check_gradient."""
+    fname = ex.function if ex else getattr(student_fn, "__name__", "your function")
+    title = f"{fname} ({ex.equation})" if ex and ex.equation else fname
+    mistakes = tuple(mistakes) + (ex.mistakes if ex else ()) + GENERIC
+    names = _param_names(student_fn, len(input_sets[0]))
+    for dtype in dtypes:
+        tol = tols[dtype]
+        for k, args64 in enumerate(input_sets):
+            args = _cast(args64, dtype)
+            context = f"on input set {k + 1} of {len(input_sets)} ({dtype}; {_describe_inputs(names, args)})"
+            saved = [a.copy() if isinstance(a, np.ndarray) else None for a in args]
+            got = _call(student_fn, *args)
+            name = _mutated(names, args, saved)
+            if name is not None:
+                mk = Mistake("in-place mutation of an input", in_place_message(name))
+                return _failure(title, context, f"the input `{name}` was modified", [mk], {}, raise_on_failure)
+            expected = _call(expected_fn, args, args64, dtype)
+            pairs = _outputs(ex, output, got, expected)
+            if pairs is None:
+                return _failure(title, context, f"expected a tuple ({', '.join(ex.outputs)}), got "
+                                f"{type(got).__name__}", [], {}, raise_on_failure)
+            for oname, g, e, i in pairs:
+                mk_i = mistakes if i is None else _narrow(mistakes, i)
+                res = _compare_one(oname, g, e, args, tol, dtype, mk_i)
+                if res is not None:
+                    return _failure(title, context, *res, raise_on_failure)
+    part = "" if output is None or not (ex and output < len(ex.outputs)) else f" {ex.outputs[output]}"
+    sets = f"{len(input_sets)} input set{'s' if len(input_sets) > 1 else ''}"
+    return CheckResult(True, f"{title}:{part} passed {what} on {sets} ({', '.join(dtypes)})")
+
+
+def check_function(student_fn, reference_fn, make_inputs, exercise=None, mistakes=(), seeds=(0, 1, 2),
+                   dtypes=("float64", "float32"), tol=None, output=None, raise_on_failure=True):
+    """Compare ``student_fn(*inputs)`` with ``reference_fn(*inputs)`` on several input sets.
+
+    make_inputs: a function rng -> tuple of inputs (called with default_rng(seed) for
+    each seed), or a list of input tuples. Float inputs are cast to each dtype; the
+    outputs must match to TOLERANCES[dtype] (or ``tol``) relative to max |expected|
+    and keep the dtype. exercise: a name in EXERCISES (or an Exercise) giving the
+    equation and the mistakes to diagnose; ``mistakes`` adds more. output: for a
+    function returning a tuple, check only that element. Raises CheckFailure saying
+    where the arrays differ and which mistakes explain it (or returns the failed
+    CheckResult when raise_on_failure is False); returns a passed CheckResult.
+    """
+    ex = _lookup(exercise)
+    sets = _input_sets(make_inputs, seeds, dtypes, student_fn, reference_fn)
+    tols = {d: tol or TOLERANCES[d] for d in dtypes}
+
+    def expected(args, args64, dtype):
+        out = reference_fn(*args)
+        return out if output is None else out[output]
+
+    return _run(student_fn, expected, sets,
+                ex=ex, mistakes=mistakes, dtypes=dtypes, tols=tols, output=output,
+                what="against the reference", raise_on_failure=raise_on_failure)
+
+
+def check_gradient(student_grad, loss_fn, make_inputs, wrt=0, reference_grad=None, exercise=None,
+                   mistakes=(), seeds=(0, 1, 2), dtypes=("float64", "float32"), eps=1e-6, output=None,
+                   raise_on_failure=True):
+    """Compare ``student_grad(*inputs)`` with central differences of the scalar
+    ``loss_fn(*inputs)`` in its argument number ``wrt``.
+
+    In float64 the reference is the finite-difference gradient (max error <=
+    FD_TOLERANCE x max |gradient|); in float32 it is ``reference_grad`` (finite
+    differences drown in round-off there), so float32 is checked only when
+    reference_grad is given. output: for a student_grad (and reference_grad) returning
+    a tuple, the element to check. Failures are reported as in ``check_function``.
+    """
+    ex = _lookup(exercise)
+    if reference_grad is None:
+        dtypes = tuple(d for d in dtypes if d == "float64")
+
+    def expected(args, args64, dtype):
+        if dtype != "float64":
+            out = reference_grad(*args)
+            return out if output is None else out[output]
+        rest = list(args64)
+
+        def f(x):
+            rest[wrt] = x
+            return loss_fn(*rest)
+
+        return numerical_gradient(f, args64[wrt], eps)
+
+    sets = _input_sets(make_inputs, seeds, dtypes, student_grad, loss_fn)
+    tols = {d: FD_TOLERANCE if d == "float64" else TOLERANCES[d] for d in dtypes}
+    return _run(student_grad, expected, sets, ex=ex, mistakes=mistakes,
+                dtypes=dtypes, tols=tols, output=output, what="against finite differences",
+                raise_on_failure=raise_on_failure)
+
+
+# ---------------------------------------------------------------- references
+
+
+def _softmax_cols(S):
+    """The mistake 'softmax over the wrong axis': normalised over axis -2 (columns)."""
+    return _swap(ops.softmax(_swap(S)))
+
+
+def reference_ca_block(Z, theta, C, h):
+    """Lie block of eq. (8), Euler on A, exact B: Z + h (C - sigma(Z theta^T)) theta (n x d)."""
+    block = layers.CrossAttentionBlock(layers.BlockConfig(model="linear", targets="labels", learn_h=True))
+    return block.forward(Z, {"theta": theta, "h": np.asarray(h, dtype=Z.dtype)}, C)[0]
+
+
+def reference_ca_block_vjp(Z_bar, Z, theta, C, h):
+    """VJP of reference_ca_block for the upstream Z_bar: (Z_bar_in, theta_bar, h_bar)."""
+    block = layers.CrossAttentionBlock(layers.BlockConfig(model="linear", targets="labels", learn_h=True))
+    _, cache = block.forward(Z, {"theta": theta, "h": np.asarray(h, dtype=Z.dtype)}, C)
+    Z_in_bar, grads = block.backward(Z_bar, cache)
+    return Z_in_bar, grads["theta"], grads["h"]
+
+
+def reference_network(X, y, theta, h, L):
+    """Label-free network of L tied attention-only eq. (8) blocks (C = 0) and the head Z_L theta^T.
+
+    Returns (loss, theta_bar, h_bar): the batch-mean cross-entropy of the labels y and
+    its gradients, from flowattn_np.Network. X: n x d, y: (n,) integers, theta: m x d.
+    """
+    from .network import Network, NetworkConfig
+
+    cfg = NetworkConfig(n_inputs=X.shape[1], n_classes=theta.shape[0], layers=L, dtype=str(X.dtype),
+                        block=layers.BlockConfig(model="linear", targets="none", learn_h=True))
+    net = Network(cfg, params={"theta": theta.copy(), "h": np.asarray(h, dtype=X.dtype)})
+    loss, grads, _ = net.loss_and_grads(X, y)
+    return loss, grads["theta"], grads.get("h", np.zeros((), X.dtype))
+
+
+def _head_only(X, y, theta, h, L):
+    """The network's gradients with theta_bar from the head alone (the tied blocks' part left out)."""
+    loss, _, h_bar = reference_network(X, y, theta, h, L)
+    Z, C = X, np.eye(theta.shape[0], dtype=X.dtype)[y]
+    attention_only = layers.CrossAttentionBlock(layers.BlockConfig(model="linear", targets="none", learn_h=True))
+    for _ in range(L):  # label-free blocks: Z + h (0 - sigma(Z theta^T)) theta
+        Z = attention_only.forward(Z, {"theta": theta, "h": np.asarray(h, dtype=X.dtype)})[0]
+    G = (ops.softmax(Z @ theta.T) - C) / X.shape[0]
+    return loss, G.T @ Z, h_bar
+
+
+def sphere_inputs(rng, n=5, d=4):
+    """Random (Z (n, d), Y_bar (n, d), r) for the retraction and its VJP."""
+    return rng.standard_normal((n, d)), rng.standard_normal((n, d)), float(rng.uniform(0.5, 3.0))
+
+
+def block_inputs(rng, n=5, m=4, d=3):
+    """Random (Z, theta, C, h) for one eq. (8) block; h a Python float."""
+    Z, theta, C = linear_inputs(rng, n, m, d)
+    return Z, theta, C, float(rng.uniform(0.1, 0.9))
+
+
+def block_vjp_inputs(rng, n=5, m=4, d=3):
+    """Random (Z_bar, Z, theta, C, h): an upstream gradient and one block's inputs."""
+    Z, theta, C, h = block_inputs(rng, n, m, d)
+    return (rng.standard_normal(Z.shape), Z, theta, C, h)
+
+
+def network_inputs(rng, n=12, m=3, d=4, L=2):
+    """Random (X (n, d), y (n,), theta (m, d), h, L) for the label-free network."""
+    return (rng.standard_normal((n, d)), rng.integers(0, m, size=n), rng.standard_normal((m, d)) / 2,
+            float(rng.uniform(-0.5, 0.5)), L)
+
+
+def _ca_block_parts(Z_bar, Z, theta, C, h):
+    P = ops.softmax(Z @ theta.T)
+    R = C - P
+    G = Z_bar @ theta.T
+    S_bar = ops.softmax_vjp(P, -h * G)
+    return P, R, G, S_bar
+
+
+def _attention_step(theta, t):
+    return lambda Y: rk_step(lambda X: linear_flow_A(X, theta), Y, t, "rk4")
+
+
+def reference_lie_step(Z, theta, C, h):
+    """One Lie step of the linear flow (eq. 8 form): A(h) by one RK4 step, then exact B(h)."""
+    return linear_B_exact(_attention_step(theta, h)(Z), theta, C, h)
+
+
+def reference_strang_step(Z, theta, C, h):
+    """One Strang step of the linear flow: A(h/2) by RK4, exact B(h), A(h/2) by RK4."""
+    half = _attention_step(theta, 0.5 * h)
+    return half(linear_B_exact(half(Z), theta, C, h))
+
+
+# ---------------------------------------------------------------- the catalogue
+
+
+def _grad_Z_terms(Z, theta, C):
+    return attention.cross_attention(Z, theta), C @ theta
+
+
+def _quad_terms(Z, theta, C):
+    P = ops.softmax(Z @ theta @ _swap(Z))
+    Y = Z @ theta
+    return P @ Y, _swap(P) @ Y, (C + _swap(C)) @ Y
+
+
+def _quad_A(Z, phi, C, residual):
+    G = residual(Z, phi @ phi.T, C)
+    A = Z.swapaxes(-1, -2) @ G @ Z
+    return A.reshape((-1,) + A.shape[-2:]).sum(axis=0)
+
+
+def _residual(Z, theta, C):
+    return ops.softmax(Z @ theta @ _swap(Z)) - C
+
+
+WRONG_AXIS = "softmax over the wrong axis"
+WRONG_AXIS_MSG = ("your softmax normalises the columns (axis 0) instead of the rows: each row i "
+                  "(one query) must sum to 1 over k, sigma(S)_ij = exp(S_ij) / sum_k exp(S_ik); "
+                  "use axis=-1 (with keepdims=True).")
+
+EXERCISES = {
+    "softmax": Exercise("softmax", "row-wise softmax sigma(S)_ij = exp(S_ij) / sum_k exp(S_ik), max-shifted", (
+        Mistake(WRONG_AXIS, WRONG_AXIS_MSG, make=_softmax_cols),
+    )),
+    "logsumexp": Exercise("logsumexp", "LSE(S)_i = c_i + log sum_k exp(S_ik - c_i), c_i = max_k S_ik", (
+        Mistake("max not added back", "you return log sum_k exp(S_ik - c_i) without the term + c_i "
+                "of LSE(S)_i = c_i + log sum_k exp(S_ik - c_i): the max-shift must be undone.",
+                make=lambda S: np.log(np.exp(S - S.max(-1, keepdims=True)).sum(-1))),
+        Mistake(WRONG_AXIS, "you sum over the columns (axis 0) instead of over k in each row: "
+                "LSE(S)_i = log sum_k exp(S_ik); use axis=-1.",
+                make=lambda S: _swap(S).max(-1) + np.log(np.exp(_swap(S) - _swap(S).max(-1, keepdims=True)).sum(-1))
+                if S.shape[0] == S.shape[1] else np.full(S.shape[0], np.nan)),
+    )),
+    "cross_entropy": Exercise("cross_entropy", "eq. (3): l = -<C, log sigma(Z theta^T)>, summed over rows", (
+        Mistake("mean instead of sum", "you divide by the number of rows n: the point-wise loss of "
+                "eq. (3) is the SUM over rows, l = -sum_i <C_i, log sigma(Z theta^T)_i>.",
+                make=lambda Z, th, C: -(C * ops.log_softmax(Z @ th.T)).sum() / Z.shape[0]),
+        Mistake(WRONG_AXIS, WRONG_AXIS_MSG,
+                make=lambda Z, th, C: -(C * np.log(_softmax_cols(Z @ th.T))).sum()),
+        Mistake("missing minus sign", "the cross-entropy is -<C, log sigma(N)>: you dropped the minus "
+                "(your loss is negative; log-probabilities are <= 0).",
+                make=lambda Z, th, C: (C * ops.log_softmax(Z @ th.T)).sum()),
+    )),
+    "linear_grad_Z": Exercise("grad_Z", "eq. (4): grad_Z l = CA(Z, theta) - C theta = (sigma(Z theta^T) - C) theta", (
+        Mistake("missing - C theta", "the term - C theta of eq. (4) is missing: you return only the "
+                "cross-attention CA(Z, theta) = sigma(Z theta^T) theta. The derivative of -<C, Z theta^T> "
+                "in Z is - C theta.", make=lambda Z, th, C: _grad_Z_terms(Z, th, C)[0]),
+        Mistake("sign of - C theta flipped", "the term - C theta of eq. (4) has the wrong sign: you "
+                "compute CA(Z, theta) + C theta. The label term enters the loss as -<C, Z theta^T>.",
+                make=lambda Z, th, C: sum(_grad_Z_terms(Z, th, C))),
+        Mistake(WRONG_AXIS, WRONG_AXIS_MSG + " In eq. (4) CA(Z, theta) = sigma(Z theta^T) theta.",
+                make=lambda Z, th, C: (_softmax_cols(Z @ th.T) - C) @ th),
+    )),
+    "linear_grad_theta": Exercise("grad_theta", "grad_theta l = (sigma(Z theta^T) - C)^T Z", (
+        Mistake("missing - C", "the label term is missing: grad_theta l = (sigma(Z theta^T) - C)^T Z, "
+                "you return sigma(Z theta^T)^T Z.", make=lambda Z, th, C: ops.softmax(Z @ th.T).T @ Z),
+        Mistake(WRONG_AXIS, WRONG_AXIS_MSG, make=lambda Z, th, C: (_softmax_cols(Z @ th.T) - C).T @ Z),
+    )),
+    "ca_block": Exercise("block_forward", "eq. (8): Z_out = Z - h CA(Z, theta) + h C theta", (
+        Mistake("sign of the attention term flipped", "eq. (8) SUBTRACTS the attention: Z_half = Z - h CA(Z, "
+                "theta) (a descent step; CA is part of the gradient). You add it.",
+                make=lambda Z, th, C, h: Z + h * (attention.cross_attention(Z, th) + C @ th)),
+        Mistake("missing residual", "the residual connection is missing: eq. (8) is Z_out = Z + h (C theta "
+                "- CA(Z, theta)); you return only the update h (C theta - CA(Z, theta)).",
+                make=lambda Z, th, C, h: h * (C @ th - attention.cross_attention(Z, th))),
+        Mistake("missing label step + h C theta", "the second line of eq. (8), Z_out = Z_half + h C theta "
+                "(the B sub-flow), is missing: you return Z_half = Z - h CA(Z, theta).",
+                make=lambda Z, th, C, h: Z - h * attention.cross_attention(Z, th)),
+    )),
+    "ca_block_vjp": Exercise(
+        "block_backward", "VJP of eq. (8): Z_out = Z + h (C - P) theta, P = sigma(Z theta^T)", (
+            Mistake("missing residual path in Z_bar", "Z_bar_in is missing the identity term of the residual "
+                    "connection: Z_out = Z + ..., so Z_bar_in = Z_bar + S_bar theta.",
+                    make=lambda Zb, Z, th, C, h: _vjp_variant(Zb, Z, th, C, h, residual=False)),
+            Mistake("missing softmax VJP in Z_bar", "Z_bar_in misses the term S_bar theta: P = sigma(Z theta^T) "
+                    "depends on Z, so Z_bar_in = Z_bar + S_bar theta with S_bar = softmax VJP of "
+                    "P_bar = -h Z_bar theta^T.", make=lambda Zb, Z, th, C, h: _vjp_variant(Zb, Z, th, C, h,
+                                                                                       z_softmax=False)),
+            Mistake("missing softmax VJP in theta_bar", "theta_bar misses S_bar^T Z: the attention weights "
+                    "P = sigma(Z theta^T) depend on theta too (theta is the keys AND the values).",
+                    make=lambda Zb, Z, th, C, h: _vjp_variant(Zb, Z, th, C, h, th_softmax=False)),
+            Mistake("missing value term in theta_bar", "theta_bar misses h (C - P)^T Z_bar: theta also "
+                    "multiplies as the values in h (C - P) theta.",
+                    make=lambda Zb, Z, th, C, h: _vjp_variant(Zb, Z, th, C, h, th_value=False)),
+            Mistake("sign of the softmax VJP flipped", "the softmax VJP enters with the wrong sign: P enters "
+                    "eq. (8) as - h P theta, so P_bar = -h Z_bar theta^T.",
+                    make=lambda Zb, Z, th, C, h: _vjp_variant(Zb, Z, th, C, h, sign=-1.0)),
+        ), outputs=("Z_bar_in", "theta_bar", "h_bar")),
+    "network": Exercise(
+        "network_loss_and_grads", "mean cross-entropy of Z_L theta^T after L blocks Z + h (0 - sigma(Z theta^T)) theta", (
+            Mistake("sum instead of mean", "the network's loss is the batch MEAN of the cross-entropy: divide "
+                    "the loss and the head's residual sigma(logits) - C by the number of rows n.",
+                    make=lambda X, y, th, h, L: tuple(a * X.shape[0] for a in reference_network(X, y, th, h, L))),
+            Mistake("missing the blocks' part of theta_bar", "theta is tied: the same theta is in the head AND "
+                    "in every block, so theta_bar adds the head's G^T Z_L and every block's theta_bar.",
+                    make=lambda X, y, th, h, L: _head_only(X, y, th, h, L)),
+        ), outputs=("loss", "theta_bar", "h_bar")),
+    "self_attention": Exercise("SA", "eq. (9): SA(Z, theta) = sigma(Z theta Z^T) Z theta", (
+        Mistake(WRONG_AXIS, WRONG_AXIS_MSG + " For SA each token's scores over the other tokens sum to 1.",
+                make=lambda Z, th: _softmax_cols(Z @ th @ _swap(Z)) @ Z @ th),
+        Mistake("missing theta in the values", "the values are Z theta, not Z: SA = sigma(Z theta Z^T) Z theta.",
+                make=lambda Z, th: ops.softmax(Z @ th @ _swap(Z)) @ Z),
+    )),
+    "self_attention_adjoint": Exercise("SA_adjoint", "eq. (9): SA*(Z, theta) = sigma(Z theta Z^T)^T Z theta", (
+        Mistake("missing transpose in SA*", "you return SA(Z, theta): SA* uses the TRANSPOSED attention "
+                "matrix, sigma(Z theta Z^T)^T Z theta (the transpose of the softmax, not a softmax of the "
+                "transpose).", make=lambda Z, th: _quad_terms(Z, th, np.zeros(Z.shape[:-1] + Z.shape[-2:-1]))[0]),
+        Mistake("softmax of the transpose", "you take sigma((Z theta Z^T)^T): SA* is the transpose of the "
+                "row-wise softmax, sigma(Z theta Z^T)^T, whose columns (not rows) sum to 1.",
+                make=lambda Z, th: ops.softmax(_swap(Z @ th @ _swap(Z))) @ Z @ th),
+    )),
+    "quadratic_grad_Z": Exercise(
+        "grad_Z", "eq. (9): grad_Z l = SA(Z, theta) + SA*(Z, theta) - (C + C^T) Z theta", (
+            Mistake("missing - (C + C^T) Z theta", "the label term - (C + C^T) Z theta of eq. (9) is "
+                    "missing: you return SA + SA*.", make=lambda Z, th, C: sum(_quad_terms(Z, th, C)[:2])),
+            Mistake("missing C^T in the label term", "the label term of eq. (9) is -(C + C^T) Z theta: Z "
+                    "appears twice in Z theta Z^T, so C enters once and transposed once; you have - C Z theta.",
+                    make=lambda Z, th, C: sum(_quad_terms(Z, th, C)[:2]) - C @ Z @ th),
+            Mistake("missing SA*", "the term SA*(Z, theta) of eq. (9) is missing (Z is both the queries and "
+                    "the keys, so the gradient has a transposed attention term).",
+                    make=lambda Z, th, C: _quad_terms(Z, th, C)[0] - _quad_terms(Z, th, C)[2]),
+            Mistake("sign of (C + C^T) Z theta flipped", "the label term of eq. (9) must be subtracted: "
+                    "- (C + C^T) Z theta; you add it.",
+                    make=lambda Z, th, C: sum(_quad_terms(Z, th, C))),
+        )),
+    "quadratic_grad_phi": Exercise(
+        "grad_phi", "grad_phi l = tril((Z^T G Z + Z^T G^T Z) phi), G = sigma(Z theta Z^T) - C, summed over sequences", (
+            Mistake("missing tril", "phi is lower-triangular: only its lower triangle is a parameter, so keep "
+                    "the lower triangle of the gradient (np.tril).",
+                    make=lambda Z, phi, C: (lambda A: (A + A.T) @ phi)(_quad_A(Z, phi, C, _residual))),
+            Mistake("missing transpose G^T", "theta = phi phi^T enters N = Z theta Z^T symmetrically: the "
+                    "gradient is (Z^T G Z + Z^T G^T Z) phi; you have 2 Z^T G Z phi.",
+                    make=lambda Z, phi, C: np.tril(2 * _quad_A(Z, phi, C, _residual) @ phi)),
+            Mistake("missing - C", "G = sigma(Z theta Z^T) - C: the label term is missing.",
+                    make=lambda Z, phi, C: (lambda A: np.tril((A + A.T) @ phi))(
+                        _quad_A(Z, phi, C, lambda Z, th, C: ops.softmax(Z @ th @ _swap(Z))))),
+        )),
+    "rk4_attention": Exercise("rk4_attention", "one RK4 step of the attention sub-flow dZ/dt = -CA(Z, theta)", (
+        Mistake("sign of the sub-flow flipped", "the attention sub-flow is dZ/dt = -CA(Z, theta) (it descends "
+                "the log-sum-exp); you integrate +CA.",
+                make=lambda Z, th, t: rk_step(lambda X: -linear_flow_A(X, th), Z, t, "rk4")),
+        Mistake("one Euler step", "you take one Euler step Z - t CA(Z, theta); RK4 evaluates the field four "
+                "times: k1 = f(Z), k2 = f(Z + t/2 k1), k3 = f(Z + t/2 k2), k4 = f(Z + t k3), "
+                "Z + t/6 (k1 + 2 k2 + 2 k3 + k4).",
+                make=lambda Z, th, t: Z + t * linear_flow_A(Z, th)),
+    )),
+    "retract": Exercise("retract", "R(z) = r z / |z|, row by row", (
+        Mistake("norm over the wrong axis", "|z| is the length of each ROW (one token's features): "
+                "np.linalg.norm(Z, axis=-1, keepdims=True), not over the columns.",
+                make=lambda Z, r: r * Z / np.sqrt((Z * Z).sum(axis=-2, keepdims=True))),
+        Mistake("missing radius r", "R(z) = r z / |z| puts the rows on the sphere of radius r, not 1.",
+                make=lambda Z, r: Z / np.sqrt((Z * Z).sum(axis=-1, keepdims=True))),
+    )),
+    "retract_vjp": Exercise("retract_vjp", "z_bar = (r / |z|) (y_bar - z_hat (z_hat . y_bar)), z_hat = z / |z|", (
+        Mistake("missing tangent projection", "you return (r / |z|) y_bar: R(z) does not change when z is "
+                "scaled, so the radial part of y_bar must be removed: - z_hat (z_hat . y_bar).",
+                make=lambda Z, Yb, r: r * Yb / np.sqrt((Z * Z).sum(axis=-1, keepdims=True))),
+        Mistake("missing factor r / |z|", "the projection is right but the factor r / |z| (the derivative "
+                "of the scaling) is missing.",
+                make=lambda Z, Yb, r: (lambda u: Yb - u * (u * Yb).sum(-1, keepdims=True))(
+                    Z / np.sqrt((Z * Z).sum(axis=-1, keepdims=True)))),
+    )),
+    "lie_step": Exercise("lie_step", "Lie splitting B(h) o A(h): attention first (eq. 8)", (
+        Mistake("sub-flows in the wrong order", "you apply B before A: eq. (8) takes the attention "
+                "sub-flow A first, then the label sub-flow B: B(h) o A(h).",
+                make=lambda Z, th, C, h: _attention_step(th, h)(linear_B_exact(Z, th, C, h))),
+    )),
+    "strang_step": Exercise("strang_step", "Strang splitting A(h/2) o B(h) o A(h/2)", (
+        Mistake("full steps of A", "Strang takes HALF steps of A on either side of a full step of B: "
+                "A(h/2) o B(h) o A(h/2); you take A(h) twice.",
+                make=lambda Z, th, C, h: _attention_step(th, h)(linear_B_exact(_attention_step(th, h)(Z), th, C, h))),
+        Mistake("a Lie step", "you return the Lie step B(h) o A(h): Strang is symmetric, "
+                "A(h/2) o B(h) o A(h/2).", make=lambda Z, th, C, h: reference_lie_step(Z, th, C, h)),
+    )),
+}
+"""Exercise name -> Exercise: the equation and the mistakes diagnosed for it."""
+
+
+def _vjp_variant(Z_bar, Z, theta, C, h, residual=True, z_softmax=True, th_softmax=True, th_value=True, sign=1.0):
+    """The VJP of the eq. (8) block with one piece left out or one sign flipped (mistakes)."""
+    P, R, G, S_bar = _ca_block_parts(Z_bar, Z, theta, C, h)
+    S_bar = sign * S_bar
+    Z_in = (Z_bar if residual else 0.0) + (S_bar @ theta if z_softmax else 0.0)
+    th_bar = (h * (R.T @ Z_bar) if th_value else 0.0) + (S_bar.T @ Z if th_softmax else 0.0)
+    return Z_in, th_bar, (G * R).sum()

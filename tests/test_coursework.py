@@ -1,0 +1,380 @@
+"""The graded assignments and the teacher's workflow, with nbgrader's own commands.
+
+One course directory is made for the whole module (``flowattn_np.coursework.init_course``),
+``nbgrader generate_assignment`` writes the student versions, and one ``nbgrader
+autograde`` run grades every submission at once:
+
+* ``instructor``: the source notebooks themselves: every autograded cell scores full marks;
+* ``blank``: the untouched student versions: 0 everywhere, and the grader does not crash;
+* one seeded buggy student per diagnosed mistake (``BUGS``): exactly the tests that the
+  bug affects lose their points, and the checker's message in the graded notebook names
+  the mistake.
+
+The student versions are searched for every solution line and every hidden test line.
+Each source notebook also runs top to bottom in a kernel where nbgrader cannot be imported
+(a student needs only the package), and its wall time is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import jupytext
+import pytest
+
+from flowattn_np import coursework
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ROOT / "notebooks" / "assignments"
+NAMES = coursework.ASSIGNMENTS
+MAX_SECONDS = 120  # each instructor notebook, top to bottom, on a 2-core CI machine
+
+
+@dataclass(frozen=True)
+class Bug:
+    """A seeded mistake: replace ``old`` by ``new`` in a solution; the tests it must fail."""
+
+    student: str
+    assignment: str
+    old: str
+    new: str
+    failing: frozenset
+    diagnosis: str
+
+
+A1, A2, A3, A4 = NAMES
+BUGS = (
+    Bug("sign_of_C_theta", A1, "residual = softmax(Z @ theta.T) - C", "residual = softmax(Z @ theta.T) + C",
+        frozenset({"test_grad_Z", "test_grad_Z_finite_differences", "test_use_gradcheck"}),
+        "sign of - C theta flipped"),
+    # grad_Z and grad_theta call the student's softmax: their tests fail with it
+    Bug("softmax_wrong_axis", A1, "S.max(axis=-1, keepdims=True)\n    e = np.exp(shifted)\n    return e / e.sum(axis=-1",
+        "S.max(axis=0, keepdims=True)\n    e = np.exp(shifted)\n    return e / e.sum(axis=0",
+        frozenset({"test_softmax", "test_softmax_large_logits", "test_grad_Z", "test_grad_Z_finite_differences",
+                   "test_use_gradcheck", "test_grad_theta"}),
+        "softmax over the wrong axis"),
+    Bug("no_max_shift", A1, "shifted = S - S.max(axis=-1, keepdims=True)", "shifted = S",
+        frozenset({"test_softmax_large_logits"}), "missing max-shift"),
+    Bug("in_place", A1, "shifted = S - S.max(axis=-1, keepdims=True)",
+        "S -= S.max(axis=-1, keepdims=True)\n    shifted = S",
+        frozenset({"test_softmax", "test_softmax_large_logits"}), "in-place mutation of an input"),
+    Bug("grad_theta_transpose", A1, "return G.T @ Z", "return Z.T @ G",
+        frozenset({"test_grad_theta"}), "missing transpose"),
+    # the network's gradients use the block's backward; its training still succeeds with the
+    # wrong gradient (Adam on a 2-D problem is forgiving): why the gradient tests exist
+    Bug("softmax_vjp_sign", A2, "S_bar = fa.softmax_vjp(P, -h * G)", "S_bar = fa.softmax_vjp(P, h * G)",
+        frozenset({"test_block_backward_Z", "test_block_backward_theta", "test_network"}),
+        "sign of the softmax VJP flipped"),
+    Bug("sa_adjoint_transpose", A3, "return scores.swapaxes(-1, -2) @ Y", "return scores @ Y",
+        frozenset({"test_SA_adjoint", "test_grad_Z", "test_grad_Z_finite_differences"}),
+        "missing transpose in SA*"),
+    Bug("missing_label_term", A3, "return SA(Z, theta) + SA_adjoint(Z, theta) - label_term",
+        "return SA(Z, theta) + SA_adjoint(Z, theta)",
+        frozenset({"test_grad_Z", "test_grad_Z_finite_differences"}), "missing - (C + C^T) Z theta"),
+    Bug("retract_vjp_projection", A4,
+        "return (r / norms) * (Y_bar - unit * (unit * Y_bar).sum(axis=-1, keepdims=True))",
+        "return (r / norms) * Y_bar", frozenset({"test_retract_vjp"}), "missing tangent projection"),
+)
+
+
+def kernel_env(extra_path=()):
+    """Environment for nbgrader and its kernels: this checkout importable, plotting headless."""
+    env = dict(os.environ)
+    parts = [*map(str, extra_path), str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    env["MPLBACKEND"] = "Agg"
+    return env
+
+
+def run_nbgrader(course, *args):
+    done = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=kernel_env(),
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def grade_cells(nb):
+    """{grade_id: cell} of the cells nbgrader grades."""
+    return {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells
+            if c.metadata.get("nbgrader", {}).get("grade")}
+
+
+def regions(source, begin, end):
+    """The lines strictly between the markers ``begin`` and ``end`` (stripped, non-empty)."""
+    out, inside = [], False
+    for line in source.splitlines():
+        s = line.strip()
+        if s == begin:
+            inside = True
+        elif s == end:
+            inside = False
+        elif inside and s:
+            out.append(s)
+    return out
+
+
+def submit(course, student, name, nb):
+    folder = course / "submitted" / student / name
+    folder.mkdir(parents=True)
+    nbformat.write(nb, str(folder / f"{name}.ipynb"))
+
+
+def seeded(bug):
+    """The instructor notebook with ``bug`` planted in its solution."""
+    nb = nbformat.read(str(SOURCES / f"{bug.assignment}.ipynb"), as_version=4)
+    hits = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution") and bug.old in c.source]
+    assert len(hits) == 1, f"{bug.student}: {bug.old!r} is not in exactly one solution cell"
+    hits[0].source = hits[0].source.replace(bug.old, bug.new)
+    return nb
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    """A course directory, generated, submitted (instructor, blank, one per bug) and autograded once."""
+    course = coursework.init_course(tmp_path_factory.mktemp("course") / "flowattn_course")
+    run_nbgrader(course, "generate_assignment", "*")
+    for name in NAMES:
+        submit(course, "instructor", name, nbformat.read(str(SOURCES / f"{name}.ipynb"), as_version=4))
+        submit(course, "blank", name, nbformat.read(str(course / "release" / name / f"{name}.ipynb"), as_version=4))
+    for bug in BUGS:
+        submit(course, bug.student, bug.assignment, seeded(bug))
+    start = time.perf_counter()
+    run_nbgrader(course, "autograde", "*")
+    print(f"\nautograde of {len(NAMES) * 2 + len(BUGS)} submissions: {time.perf_counter() - start:.1f} s")
+    return course
+
+
+def scores(course, student, name):
+    """{grade_id: (auto_score, max_score, needs_manual_grade)} from nbgrader's gradebook."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        nb = gb.find_submission_notebook(name, name, student)
+        return {g.name: (g.auto_score, g.max_score, g.needs_manual_grade, g.cell_type) for g in nb.grades}
+
+
+def graded_output(course, student, name, grade_id):
+    """Every output text of one graded cell in the autograded notebook."""
+    nb = nbformat.read(str(course / "autograded" / student / name / f"{name}.ipynb"), as_version=4)
+    return json.dumps(grade_cells(nb)[grade_id].get("outputs", []))
+
+
+# ---------------------------------------------------------------- the source notebooks
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_source_pair_is_in_sync_with_its_nbgrader_metadata(name):
+    py = jupytext.read(SOURCES / f"{name}.py")
+    nb = nbformat.read(str(SOURCES / f"{name}.ipynb"), as_version=4)
+    assert len(py.cells) == len(nb.cells)
+    for i, (a, b) in enumerate(zip(py.cells, nb.cells)):
+        assert (a.cell_type, a.source.strip()) == (b.cell_type, b.source.strip()), f"{name}: cell {i} differs"
+        assert a.metadata.get("nbgrader") == b.metadata.get("nbgrader"), f"{name}: cell {i} metadata differs"
+    for cell in nb.cells:
+        assert cell.cell_type == "markdown" or (cell.outputs == [] and cell.execution_count is None)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_source_has_solutions_hidden_tests_points_and_written_answers(name):
+    nb = nbformat.read(str(SOURCES / f"{name}.ipynb"), as_version=4)
+    meta = [c.metadata["nbgrader"] for c in nb.cells if "nbgrader" in c.metadata]
+    ids = [m["grade_id"] for m in meta]
+    assert len(ids) == len(set(ids)), "grade_ids must be unique"
+    tests = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade") and c.cell_type == "code"]
+    written = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade") and c.cell_type == "markdown"]
+    assert tests and written
+    assert all(c.metadata["nbgrader"]["locked"] and c.metadata["nbgrader"]["points"] > 0 for c in tests)
+    assert any("### BEGIN HIDDEN TESTS" in c.source for c in tests)
+    for c in nb.cells:
+        m = c.metadata.get("nbgrader", {})
+        if m.get("solution") and c.cell_type == "code":
+            assert "### BEGIN SOLUTION" in c.source and "### END SOLUTION" in c.source
+
+
+def test_every_assignment_ships_in_the_package():
+    shipped = sorted(p.stem for p in coursework.source_dir().glob("*.ipynb"))
+    assert shipped == sorted(NAMES)
+    assert [coursework.assignment_path(n).exists() for n in NAMES] == [True] * len(NAMES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_instructor_notebook_runs_top_to_bottom_without_nbgrader(name, tmp_path, record_property):
+    """All visible and hidden tests pass; a kernel where `import nbgrader` fails is enough."""
+    import nbclient
+
+    blocker = tmp_path / "nbgrader"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('nbgrader is not installed')\n")
+    nb = nbformat.read(str(SOURCES / f"{name}.ipynb"), as_version=4)
+    saved = dict(os.environ)
+    os.environ.update(kernel_env(extra_path=[tmp_path]))
+    try:
+        client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                         resources={"metadata": {"path": str(tmp_path)}})
+        start = time.perf_counter()
+        client.execute()  # raises CellExecutionError if any cell (any test) fails
+        seconds = time.perf_counter() - start
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    record_property("seconds", round(seconds, 1))
+    print(f"\n{name}: {seconds:.1f} s")
+    assert seconds < MAX_SECONDS
+    assert "passed" in json.dumps([c.get("outputs") for c in nb.cells if c.cell_type == "code"])
+
+
+# ---------------------------------------------------------------- the student versions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_student_version_has_stubs_and_no_solution_or_hidden_test(course, name):
+    source = nbformat.read(str(SOURCES / f"{name}.ipynb"), as_version=4)
+    student = nbformat.read(str(course / "release" / name / f"{name}.ipynb"), as_version=4)
+    text = "\n".join(c.source for c in student.cells)
+    lines = {line.strip() for line in text.splitlines()}
+    secret = []
+    for c in source.cells:
+        m = c.metadata.get("nbgrader", {})
+        secret += regions(c.source, "### BEGIN SOLUTION", "### END SOLUTION")
+        secret += regions(c.source, "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")
+        if m.get("solution") and c.cell_type == "markdown":
+            secret += [s.strip() for s in c.source.splitlines() if s.strip()]
+    assert len(secret) > 20
+    leaked = [line for line in secret if line in lines]
+    assert not leaked, f"{name}: the student version contains {leaked}"
+    assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text
+    solutions = [c for c in student.cells if c.metadata.get("nbgrader", {}).get("solution")]
+    assert all("raise NotImplementedError" in c.source for c in solutions if c.cell_type == "code")
+    assert all(c.source.strip() == "YOUR ANSWER HERE" for c in solutions if c.cell_type == "markdown")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_student_notebook_function_matches_generate_assignment(course, name, tmp_path):
+    mine = coursework.student_notebook(SOURCES / f"{name}.ipynb", tmp_path / f"{name}.ipynb")
+    ours = [(c.cell_type, c.source) for c in nbformat.read(str(mine), as_version=4).cells]
+    release = nbformat.read(str(course / "release" / name / f"{name}.ipynb"), as_version=4)
+    assert ours == [(c.cell_type, c.source) for c in release.cells]
+
+
+# ---------------------------------------------------------------- grading
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_instructor_submission_gets_full_marks(course, name):
+    grades = scores(course, "instructor", name)
+    auto = {k: v for k, v in grades.items() if v[3] == "code"}
+    assert auto and all(score == top for score, top, _, _ in auto.values()), auto
+    # written answers wait for a person
+    assert all(manual for _, _, manual, kind in grades.values() if kind == "markdown")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_untouched_student_version_scores_zero(course, name):
+    grades = scores(course, "blank", name)
+    assert grades and all(score == 0 for score, _, _, _ in grades.values()), grades
+    assert "NotImplementedError" in graded_output(course, "blank", name, next(iter(grade_cells(
+        nbformat.read(str(SOURCES / f"{name}.ipynb"), as_version=4)))))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bug", BUGS, ids=[b.student for b in BUGS])
+def test_a_seeded_mistake_loses_exactly_its_tests_and_is_named(course, bug):
+    grades = scores(course, bug.student, bug.assignment)
+    lost = {k for k, (score, top, _, kind) in grades.items() if kind == "code" and score < top}
+    kept = {k for k, (score, top, _, kind) in grades.items() if kind == "code" and score == top}
+    assert lost == bug.failing
+    assert kept and not kept & bug.failing
+    first = next(k for k in grade_cells(nbformat.read(str(SOURCES / f"{bug.assignment}.ipynb"), as_version=4))
+                 if k in bug.failing)
+    message = graded_output(course, bug.student, bug.assignment, first)
+    assert "CheckFailure" in message and f"Diagnosis - {bug.diagnosis}" in message, message[:2000]
+
+
+# ---------------------------------------------------------------- course directory
+
+
+def test_init_course_writes_the_nbgrader_layout(tmp_path):
+    course = coursework.init_course(tmp_path / "course", ["a1_linear_model"])
+    assert sorted(p.relative_to(course).as_posix() for p in course.rglob("*") if p.is_file()) == [
+        "nbgrader_config.py", "source/a1_linear_model/a1_linear_model.ipynb"]
+    config = (course / "nbgrader_config.py").read_text()
+    assert "c.CourseDirectory.course_id" in config and "NotImplementedError" in config
+    compile(config, "nbgrader_config.py", "exec")
+
+
+def test_init_course_refuses_a_non_empty_folder_and_unknown_names_writing_nothing(tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    with pytest.raises(coursework.CourseworkError, match="already exists"):
+        coursework.init_course(full)
+    assert [p.name for p in full.iterdir()] == ["keep.txt"]
+    with pytest.raises(coursework.CourseworkError, match="unknown assignment 'a9'"):
+        coursework.init_course(tmp_path / "new", ["a1_linear_model", "a9"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # no temporary folder left either
+
+
+def test_cli_coursework_init_and_its_error_line(tmp_path, capsys):
+    from flowattn_np.cli import main
+
+    assert main(["coursework", "init", str(tmp_path / "c"), "--assignments", "a3_self_attention"]) == 0
+    assert (tmp_path / "c" / "source" / "a3_self_attention" / "a3_self_attention.ipynb").exists()
+    assert "nbgrader generate_assignment a3_self_attention" in capsys.readouterr().out
+    assert main(["coursework", "init", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("flowattn-np coursework: error: DIR:")
+    assert main(["coursework", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(n in listed for n in NAMES)
+
+
+def test_the_points_in_docs_teaching_md_are_the_notebooks_points():
+    table = (ROOT / "docs" / "teaching.md").read_text(encoding="utf-8")
+    for name in NAMES:
+        nb = nbformat.read(str(SOURCES / f"{name}.ipynb"), as_version=4)
+        graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+        auto = sum(c.metadata["nbgrader"]["points"] for c in graded if c.cell_type == "code")
+        written = sum(c.metadata["nbgrader"]["points"] for c in graded if c.cell_type == "markdown")
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
+        assert row.rstrip().endswith(f"| {auto:g} + {written:g} |"), (name, auto, written)
+
+
+def test_assignment_sources_are_linted_like_the_package():
+    """Undefined names, unused imports and syntax errors in an assignment fail like in the code."""
+    paths = [str(p) for p in sorted(SOURCES.glob("*.py"))]
+    assert len(paths) == len(NAMES)
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", *paths],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_student_checks_a_notebook_from_the_terminal(tmp_path, capsys, monkeypatch):
+    """`flowattn-np coursework check NB`: runs the notebook (no nbgrader), one line per graded test."""
+    from flowattn_np.cli import main
+
+    for key, value in kernel_env().items():
+        monkeypatch.setenv(key, value)
+    bug = BUGS[0]
+    path = tmp_path / f"{bug.assignment}.ipynb"
+    nbformat.write(seeded(bug), str(path))
+    assert main(["coursework", "check", str(path)]) == 1
+    out = capsys.readouterr().out
+    failed = {line.split()[1] for line in out.splitlines() if line.startswith("FAILED")}
+    passed = {line.split()[1] for line in out.splitlines() if line.startswith("passed")}
+    assert failed == bug.failing and passed and not passed & failed
+    assert f"Diagnosis - {bug.diagnosis}" in out and "11 of 18 points" in out
+    assert main(["coursework", "check", str(tmp_path / "missing.ipynb")]) == 2
+    assert "error: NOTEBOOK:" in capsys.readouterr().err
