@@ -133,7 +133,10 @@ def _block_forward(Z, w, C, cfg, ws, layer):
     YK = matmul_rows(Z, w.keys, out=_buf(ws, f"YK{layer}", Z, Z.shape[:-1] + (w.keys.shape[1],)))
     Y = YK[..., :d]
     Zt = swap_last(Z)
-    P = softmax(xp.matmul(Y, Zt, out=_buf(ws, f"P{layer}", Z, nn)), out=ws.get(f"P{layer}", nn, Z.dtype, xp))
+    S = xp.matmul(Y, Zt, out=_buf(ws, f"P{layer}", Z, nn))
+    # S = Z theta Z^T is symmetric (theta is): its column maxima are its row maxima, and
+    # a reduction across rows costs about half of one along each short row
+    P = softmax(S, out=S, shift=swap_last(S.max(axis=-2, keepdims=True)))
     Q = xp.add(P, swap_last(P), out=_buf(ws, f"Q{layer}", Z, nn))
     F = xp.matmul(Q, Y, out=_buf(ws, f"F{layer}", Z))
     last = cfg.targets == "none"
