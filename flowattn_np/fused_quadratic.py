@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from .backend import Workspace, get_array_module
 from .flows import quadratic_B_exact_forward, quadratic_B_exact_vjp
 from .models import phi_grad, theta_from_phi
-from .ops import gram_sum, matmul_rows, softmax, softmax_vjp, swap_last
+from .ops import gram_sum, matmul_rows, softmax, softmax_vjp, swap_last, symmetric_row_max
 
 
 def supports(config):
@@ -134,9 +134,7 @@ def _block_forward(Z, w, C, cfg, ws, layer):
     Y = YK[..., :d]
     Zt = swap_last(Z)
     S = xp.matmul(Y, Zt, out=_buf(ws, f"P{layer}", Z, nn))
-    # S = Z theta Z^T is symmetric (theta is): its column maxima are its row maxima, and
-    # a reduction across rows costs about half of one along each short row
-    P = softmax(S, out=S, shift=swap_last(S.max(axis=-2, keepdims=True)))
+    P = softmax(S, out=S, shift=symmetric_row_max(S))  # S = Z theta Z^T, theta symmetric
     Q = xp.add(P, swap_last(P), out=_buf(ws, f"Q{layer}", Z, nn))
     F = xp.matmul(Q, Y, out=_buf(ws, f"F{layer}", Z))
     last = cfg.targets == "none"
