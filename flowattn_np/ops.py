@@ -226,9 +226,8 @@ def label_cross_entropy_and_grad(logits, y, out=None, shift=None):
     xp.exp(G, out=G)
     s = row_sums(G)
     loss = (xp.log(s) - picked).sum() / rows
-    G /= s[:, None]
-    G[pick] -= 1
-    G /= rows
+    G *= (1.0 / (s * rows))[:, None]  # sigma / rows in one pass over G
+    G[pick] -= 1.0 / rows
     return loss, G.reshape(logits.shape)
 
 
