@@ -183,8 +183,11 @@ def divided_difference_products(A, B, E, c, x):
     far /= xp.where(near, 1.0, dx)
     S = xp.sqrt(E)
     AS, BS = A * S * c[..., None], B * S
-    mid = swap_last(AS) @ BS
-    mid += (dx * dx / 24) * (swap_last(AS * (c * c)[..., None]) @ BS)
+    mid = swap_last(AS * (c * c)[..., None]) @ BS
+    dx *= dx  # dx is not needed any more: (x_a - x_b)^2 / 24 in place, no (k, k) temporaries
+    dx *= 1.0 / 24
+    mid *= dx
+    mid += swap_last(AS) @ BS
     return xp.where(near, mid, far)
 
 
