@@ -231,7 +231,7 @@ def _block_backward(Z_bar, c, w, cfg, ws, need_input, out, theta_bars, grads):
 def _B_vjp(Z_bar, c, w, cfg):
     """VJP of the B step: (Z_half_bar, theta_bar, M_bar, t_bar)."""
     if cfg.b_flow == "exact":
-        return quadratic_B_exact_vjp(Z_bar, c.B)
+        return quadratic_B_exact_vjp(Z_bar, c.B, need_t=cfg.learn_h)
     # Euler: Z_out = Z_half + h M Z_half theta, M and theta symmetric
     M, MZ, MZt = c.B
     h = w.h
@@ -240,4 +240,4 @@ def _B_vjp(Z_bar, c, w, cfg):
     Z_half_bar += Z_bar
     M_bar = Z_bar @ swap_last(matmul_rows(c.Z_half, w.theta))
     M_bar *= h
-    return Z_half_bar, h * gram_sum(MZ, Z_bar), M_bar, (Z_bar * MZt).sum()
+    return Z_half_bar, h * gram_sum(MZ, Z_bar), M_bar, (Z_bar * MZt).sum() if cfg.learn_h else None
