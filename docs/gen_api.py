@@ -33,11 +33,12 @@ API_MD = ROOT / "docs" / "api.md"
 
 PACKAGE = "flowattn_np"
 # Modules whose own public functions and classes are documented (besides the package's).
-MODULES = ("data", "train", "optim", "experiment", "layers", "network", "flows", "backend",
-           "plotting", "random", "checkpoint", "files", "progress")
+MODULES = ("data", "train", "optim", "experiment", "experiment_mlp", "mlp", "layers", "network", "flows",
+           "backend", "plotting", "random", "checkpoint", "files", "progress")
 # Order of the sections: the order a student meets the modules in.
-SECTION_ORDER = ("backend", "random", "ops", "attention", "models", "flows", "gradient_check", "layers",
-                 "network", "optim", "progress", "train", "checkpoint", "files", "data", "experiment", "plotting")
+SECTION_ORDER = ("backend", "random", "ops", "attention", "models", "flows", "gradient_check", "mlp", "layers",
+                 "network", "optim", "progress", "train", "checkpoint", "files", "data", "experiment",
+                 "experiment_mlp", "plotting")
 
 _ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
 
