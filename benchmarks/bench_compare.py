@@ -379,7 +379,8 @@ def main(argv=None):
     threads = args.threads or numpy_blas_threads() or os.cpu_count()
     env["threads"] = threads
     print_environment(env)
-    print(f"threads: NumPy BLAS {numpy_blas_threads() or 'unknown'}, torch.set_num_threads({threads})")
+    blas = f"{args.threads} in every worker (threadpoolctl)" if args.threads else numpy_blas_threads() or "unknown"
+    print(f"threads: NumPy BLAS {blas}, torch.set_num_threads({threads})")
     note = load_note(env)
     if note:
         print(note)

@@ -183,12 +183,15 @@ def divided_difference_products(A, B, E, c, x):
     far /= xp.where(near, 1.0, dx)
     S = xp.sqrt(E)
     AS, BS = A * S * c[..., None], B * S
-    mid = swap_last(AS) @ BS
-    mid += (dx * dx / 24) * (swap_last(AS * (c * c)[..., None]) @ BS)
+    mid = swap_last(AS * (c * c)[..., None]) @ BS
+    dx *= dx  # dx is not needed any more: (x_a - x_b)^2 / 24 in place, no (k, k) temporaries
+    dx *= 1.0 / 24
+    mid *= dx
+    mid += swap_last(AS) @ BS
     return xp.where(near, mid, far)
 
 
-def quadratic_B_exact_vjp(Z_bar, cache):
+def quadratic_B_exact_vjp(Z_bar, cache, need_t=True):
     """VJP of the exact quadratic B sub-flow Z(t) = exp(t theta (x) M) Z.
 
     With Y = U^T Z_bar V, Zt = U^T Z V and the divided differences of exp
@@ -203,14 +206,14 @@ def quadratic_B_exact_vjp(Z_bar, cache):
     mu_a}, t mu_a e^{t lam_i mu_a}); G and H are matrix products
     (divided_difference_products), accurate for equal and nearly equal eigenvalues.
     Trusts its inputs (the cache of quadratic_B_exact_forward).
-    Returns (Z_bar_in, theta_bar, M_bar, t_bar).
+    Returns (Z_bar_in, theta_bar, M_bar, t_bar); t_bar is None when ``need_t`` is False
+    (a fixed step: four passes over (B, n, d) arrays saved).
     """
     U, lam, V, mu, Zt, E, t = cache
     d = mu.shape[0]
     Y = matmul_rows(swap_last(U) @ Z_bar, V)
     Z_in_bar = matmul_rows(U @ (E * Y), V.T)
-    YEZ = Y * E * Zt
-    t_bar = ((YEZ * lam[..., :, None]) * mu).sum()
+    t_bar = ((Y * E * Zt * lam[..., :, None]) * mu).sum() if need_t else None
     G = divided_difference_products(Y.reshape(-1, d), Zt.reshape(-1, d), E.reshape(-1, d),
                                     (t * lam).reshape(-1), mu)
     theta_bar = V @ G.T @ V.T

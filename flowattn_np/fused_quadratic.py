@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from .backend import Workspace, get_array_module
 from .flows import quadratic_B_exact_forward, quadratic_B_exact_vjp
 from .models import phi_grad, theta_from_phi
-from .ops import gram_sum, matmul_rows, softmax, softmax_vjp, swap_last
+from .ops import gram_sum, matmul_rows, softmax, softmax_vjp, swap_last, symmetric_row_max
 
 
 def supports(config):
@@ -135,7 +135,8 @@ def _block_forward(Z, w, C, cfg, ws, layer):
     YK = matmul_rows(Z, w.keys, out=_buf(ws, f"YK{layer}", Z, Z.shape[:-1] + (w.keys.shape[1],)))
     Y = YK[..., :d]
     Zt = swap_last(Z)
-    P = softmax(xp.matmul(Y, Zt, out=_buf(ws, f"P{layer}", Z, nn)), out=ws.get(f"P{layer}", nn, Z.dtype, xp))
+    S = xp.matmul(Y, Zt, out=_buf(ws, f"P{layer}", Z, nn))
+    P = softmax(S, out=S, shift=symmetric_row_max(S))  # S = Z theta Z^T, theta symmetric
     Q = xp.add(P, swap_last(P), out=_buf(ws, f"Q{layer}", Z, nn))
     F = xp.matmul(Q, Y, out=_buf(ws, f"F{layer}", Z))
     last = cfg.targets == "none"
@@ -232,7 +233,7 @@ def _block_backward(Z_bar, c, w, cfg, ws, need_input, out, theta_bars, grads):
 def _B_vjp(Z_bar, c, w, cfg):
     """VJP of the B step: (Z_half_bar, theta_bar, M_bar, t_bar)."""
     if cfg.b_flow == "exact":
-        return quadratic_B_exact_vjp(Z_bar, c.B)
+        return quadratic_B_exact_vjp(Z_bar, c.B, need_t=cfg.learn_h)
     # Euler: Z_out = Z_half + h M Z_half theta, M and theta symmetric
     M, MZ, MZt = c.B
     h = w.h
@@ -241,4 +242,4 @@ def _B_vjp(Z_bar, c, w, cfg):
     Z_half_bar += Z_bar
     M_bar = Z_bar @ swap_last(matmul_rows(c.Z_half, w.theta))
     M_bar *= h
-    return Z_half_bar, h * gram_sum(MZ, Z_bar), M_bar, (Z_bar * MZt).sum()
+    return Z_half_bar, h * gram_sum(MZ, Z_bar), M_bar, (Z_bar * MZt).sum() if cfg.learn_h else None

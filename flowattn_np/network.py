@@ -48,6 +48,7 @@ from .ops import (
     one_hot,
     sum_leading,
     swap_last,
+    symmetric_row_max,
 )
 
 ENCODINGS = ("identity", "linear")
@@ -470,8 +471,9 @@ class Network:
         if self.fused:  # token targets: the one-hot (B, n, n) matrix only if the blocks use it
             ws = self._workspace
             logits, cache = fused_quadratic.forward(self, X, self._block_targets(X, y, None, False), ws)
-            loss, logits_bar = label_cross_entropy_and_grad(
-                logits, y, out=ws.get("logits_bar", logits.shape, logits.dtype, get_array_module(logits)))
+            loss, logits_bar = label_cross_entropy_and_grad(  # logits Z theta Z^T: symmetric
+                logits, y, out=ws.get("logits_bar", logits.shape, logits.dtype, get_array_module(logits)),
+                shift=symmetric_row_max(logits))
             return loss, self.backward(logits_bar, cache, workspace=ws), logits
         C = self.target_matrix(y, X.dtype, check=False)
         logits, cache = self.forward(X, C=C, workspace=self._workspace, check=False)
@@ -484,7 +486,8 @@ class Network:
         X = self.check_input(X)
         self.check_labels(y, X.shape[:-1])
         if self.fused:
-            return label_cross_entropy_and_grad(self.forward(X, y, check=False)[0], y)[0]
+            logits = self.forward(X, y, check=False)[0]
+            return label_cross_entropy_and_grad(logits, y, shift=symmetric_row_max(logits))[0]
         C = self.target_matrix(y, X.dtype, check=False)
         return self.loss_from_logits(self.forward(X, C=C, check=False)[0], C)
 

@@ -61,26 +61,49 @@ def head_slices(m, heads):
     return tuple(out)
 
 
-def _softmax_rows(S, out):
+def _softmax_rows(S, out, shift=None):
     # max shift: exp never overflows, and the largest entry of each row is exp(0) = 1
     xp = get_array_module(S)
-    xp.subtract(S, S.max(axis=-1, keepdims=True), out=out)
+    xp.subtract(S, S.max(axis=-1, keepdims=True) if shift is None else shift, out=out)
     xp.exp(out, out=out)
-    out /= out.sum(axis=-1, keepdims=True)
+    out /= row_sums(out)[..., None]
     return out
 
 
-def softmax(S, heads=None, out=None):
+def symmetric_row_max(S):
+    """Row maxima (..., m, 1) of a symmetric S (..., m, m), read as its column maxima.
+
+    NumPy reduces across rows at about half the cost of along each short row. For an S
+    symmetric only up to round-off (Z theta Z^T from a matrix product) the result is
+    within round-off of the row maxima: good as softmax's shift.
+    """
+    return swap_last(S.max(axis=-2, keepdims=True))
+
+
+def row_sums(A):
+    """sum_j A_ij of every row, as a product with a vector of ones: (..., m) -> (...).
+
+    A BLAS matrix-vector product; NumPy's reduction over a short last axis costs about
+    five times as much for rows of 16 to 128 entries.
+    """
+    xp = get_array_module(A)
+    return A @ xp.ones(A.shape[-1], dtype=A.dtype)
+
+
+def softmax(S, heads=None, out=None, shift=None):
     """Row-wise softmax sigma(S)_ij = exp(S_ij) / sum_k exp(S_ik), max-shifted.
 
     S: (..., m). With ``heads`` the softmax is taken within each head's columns.
-    Returns an array of S's shape and dtype (written into ``out`` if given).
+    ``shift`` (..., 1), without heads: the row maxima when the caller has them more cheaply (for a
+    symmetric S, its column maxima, transposed); a value within round-off of the row
+    maximum keeps exp from overflowing. Returns an array of S's shape and dtype (written
+    into ``out`` if given).
     """
     xp = get_array_module(S)
     if out is None:
         out = xp.empty_like(S)
     if heads is None:
-        return _softmax_rows(S, out)
+        return _softmax_rows(S, out, shift)
     for sl in head_slices(S.shape[-1], heads):
         out[..., sl] = _softmax_rows(S[..., sl], xp.empty_like(S[..., sl]))
     return out
@@ -182,13 +205,15 @@ def mean_cross_entropy_and_grad(logits, C, heads=None):
     return loss, G
 
 
-def label_cross_entropy_and_grad(logits, y, out=None):
+def label_cross_entropy_and_grad(logits, y, out=None, shift=None):
     """mean_cross_entropy_and_grad for integer targets y, without building the one-hot C.
 
         loss = mean_i (LSE(N_i) - N_{i, y_i}),   dloss/dN = (sigma(N) - onehot(y)) / rows
 
     logits: (..., m); y: (...) integers in [0, m). One max-shifted exp pass gives both.
-    Returns (loss (0-d array), gradient of the logits' shape, into ``out`` if given).
+    ``shift``: the row maxima (..., 1) when the caller has them more cheaply (see
+    softmax). Returns (loss (0-d array), gradient of the logits' shape, into ``out`` if
+    given).
     """
     xp = get_array_module(logits)
     m = logits.shape[-1]
@@ -196,14 +221,13 @@ def label_cross_entropy_and_grad(logits, y, out=None):
     rows = S.shape[0]
     pick = (xp.arange(rows), labels)
     G = xp.empty_like(S) if out is None else out.reshape(-1, m)
-    xp.subtract(S, S.max(axis=1, keepdims=True), out=G)
+    xp.subtract(S, S.max(axis=1, keepdims=True) if shift is None else shift.reshape(-1, 1), out=G)
     picked = G[pick]  # N_iy - max_i
     xp.exp(G, out=G)
-    s = G.sum(axis=1)
+    s = row_sums(G)
     loss = (xp.log(s) - picked).sum() / rows
-    G /= s[:, None]
-    G[pick] -= 1
-    G /= rows
+    G *= (1.0 / (s * rows))[:, None]  # sigma / rows in one pass over G
+    G[pick] -= 1.0 / rows
     return loss, G.reshape(logits.shape)
 
 

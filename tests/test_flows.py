@@ -365,3 +365,16 @@ def test_integrate_with_a_built_field_checks_the_labels_once_not_every_stage(mon
     assert len(calls) == 1
     fa.integrate(lambda Y: fa.linear_flow(Y, theta, C), Z, 1.0, 100, "rk4")
     assert len(calls) == 1 + 400  # the per-call form checks at every stage
+
+
+def test_quadratic_B_exact_vjp_without_t_bar_gives_the_same_other_gradients():
+    """need_t=False (a fixed step) skips only t_bar: the other outputs are bitwise the same."""
+    rng = np.random.default_rng(4)
+    Z, theta, C = rng.normal(size=(2, 5, 3)), spd(rng, 3), soft(rng, (2, 5, 5))
+    _, cache = flows.quadratic_B_exact_forward(Z, theta, C + np.swapaxes(C, -1, -2), 0.3)
+    Z_bar = rng.normal(size=Z.shape)
+    full = flows.quadratic_B_exact_vjp(Z_bar, cache)
+    short = flows.quadratic_B_exact_vjp(Z_bar, cache, need_t=False)
+    assert short[3] is None and full[3] is not None and np.isfinite(full[3])
+    for a, b in zip(full[:3], short[:3]):
+        assert np.array_equal(a, b)

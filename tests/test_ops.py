@@ -270,3 +270,63 @@ def test_ops_do_not_modify_their_inputs(rng, name):
     OPS_FLOAT32[name](S, C)
     np.testing.assert_array_equal(S, S0)
     np.testing.assert_array_equal(C, C0)
+
+
+# ---------------------------------------------------------------- shifts of symmetric scores
+
+
+def _symmetric_scores(xp, dtype, scale, rng):
+    """Z theta Z^T from matrix products: symmetric up to round-off, as the attention
+    scores and the quadratic head's logits are."""
+    Z = rng.normal(size=(3, 7, 4))
+    phi = rng.normal(size=(4, 4))
+    theta = phi @ phi.T
+    S = (scale * (Z @ theta)) @ np.swapaxes(Z, -1, -2)
+    return xp.asarray(S.astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [1.0, 1e4], ids=["moderate", "logits1e4"])
+def test_softmax_shifted_by_symmetric_row_max_equals_the_row_max_shift(xp, rng, dtype, scale):
+    from flowattn_np.ops import symmetric_row_max
+
+    S = _symmetric_scores(xp, dtype, scale, rng)
+    shift = symmetric_row_max(S)
+    assert shift.shape == (3, 7, 1)
+    assert np.abs(host(shift)[..., 0] - host(S).max(axis=-1)).max() <= 1e-5 * np.abs(host(S)).max()
+    P = host(fa.softmax(S, shift=shift))
+    assert np.isfinite(P).all() and P.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(P, host(fa.softmax(S)), rtol=rtol_for(dtype), atol=rtol_for(dtype))
+
+
+def test_softmax_shift_is_used(rng):
+    """A shift that is not the row maximum (here zero) overflows at logits of 1e4: the
+    shift given is the one applied."""
+    S = np.array([[1e4, 0.0], [0.0, 1.0]])
+    with np.errstate(over="ignore", invalid="ignore"):
+        P = fa.softmax(S, shift=np.zeros((2, 1)))
+    assert not np.isfinite(P[0]).all()
+    np.testing.assert_allclose(P[1], scipy.special.softmax(S[1]), rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [1.0, 1e4], ids=["moderate", "logits1e4"])
+def test_label_cross_entropy_with_symmetric_shift_equals_the_plain_one(xp, rng, dtype, scale):
+    from flowattn_np.ops import label_cross_entropy_and_grad, symmetric_row_max
+
+    S = _symmetric_scores(xp, dtype, scale, rng)
+    y = xp.asarray(rng.integers(0, 7, (3, 7)))
+    loss, G = label_cross_entropy_and_grad(S, y, shift=symmetric_row_max(S))
+    loss_ref, G_ref = label_cross_entropy_and_grad(S, y)
+    assert np.isfinite(float(host(loss))) and G.dtype == np.dtype(dtype)
+    tol = rtol_for(dtype)
+    assert abs(float(host(loss)) - float(host(loss_ref))) <= tol * max(abs(float(host(loss_ref))), 1.0)
+    np.testing.assert_allclose(host(G), host(G_ref), rtol=tol, atol=tol)
+
+
+def test_row_sums_equal_sums_along_the_last_axis(xp, rng):
+    from flowattn_np.ops import row_sums
+
+    A = rng.normal(size=(2, 5, 9))
+    np.testing.assert_allclose(host(row_sums(xp.asarray(A))), A.sum(axis=-1), rtol=1e-13)
+    assert row_sums(xp.asarray(A.astype("float32"))).dtype == np.float32
