@@ -165,6 +165,7 @@ RK4 = Integrator(
     "rk4", 4, ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6)
 )
 INTEGRATORS = {"euler": EULER, "heun": HEUN, "rk2": HEUN, "rk4": RK4}
+"""The explicit Runge-Kutta methods by name: ``"euler"``, ``"heun"`` (also ``"rk2"``), ``"rk4"``."""
 
 
 def get_integrator(method):

@@ -40,9 +40,27 @@ def _linear_residual(Z, theta, C, heads=None):
 
 
 def linear_grad_Z(Z, theta, C, heads=None):
-    """Feature gradient (eq. 4): grad_Z l = CA(Z, theta) - C theta = (sigma(Z theta^T) - C) theta.
+    r"""Feature gradient of the linear model's cross-entropy (eq. 4).
 
-    Z: n x d, theta: m x d, C: n x m. Returns n x d.
+    $$
+    \nabla_Z\ell=\operatorname{CA}(Z,\theta)-C\theta=\big(\sigma(Z\theta^\top)-C\big)\,\theta
+    $$
+
+    Parameters
+    ----------
+    Z : array, shape (n, d)
+        Features, one row per token.
+    theta : array, shape (m, d)
+        The fixed regression: one row per class, the keys and values of the attention.
+    C : array, shape (n, m)
+        Targets, each row a distribution over the classes.
+    heads : tuple of int, optional
+        Class counts $(m_1,\dots,m_H)$ summing to $m$: a softmax per block of columns.
+
+    Returns
+    -------
+    array, shape (n, d)
+        The gradient $\nabla_Z\ell$.
     """
     heads = validate.linear_inputs(Z, theta, C, heads)
     return _linear_residual(Z, theta, C, heads)[0] @ theta

@@ -1,10 +1,12 @@
 """The documentation stays true to the code.
 
-* Every public name has a docstring and a ``### name`` heading in docs/api.md, so a new
-  public function without documentation fails here. Public names: everything in
-  ``flowattn_np.__all__`` (or, without it, the package's public functions and classes),
-  plus the public functions and classes of the modules in ``MODULES``.
-* docs/api.md is what docs/gen_api.py generates from today's docstrings.
+* Every public name has a docstring, so a new public function without documentation
+  fails here. Public names: everything in ``flowattn_np.__all__`` (or, without it, the
+  package's public functions and classes), plus the public functions and classes of the
+  modules in ``MODULES``.
+* docs/api.md renders every module of the package with mkdocstrings (``::: module``), so
+  a new module cannot be left out of the API reference; tests/test_site.py checks in the
+  built site that every name of ``flowattn_np.__all__`` is on that page.
 * Every function cited on a ``Code:`` line of docs/math.md and docs/backward.md exists,
   in the file the line names, and every ``tests/...py::test_name`` they cite exists.
 
@@ -13,12 +15,10 @@ second.
 """
 
 import importlib
-import importlib.util
 import inspect
 import re
 from pathlib import Path
 
-import pytest
 
 import flowattn_np
 
@@ -96,36 +96,12 @@ def test_every_public_method_of_a_public_class_has_a_docstring():
     assert not missing, f"public methods without a docstring: {sorted(set(missing))}"
 
 
-def test_every_public_name_has_a_heading_in_api_md():
-    headings = set(re.findall(r"^### (\S+)\s*$", _api_text(), re.M))
-    absent = sorted(q for q in public_names() if q.rsplit(".", 1)[1] not in headings)
-    assert not absent, (f"not in docs/api.md: {absent}. Run `python docs/gen_api.py` "
-                        "(and give them docstrings)")
-
-
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("flowattn_docs_gen_api", DOCS / "gen_api.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_api_md_is_what_gen_api_generates():
-    generated = _load_generator().render()
-    current = _api_text()
-    if generated != current:
-        diff = [f"line {i + 1}: api.md {a!r} / generated {b!r}"
-                for i, (a, b) in enumerate(zip(current.splitlines(), generated.splitlines())) if a != b]
-        pytest.fail("docs/api.md is out of date; run `python docs/gen_api.py`. First difference: "
-                    + (diff[0] if diff else "the line counts differ"))
-
-
-def test_gen_api_documents_exactly_the_public_names():
-    """The generator and this test agree on what 'public' means (no silent extra/missing)."""
-    entries = _load_generator().public_api()
-    generated = {e["name"] for e in entries}
-    expected = {q.rsplit(".", 1)[1] for q in public_names()}
-    assert generated == expected
+def test_every_module_is_rendered_on_the_api_page():
+    """Each module of the package has its ``::: flowattn_np.NAME`` block in docs/api.md."""
+    modules = {p.stem for p in Path(flowattn_np.__file__).parent.glob("*.py")} - {"__init__", "__main__"}
+    rendered = set(re.findall(r"^::: flowattn_np\.(\w+)\s*$", _api_text(), re.M))
+    assert modules <= rendered, f"modules missing from docs/api.md: {sorted(modules - rendered)}"
+    assert rendered <= modules, f"docs/api.md renders modules that do not exist: {sorted(rendered - modules)}"
 
 
 # ---------------------------------------------------------------- citations in math.md, backward.md
