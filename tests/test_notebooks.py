@@ -1,11 +1,18 @@
-"""Execute every teaching notebook in notebooks/ top to bottom; a cell that raises fails.
+"""The teaching notebooks: each is a jupytext py:percent source paired with its .ipynb.
 
-Notebooks are discovered by globbing, so a new notebook is picked up automatically.
-They are stored without outputs; this is checked too. Each execution's wall time is
-printed (``pytest -s``) and recorded as the test property ``seconds``.
+* every ``notebooks/NN_*.py`` has its ``.ipynb`` and the two hold the same cells (type and
+  source), so a reviewer can read the .py and a student can open the .ipynb;
+* the .ipynb is stored without outputs;
+* every notebook runs top to bottom (a cell that raises fails the test). Each execution's
+  wall time is printed (``pytest -s``) and recorded as the test property ``seconds``.
+
+Notebooks are discovered by globbing, so a new pair is picked up automatically. After
+editing a .py, run ``jupytext --sync notebooks/NN_name.py`` (or ``--to ipynb``).
 """
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,15 +20,37 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
+jupytext = pytest.importorskip("jupytext")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+SOURCES = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
 TIMEOUT = 600  # per cell, seconds
 
 
 def _ids(paths):
     return [p.name for p in paths]
+
+
+def _cells(nb):
+    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+def cells_differ(py_path, ipynb_path):
+    """The first cell where the paired files disagree, as a message; None when in sync."""
+    py_cells = _cells(jupytext.read(py_path))
+    nb_cells = _cells(nbformat.read(ipynb_path, as_version=4))
+    for i, (a, b) in enumerate(zip(py_cells, nb_cells)):
+        if a[0] != b[0]:
+            return f"cell {i} differs: a {a[0]} cell in {py_path.name}, a {b[0]} cell in {ipynb_path.name}"
+        if a[1] != b[1]:
+            lines = zip(a[1].splitlines() + [""], b[1].splitlines() + [""])
+            line_a, line_b = next((x, y) for x, y in lines if x != y)
+            return f"cell {i} differs: {py_path.name} has {line_a!r}, {ipynb_path.name} has {line_b!r}"
+    if len(py_cells) != len(nb_cells):
+        return f"{py_path.name} has {len(py_cells)} cells, {ipynb_path.name} has {len(nb_cells)}"
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +70,36 @@ def kernel_env():
 
 def test_there_are_notebooks():
     assert NOTEBOOKS, f"no notebooks found in {NOTEBOOK_DIR}"
+
+
+def test_every_notebook_has_its_source_and_every_source_its_notebook():
+    assert [p.stem for p in SOURCES] == [p.stem for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=_ids(SOURCES))
+def test_source_and_notebook_are_in_sync(source):
+    problem = cells_differ(source, source.with_suffix(".ipynb"))
+    assert problem is None, f"{problem}; run `jupytext --sync {source.relative_to(ROOT)}`"
+
+
+def test_sync_check_catches_an_edited_cell(tmp_path):
+    """The check above is not vacuous: change one line of a source and it reports the cell."""
+    source = SOURCES[0]
+    text = source.read_text(encoding="utf-8").replace("import numpy as np", "import numpy as onp", 1)
+    edited = tmp_path / source.name
+    edited.write_text(text, encoding="utf-8")
+    problem = cells_differ(edited, source.with_suffix(".ipynb"))
+    assert problem is not None and "differs" in problem
+
+
+def test_sources_are_linted_like_the_package():
+    """Undefined names, unused imports and syntax errors in the notebooks fail like in the code."""
+    ruff = pytest.importorskip("ruff")
+    del ruff
+    paths = ["flowattn_np", "tests", "benchmarks", *map(str, SOURCES)]
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", *paths],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
