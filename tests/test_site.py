@@ -6,7 +6,8 @@ selenium and the system chromedriver. For the landing page, the mathematics, the
 of ``linear_grad_Z`` and an executed notebook the tests check: no console error, no
 resource from another host, the mathematics typeset by MathJax (no raw TeX left in the
 visible text), every image loaded, every same-site link answering HTTP 200 (and its anchor
-present). A screenshot of each page is saved under test-artifacts/.
+present); the results page gets the same checks but the mathematics, and must show its
+figures. A screenshot of each page is saved under test-artifacts/.
 
 These tests never skip in CI: without chromium they fail, saying that .ci/run installs
 it. Locally, ``FLOWATTN_SKIP_SITE=1`` skips them and ``FLOWATTN_SITE_PREBUILT=site`` checks
@@ -40,7 +41,9 @@ PAGES = {  # name: path on the site (a fragment scrolls the screenshot there)
     "math": "math/",
     "api-linear_grad_Z": "api/#flowattn_np.models.linear_grad_Z",
     "notebook-01": NOTEBOOK,
+    "results": "results/",  # the figures of a full run
 }
+MATH_PAGES = ("landing", "math", "api-linear_grad_Z", "notebook-01")
 
 if os.environ.get("FLOWATTN_SKIP_SITE") and not os.environ.get("CI"):
     pytest.skip("FLOWATTN_SKIP_SITE is set (never honoured in CI)", allow_module_level=True)
@@ -221,7 +224,7 @@ def test_page_loads_nothing_from_another_host(pages, name):
     assert not foreign, f"{pages[name]['url']} loads from other hosts: {foreign}"
 
 
-@pytest.mark.parametrize("name", PAGES)
+@pytest.mark.parametrize("name", MATH_PAGES)
 def test_mathematics_is_typeset(pages, name):
     page = pages[name]
     assert page["mathjax"] == "ok", f"{page['url']}: {page['mathjax']}"
@@ -278,6 +281,11 @@ def test_internal_links_resolve(pages, server, name):
         parser.feed(text)
         problems += [f"{base}#{f}: no such anchor" for f in sorted(fragments - {""}) if f not in parser.ids]
     assert not problems, f"{page['url']}:\n" + "\n".join(problems)
+
+
+def test_the_results_page_shows_its_figures(pages):
+    images = [i["src"] for i in pages["results"]["images"]]
+    assert sum(src.endswith(".png") for src in images) >= 3, images
 
 
 def test_notebook_page_shows_executed_outputs(pages):
