@@ -3,6 +3,10 @@
 * The notebooks in ``notebooks/`` become pages ``notebooks/NAME/`` (mkdocs-jupyter
   executes and renders them) and fill the ``Notebooks`` section of the navigation, in
   file-name order, so a new notebook appears without editing mkdocs.yml.
+* The student versions of the graded assignments (solutions stubbed, hidden tests
+  removed; written by ``flowattn_np.coursework``) become pages ``coursework/NAME/``,
+  shown as a student receives them (not executed), after docs/teaching.md in the
+  ``Coursework`` section. The source notebooks, with the solutions, never reach the site.
 * MathJax is served from the site itself (``assets/mathjax/``), copied from the
   ``django-static-mathjax`` wheel (a pure data package with no dependencies: MathJax
   3.2.2's own files). The build stops with a clear message when it is not installed.
@@ -16,6 +20,7 @@
 import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
@@ -25,6 +30,11 @@ from mkdocs.structure.files import File
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOK_SECTION = "Notebooks"
+COURSEWORK_SECTION = "Coursework"
+COURSEWORK_PAGE = "teaching.md"  # the teacher's guide, first in its section when it exists
+# Student versions are written here at build time (a folder .gitignore leaves out); the
+# source notebooks, with their solutions, are never a page of the site.
+STUDENT_DIR = ROOT / ".cache" / "site-coursework"
 MATHJAX_DEST = "assets/mathjax"
 # Of MathJax's es5 folder: the one combined file the pages load, and the folders it loads
 # from on demand (TeX extensions, CommonHTML fonts, the menu and its accessibility tools).
@@ -43,6 +53,31 @@ def notebooks():
     return [p.relative_to(ROOT).as_posix() for p in sorted(NOTEBOOK_DIR.glob("*.ipynb"))]
 
 
+def student_notebooks():
+    """Write the student version of every assignment; their paths under STUDENT_DIR.
+
+    None when this checkout has no coursework module. Uses the package's own
+    ``coursework.student_notebook`` (nbgrader's preprocessors): solutions become stubs,
+    hidden tests and outputs go.
+    """
+    if not (ROOT / "flowattn_np" / "coursework.py").is_file():
+        return None
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # this checkout's package, not another installed one
+    from flowattn_np import coursework
+
+    out = []
+    (STUDENT_DIR / "coursework").mkdir(parents=True, exist_ok=True)
+    for name in coursework.ASSIGNMENTS:
+        dst = STUDENT_DIR / "coursework" / f"{name}.ipynb"
+        try:
+            coursework.student_notebook(coursework.assignment_path(name), dst)
+        except coursework.CourseworkError as exc:
+            raise PluginError(f"the student version of {name} could not be written: {exc}") from exc
+        out.append(dst)
+    return out
+
+
 def mathjax_root():
     """MathJax's es5 folder inside the installed django-static-mathjax package."""
     spec = importlib.util.find_spec("mathjax")
@@ -56,11 +91,20 @@ def mathjax_root():
     return root
 
 
+_students = []
+
+
 def on_config(config):
+    students = student_notebooks()
+    _students[:] = students or []
     nav = config.nav or []
     for entry in nav:
         if isinstance(entry, dict) and NOTEBOOK_SECTION in entry:
             entry[NOTEBOOK_SECTION] = notebooks()
+        if isinstance(entry, dict) and COURSEWORK_SECTION in entry:
+            guide = [COURSEWORK_PAGE] if (ROOT / config.docs_dir / COURSEWORK_PAGE).is_file() else []
+            entry[COURSEWORK_SECTION] = guide + [p.relative_to(STUDENT_DIR).as_posix() for p in _students]
+    nav[:] = [e for e in nav if not (isinstance(e, dict) and list(e.values()) == [[]])]
     if "mkdocs-jupyter" in config.plugins and notebooks():
         paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
@@ -73,10 +117,13 @@ def on_config(config):
 
 @event_priority(100)  # before mkdocs-jupyter wraps the notebooks as pages
 def on_files(files, config):
+    # real source folders, not File.generated: mkdocs-jupyter's wrapper of the file
+    # recomputes abs_src_path from src_dir
     for path in notebooks():
-        # a real source folder, not File.generated: mkdocs-jupyter's wrapper of the file
-        # recomputes abs_src_path from src_dir
         files.append(File(path, str(ROOT), config.site_dir, config.use_directory_urls))
+    for path in _students:
+        files.append(File(path.relative_to(STUDENT_DIR).as_posix(), str(STUDENT_DIR), config.site_dir,
+                          config.use_directory_urls))
     root = mathjax_root()
     sources = [root / name for name in MATHJAX_FILES] + [root / "LICENSE"]
     sources = [p for p in sources if p.is_file()]

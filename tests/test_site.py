@@ -44,6 +44,10 @@ PAGES = {  # name: path on the site (a fragment scrolls the screenshot there)
     "results": "results/",  # the figures of a full run
 }
 MATH_PAGES = ("landing", "math", "api-linear_grad_Z", "notebook-01")
+# The graded assignments' source notebooks (with solutions); the site shows student versions.
+ASSIGNMENT_SOURCES = sorted((ROOT / "notebooks" / "assignments").glob("*.ipynb"))
+if ASSIGNMENT_SOURCES:
+    PAGES["coursework-" + ASSIGNMENT_SOURCES[0].stem] = f"coursework/{ASSIGNMENT_SOURCES[0].stem}/"
 
 if os.environ.get("FLOWATTN_SKIP_SITE") and not os.environ.get("CI"):
     pytest.skip("FLOWATTN_SKIP_SITE is set (never honoured in CI)", allow_module_level=True)
@@ -328,6 +332,34 @@ def test_the_readme_links_to_pages_of_the_site(site):
     missing = [p for p in paths if not (site / p / "index.html").is_file()]
     assert not missing, f"README.md links to pages the site does not have: {missing}"
     assert not re.search(r"\]\(docs/\w+\.md\)", readme), "README.md links to a Markdown file in docs/"
+
+
+def _solution_lines(path):
+    """The code lines between ### BEGIN SOLUTION and ### END SOLUTION of a source notebook."""
+    lines, inside = [], False
+    for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+        source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+        for line in source.splitlines():
+            if "### BEGIN SOLUTION" in line or "### END SOLUTION" in line:
+                inside = "BEGIN" in line
+            elif inside and len(line.strip()) > 25:
+                lines.append(line.strip())
+    return lines
+
+
+def test_assignments_appear_as_student_versions_only(site):
+    for path in ASSIGNMENT_SOURCES:
+        page = site / "coursework" / path.stem
+        assert (page / "index.html").is_file(), f"{path.name} has no student page"
+        student = (page / path.name).read_text(encoding="utf-8")
+        assert "NotImplementedError" in student, f"{path.name}: the student version has no stubs"
+        leaked = [line for line in _solution_lines(path) if line in student]
+        assert not leaked, f"{path.name}: solution lines in the student version: {leaked[:3]}"
+    # (the API page may describe the markers: only the notebook pages are searched)
+    markers = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS")
+    leaks = [p.relative_to(site).as_posix() for folder in ("coursework", "notebooks") for p in (site / folder).rglob("*")
+             if p.suffix in (".html", ".ipynb") and any(m in p.read_text(encoding="utf-8") for m in markers)]
+    assert not leaks, f"solution or hidden-test markers on the notebook pages: {leaks}"
 
 
 def test_no_page_asks_another_host_for_a_script_style_or_font(site):
