@@ -108,11 +108,11 @@ def measure(batch, layers, steps, warmup, lr, seed=0):
     net = make_network(layers)
 
     # cached activations of one forward pass
-    C = net.targets(y, X.dtype)
+    C = net.target_matrix(y, X.dtype)
     _, cache = net.forward(X, C=C)
     exclude = list(net.params.values()) + [X]
     total_cache = cached_bytes(cache, exclude)
-    block_caches = cache[3]
+    block_caches = cache.block_caches
     per_block = [cached_bytes(c, exclude) for c in block_caches]
     del cache, block_caches
 

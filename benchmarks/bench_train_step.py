@@ -59,13 +59,13 @@ def matmul_products(n, d, m, layers, k_rows):
     """The matrix products of one forward + backward, as they are in the code.
 
     Per block (layers.py, CrossAttentionBlock._eq8_forward / _eq8_backward), with
-    K = [W; theta] (k_rows = 2m rows: the learned oracle's keys and the attention keys):
-      forward   S     = Z[n,d] @ K^T[d,2m]            scores of oracle and attention
+    keys = [W; theta] (k_rows = 2m rows: the learned oracle's keys and the attention keys):
+      forward   S     = Z[n,d] @ keys^T[d,2m]         scores of oracle and attention
                 out   = R[n,m] @ theta[m,d]           R = C_hat - P
       backward  G     = Z_bar[n,d] @ theta^T[d,m]
                         R^T[m,n] @ Z_bar[n,d]         theta gradient (h R^T Z_bar)
-                Z_in  = S_bar[n,2m] @ K[2m,d]
-                KS    = S_bar^T[2m,n] @ Z[n,d]        W and theta gradients
+                Z_in  = S_bar[n,2m] @ keys[2m,d]
+                keys_bar = S_bar^T[2m,n] @ Z[n,d]     W and theta gradients
     Head (network.py, forward / backward):
                 logits = Z[n,d] @ theta^T[d,m]
                 theta_bar = logits_bar^T[m,n] @ Z[n,d]
@@ -312,20 +312,22 @@ def cupy_section(args, numpy_times_by_batch):
     """GPU figures, or None with a clear message where CuPy or a GPU is missing."""
     try:
         import flowattn_np as fa
-        from flowattn_np.backend import BackendError, _import_cupy
-
-        cp = _import_cupy()
-    except (ImportError, BackendError) as exc:
-        print(f"\nCuPy/GPU not available: GPU figures unmeasured ({str(exc).splitlines()[0][:160]})")
+        from flowattn_np.backend import cupy_available
+    except ImportError as exc:
+        print(f"\nflowattn_np not importable: GPU figures unmeasured ({exc})")
         return None
+    if not cupy_available():
+        print("\nCuPy/GPU not available: GPU figures unmeasured")
+        return None
+    import cupy as cp
     sync = cp.cuda.get_current_stream().synchronize
     out = {"device": cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["name"].decode(),
            "cupy": cp.__version__, "batches": {}}
     print(f"\nCuPy {cp.__version__} on {out['device']}")
     with fa.use_backend("cupy"):
         for batch in sorted({args.batch, args.gpu_batch}):
-            Xh, yh = random_batch(batch, seed=args.seed)
-            X, y = cp.asarray(Xh), cp.asarray(yh)
+            X_host, y_host = random_batch(batch, seed=args.seed)
+            X, y = cp.asarray(X_host), cp.asarray(y_host)
             net = make_network(args.layers)
             step = numpy_step_fn(net, SGD(net.params, lr=args.lr, momentum=0.9), X, y)
             times = time_calls(step, args.steps, warmup=args.warmup, sync=sync)
@@ -591,19 +593,18 @@ def main(argv=None):
 
     # ---- GPU
     if args.backend == "cupy":
-        gpu = None
-        try:
-            from flowattn_np.backend import BackendError, _import_cupy
+        from flowattn_np.backend import cupy_available
 
-            _import_cupy()
+        gpu = None
+        if cupy_available():
             np_by_batch = {n: s_np["median"]}
             if args.gpu_batch != n:  # NumPy at the GPU batch size, in a fresh process too
                 wa = _worker_args(args, "numpy", max(5, args.steps // 4), threads)
                 wa[wa.index("--batch") + 1] = str(args.gpu_batch)
                 np_by_batch[args.gpu_batch] = summary(run_worker(script, wa)["times"])["median"]
             gpu = cupy_section(args, np_by_batch)
-        except (ImportError, BackendError) as exc:
-            print(f"\nCuPy/GPU not available: GPU figures unmeasured ({str(exc).splitlines()[0][:120]})")
+        else:
+            print("\nCuPy/GPU not available: GPU figures unmeasured")
         results["cupy"] = gpu if gpu is not None else "CuPy/GPU not available: GPU figures unmeasured"
         if gpu is not None and not gpu["d2h_ok"]:
             status = 1

@@ -1,27 +1,19 @@
 """Cross- and self-attention as they arise from the gradient of the cross-entropy.
 
-Forward and vector-Jacobian products (VJPs) sit side by side. Notation of SPEC.md:
+Forward and vector-Jacobian products (VJPs) sit side by side. Notation of docs/math.md:
 ``sigma`` is the row-wise softmax, ``Z`` the features (n x d, or (..., n, d) for a
 batch of sequences in the quadratic model), ``theta`` the parameters.
 
-The public functions validate their inputs; the ``_``-prefixed ones trust them and
-return what the VJP needs.
+``cross_attention``, ``self_attention`` and ``self_attention_adjoint`` validate their
+inputs. The ``*_forward`` functions trust them and return what the matching ``*_vjp``
+needs; the ``*_vjp`` functions trust theirs too (they take a forward's outputs, on the
+hot path of the blocks and flows).
 """
 
 from __future__ import annotations
 
 from . import validate
-from .ops import softmax, softmax_vjp, softmax_vjp_heads
-
-
-def _T(A):
-    """Transpose of the last two axes (works for stacks of matrices)."""
-    return A.swapaxes(-1, -2)
-
-
-def _sum_lead(A):
-    """Sum a stack (..., p, q) over its leading axes: parameter gradients of a batch."""
-    return A if A.ndim == 2 else A.reshape((-1,) + A.shape[-2:]).sum(axis=0)
+from .ops import softmax, softmax_vjp, softmax_vjp_heads, sum_leading, swap_last
 
 
 # ---------------------------------------------------------------- cross-attention
@@ -34,11 +26,14 @@ def cross_attention(Z, theta, heads=None):
     the sum of the heads' cross-attentions. Returns n x d.
     """
     heads = validate.linear_inputs(Z, theta, None, heads)
-    return _cross_attention(Z, theta, heads)[0]
+    return cross_attention_forward(Z, theta, heads)[0]
 
 
-def _cross_attention(Z, theta, heads=None):
-    """Unchecked CA; returns (CA, P) with P = sigma(Z theta^T) for the VJP."""
+def cross_attention_forward(Z, theta, heads=None):
+    """CA(Z, theta) without input checks (it trusts its inputs).
+
+    Returns (CA, P) with P = sigma(Z theta^T), what cross_attention_vjp needs.
+    """
     P = softmax(Z @ theta.T, heads)
     return P @ theta, P
 
@@ -49,7 +44,8 @@ def cross_attention_vjp(Z, theta, P, U, heads=None):
         P_bar = U theta^T,  S_bar = P * (P_bar - rowsum(P * P_bar))
         Z_bar = S_bar theta,  theta_bar = P^T U + S_bar^T Z
 
-    Returns (Z_bar, theta_bar) of the shapes of Z and theta.
+    Trusts its inputs (P from cross_attention_forward). Returns (Z_bar, theta_bar)
+    of the shapes of Z and theta.
     """
     S_bar = softmax_vjp_heads(P, U @ theta.T, heads)
     return S_bar @ theta, P.T @ U + S_bar.T @ Z
@@ -64,7 +60,7 @@ def self_attention(Z, theta):
     output projection phi^T. Returns (..., n, d).
     """
     validate.quadratic_inputs(Z, theta)
-    P = softmax(Z @ theta @ _T(Z))
+    P = softmax(Z @ theta @ swap_last(Z))
     return P @ (Z @ theta)
 
 
@@ -75,15 +71,18 @@ def self_attention_adjoint(Z, theta):
     attend to it. Z: (..., n, d), theta: d x d symmetric. Returns (..., n, d).
     """
     validate.quadratic_inputs(Z, theta)
-    P = softmax(Z @ theta @ _T(Z))
-    return _T(P) @ (Z @ theta)
+    P = softmax(Z @ theta @ swap_last(Z))
+    return swap_last(P) @ (Z @ theta)
 
 
-def _self_attention_sum(Z, theta):
-    """Unchecked SA + SA* = (P + P^T) Z theta; returns (SA + SA*, P, Y = Z theta)."""
+def self_attention_sum_forward(Z, theta):
+    """SA + SA* = (P + P^T) Z theta without input checks (it trusts its inputs).
+
+    Returns (SA + SA*, P, Y = Z theta), what self_attention_sum_vjp needs.
+    """
     Y = Z @ theta
-    P = softmax(Y @ _T(Z))
-    return (P + _T(P)) @ Y, P, Y
+    P = softmax(Y @ swap_last(Z))
+    return (P + swap_last(P)) @ Y, P, Y
 
 
 def self_attention_sum_vjp(Z, theta, P, Y, U):
@@ -94,12 +93,12 @@ def self_attention_sum_vjp(Z, theta, P, Y, U):
         Z_bar = Y_bar theta^T + S_bar Z theta^T + S_bar^T Z theta
         theta_bar = sum_batch(Z^T Y_bar + Z^T S_bar Z)
 
-    theta_bar is the gradient over all d x d matrices (not symmetrised).
-    Returns (Z_bar, theta_bar).
+    theta_bar is the gradient over all d x d matrices (not symmetrised). Trusts its
+    inputs (P, Y from self_attention_sum_forward). Returns (Z_bar, theta_bar).
     """
-    UYt = U @ _T(Y)
-    S_bar = softmax_vjp(P, UYt + _T(UYt))
-    Y_bar = (P + _T(P)) @ U
+    UYt = U @ swap_last(Y)
+    S_bar = softmax_vjp(P, UYt + swap_last(UYt))
+    Y_bar = (P + swap_last(P)) @ U
     T = Y_bar + S_bar @ Z  # shared by Z_bar and theta_bar
-    Z_bar = T @ theta.T + _T(S_bar) @ Y
-    return Z_bar, _sum_lead(_T(Z) @ T)
+    Z_bar = T @ theta.T + swap_last(S_bar) @ Y
+    return Z_bar, sum_leading(swap_last(Z) @ T)

@@ -10,7 +10,9 @@ Ways to choose the backend, in order of precedence:
 * ``flowattn_np.set_backend("cupy")``,
 * the environment variable ``FLOWATTN_BACKEND=cupy`` (read once, on first use).
 
-The backend is the only global state of the package.
+The backend is the only global state of the package. This module is about arrays
+only: seeded random sources live in ``random.py``, files in ``files.py`` and
+``checkpoint.py``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,19 @@ def _import_cupy():
     if count < 1:
         raise BackendError("backend 'cupy' was requested but no CUDA GPU is visible. " + _CUPY_HELP)
     return cupy
+
+
+def cupy_available():
+    """True if CuPy imports and sees at least one CUDA GPU (the 'cupy' backend can be used).
+
+    Never raises; ``set_backend("cupy")`` gives the reason (and an install hint) when
+    this is False.
+    """
+    try:
+        _import_cupy()
+    except BackendError:
+        return False
+    return True
 
 
 def _module_for(name):
@@ -221,10 +236,6 @@ class Workspace:
             a = self._arrays[name] = xp.empty(shape, dtype=dtype)
         return a
 
-    def clear(self):
-        """Drop every buffer (frees the memory)."""
-        self._arrays.clear()
-
 
 def quiet_errors():
     """Context manager silencing NumPy's floating-point warnings (a no-op on CuPy).
@@ -235,90 +246,3 @@ def quiet_errors():
     if get_backend() == "numpy":
         return numpy.errstate(over="ignore", invalid="ignore", divide="ignore")
     return contextlib.nullcontext()
-
-
-def host_rng(seed):
-    """A seeded NumPy Generator on the host, for initialisation and shuffles.
-
-    Parameters drawn from it are the same on every backend for the same seed.
-    """
-    return numpy.random.default_rng(seed)
-
-
-class RNG:
-    """A seeded random source for the active backend.
-
-    ``normal`` draws on the backend's device (no host-device copy); ``permutation``
-    is drawn on the host so that the same seed gives the same minibatch order on
-    every backend.
-    """
-
-    def __init__(self, seed):
-        self.seed = seed
-        self._host = numpy.random.default_rng(seed)
-        self._xp = array_module()
-        if self._xp is numpy:
-            self._device = self._host
-        else:
-            self._device = self._xp.random.RandomState(int(self._host.integers(2**31)))
-
-    def normal(self, shape, dtype, out=None):
-        """Standard normal samples of ``shape`` and ``dtype`` on the backend's device
-        (written into ``out`` when given)."""
-        if self._xp is numpy:
-            return self._device.standard_normal(shape, dtype=numpy.dtype(dtype), out=out)
-        sample = self._device.standard_normal(shape, dtype=dtype)
-        if out is None:
-            return sample
-        out[...] = sample
-        return out
-
-    def permutation(self, n):
-        """A host (NumPy) permutation of range(n)."""
-        return self._host.permutation(n)
-
-
-def save_arrays(path, arrays, meta):
-    """Write a dict of arrays (either backend) and a JSON-able ``meta`` dict to one .npz.
-
-    Atomic: the file is written under a temporary name in the same folder, flushed to
-    disk and then renamed over ``path``, so an interrupted save leaves any previous
-    file intact and no half-written file behind.
-    """
-    import json
-    import tempfile
-
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    host = {k: to_numpy(v) for k, v in arrays.items()}
-    host["__meta__"] = numpy.frombuffer(json.dumps(meta).encode("utf-8"), dtype=numpy.uint8)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            numpy.savez(f, **host)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def load_arrays(path):
-    """Read what ``save_arrays`` wrote: (dict of NumPy arrays, meta dict)."""
-    import json
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"path: no checkpoint at {path}")
-    try:
-        with numpy.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception as exc:
-        raise ValueError(f"path: {path} is not a readable checkpoint (.npz): {exc}") from exc
-    if "__meta__" not in arrays:
-        raise ValueError(f"path: {path} is an .npz file but not a flowattn_np checkpoint (no metadata)")
-    meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
-    return arrays, meta

@@ -83,16 +83,15 @@ def build_parser():
     return parser
 
 
-_REPRODUCE_FIELDS = {"layers": "layers", "max_layers": "max_layers", "noise": "noise",
-                     "train_noise": "train_noise", "epochs": "epochs", "seeds": "seeds", "seed": "seed",
-                     "optimizer": "optimizer", "lr": "lr", "h_units": "h_units"}
+# the options of `reproduce` that override a ReproduceConfig field of the same name
+REPRODUCE_OPTIONS = ("layers", "max_layers", "noise", "train_noise", "epochs", "seeds", "seed",
+                     "optimizer", "lr", "h_units")
 
 
 def _reproduce(args):
     from .experiment import ReproduceConfig, default_out, markdown_table, reproduce
 
-    overrides = {field: getattr(args, arg) for arg, field in _REPRODUCE_FIELDS.items()
-                 if getattr(args, arg) is not None}
+    overrides = {name: getattr(args, name) for name in REPRODUCE_OPTIONS if getattr(args, name) is not None}
     cfg = ReproduceConfig.quick_run(**overrides) if args.quick else ReproduceConfig(**overrides)
     out = args.out or default_out()
     prog = "python -m flowattn_np" if sys.argv[0].endswith("__main__.py") else "flowattn-np"
@@ -124,18 +123,21 @@ def _data(args):
 
 
 def _info(args):
-    from .backend import BackendError, _import_cupy, get_backend
+    from .backend import BackendError, cupy_available, get_backend, use_backend
     from .data import find_fashion_mnist
 
     import numpy
 
     print(f"flowattn-np {__version__}, Python {sys.version.split()[0]}, NumPy {numpy.__version__}")
     print(f"backend: {get_backend()}")
-    try:
-        cupy = _import_cupy()
-        print(f"CuPy {cupy.__version__}: GPU available")
-    except BackendError as exc:
-        print(f"CuPy: not usable here ({str(exc).split('. ')[0]})")
+    if cupy_available():
+        print(f"CuPy {sys.modules['cupy'].__version__}: GPU available")
+    else:
+        try:
+            with use_backend("cupy"):  # raises, saying why
+                pass
+        except BackendError as exc:
+            print(f"CuPy: not usable here ({str(exc).split('. ')[0]})")
     found = find_fashion_mnist()
     print(f"Fashion-MNIST: {found if found else 'not found (flowattn-np data --download)'}")
     return 0

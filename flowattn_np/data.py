@@ -16,7 +16,6 @@ The four files are the official gzipped IDX files. Every problem with them
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -24,13 +23,14 @@ import http.client
 import math
 import os
 import struct
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from .files import atomic_write
 
 
 class DataError(ValueError):
@@ -164,27 +164,6 @@ def read_idx(path, expected_shape=None):
     return _parse_idx(_read_bytes(path), path, expected_shape)
 
 
-@contextlib.contextmanager
-def _atomic_write(path):
-    """Yield a binary file that becomes ``path`` only if the block succeeds.
-
-    It is a temporary file in the same directory (so ``os.replace`` is atomic);
-    on any exception it is removed and ``path`` keeps its old content.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_idx(path, array):
     """Write ``array`` (1 to 4 dims; uint8, int8, int16, int32, float32 or float64) as IDX.
 
@@ -204,7 +183,7 @@ def write_idx(path, array):
         raise DataError(f"{path}: cannot write a {array.ndim}-d array as IDX (expected 1 to 4 dims)")
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     payload = array.astype(_IDX_DTYPES[code], copy=False).tobytes(order="C")
-    with _atomic_write(path) as f:
+    with atomic_write(path) as f:
         if path.name.endswith(".gz"):
             # mtime=0: the same array always gives the same bytes (stable hashes).
             with gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as gz:
@@ -306,7 +285,7 @@ def _is_valid_copy(path, name):
 
 
 def _download_one(url, target, expected, progress, timeout):
-    with _atomic_write(target) as f:
+    with atomic_write(target) as f:
         h = hashlib.sha256()
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -326,7 +305,7 @@ def _download_one(url, target, expected, progress, timeout):
             raise err from exc
         actual = h.hexdigest()
         if actual != expected:
-            # Raising inside _atomic_write discards the temporary file.
+            # Raising inside atomic_write discards the temporary file.
             raise DataError(
                 f"{url}: SHA-256 mismatch for {target.name}: expected {expected}, "
                 f"got {actual}; the download was discarded"

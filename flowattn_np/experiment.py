@@ -30,12 +30,15 @@ from dataclasses import asdict, dataclass
 from tqdm.auto import tqdm
 
 from . import __version__
-from .backend import RNG, asarray, get_array_module, get_backend, to_float, to_numpy, use_backend
-from .layers import BlockConfig, make_block
+from .backend import asarray, get_array_module, get_backend, to_float, to_numpy, use_backend
+from .files import write_text
+from .layers import BlockConfig
+from .models import linear_logits
 from .network import Network, NetworkConfig
-from .ops import log_softmax, one_hot
+from .ops import mean_cross_entropy, one_hot
 from .optim import SGD, Adam, Cosine
-from .train import evaluate, fit
+from .random import RNG
+from .train import FitConfig, evaluate, fit
 
 SCHEMA = "flowattn_np.reproduce/1"
 
@@ -109,10 +112,24 @@ def _noisy(X, sigma, seed):
     return X + sigma * RNG(seed).normal(X.shape, X.dtype)
 
 
-def _metrics(logits, y, C):
-    loss = -(C * log_softmax(logits)).sum() / y.shape[0]
-    acc = (logits.argmax(axis=1) == y).mean()
-    return loss, acc
+def _head_metrics(net, Z, y, C):
+    """Batch-mean cross-entropy and accuracy of the head Z theta^T on features Z (0-d arrays)."""
+    logits = linear_logits(Z, net.params["theta"])
+    return mean_cross_entropy(logits, C), (net.predictions(logits) == y).mean()
+
+
+def _optimizer(kind, net, lr, cfg, n_rows):
+    """SGD (momentum 0.9) or Adam at ``lr`` with cosine decay over the whole run."""
+    schedule = Cosine(cfg.epochs * math.ceil(n_rows / cfg.batch_size))
+    if kind == "adam":
+        return Adam(net.params, lr=lr, schedule=schedule)
+    return SGD(net.params, lr=lr, momentum=0.9, schedule=schedule)
+
+
+def _fit_config(cfg, seed, desc, progress, noise=0.0):
+    """The fit options shared by parts 1 and 3 (inputs were checked once, on loading)."""
+    return FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed, noise=noise,
+                     progress=progress, desc=desc, check_inputs=False)
 
 
 # ---------------------------------------------------------------- parts
@@ -123,11 +140,9 @@ def part1_baseline(X, y, tests, yt, cfg, progress):
     runs, nets = [], []
     for s in range(cfg.seeds):
         net = Network(NetworkConfig(n_inputs=X.shape[1], n_classes=10, layers=0), seed=cfg.seed + s)
-        steps = cfg.epochs * math.ceil(X.shape[0] / cfg.batch_size)
-        opt = SGD(net.params, lr=cfg.baseline_lr, momentum=0.9, schedule=Cosine(steps))
-        hist = fit(net, X, y, epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=opt,
-                   seed=cfg.seed + s, progress=progress, desc=f"part 1, seed {cfg.seed + s}",
-                   check_inputs=False)
+        opt = _optimizer("sgd", net, cfg.baseline_lr, cfg, X.shape[0])
+        hist = fit(net, X, y, optimizer=opt,
+                   config=_fit_config(cfg, cfg.seed + s, f"part 1, seed {cfg.seed + s}", progress))
         runs.append({k: evaluate(net, Xs, yt) for k, Xs in tests.items()})
         nets.append((net, hist))
     by_noise = {}
@@ -152,27 +167,34 @@ def part2_feature_discovery(theta, tests, yt, cfg, progress):
     """True-label Lie and Strang blocks on the test features: loss/accuracy for L = 0..max."""
     lam = lam_max(theta)
     h = cfg.h_units / lam
-    C = one_hot(yt, theta.shape[0], theta.dtype)
+    C = one_hot(yt, theta.shape[0], theta.dtype)  # the true labels: oracle targets
     out = {"title": PART_TITLES["part2"], "targets": "true labels (oracle computation)",
            "lam_max": lam, "h_units": cfg.h_units, "h": h, "schemes": {}}
     bar = tqdm(total=2 * len(tests) * cfg.max_layers, desc="part 2 (true labels)", disable=not progress,
                leave=False)
     for scheme in ("lie", "strang"):
-        block = make_block(BlockConfig(model="linear", scheme=scheme, targets="labels", h=h))
+        net = true_label_network(theta, scheme, h, cfg.max_layers)
         per_noise = {}
         for k, Z in tests.items():
-            losses, accs = [], []
-            for layer in range(cfg.max_layers + 1):
-                if layer:
-                    Z, _ = block.forward(Z, {"theta": theta}, C)
-                    bar.update(1)
-                loss, acc = _metrics(Z @ theta.T, yt, C)
-                losses.append(loss)
-                accs.append(acc)
-            per_noise[k] = {"loss": [to_float(v) for v in losses], "accuracy": [to_float(v) for v in accs]}
+            metrics = [_head_metrics(net, Z_l, yt, C) for Z_l in net.features(Z, yt)]  # L = 0..max
+            bar.update(cfg.max_layers)
+            per_noise[k] = {"loss": [to_float(loss) for loss, _ in metrics],
+                            "accuracy": [to_float(acc) for _, acc in metrics]}
         out["schemes"][scheme] = per_noise
     bar.close()
     return out
+
+
+def true_label_network(theta, scheme, h, layers):
+    """Part 2's network: ``layers`` tied linear blocks fed the TRUE labels, with theta fixed.
+
+    Each block is one Lie or Strang step of eq. (8) with step h; ``features(Z, y)``
+    gives the iterates Z_0..Z_L (an oracle computation: the labels y enter them).
+    """
+    block = BlockConfig(model="linear", scheme=scheme, targets="labels", h=h)
+    config = NetworkConfig(n_inputs=theta.shape[1], n_classes=theta.shape[0], layers=layers,
+                           block=block, dtype=theta.dtype.name)
+    return Network(config, params={"theta": theta})
 
 
 def _part3_net(variant, L, d, cfg, seed):
@@ -201,14 +223,9 @@ def part3_label_free(X, y, tests, yt, cfg, progress):
             for s in range(cfg.seeds):
                 seed = cfg.seed + s
                 net = _part3_net(variant, L, X.shape[1], cfg, seed)
-                steps = cfg.epochs * math.ceil(X.shape[0] / cfg.batch_size)
-                if cfg.optimizer == "adam":
-                    opt = Adam(net.params, lr=cfg.lr, schedule=Cosine(steps))
-                else:
-                    opt = SGD(net.params, lr=cfg.lr, momentum=0.9, schedule=Cosine(steps))
-                hist = fit(net, X, y, epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=opt,
-                           seed=seed, noise=sigma, progress=progress, check_inputs=False,
-                           desc=f"part 3, {name}, {variant} L={L}, seed {seed}")
+                opt = _optimizer(cfg.optimizer, net, cfg.lr, cfg, X.shape[0])
+                desc = f"part 3, {name}, {variant} L={L}, seed {seed}"
+                hist = fit(net, X, y, optimizer=opt, config=_fit_config(cfg, seed, desc, progress, sigma))
                 ev = {k: evaluate(net, Xs, yt) for k, Xs in tests.items()}
                 accs.append({k: v["accuracy"] for k, v in ev.items()})
                 losses.append({k: v["loss"] for k, v in ev.items()})
@@ -335,18 +352,6 @@ def default_out():
     return os.path.join("runs", time.strftime("reproduce-%Y%m%d-%H%M%S"))
 
 
-def _write_text_atomic(path, text):
-    """Write ``text`` to ``path`` via a temporary file and a rename (no half-written file)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, figures=True,
               command=None, log=print):
     """Run the experiment; write results.json, results.md and figures into ``out``.
@@ -361,12 +366,9 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
     t_start = time.perf_counter()
     with use_backend(backend or get_backend()):
         ds = load_fashion_mnist(data_dir=data_dir, progress=progress)
-        Xh, yh, Xth, yth = ds.X_train, ds.y_train, ds.X_test, ds.y_test
-        if cfg.train_size:
-            Xh, yh = Xh[:cfg.train_size], yh[:cfg.train_size]
-        if cfg.test_size:
-            Xth, yth = Xth[:cfg.test_size], yth[:cfg.test_size]
-        X, y, Xt, yt = asarray(Xh), asarray(yh), asarray(Xth), asarray(yth)
+        train, test = slice(cfg.train_size or None), slice(cfg.test_size or None)  # None: all rows
+        X, y = asarray(ds.X_train[train]), asarray(ds.y_train[train])  # host -> backend, once
+        Xt, yt = asarray(ds.X_test[test]), asarray(ds.y_test[test])
         tests = {_noise_key(s): _noisy(Xt, s, seed=10_000 + i) for i, s in enumerate(cfg.noise)}
         log(f"data: {X.shape[0]} training / {Xt.shape[0]} test images from {ds.source}; "
             f"backend {get_backend()}")
@@ -392,10 +394,16 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
         if figures:
             results["figures"] = _figures(out, cfg, results, theta, Xt, yt, kept, nets1, CLASS_NAMES)
         results["seconds"] = time.perf_counter() - t_start
-    _write_text_atomic(os.path.join(out, "results.json"), json.dumps(results, indent=1))
-    table = markdown_table(results)
-    _write_text_atomic(os.path.join(out, "results.md"), table)
+    write_text(os.path.join(out, "results.json"), json.dumps(results, indent=1))
+    write_text(os.path.join(out, "results.md"), markdown_table(results))
     return results
+
+
+def _figure1_panel(title, net, iterates):
+    """One row of Figure 1: the iterates Z_0..Z_L of one image, and the head's class after each."""
+    theta = net.params["theta"]
+    return {"title": title, "iterates": [to_numpy(z)[0] for z in iterates],
+            "predictions": [int(to_numpy(net.predictions(linear_logits(z, theta)))[0]) for z in iterates]}
 
 
 def _figures(out, cfg, results, theta, Xt, yt, kept, nets1, class_names):
@@ -403,31 +411,22 @@ def _figures(out, cfg, results, theta, Xt, yt, kept, nets1, class_names):
     from . import plotting
 
     files = {}
-    yt_h = to_numpy(yt)
-    matches = [i for i, c in enumerate(yt_h) if c == cfg.figure_class]
+    labels = to_numpy(yt)
+    matches = [i for i, c in enumerate(labels) if c == cfg.figure_class]
     index = matches[0] if matches else 0
     x = Xt[index:index + 1]
     z0 = _noisy(x, cfg.figure_noise, seed=20_000)
-    C = one_hot(yt[index:index + 1], 10, x.dtype)
-    block = make_block(BlockConfig(model="linear", scheme="lie", targets="labels", h=results["part2"]["h"]))
-    Zs = [z0]
-    for _ in range(cfg.max_layers):
-        Zs.append(block.forward(Zs[-1], {"theta": theta}, C)[0])
-    panels = [{"title": f"true labels C (oracle), Lie, h = {results['part2']['h']:.3g}",
-               "iterates": [to_numpy(z)[0] for z in Zs],
-               "predictions": [int(to_numpy((z @ theta.T).argmax(axis=1))[0]) for z in Zs]}]
+    oracle_net = true_label_network(theta, "lie", results["part2"]["h"], cfg.max_layers)
+    panels = [_figure1_panel(f"true labels C (oracle), Lie, h = {results['part2']['h']:.3g}",
+                             oracle_net, oracle_net.features(z0, yt[index:index + 1]))]
     oracle = [(L, net) for (name, v, L), net in kept.items() if name == "noise-augmented" and v == "oracle"]
     if oracle:
         check = results["checks"].get("part3_oracle_vs_baseline_noise_augmented", {})
         L, net = next(((L, n) for L, n in oracle if L == check.get("best_layers")), oracle[-1])
-        feats = net.features(z0)
-        th = net.params["theta"]
-        panels.append({"title": f"learned oracle C_hat (label-free), L = {L}, learned h = "
-                                f"{net.step_sizes().get('h', float('nan')):+.3g}",
-                       "iterates": [to_numpy(z)[0] for z in feats],
-                       "predictions": [int(to_numpy((z @ th.T).argmax(axis=1))[0]) for z in feats]})
+        panels.append(_figure1_panel(f"learned oracle C_hat (label-free), L = {L}, learned h = "
+                                     f"{net.step_sizes().get('h', float('nan')):+.3g}", net, net.features(z0)))
     path = os.path.join(out, "figure1.png")
-    plotting.figure1(to_numpy(x)[0], panels, label=int(yt_h[index]), class_names=class_names,
+    plotting.figure1(to_numpy(x)[0], panels, label=int(labels[index]), class_names=class_names,
                      sigma=cfg.figure_noise, path=path)
     files["figure1"] = "figure1.png"
     path = os.path.join(out, "accuracy_vs_layers.png")

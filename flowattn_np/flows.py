@@ -18,55 +18,117 @@ them, which is how the blocks in ``layers`` get their backward passes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from . import validate
-from .attention import _T, _cross_attention, _self_attention_sum
+from .attention import cross_attention_forward, self_attention_sum_forward
 from .backend import get_array_module
+from .ops import swap_last
 
 # ---------------------------------------------------------------- vector fields
+#
+# ``linear_field`` / ``quadratic_field`` check theta and C once and return the vector
+# field as a plain function of Z that trusts its input: the form to hand to
+# ``integrate`` or ``rk_step``, which call it thousands of times. ``linear_flow`` and
+# friends check everything on every call: the form for a single evaluation.
+
+
+def _linear_rhs(theta, C, heads):
+    """Unchecked Z -> C theta - CA(Z, theta), or Z -> -CA(Z, theta) when C is None."""
+    if C is None:
+        return lambda Z: -cross_attention_forward(Z, theta, heads)[0]
+    C_theta = C @ theta
+    return lambda Z: C_theta - cross_attention_forward(Z, theta, heads)[0]
+
+
+def linear_field(theta, C=None, heads=None):
+    """The vector field of eq. (6), checked once: f(Z) = C theta - CA(Z, theta).
+
+    With C None, the attention part alone: f(Z) = -CA(Z, theta). theta: m x d,
+    C: n x m. Returns the function f, which trusts its argument Z (n x d).
+    """
+    heads = validate.linear_inputs(None, theta, C, heads)
+    return _linear_rhs(theta, C, heads)
 
 
 def linear_flow(Z, theta, C, heads=None):
     """Right-hand side of the gradient flow (eq. 6): C theta - CA(Z, theta). Returns n x d."""
     heads = validate.linear_inputs(Z, theta, C, heads)
-    return C @ theta - _cross_attention(Z, theta, heads)[0]
+    return _linear_rhs(theta, C, heads)(Z)
 
 
 def linear_flow_A(Z, theta, heads=None):
     """Attention part of eq. (6): -CA(Z, theta) = -sigma(Z theta^T) theta. Returns n x d."""
     heads = validate.linear_inputs(Z, theta, None, heads)
-    return -_cross_attention(Z, theta, heads)[0]
+    return _linear_rhs(theta, None, heads)(Z)
 
 
-def linear_flow_B(Z, theta, C):
-    """Label part of eq. (6): C theta (constant in Z). Returns n x d."""
-    validate.linear_inputs(Z, theta, C)
+def linear_flow_B(Z, theta, C, heads=None):
+    """Label part of eq. (6): C theta (constant in Z). Returns n x d.
+
+    ``heads``: C holds one distribution per head in each row (multi-head labels).
+    """
+    validate.linear_inputs(Z, theta, C, heads)
     return C @ theta
 
 
-def linear_B_exact(Z, theta, C, t):
-    """Exact solution of dZ/dt = C theta after time t: Z + t C theta (second line of eq. 8)."""
-    validate.linear_inputs(Z, theta, C)
+def linear_B_exact(Z, theta, C, t, heads=None):
+    """Exact solution of dZ/dt = C theta after time t: Z + t C theta (second line of eq. 8).
+
+    ``heads``: C holds one distribution per head in each row (multi-head labels).
+    """
+    validate.linear_inputs(Z, theta, C, heads)
     t = validate.check_step("t", t)
     return Z + t * (C @ theta)
+
+
+def _quadratic_rhs(theta, C):
+    """Unchecked Z -> M Z theta - (SA + SA*)(Z), M = C + C^T, or -(SA + SA*)(Z) when C is None."""
+    if C is None:
+        return lambda Z: -self_attention_sum_forward(Z, theta)[0]
+    M = C + swap_last(C)
+    return lambda Z: M @ Z @ theta - self_attention_sum_forward(Z, theta)[0]
+
+
+def quadratic_field(theta, C=None):
+    """The quadratic model's gradient flow, checked once: f(Z) = M Z theta - SA - SA*.
+
+    M = C + C^T; with C None, the attention part alone: f(Z) = -(SA + SA*)(Z, theta).
+    theta: d x d symmetric, C: (..., n, n). Returns f, which trusts Z ((..., n, d)).
+    """
+    validate.quadratic_inputs(None, theta, C)
+    return _quadratic_rhs(theta, C)
 
 
 def quadratic_flow(Z, theta, C):
     """Gradient flow of the quadratic model: (C + C^T) Z theta - SA - SA*. Returns (..., n, d)."""
     validate.quadratic_inputs(Z, theta, C)
-    return (C + _T(C)) @ Z @ theta - _self_attention_sum(Z, theta)[0]
+    return _quadratic_rhs(theta, C)(Z)
 
 
 def quadratic_flow_A(Z, theta):
     """Attention part of the quadratic flow: -(SA + SA*)(Z, theta). Returns (..., n, d)."""
     validate.quadratic_inputs(Z, theta)
-    return -_self_attention_sum(Z, theta)[0]
+    return _quadratic_rhs(theta, None)(Z)
 
 
 def quadratic_flow_B(Z, theta, C):
     """Label part of the quadratic flow: M Z theta with M = C + C^T. Returns (..., n, d)."""
     validate.quadratic_inputs(Z, theta, C)
-    return (C + _T(C)) @ Z @ theta
+    return (C + swap_last(C)) @ Z @ theta
+
+
+class QuadraticBCache(NamedTuple):
+    """What quadratic_B_exact_vjp needs: the eigenbases M = U diag(lam) U^T and
+    theta = V diag(mu) V^T, Zt = U^T Z V, E = exp(t lam mu^T), and the time t."""
+
+    U: Any
+    lam: Any
+    V: Any
+    mu: Any
+    Zt: Any
+    E: Any
+    t: Any
 
 
 def quadratic_B_exact(Z, theta, C, t):
@@ -80,17 +142,20 @@ def quadratic_B_exact(Z, theta, C, t):
     """
     validate.quadratic_inputs(Z, theta, C)
     t = validate.check_step("t", t)
-    return _quadratic_B_exact(Z, theta, C + _T(C), t)[0]
+    return quadratic_B_exact_forward(Z, theta, C + swap_last(C), t)[0]
 
 
-def _quadratic_B_exact(Z, theta, M, t):
-    """Unchecked exact quadratic B sub-flow; returns (Z(t), cache) for the VJP."""
+def quadratic_B_exact_forward(Z, theta, M, t):
+    """The exact quadratic B sub-flow for a given M = C + C^T, without input checks.
+
+    Trusts its inputs. Returns (Z(t), QuadraticBCache) for quadratic_B_exact_vjp.
+    """
     xp = get_array_module(Z)
     lam, U = xp.linalg.eigh(M)
     mu, V = xp.linalg.eigh(theta)
-    Zt = _T(U) @ Z @ V
+    Zt = swap_last(U) @ Z @ V
     E = xp.exp(t * lam[..., :, None] * mu)
-    return U @ (E * Zt) @ V.T, (U, lam, V, mu, Zt, E, t)
+    return U @ (E * Zt) @ V.T, QuadraticBCache(U, lam, V, mu, Zt, E, t)
 
 
 def _exprel(x):
@@ -114,11 +179,12 @@ def quadratic_B_exact_vjp(Z_bar, cache):
         t_bar     = sum(Y * E * Zt * lam mu^T)
     At equal eigenvalues the divided differences take their limits: D_iab -> t lam_i
     e^{t lam_i mu_a} and D'_aij -> t mu_a e^{t lam_i mu_a} (computed with exprel, so
-    nearly equal ones stay accurate). Returns (Z_bar_in, theta_bar, M_bar, t_bar).
+    nearly equal ones stay accurate). Trusts its inputs (the cache of
+    quadratic_B_exact_forward). Returns (Z_bar_in, theta_bar, M_bar, t_bar).
     """
     xp = get_array_module(Z_bar)
     U, lam, V, mu, Zt, E, t = cache
-    Y = _T(U) @ Z_bar @ V
+    Y = swap_last(U) @ Z_bar @ V
     Z_in_bar = U @ (E * Y) @ V.T
     lam_mu = lam[..., :, None] * mu
     t_bar = (Y * E * Zt * lam_mu).sum()
@@ -132,9 +198,9 @@ def quadratic_B_exact_vjp(Z_bar, cache):
     # D'_aij = t mu_a e^{t lam_j mu_a} exprel(t mu_a (lam_i - lam_j))
     dlam = lam[..., :, None] - lam[..., None, :]
     tm = t * mu[:, None, None]
-    Dp = tm * _T(E)[..., :, None, :] * _exprel(tm * dlam[..., None, :, :])
+    Dp = tm * swap_last(E)[..., :, None, :] * _exprel(tm * dlam[..., None, :, :])
     H = xp.einsum("...ia,...ja,...aij->...ij", Y, Zt, Dp)
-    M_bar = U @ H @ _T(U)
+    M_bar = U @ H @ swap_last(U)
     return Z_in_bar, theta_bar, M_bar, t_bar
 
 
@@ -180,51 +246,62 @@ def get_integrator(method):
         ) from None
 
 
+class RKCache(NamedTuple):
+    """What rk_backward needs from one RK step: the method, the step h, the stage
+    slopes k_i = f(Y_i), the field's cache of each stage, and incr = sum_i b_i k_i."""
+
+    method: Integrator
+    h: Any
+    slopes: list
+    field_caches: list
+    incr: Any
+
+
 def rk_forward(field, Z, h, method):
     """One explicit RK step of size h for dZ/dt = f(Z); ``field(Y) -> (f(Y), cache)``.
 
-    Returns (Z_new, cache) where cache holds the stages for ``rk_backward``.
+    Returns (Z_new, RKCache) where the cache holds the stages for ``rk_backward``.
     """
     rk = get_integrator(method)
     if not hasattr(h, "shape"):  # a NumPy float64 scalar would upcast float32 features
         h = float(h)
-    ks, fcaches = [], []
+    slopes, field_caches = [], []
     for i in range(rk.stages):
         Y = Z
         for j, a in enumerate(rk.a[i]):
             if a:
-                Y = Y + (h * a) * ks[j]
+                Y = Y + (h * a) * slopes[j]
         k, fc = field(Y)
-        ks.append(k)
-        fcaches.append(fc)
-    incr = ks[0] * rk.b[0] if rk.b[0] != 1 else ks[0]
+        slopes.append(k)
+        field_caches.append(fc)
+    incr = slopes[0] * rk.b[0] if rk.b[0] != 1 else slopes[0]
     for i in range(1, rk.stages):
-        incr = incr + rk.b[i] * ks[i]
-    return Z + h * incr, (rk, h, ks, fcaches, incr)
+        incr = incr + rk.b[i] * slopes[i]
+    return Z + h * incr, RKCache(rk, h, slopes, field_caches, incr)
 
 
 def rk_backward(field_vjp, Z_bar, cache):
-    """Reverse-mode through one RK step; ``field_vjp(k_bar, fcache) -> (Y_bar, grads)``.
+    """Reverse-mode through one RK step (an RKCache); ``field_vjp(k_bar, fcache) -> (Y_bar, grads)``.
 
     From Z_new = Z + h sum b_i k_i and Y_i = Z + h sum_{j<i} a_ij k_j, in reverse stage
     order: k_bar_i = h b_i Z_bar + h sum_{l>i} a_li Y_bar_l, Y_bar_i = VJP_f(k_bar_i),
     Z_bar_in = Z_bar + sum_i Y_bar_i, h_bar = <Z_bar, sum b_i k_i> + sum a_li <Y_bar_l, k_i>.
     Returns (Z_bar_in, h_bar (0-d array), grads summed over the stages).
     """
-    rk, h, ks, fcaches, incr = cache
+    rk, h, slopes, field_caches, incr = cache
     k_bars = [(h * b) * Z_bar for b in rk.b]
     h_bar = (Z_bar * incr).sum()
     Z_in_bar = Z_bar
     grads = {}
     for i in reversed(range(rk.stages)):
-        Y_bar, g = field_vjp(k_bars[i], fcaches[i])
+        Y_bar, g = field_vjp(k_bars[i], field_caches[i])
         for name, value in g.items():
             grads[name] = grads[name] + value if name in grads else value
         Z_in_bar = Z_in_bar + Y_bar
         for j, a in enumerate(rk.a[i]):
             if a:
                 k_bars[j] = k_bars[j] + (h * a) * Y_bar
-                h_bar = h_bar + a * (Y_bar * ks[j]).sum()
+                h_bar = h_bar + a * (Y_bar * slopes[j]).sum()
     return Z_in_bar, h_bar, grads
 
 
@@ -236,16 +313,20 @@ def rk_step(f, Z, h, method="rk4"):
 def integrate(f, Z0, T, steps, method="rk4", return_path=False):
     """Integrate dZ/dt = f(Z) from Z0 over [0, T] with ``steps`` equal steps of ``method``.
 
-    The step is explicit: h = T / steps (no silent default). Returns Z(T), or the list
-    [Z0, Z1, ..., Z(T)] with ``return_path``.
+    The step is explicit: h = T / steps (no silent default). f is called ``steps`` x
+    stages times: pass a field built once by ``linear_field`` / ``quadratic_field``
+    (checked once), not a function that checks its inputs on every call. Returns
+    Z(T), or the list [Z0, Z1, ..., Z(T)] with ``return_path``.
     """
     if isinstance(steps, bool) or not float(steps).is_integer() or int(steps) < 1:
         raise ValueError(f"steps: expected a positive whole number of steps, got {steps!r}")
     steps = int(steps)
     h = validate.check_step("T", T) / steps
+    validate.check_array("Z0", Z0, min_ndim=1)
+    method = get_integrator(method)
     path = [Z0]
     Z = Z0
-    for _ in range(int(steps)):
+    for _ in range(steps):
         Z = rk_step(f, Z, h, method)
         if return_path:
             path.append(Z)
@@ -265,6 +346,3 @@ def strang_step(step_A, step_B, Z, h):
     """
     return step_A(step_B(step_A(Z, 0.5 * h), h), 0.5 * h)
 
-
-# each scheme with its order when the sub-flows are solved to at least that order
-SCHEMES = {"lie": (lie_step, 1), "strang": (strang_step, 2)}

@@ -28,18 +28,26 @@ Every block has ``forward(Z, params, C=None) -> (Z_out, cache)`` and
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 from .attention import (
-    _T,
-    _cross_attention,
-    _self_attention_sum,
-    _sum_lead,
+    cross_attention_forward,
     cross_attention_vjp,
+    self_attention_sum_forward,
     self_attention_sum_vjp,
 )
 from .backend import get_array_module
-from .flows import _quadratic_B_exact, get_integrator, quadratic_B_exact_vjp, rk_backward, rk_forward
-from .ops import softmax, softmax_vjp, softmax_vjp_heads
+from .flows import (
+    QuadraticBCache,
+    RKCache,
+    get_integrator,
+    quadratic_B_exact_forward,
+    quadratic_B_exact_vjp,
+    rk_backward,
+    rk_forward,
+)
+from .models import phi_grad, theta_from_phi
+from .ops import softmax, softmax_vjp, softmax_vjp_heads, sum_leading, swap_last
 from .validate import check_step
 
 MODELS = ("linear", "quadratic", "memory")
@@ -64,7 +72,9 @@ class BlockConfig:
     scheme:     'lie' (A(h) then B(h)) or 'strang' (A(h/2) B(h) A(h/2)).
     integrator: one-step method for the A sub-flow: 'euler' (the transformer block),
                 'heun' (order 2) or 'rk4' (order 4).
-    b_flow:     'exact' or 'euler' for the B sub-flow.
+    b_flow:     'exact' or 'euler' for the B sub-flow of the quadratic model. The
+                linear model's B sub-flow Z + t C theta is exact in one Euler step, so
+                only 'exact' is accepted there.
     targets:    source of C: 'labels', 'none' or 'learned' (see the module docstring).
     h:          the step (its initial value when learn_h).
     learn_h:    whether h is a trained parameter.
@@ -93,6 +103,9 @@ class BlockConfig:
         get_integrator(self.integrator)
         # a Python float: a NumPy float64 step would upcast float32 features
         object.__setattr__(self, "h", check_step("h", self.h))
+        if self.model != "quadratic" and self.b_flow != "exact":
+            raise ValueError(f"b_flow: only the quadratic model has a choice of B sub-flow; the "
+                             f"{self.model} model's is exact, got b_flow={self.b_flow!r}")
         if self.model == "memory":
             if self.targets != "none":
                 raise ValueError("targets: a 'memory' block has no label sub-flow; use targets='none'")
@@ -107,6 +120,15 @@ class BlockConfig:
         """A copy with some fields changed."""
         return replace(self, **changes)
 
+    def step_size(self, params):
+        """The step h of a block: the trained params['h'] when learn_h, else the fixed h."""
+        return params["h"] if self.learn_h else self.h
+
+    @property
+    def uses_labels(self):
+        """Whether the block needs the true labels C (targets='labels')."""
+        return self.targets == "labels"
+
     def describe(self):
         """One line naming the block, its scheme, integrators and the source of C."""
         if self.model == "memory":
@@ -120,8 +142,13 @@ class BlockConfig:
                 f"{step}; targets: {TARGET_TITLES[self.targets]}")
 
 
-def _scalar(xp, value, dtype):
-    return xp.asarray(value, dtype=dtype)
+def require_labels(value, name="C", subject="this block uses"):
+    """Raise a ValueError naming ``name`` when a block that uses the true labels gets none."""
+    if value is None:
+        raise ValueError(
+            f"{name}: {subject} the true labels (targets='labels': an oracle computation); "
+            f"pass {name}, or configure targets='learned' or 'none' for a label-free block"
+        )
 
 
 def _step_schedule(config):
@@ -133,8 +160,102 @@ def _step_schedule(config):
     return (("A", 0.5), ("B", 1.0), ("A", 0.5))
 
 
-class _SplitBlock:
-    """Shared forward/backward of a split-flow block; subclasses give the model's pieces.
+# ---------------------------------------------------------------- caches
+# What each forward keeps for its backward, as named tuples a student can print.
+
+
+class SubStep(NamedTuple):
+    """One sub-step of a split block: its fraction of h and its cache (an RKCache for
+    the A sub-flow, a B cache for the label sub-flow)."""
+
+    fraction: float
+    cache: Any
+
+
+class SplitCache(NamedTuple):
+    """Cache of SplitBlock.forward: params, theta, the targets C, the oracle's cache
+    (targets='learned', else None) and the sub-steps in the order they ran."""
+
+    params: dict
+    theta: Any
+    C: Any
+    oracle_cache: Any
+    steps: tuple
+
+
+class Eq8Cache(NamedTuple):
+    """Cache of the fused eq. (8) block: input Z, theta, targets C, P = sigma(Z theta^T),
+    R = C - P, the step h, and keys = [W; theta] of oracle and attention (learned
+    targets) or None."""
+
+    Z: Any
+    theta: Any
+    C: Any
+    P: Any
+    R: Any
+    h: Any
+    keys: Any
+
+
+class CrossAttentionCache(NamedTuple):
+    """Cache of the linear A field at a stage Y: theta and P = sigma(Y theta^T)."""
+
+    Y: Any
+    theta: Any
+    P: Any
+
+
+class SelfAttentionCache(NamedTuple):
+    """Cache of the quadratic A field at a stage Y: theta, P = sigma(Y theta Y^T), Y theta."""
+
+    Y: Any
+    theta: Any
+    P: Any
+    Y_theta: Any
+
+
+class LinearBCache(NamedTuple):
+    """Cache of the linear B sub-flow Z + t C theta."""
+
+    theta: Any
+    C: Any
+    C_theta: Any
+    t: Any
+
+
+class QuadraticBEulerCache(NamedTuple):
+    """Cache of one Euler step Z + t M Z theta of the quadratic B sub-flow, M = C + C^T."""
+
+    Z: Any
+    theta: Any
+    M: Any
+    MZ_theta: Any
+    t: Any
+
+
+class OracleCache(NamedTuple):
+    """Cache of a learned oracle: its input Z, its output C_hat, and Z W (quadratic) or None."""
+
+    Z: Any
+    C: Any
+    ZW: Any
+
+
+class MemoryCache(NamedTuple):
+    """Cache of the memory block: input Z, P = softmax(Z K^T), the step h, the params."""
+
+    Z: Any
+    P: Any
+    h: Any
+    params: dict
+
+
+# ---------------------------------------------------------------- blocks
+
+
+class SplitBlock:
+    """The general split-flow block: forward/backward for any scheme, integrator and
+    source of targets; subclasses give the model's pieces.
 
     Subclasses define: ``theta_of(params)``, ``param_grads(theta_bar, params)``,
     ``field_A`` / ``field_A_vjp`` (vector field of the A sub-flow),
@@ -145,26 +266,18 @@ class _SplitBlock:
     def __init__(self, config):
         self.config = config
 
-    @staticmethod
-    def _need_labels():
-        raise ValueError(
-            "C: this block uses the true labels (targets='labels'); pass C, or "
-            "configure targets='learned' or 'none' for a label-free block"
-        )
-
     # -- forward --------------------------------------------------------------
     def forward(self, Z, params, C=None, out=None):
-        """Advance Z by one block; returns (Z_out, cache). C is needed iff targets='labels'.
+        """Advance Z by one block; returns (Z_out, SplitCache). C is needed iff targets='labels'.
 
-        ``out`` (a buffer for Z_out) is a hint that the fused paths use; others ignore it.
+        ``out`` (a buffer for Z_out) is a hint that the fused paths use; this one ignores it.
         """
         cfg = self.config
         theta = self.theta_of(params)
-        h = params["h"] if cfg.learn_h else cfg.h
+        h = cfg.step_size(params)
         oracle_cache = None
-        if cfg.targets == "labels":
-            if C is None:
-                self._need_labels()
+        if cfg.uses_labels:
+            require_labels(C)
         elif cfg.targets == "learned":
             C, oracle_cache = self.oracle(Z, params)
         else:
@@ -172,56 +285,61 @@ class _SplitBlock:
         field = lambda Y: self.field_A(Y, theta)  # noqa: E731
         steps = []
         for kind, frac in _step_schedule(cfg):
-            t = h * frac
             if kind == "A":
-                Z, c = rk_forward(field, Z, t, cfg.integrator)
+                Z, c = rk_forward(field, Z, h * frac, cfg.integrator)
             else:
-                Z, c = self.B_forward(Z, theta, C, t)
-            steps.append((kind, frac, c))
-        return Z, ("split", params, theta, C, oracle_cache, steps)
+                Z, c = self.B_forward(Z, theta, C, h * frac)
+            steps.append(SubStep(frac, c))
+        return Z, SplitCache(params, theta, C, oracle_cache, tuple(steps))
 
     # -- backward -------------------------------------------------------------
     def backward(self, Z_bar, cache, out=None):
         """VJP of the block: returns (Z_in_bar, grads) with grads keyed like params."""
         cfg = self.config
-        _, params, theta, C, oracle_cache, steps = cache
         xp = get_array_module(Z_bar)
-        theta_bar = xp.zeros_like(theta)
+        theta_bar = xp.zeros_like(cache.theta)
         h_bar = 0.0
         C_bar = None
-        for kind, frac, c in reversed(steps):
-            if kind == "A":
-                Z_bar, t_bar, g = rk_backward(self.field_A_vjp, Z_bar, c)
+        for step in reversed(cache.steps):
+            if isinstance(step.cache, RKCache):  # the A sub-flow
+                Z_bar, t_bar, g = rk_backward(self.field_A_vjp, Z_bar, step.cache)
                 theta_bar = theta_bar + g["theta"]
-            else:
-                Z_bar, th_bar, Cb, t_bar = self.B_vjp(Z_bar, c)
-                theta_bar = theta_bar + th_bar
-                C_bar = Cb if C_bar is None else C_bar + Cb
-            h_bar = h_bar + frac * t_bar
-        grads = self.param_grads(theta_bar, params)
+            else:  # the B sub-flow
+                Z_bar, B_theta_bar, B_C_bar, t_bar = self.B_vjp(Z_bar, step.cache)
+                theta_bar = theta_bar + B_theta_bar
+                C_bar = B_C_bar if C_bar is None else C_bar + B_C_bar
+            h_bar = h_bar + step.fraction * t_bar
+        grads = self.param_grads(theta_bar, cache.params)
         if cfg.learn_h:
             grads["h"] = xp.asarray(h_bar, dtype=Z_bar.dtype).reshape(())
         if cfg.targets == "learned":
-            Z_extra, oracle_grads = self.oracle_vjp(C_bar, oracle_cache, params)
+            Z_extra, oracle_grads = self.oracle_vjp(C_bar, cache.oracle_cache, cache.params)
             Z_bar = Z_bar + Z_extra
             grads.update(oracle_grads)
         return Z_bar, grads
 
 
-class CrossAttentionBlock(_SplitBlock):
+class CrossAttentionBlock(SplitBlock):
     """Block of the linear model N = Z theta^T (eq. 8): cross-attention + label forcing.
 
     params: 'theta' (m x d), 'h' (0-d, if learn_h), 'W' (m x d) and 'b' (m,) (if
     targets='learned'). Z: n x d, C: n x m.
+
+    With Lie splitting and Euler for A (the transformer block) ``forward`` takes the
+    fused eq. (8) path; ``fused=False`` takes the general SplitBlock path instead (the
+    readable reference, to which tests/test_fast_path.py compares the fused one).
     """
+
+    def __init__(self, config, fused=True):
+        super().__init__(config)
+        self.fused = fused and config.scheme == "lie" and config.integrator == "euler"
 
     def forward(self, Z, params, C=None, out=None):
         """Advance Z by one block; returns (Z_out, cache). C is needed iff targets='labels'.
 
         ``out``: a buffer for Z_out (used by the fused eq. (8) path).
         """
-        cfg = self.config
-        if cfg.scheme == "lie" and cfg.integrator == "euler":
+        if self.fused:
             return self._eq8_forward(Z, params, C, out)
         return super().forward(Z, params, C)
 
@@ -230,38 +348,43 @@ class CrossAttentionBlock(_SplitBlock):
 
         ``out``: a buffer for Z_in_bar, which must not be Z_bar (fused path only).
         """
-        if cache[0] == "eq8":
+        if isinstance(cache, Eq8Cache):
             return self._eq8_backward(Z_bar, cache, out)
         return super().backward(Z_bar, cache)
 
+    # The fused eq. (8) path is the fast one that training runs. The readable one is
+    # SplitBlock.forward / backward (one Euler step of the A field by flows.rk_forward,
+    # then B_forward; reached with CrossAttentionBlock(config, fused=False)).
+    # tests/test_fast_path.py proves that both agree, forward and backward.
     def _eq8_forward(self, Z, params, C, out=None):
         """The transformer block of eq. (8) in one update: Z + h (C - sigma(Z theta^T)) theta.
 
         Z_half = Z - h CA(Z, theta) and Z_out = Z_half + h C theta share the product
         with theta (B is constant in Z, so its exact and Euler forms agree); a learned
         oracle's scores Z W^T share one product with the attention scores Z theta^T.
+        Fast path: SplitBlock.forward is the readable reference (tests/test_fast_path.py).
         """
         cfg = self.config
         xp = get_array_module(Z)
         theta = params["theta"]
-        h = params["h"] if cfg.learn_h else cfg.h
+        h = cfg.step_size(params)
         m = theta.shape[0]
-        K = None
+        keys = None
         if cfg.targets == "learned":
-            K = xp.concatenate([params["W"], theta])  # keys of oracle and attention: 2m x d
-            S = Z @ K.T
+            keys = xp.concatenate([params["W"], theta])  # keys of oracle and attention: 2m x d
+            S = Z @ keys.T
             S[:, :m] += params["b"]
             C = softmax(S[:, :m], cfg.heads)
             P = softmax(S[:, m:], cfg.heads)
         else:
-            if cfg.targets == "labels" and C is None:
-                self._need_labels()
+            if cfg.uses_labels:
+                require_labels(C)
             P = softmax(Z @ theta.T, cfg.heads)
         R = -P if cfg.targets == "none" else C - P
         # h scales the n x m factor, not the n x d product: 1/d of the work
         out = xp.matmul(h * R, theta, out=out)
         out += Z
-        return out, ("eq8", Z, theta, C, P, R, h, K)
+        return out, Eq8Cache(Z, theta, C, P, R, h, keys)
 
     def _eq8_backward(self, Z_bar, cache, out=None):
         """VJP of Z_out = Z + h R theta, R = C - P, P = sigma(Z theta^T), C = sigma(Z W^T + b):
@@ -270,26 +393,28 @@ class CrossAttentionBlock(_SplitBlock):
             theta_bar = h R^T Z_bar + S_P_bar^T Z,  S_P_bar = softmax_vjp(P, -R_bar)
             S_C_bar = softmax_vjp(C, R_bar),  W_bar = S_C_bar^T Z,  b_bar = 1^T S_C_bar
             Z_in_bar = Z_bar + S_C_bar W + S_P_bar theta
+
+        Fast path: SplitBlock.backward is the readable reference (tests/test_fast_path.py).
         """
         cfg = self.config
         xp = get_array_module(Z_bar)
-        _, Z, theta, C, P, R, h, K = cache
+        Z, theta, C, P, R, h, keys = cache
         G = Z_bar @ theta.T
         R_bar = h * G
         grads = {"theta": h * (R.T @ Z_bar)}
         if cfg.learn_h:
             grads["h"] = (G * R).sum().reshape(())
         SP_bar = softmax_vjp_heads(P, -R_bar, cfg.heads)
-        if K is None:
+        if keys is None:
             Z_in_bar = xp.matmul(SP_bar, theta, out=out)
             grads["theta"] += SP_bar.T @ Z
         else:
             m = theta.shape[0]
             S_bar = xp.concatenate([softmax_vjp_heads(C, R_bar, cfg.heads), SP_bar], axis=1)
-            Z_in_bar = xp.matmul(S_bar, K, out=out)
-            KS = S_bar.T @ Z
-            grads["W"] = KS[:m]
-            grads["theta"] += KS[m:]
+            Z_in_bar = xp.matmul(S_bar, keys, out=out)
+            keys_bar = S_bar.T @ Z  # [W_bar; theta_bar part]: one product for both
+            grads["W"] = keys_bar[:m]
+            grads["theta"] += keys_bar[m:]
             grads["b"] = S_bar[:, :m].sum(axis=0)
         Z_in_bar += Z_bar
         return Z_in_bar, grads
@@ -303,9 +428,9 @@ class CrossAttentionBlock(_SplitBlock):
         return {"theta": theta_bar}
 
     def field_A(self, Y, theta):
-        """A sub-flow -CA(Y, theta); cache (Y, P)."""
-        CA, P = _cross_attention(Y, theta, self.config.heads)
-        return -CA, (Y, theta, P)
+        """A sub-flow -CA(Y, theta); returns (-CA, CrossAttentionCache)."""
+        CA, P = cross_attention_forward(Y, theta, self.config.heads)
+        return -CA, CrossAttentionCache(Y, theta, P)
 
     def field_A_vjp(self, k_bar, fcache):
         """VJP of the A vector field -CA(Y, theta): returns (Y_bar, {"theta": theta_bar})."""
@@ -315,27 +440,27 @@ class CrossAttentionBlock(_SplitBlock):
 
     def B_forward(self, Z, theta, C, t):
         """B sub-flow Z + t C theta: exact, and identical to one Euler step (B is constant)."""
-        Ct = C @ theta
-        return Z + t * Ct, (theta, C, Ct, t)
+        C_theta = C @ theta
+        return Z + t * C_theta, LinearBCache(theta, C, C_theta, t)
 
-    def B_vjp(self, Z_bar, c):
+    def B_vjp(self, Z_bar, cache):
         """VJP of Z + t C theta: returns (Z_bar, theta_bar, C_bar, t_bar)."""
-        theta, C, Ct, t = c
-        return Z_bar, t * (C.T @ Z_bar), t * (Z_bar @ theta.T), (Z_bar * Ct).sum()
+        theta, C, C_theta, t = cache
+        return Z_bar, t * (C.T @ Z_bar), t * (Z_bar @ theta.T), (Z_bar * C_theta).sum()
 
     def oracle(self, Z, params):
-        """Learned targets C_hat = softmax(Z W^T + b) (per head)."""
+        """Learned targets C_hat = softmax(Z W^T + b) (per head); returns (C_hat, OracleCache)."""
         C = softmax(Z @ params["W"].T + params["b"], self.config.heads)
-        return C, (Z, C)
+        return C, OracleCache(Z, C, None)
 
-    def oracle_vjp(self, C_bar, oc, params):
+    def oracle_vjp(self, C_bar, oracle_cache, params):
         """VJP of C_hat = softmax(Z W^T + b): returns (Z_bar, {"W": ..., "b": ...})."""
-        Z, C = oc
+        Z, C, _ = oracle_cache
         S_bar = softmax_vjp_heads(C, C_bar, self.config.heads)
         return S_bar @ params["W"], {"W": S_bar.T @ Z, "b": S_bar.sum(axis=0)}
 
 
-class SelfAttentionBlock(_SplitBlock):
+class SelfAttentionBlock(SplitBlock):
     """Block of the quadratic model N = Z theta Z^T, theta = phi phi^T (eq. 10).
 
     params: 'phi' (d x d, lower-triangular), 'h' (0-d, if learn_h), 'W' (d x d, if
@@ -344,59 +469,55 @@ class SelfAttentionBlock(_SplitBlock):
 
     def theta_of(self, params):
         """theta = phi phi^T from the params dict."""
-        phi = params["phi"]
-        return phi @ phi.T
+        return theta_from_phi(params["phi"])
 
     def param_grads(self, theta_bar, params):
         """phi_bar = tril((theta_bar + theta_bar^T) phi) from the gradient in theta."""
-        xp = get_array_module(theta_bar)
-        return {"phi": xp.tril((theta_bar + theta_bar.T) @ params["phi"])}
+        return {"phi": phi_grad(theta_bar, params["phi"])}
 
     def field_A(self, Y, theta):
-        """A sub-flow -(SA + SA*)(Y, theta); cache (Y, P, Y theta)."""
-        F, P, Yt = _self_attention_sum(Y, theta)
-        return -F, (Y, theta, P, Yt)
+        """A sub-flow -(SA + SA*)(Y, theta); returns (-(SA + SA*), SelfAttentionCache)."""
+        F, P, Y_theta = self_attention_sum_forward(Y, theta)
+        return -F, SelfAttentionCache(Y, theta, P, Y_theta)
 
     def field_A_vjp(self, k_bar, fcache):
         """VJP of the A vector field -(SA + SA*)(Y, theta): returns (Y_bar, {"theta": theta_bar})."""
-        Y, theta, P, Yt = fcache
-        Y_bar, theta_bar = self_attention_sum_vjp(Y, theta, P, Yt, -k_bar)
+        Y, theta, P, Y_theta = fcache
+        Y_bar, theta_bar = self_attention_sum_vjp(Y, theta, P, Y_theta, -k_bar)
         return Y_bar, {"theta": theta_bar}
 
     def B_forward(self, Z, theta, C, t):
         """B sub-flow dZ/dt = M Z theta, M = C + C^T: exact (eigenbases) or one Euler step."""
-        M = C + _T(C)
+        M = C + swap_last(C)
         if self.config.b_flow == "exact":
-            Z_out, c = _quadratic_B_exact(Z, theta, M, t)
-            return Z_out, ("exact", c)
-        MZt = M @ Z @ theta
-        return Z + t * MZt, ("euler", (Z, theta, M, MZt, t))
+            return quadratic_B_exact_forward(Z, theta, M, t)
+        MZ_theta = M @ Z @ theta
+        return Z + t * MZ_theta, QuadraticBEulerCache(Z, theta, M, MZ_theta, t)
 
-    def B_vjp(self, Z_bar, c):
+    def B_vjp(self, Z_bar, cache):
         """VJP of the B sub-step (exact or Euler): returns (Z_bar, theta_bar, C_bar, t_bar)."""
-        kind, c = c
-        if kind == "exact":
-            Z_in_bar, theta_bar, M_bar, t_bar = quadratic_B_exact_vjp(Z_bar, c)
+        if isinstance(cache, QuadraticBCache):
+            Z_in_bar, theta_bar, M_bar, t_bar = quadratic_B_exact_vjp(Z_bar, cache)
         else:
-            Z, theta, M, MZt, t = c
-            Z_in_bar = Z_bar + t * (_T(M) @ Z_bar @ theta.T)
-            theta_bar = t * _sum_lead(_T(M @ Z) @ Z_bar)
-            M_bar = t * (Z_bar @ _T(Z @ theta))
-            t_bar = (Z_bar * MZt).sum()
-        return Z_in_bar, theta_bar, M_bar + _T(M_bar), t_bar
+            Z, theta, M, MZ_theta, t = cache
+            Z_in_bar = Z_bar + t * (swap_last(M) @ Z_bar @ theta.T)
+            theta_bar = t * sum_leading(swap_last(M @ Z) @ Z_bar)
+            M_bar = t * (Z_bar @ swap_last(Z @ theta))
+            t_bar = (Z_bar * MZ_theta).sum()
+        return Z_in_bar, theta_bar, M_bar + swap_last(M_bar), t_bar
 
     def oracle(self, Z, params):
         """Learned targets C_hat = softmax(Z W Z^T): each token picks a token."""
         ZW = Z @ params["W"]
-        C = softmax(ZW @ _T(Z))
-        return C, (Z, ZW, C)
+        C = softmax(ZW @ swap_last(Z))
+        return C, OracleCache(Z, C, ZW)
 
-    def oracle_vjp(self, C_bar, oc, params):
+    def oracle_vjp(self, C_bar, oracle_cache, params):
         """VJP of C_hat = softmax(Z W Z^T): returns (Z_bar, {"W": W_bar})."""
-        Z, ZW, C = oc
+        Z, C, ZW = oracle_cache
         S_bar = softmax_vjp(C, C_bar)
-        Z_bar = S_bar @ Z @ params["W"].T + _T(S_bar) @ ZW
-        return Z_bar, {"W": _sum_lead(_T(Z) @ S_bar @ Z)}
+        Z_bar = S_bar @ Z @ params["W"].T + swap_last(S_bar) @ ZW
+        return Z_bar, {"W": sum_leading(swap_last(Z) @ S_bar @ Z)}
 
 
 class MemoryBlock:
@@ -410,16 +531,16 @@ class MemoryBlock:
         self.config = config
 
     def forward(self, Z, params, C=None, out=None):
-        """Z + h softmax(Z K^T) V; returns (Z_out, cache). C is ignored (no label sub-flow).
+        """Z + h softmax(Z K^T) V; returns (Z_out, MemoryCache). C is ignored (no label sub-flow).
 
         ``out``: a buffer for Z_out.
         """
         xp = get_array_module(Z)
-        h = params["h"] if self.config.learn_h else self.config.h
+        h = self.config.step_size(params)
         P = softmax(Z @ params["K"].T)
         out = xp.matmul(h * P, params["V"], out=out)
         out += Z
-        return out, (Z, P, h, params)
+        return out, MemoryCache(Z, P, h, params)
 
     def backward(self, Z_bar, cache, out=None):
         """G = Z_bar V^T, P_bar = h G, S_bar = softmax_vjp(P, P_bar),
@@ -471,5 +592,5 @@ def init_block_params(config, d, m, rng, dtype, with_theta=True, scale=None):
         p["K"] = xp.asarray(rng.normal(0, 1.0 / d ** 0.5, size=(config.slots, d)), dtype=dtype)
         p["V"] = xp.asarray(rng.normal(0, 1.0 / d ** 0.5, size=(config.slots, d)), dtype=dtype)
     if config.learn_h:
-        p["h"] = _scalar(xp, config.h, dtype)
+        p["h"] = xp.asarray(config.h, dtype=dtype)
     return p

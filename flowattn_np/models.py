@@ -11,9 +11,8 @@ Losses here are the POINT-WISE cross-entropy of eq. (3) summed over all rows
 from __future__ import annotations
 
 from . import validate
-from .attention import _T, _sum_lead
 from .backend import get_array_module
-from .ops import cross_entropy, softmax
+from .ops import cross_entropy, softmax, sum_leading, swap_last
 
 # ---------------------------------------------------------------- linear model
 
@@ -80,9 +79,21 @@ def theta_from_phi(phi):
     return phi @ phi.T
 
 
+def phi_grad(theta_bar, phi):
+    """Gradient in the factor phi from the gradient theta_bar in theta = phi phi^T.
+
+        phi_bar = tril((theta_bar + theta_bar^T) phi)
+
+    theta_bar: d x d over all matrices (need not be symmetric); phi: d x d
+    lower-triangular, so only its lower triangle is a parameter. Returns d x d.
+    """
+    xp = get_array_module(phi)
+    return xp.tril((theta_bar + theta_bar.T) @ phi)
+
+
 def quadratic_logits(Z, theta):
     """Logits of the quadratic model N = Z theta Z^T. Z: (..., n, d) -> (..., n, n)."""
-    return Z @ theta @ _T(Z)
+    return Z @ theta @ swap_last(Z)
 
 
 def quadratic_loss(Z, theta, C):
@@ -92,13 +103,13 @@ def quadratic_loss(Z, theta, C):
     C: (..., n, n) with distribution rows. Returns a 0-d array.
     """
     validate.quadratic_inputs(Z, theta, C)
-    return cross_entropy(Z @ theta @ _T(Z), C)
+    return cross_entropy(Z @ theta @ swap_last(Z), C)
 
 
 def _quadratic_residual(Z, theta, C):
     """Unchecked G = sigma(Z theta Z^T) - C; returns (G, Y = Z theta)."""
     Y = Z @ theta
-    return softmax(Y @ _T(Z)) - C, Y
+    return softmax(Y @ swap_last(Z)) - C, Y
 
 
 def quadratic_grad_Z(Z, theta, C):
@@ -110,7 +121,7 @@ def quadratic_grad_Z(Z, theta, C):
     """
     validate.quadratic_inputs(Z, theta, C)
     G, Y = _quadratic_residual(Z, theta, C)
-    return (G + _T(G)) @ Y
+    return (G + swap_last(G)) @ Y
 
 
 def quadratic_grad_theta(Z, theta, C):
@@ -121,13 +132,8 @@ def quadratic_grad_theta(Z, theta, C):
     """
     validate.quadratic_inputs(Z, theta, C)
     G, _ = _quadratic_residual(Z, theta, C)
-    A = _sum_lead(_T(Z) @ G @ Z)
+    A = sum_leading(swap_last(Z) @ G @ Z)
     return 0.5 * (A + A.T)
-
-
-def _tril(A):
-    xp = get_array_module(A)
-    return xp.tril(A)
 
 
 def quadratic_grad_phi(Z, phi, C):
@@ -137,9 +143,8 @@ def quadratic_grad_phi(Z, phi, C):
     gradient is kept lower-triangular. Z: (..., n, d), phi: d x d. Returns d x d.
     """
     validate.quadratic_phi_inputs(Z, phi, C)
-    G, _ = _quadratic_residual(Z, phi @ phi.T, C)
-    A = _sum_lead(_T(Z) @ G @ Z)
-    return _tril((A + A.T) @ phi)
+    G, _ = _quadratic_residual(Z, theta_from_phi(phi), C)
+    return phi_grad(sum_leading(swap_last(Z) @ G @ Z), phi)
 
 
 # ---------------------------------------------------------------- model classes
@@ -179,7 +184,7 @@ class QuadraticModel:
 
     def __init__(self, phi):
         validate.check_array("phi", phi, ndim=2)
-        self.phi = _tril(phi)
+        self.phi = get_array_module(phi).tril(phi)
 
     @property
     def theta(self):

@@ -16,11 +16,20 @@ through the head, every block and the encoding, by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
-from .attention import _T, _sum_lead
-from .backend import Workspace, array_module, get_array_module, host_rng
-from .layers import TARGET_TITLES, BlockConfig, init_block_params, make_block
-from .ops import log_softmax, one_hot
+from .backend import Workspace, array_module, get_array_module
+from .layers import TARGET_TITLES, BlockConfig, init_block_params, make_block, require_labels
+from .models import phi_grad, theta_from_phi
+from .random import host_rng
+from .ops import (
+    head_slices,
+    mean_cross_entropy,
+    mean_cross_entropy_and_grad,
+    one_hot,
+    sum_leading,
+    swap_last,
+)
 
 ENCODINGS = ("identity", "linear")
 
@@ -76,8 +85,8 @@ class NetworkConfig:
         return self.n_inputs if self.encoding == "identity" else int(self.d)
 
     @property
-    def head(self):
-        """'linear' (Z theta^T) or 'quadratic' (Z theta Z^T)."""
+    def head_model(self):
+        """The head's model: 'linear' (Z theta^T) or 'quadratic' (Z theta Z^T)."""
         return "quadratic" if self.block.model == "quadratic" else "linear"
 
     def replace(self, **changes):
@@ -89,7 +98,7 @@ class NetworkConfig:
         form = "tied weights (the paper's form)" if self.tied else "untied per-block weights (a variant)"
         if self.layers == 0:
             return "multinomial regression (L = 0): logits = " + (
-                "Z theta Z^T" if self.head == "quadratic" else "Z theta^T")
+                "Z theta Z^T" if self.head_model == "quadratic" else "Z theta^T")
         return f"L = {self.layers} x {self.block.describe()}; {form}"
 
     def to_dict(self):
@@ -109,6 +118,16 @@ class NetworkConfig:
         if block.get("heads") is not None:
             block["heads"] = tuple(block["heads"])
         return cls(block=BlockConfig(**block), **d)
+
+
+class NetworkCache(NamedTuple):
+    """Cache of Network.forward: the input X, the last features Z_L, the head's theta,
+    and the cache of each block (in order)."""
+
+    X: Any
+    Z: Any
+    theta: Any
+    block_caches: list
 
 
 class Network:
@@ -135,7 +154,7 @@ class Network:
         p = {}
         if cfg.encoding == "linear":
             p["E"] = xp.asarray(rng.normal(0, 1 / cfg.n_inputs ** 0.5, size=(d, cfg.n_inputs)), dtype=dt)
-        head_cfg = cfg.block.replace(model=cfg.head, targets="none", learn_h=False, slots=0)
+        head_cfg = cfg.block.replace(model=cfg.head_model, targets="none", learn_h=False, slots=0)
         p.update(init_block_params(head_cfg, d, m, rng, dt))
         if cfg.layers:
             shares_theta = cfg.block.model != "memory"
@@ -148,9 +167,6 @@ class Network:
                         p[f"block{layer}.{k}"] = v
         return p
 
-    def _theta_name(self):
-        return "phi" if self.config.head == "quadratic" else "theta"
-
     def block_params(self, layer):
         """The parameter dict block ``layer`` sees (shared arrays when tied)."""
         if self.config.tied:
@@ -159,11 +175,11 @@ class Network:
         return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
 
     # -- targets --------------------------------------------------------------
-    def targets(self, y, dtype):
+    def target_matrix(self, y, dtype):
         """One-hot targets C from integer labels y: (n, m), (n, sum heads) or (B, n, n)."""
         cfg = self.config
         xp = get_array_module(y)
-        if cfg.head == "quadratic":
+        if cfg.head_model == "quadratic":
             B, n = y.shape
             return one_hot(y.reshape(-1), n, dtype).reshape(B, n, n)
         if cfg.block.heads is None:
@@ -171,23 +187,28 @@ class Network:
         return xp.concatenate([one_hot(y[:, i], m, dtype) for i, m in enumerate(cfg.block.heads)],
                               axis=1)
 
+    def _block_targets(self, X, y, C):
+        """C for the blocks: given, built from y, or None when they do not use labels."""
+        if C is not None or not (self.config.layers and self.config.block.uses_labels):
+            return C
+        require_labels(y, "y", "this network's blocks use")
+        return self.target_matrix(y, X.dtype)
+
+    def encode(self, X):
+        """Z_0 = X (identity encoding) or X E^T (linear encoding)."""
+        return X if self.config.encoding == "identity" else X @ self.params["E"].T
+
     # -- forward / backward ---------------------------------------------------
     def forward(self, X, y=None, C=None, workspace=None):
-        """Logits of a batch; returns (logits, cache). y (or C) is needed iff the blocks
-        use the true labels (targets='labels').
+        """Logits of a batch; returns (logits, NetworkCache). y (or C) is needed iff the
+        blocks use the true labels (targets='labels').
 
         With a ``workspace`` (training), block outputs go to reused buffers that stay
         valid until the next call with the same workspace.
         """
         cfg = self.config
-        if cfg.layers and cfg.block.targets == "labels" and C is None:
-            if y is None:
-                raise ValueError(
-                    "y: this network's blocks use the true labels (targets='labels': an oracle "
-                    "computation); pass y, or build it with targets='learned' or 'none'"
-                )
-            C = self.targets(y, X.dtype)
-        Z = X if cfg.encoding == "identity" else X @ self.params["E"].T
+        C = self._block_targets(X, y, C)
+        Z = self.encode(X)
         xp = get_array_module(Z)
         caches = []
         for layer in range(cfg.layers):
@@ -195,14 +216,24 @@ class Network:
             Z, c = self.block.forward(Z, self.block_params(layer), C, out=out)
             caches.append(c)
         theta = self._head_theta()
-        logits = Z @ theta.T if cfg.head == "linear" else Z @ theta @ _T(Z)
-        return logits, (X, Z, theta, caches)
+        logits = Z @ theta.T if cfg.head_model == "linear" else Z @ theta @ swap_last(Z)
+        return logits, NetworkCache(X, Z, theta, caches)
 
     def _head_theta(self):
-        if self.config.head == "linear":
+        if self.config.head_model == "linear":
             return self.params["theta"]
-        phi = self.params["phi"]
-        return phi @ phi.T
+        return theta_from_phi(self.params["phi"])
+
+    def _head_backward(self, logits_bar, cache, buf):
+        """Gradients of the head: returns (Z_bar, {"theta" or "phi": ...})."""
+        Z, theta = cache.Z, cache.theta
+        if self.config.head_model == "linear":
+            Z_bar = get_array_module(Z).matmul(logits_bar, theta, out=buf)
+            return Z_bar, {"theta": logits_bar.T @ Z}
+        # theta symmetric: one product, not two
+        Z_bar = (logits_bar + swap_last(logits_bar)) @ (Z @ theta)
+        theta_bar = sum_leading(swap_last(Z) @ logits_bar @ Z)
+        return Z_bar, {"phi": phi_grad(theta_bar, self.params["phi"])}
 
     def backward(self, logits_bar, cache, workspace=None):
         """Gradients of all parameters for upstream logits_bar = d loss / d logits.
@@ -210,22 +241,14 @@ class Network:
         With a ``workspace``, the feature gradients alternate between two reused buffers.
         """
         cfg = self.config
-        X, Z, theta, caches = cache
+        X, Z = cache.X, cache.Z
         xp = get_array_module(logits_bar)
-        grads = {}
         bufs = (None, None) if workspace is None else tuple(
             workspace.get(name, Z.shape, Z.dtype, xp) for name in ("Z_bar_a", "Z_bar_b"))
-        if cfg.head == "linear":
-            grads["theta"] = logits_bar.T @ Z
-            Z_bar = xp.matmul(logits_bar, theta, out=bufs[0])
-        else:
-            Y = Z @ theta
-            Z_bar = (logits_bar + _T(logits_bar)) @ Y  # theta symmetric: one product, not two
-            A = _sum_lead(_T(Z) @ logits_bar @ Z)
-            grads["phi"] = xp.tril((A + A.T) @ self.params["phi"])
+        Z_bar, grads = self._head_backward(logits_bar, cache, bufs[0])
         for layer in reversed(range(cfg.layers)):
             out = bufs[1] if Z_bar is bufs[0] else bufs[0]  # never the buffer being read
-            Z_bar, g = self.block.backward(Z_bar, caches[layer], out=out)
+            Z_bar, g = self.block.backward(Z_bar, cache.block_caches[layer], out=out)
             prefix = "" if cfg.tied else f"block{layer}."
             for k, v in g.items():
                 name = prefix + k
@@ -234,34 +257,29 @@ class Network:
                 else:
                     grads[name] = v
         if cfg.encoding == "linear":
-            grads["E"] = _sum_lead(_T(Z_bar) @ X) if X.ndim > 2 else Z_bar.T @ X
+            grads["E"] = sum_leading(swap_last(Z_bar) @ X) if X.ndim > 2 else Z_bar.T @ X
         return grads
 
     def _heads(self):
-        return self.config.block.heads if self.config.head == "linear" else None
+        return self.config.block.heads if self.config.head_model == "linear" else None
 
     def loss_from_logits(self, logits, C):
         """Batch-mean cross-entropy -(1/rows) <C, log sigma(logits)> (0-d array)."""
-        return -(C * log_softmax(logits, self._heads())).sum() / (C.size // C.shape[-1])
+        return mean_cross_entropy(logits, C, self._heads())
 
     def loss_and_grads(self, X, y):
         """Batch-mean cross-entropy, its gradients, and the logits: (loss, grads, logits).
 
         d loss / d logits = (sigma(logits) - C) / rows, then ``backward``.
         """
-        C = self.targets(y, X.dtype)
+        C = self.target_matrix(y, X.dtype)
         logits, cache = self.forward(X, C=C, workspace=self._workspace)
-        rows = C.size // C.shape[-1]
-        log_p = log_softmax(logits, self._heads())
-        loss = -(C * log_p).sum() / rows
-        G = get_array_module(log_p).exp(log_p)  # softmax(logits) from its log: one pass
-        G -= C
-        G /= rows
-        return loss, self.backward(G, cache, workspace=self._workspace), logits
+        loss, logits_bar = mean_cross_entropy_and_grad(logits, C, self._heads())
+        return loss, self.backward(logits_bar, cache, workspace=self._workspace), logits
 
     def loss(self, X, y):
         """Batch-mean cross-entropy (0-d array)."""
-        C = self.targets(y, X.dtype)
+        C = self.target_matrix(y, X.dtype)
         return self.loss_from_logits(self.forward(X, C=C)[0], C)
 
     def logits(self, X, y=None):
@@ -274,11 +292,8 @@ class Network:
         if heads is None:
             return logits.argmax(axis=-1)
         xp = get_array_module(logits)
-        out, start = [], 0
-        for m in heads:
-            out.append(logits[:, start:start + m].argmax(axis=1))
-            start += m
-        return xp.stack(out, axis=1)
+        return xp.stack([logits[:, sl].argmax(axis=1) for sl in head_slices(logits.shape[-1], heads)],
+                        axis=1)
 
     def predict(self, X, y=None):
         """Class (or target-token) predictions; y only for blocks that use the true labels."""
@@ -286,15 +301,10 @@ class Network:
 
     def features(self, X, y=None):
         """The iterates [Z_0, Z_1, ..., Z_L] of a batch (for Figure 1)."""
-        cfg = self.config
-        C = None
-        if cfg.layers and cfg.block.targets == "labels":
-            if y is None:
-                raise ValueError("y: this network's blocks use the true labels; pass y")
-            C = self.targets(y, X.dtype)
-        Z = X if cfg.encoding == "identity" else X @ self.params["E"].T
+        C = self._block_targets(X, y, None)
+        Z = self.encode(X)
         out = [Z]
-        for layer in range(cfg.layers):
+        for layer in range(self.config.layers):
             Z, _ = self.block.forward(Z, self.block_params(layer), C)
             out.append(Z)
         return out

@@ -1,9 +1,10 @@
-"""Numerics: stable softmax, log-softmax, log-sum-exp, one-hot, cross-entropy.
+"""Numerics: stable softmax, log-softmax, log-sum-exp, one-hot, cross-entropy, and the
+two array helpers every equation module uses (``swap_last``, ``sum_leading``).
 
 Softmax is row-wise (over the last axis), shifted by the row maximum so that logits
 of +-1e4 stay finite in float32 (Blanchard, Higham & Higham 2021). With ``heads``
 (a tuple of class counts ``(m_1, ..., m_H)`` summing to the last axis) each head's
-block of columns gets its own softmax: the multi-head labels of SPEC.md.
+block of columns gets its own softmax: the multi-head labels of docs/math.md.
 
 These functions trust their inputs (no validation): they are the hot path.
 The dtype of the input is kept (float32 in, float32 out).
@@ -14,7 +15,17 @@ from __future__ import annotations
 from .backend import get_array_module
 
 
-def _segments(m, heads):
+def swap_last(A):
+    """Transpose of the last two axes, A^T for a matrix (works for stacks of matrices)."""
+    return A.swapaxes(-1, -2)
+
+
+def sum_leading(A):
+    """Sum a stack (..., p, q) over its leading axes: parameter gradients of a batch."""
+    return A if A.ndim == 2 else A.reshape((-1,) + A.shape[-2:]).sum(axis=0)
+
+
+def head_slices(m, heads):
     """Column slices of the heads; one slice over all m columns when heads is None."""
     if heads is None:
         return (slice(0, m),)
@@ -45,7 +56,7 @@ def softmax(S, heads=None, out=None):
         out = xp.empty_like(S)
     if heads is None:
         return _softmax_rows(S, out)
-    for sl in _segments(S.shape[-1], heads):
+    for sl in head_slices(S.shape[-1], heads):
         out[..., sl] = _softmax_rows(S[..., sl], xp.empty_like(S[..., sl]))
     return out
 
@@ -57,7 +68,7 @@ def logsumexp(S, heads=None):
     """
     xp = get_array_module(S)
     parts = []
-    for sl in _segments(S.shape[-1], heads):
+    for sl in head_slices(S.shape[-1], heads):
         Sh = S[..., sl]
         mx = Sh.max(axis=-1, keepdims=True)
         parts.append((mx + xp.log(xp.exp(Sh - mx).sum(axis=-1, keepdims=True)))[..., 0])
@@ -70,7 +81,7 @@ def log_softmax(S, heads=None):
     if heads is None:
         return S - logsumexp(S)[..., None]
     out = xp.empty_like(S)
-    for sl in _segments(S.shape[-1], heads):
+    for sl in head_slices(S.shape[-1], heads):
         out[..., sl] = S[..., sl] - logsumexp(S[..., sl])[..., None]
     return out
 
@@ -83,6 +94,14 @@ def one_hot(y, m, dtype="float64"):
     return C
 
 
+def _rows(logits):
+    """Number of rows (every axis but the last) of a logits array."""
+    rows = 1
+    for s in logits.shape[:-1]:
+        rows *= s
+    return rows
+
+
 def cross_entropy(logits, C, heads=None):
     """Point-wise cross-entropy l = -<C, log sigma(N)> (eq. 3), summed over all rows.
 
@@ -93,10 +112,24 @@ def cross_entropy(logits, C, heads=None):
 
 def mean_cross_entropy(logits, C, heads=None):
     """Batch mean of the cross-entropy: cross_entropy / (number of rows)."""
-    rows = 1
-    for s in logits.shape[:-1]:
-        rows *= s
-    return cross_entropy(logits, C, heads) / rows
+    return cross_entropy(logits, C, heads) / _rows(logits)
+
+
+def mean_cross_entropy_and_grad(logits, C, heads=None):
+    """mean_cross_entropy and its gradient in the logits, from one log-softmax.
+
+        loss = -<C, log sigma(N)> / rows,   dloss/dN = (sigma(N) - C) / rows
+
+    Returns (loss (0-d array), gradient of the logits' shape).
+    """
+    xp = get_array_module(logits)
+    rows = _rows(logits)
+    log_p = log_softmax(logits, heads)
+    loss = -(C * log_p).sum() / rows
+    G = xp.exp(log_p)  # sigma(N) from its log: no second softmax pass
+    G -= C
+    G /= rows
+    return loss, G
 
 
 def softmax_vjp(P, P_bar, out=None):
@@ -121,11 +154,7 @@ def softmax_vjp_heads(P, P_bar, heads=None):
         return softmax_vjp(P, P_bar)
     xp = get_array_module(P)
     out = xp.empty_like(P)
-    for sl in _segments(P.shape[-1], heads):
+    for sl in head_slices(P.shape[-1], heads):
         out[..., sl] = softmax_vjp(P[..., sl], P_bar[..., sl])
     return out
 
-
-def accuracy(logits, y):
-    """Fraction of rows whose arg-max logit equals the integer label y (0-d array)."""
-    return (logits.argmax(axis=-1) == y).mean()

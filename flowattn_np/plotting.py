@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from .files import atomic_write
+
 
 def _plt():
     try:
@@ -27,16 +29,9 @@ def _plt():
 
 
 def save(fig, path, dpi=110):
-    """Write ``fig`` to ``path`` (PNG) via a temporary file and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write ``fig`` to ``path`` as a PNG, atomically (``files.atomic_write``)."""
+    with atomic_write(path) as f:
+        fig.savefig(f, dpi=dpi, bbox_inches="tight", format="png")
 
 
 def _image(v):

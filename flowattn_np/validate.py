@@ -131,18 +131,23 @@ def check_step(name, h):
 
 
 def linear_inputs(Z, theta, C=None, heads=None):
-    """Validate (Z, theta, C) of the linear model N = Z theta^T; returns heads."""
+    """Validate (Z, theta, C) of the linear model N = Z theta^T; returns heads.
+
+    Z=None checks theta and C alone (a vector field built once, before Z is known).
+    """
     check_same_backend(Z=Z, theta=theta, C=C)
-    check_array("Z", Z, ndim=2)
     check_array("theta", theta, ndim=2)
-    n, d = Z.shape
-    check_shape("theta", theta, (theta.shape[0], d), "m classes x d features, d from Z")
+    m = theta.shape[0]
+    if Z is not None:
+        check_array("Z", Z, ndim=2)
+        check_shape("theta", theta, (m, Z.shape[1]), "m classes x d features, d from Z")
     check_same_dtype(Z=Z, theta=theta)
-    heads = check_heads("heads", heads, theta.shape[0])
+    heads = check_heads("heads", heads, m)
     if C is not None:
         check_array("C", C, ndim=2)
-        check_shape("C", C, (n, theta.shape[0]), "n rows of Z x m classes of theta")
-        check_same_dtype(Z=Z, C=C)
+        n = C.shape[0] if Z is None else Z.shape[0]
+        check_shape("C", C, (n, m), "n rows of Z x m classes of theta")
+        check_same_dtype(**({"theta": theta} if Z is None else {"Z": Z}), C=C)
         check_labels("C", C, heads)
     return heads
 
@@ -150,20 +155,24 @@ def linear_inputs(Z, theta, C=None, heads=None):
 def quadratic_inputs(Z, theta, C=None, symmetric=True):
     """Validate (Z, theta, C) of the quadratic model N = Z theta Z^T.
 
-    Z may carry leading batch axes: (..., n, d); C is then (..., n, n).
+    Z may carry leading batch axes: (..., n, d); C is then (..., n, n). Z=None checks
+    theta and C alone (a vector field built once, before Z is known).
     """
     check_same_backend(Z=Z, theta=theta, C=C)
-    check_array("Z", Z, min_ndim=2)
     check_array("theta", theta, ndim=2)
-    n, d = Z.shape[-2:]
-    check_shape("theta", theta, (d, d), "d x d, d from the last axis of Z")
+    if Z is not None:
+        check_array("Z", Z, min_ndim=2)
+        check_shape("theta", theta, (Z.shape[-1],) * 2, "d x d, d from the last axis of Z")
+    else:
+        check_shape("theta", theta, (theta.shape[0],) * 2, "d x d")
     check_same_dtype(Z=Z, theta=theta)
     if symmetric:
         check_symmetric("theta", theta)
     if C is not None:
         check_array("C", C, min_ndim=2)
-        check_shape("C", C, tuple(Z.shape[:-1]) + (n,), "n x n targets for each sequence in Z")
-        check_same_dtype(Z=Z, C=C)
+        lead = C.shape[:-1] if Z is None else Z.shape[:-1]
+        check_shape("C", C, tuple(lead) + (lead[-1],), "n x n targets for each sequence in Z")
+        check_same_dtype(**({"theta": theta} if Z is None else {"Z": Z}), C=C)
         check_labels("C", C)
 
 
@@ -179,7 +188,8 @@ def quadratic_phi_inputs(Z, phi, C=None):
         )
     d = Z.shape[-1] if _is_array(Z) else phi.shape[0]
     check_shape("phi", phi, (d, d), "d x d lower-triangular factor, d from the last axis of Z")
-    quadratic_inputs(Z, phi @ phi.T, C, symmetric=False)
+    # phi has theta's shape and dtype: checking it in theta's place checks Z and C
+    quadratic_inputs(Z, phi, C, symmetric=False)
 
 
 __all__ = [

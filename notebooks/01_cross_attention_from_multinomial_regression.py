@@ -149,7 +149,9 @@ ax.set(xlabel="finite differences", ylabel=r"eq. (4): CA$(Z,\theta) - C\theta$",
 # $\dot z = c\,\theta - \sigma(z\theta^\top)\,\theta$. A toy problem: $d = 2$, $m = 3$
 # classes, prototypes of length 2 at 120° from each other. Because rows are independent,
 # one call evaluates the field on a whole grid (625 rows), and `fa.integrate` with RK4
-# moves 8 starting points (8 rows) at once.
+# moves 8 starting points (8 rows) at once. `fa.linear_field(theta, C)` checks `theta`
+# and `C` once and returns the right-hand side of (6) as a function of $Z$: the form to
+# hand to an integrator, which calls it thousands of times.
 
 # %%
 angles = np.deg2rad([90, 210, 330])
@@ -164,7 +166,7 @@ Z0 = 3.0 * np.stack([np.cos(start), np.sin(start)], axis=1)          # 8 startin
 C0 = fa.one_hot(np.full(len(Z0), target), 3)
 
 T, steps = 8.0, 800
-path = np.stack(fa.integrate(lambda Z: fa.linear_flow(Z, theta2, C0), Z0, T, steps,
+path = np.stack(fa.integrate(fa.linear_field(theta2, C0), Z0, T, steps,
                              method="rk4", return_path=True))
 print("trajectories:", path.shape, "= (time steps + 1, rows, d)")
 
@@ -180,7 +182,7 @@ z_star = np.linalg.lstsq(theta2, log_c - log_c.mean(), rcond=None)[0]
 print("z* =", z_star, "   sigma(z* theta^T) =", fa.softmax(z_star[None] @ theta2.T)[0])
 
 C_soft = np.tile(c_soft, (len(Z0), 1))
-path_soft = np.stack(fa.integrate(lambda Z: fa.linear_flow(Z, theta2, C_soft), Z0, 20.0, 1000,
+path_soft = np.stack(fa.integrate(fa.linear_field(theta2, C_soft), Z0, 20.0, 1000,
                                   method="rk4", return_path=True))
 Z_end = path_soft[-1]
 gap = np.abs(fa.cross_attention(Z_end, theta2) - C_soft @ theta2).max()
@@ -256,7 +258,7 @@ for ax in axes:
 # %%
 lam_max = np.linalg.eigvalsh(theta2 @ theta2.T).max()
 h = 1.0 / lam_max
-euler = np.stack(fa.integrate(lambda Z: fa.linear_flow(Z, theta2, C0), Z0, 12 * h, 12,
+euler = np.stack(fa.integrate(fa.linear_field(theta2, C0), Z0, 12 * h, 12,
                               method="euler", return_path=True))
 euler_loss = [float(fa.linear_loss(Z, theta2, C0)) for Z in euler]
 print(f"lam_max = {lam_max:.2f}, h = {h:.3f}; summed loss per step:", np.round(euler_loss, 3))

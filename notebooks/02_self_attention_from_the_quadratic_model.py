@@ -163,7 +163,7 @@ net.params["phi"][...] = np.tril(rng.normal(size=(d, d)) / np.sqrt(d))   # rando
 theta_init = fa.theta_from_phi(net.params["phi"]).copy()
 
 loss, grads, _ = net.loss_and_grads(X[:4], y[:4])
-C4 = net.targets(y[:4], X.dtype)
+C4 = net.target_matrix(y[:4], X.dtype)
 assert np.allclose(grads["phi"], fa.quadratic_grad_phi(X[:4], net.params["phi"], C4) / (4 * tokens), atol=1e-6)
 print(f"cosine(theta_init, theta*) = {cosine(theta_init, theta_star):.3f}")
 

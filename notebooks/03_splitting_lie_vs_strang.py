@@ -57,13 +57,13 @@ c2 = fa.one_hot(np.array([0]), 3)
 z0 = np.array([[2.5, -2.0]])
 
 def step_A(Z, t, method="rk4"):
-    return fa.rk_step(lambda Y: fa.linear_flow_A(Y, theta2), Z, t, method)
+    return fa.rk_step(fa.linear_field(theta2), Z, t, method)
 
 def step_B(Z, t):
     return fa.linear_B_exact(Z, theta2, c2, t)
 
 h, L = 0.5, 6
-exact = np.concatenate(fa.integrate(lambda Z: fa.linear_flow(Z, theta2, c2), z0, h * L, 600,
+exact = np.concatenate(fa.integrate(fa.linear_field(theta2, c2), z0, h * L, 600,
                                     method="rk4", return_path=True))
 lie_pts, strang_pts = [z0], [z0]
 for _ in range(L):
@@ -114,7 +114,7 @@ cfg = BlockConfig(scheme="lie", integrator="euler", b_flow="exact", targets="lab
 block = make_block(cfg)
 Z1, _ = block.forward(Z0, params, C)
 by_hand = (Z0 - 0.1 * fa.cross_attention(Z0, theta)) + 0.1 * C @ theta       # eq. (8), line by line
-via_splitting = fa.lie_step(lambda Z, t: fa.rk_step(lambda Y: fa.linear_flow_A(Y, theta), Z, t, "euler"),
+via_splitting = fa.lie_step(lambda Z, t: fa.rk_step(fa.linear_field(theta), Z, t, "euler"),
                             lambda Z, t: fa.linear_B_exact(Z, theta, C, t), Z0, 0.1)
 print(cfg.describe())
 assert np.allclose(Z1, by_hand) and np.allclose(Z1, via_splitting)
@@ -130,7 +130,7 @@ assert np.allclose(Z1, by_hand) and np.allclose(Z1, via_splitting)
 
 # %%
 T = 1.0
-Z_ref = fa.integrate(lambda Z: fa.linear_flow(Z, theta, C), Z0, T, 4000, "rk4")
+Z_ref = fa.integrate(fa.linear_field(theta, C), Z0, T, 4000, "rk4")
 Ls = np.array([8, 16, 32, 64])
 hs = T / Ls
 
@@ -216,7 +216,7 @@ phi = np.tril(0.7 * rng.normal(size=(d, d)))
 theta_q = fa.theta_from_phi(phi)
 Cq = np.stack([fa.one_hot(rng.integers(0, n_tok, size=n_tok), n_tok) for _ in range(B)])
 Tq, Lq = 0.5, np.array([16, 32, 64, 128])
-Zq_ref = fa.integrate(lambda Z: fa.quadratic_flow(Z, theta_q, Cq), Zq0, Tq, 4000, "rk4")
+Zq_ref = fa.integrate(fa.quadratic_field(theta_q, Cq), Zq0, Tq, 4000, "rk4")
 
 fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
 for k, key in enumerate([("lie", "rk4"), ("strang", "rk4"), ("lie", "euler"), ("strang", "euler")]):

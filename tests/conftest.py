@@ -10,20 +10,11 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.backend import BackendError, _import_cupy
+from flowattn_np.backend import cupy_available
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-
-def _cupy_available():
-    try:
-        _import_cupy()
-        return True
-    except BackendError:
-        return False
-
-
-CUPY = _cupy_available()
+CUPY = cupy_available()
 
 
 @pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.cupy)])

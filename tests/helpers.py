@@ -26,7 +26,7 @@ def network_data(config, rows, seqs, tokens, seed=0, dtype=None, uniform=False):
     labels. ``uniform`` draws pixel-like features in [0, 1) instead of N(0, 1)."""
     rng = np.random.default_rng(seed)
     dtype = dtype or config.dtype
-    if config.head == "quadratic":
+    if config.head_model == "quadratic":
         X = rng.normal(size=(seqs, tokens, config.n_inputs))
         y = rng.integers(0, tokens, size=(seqs, tokens))
     else:

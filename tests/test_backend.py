@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np import backend
+from flowattn_np import backend, random
 from flowattn_np.backend import BackendError
 
 
@@ -18,14 +18,6 @@ def numpy_state(monkeypatch):
     """Start from the numpy backend; whatever the test does, the state is restored after."""
     monkeypatch.setitem(backend._state, "name", "numpy")
     return monkeypatch
-
-
-def _cupy_usable():
-    try:
-        backend._import_cupy()
-        return True
-    except BackendError:
-        return False
 
 
 # ---------------------------------------------------------------- choosing a backend
@@ -66,9 +58,13 @@ def test_set_backend_returns_the_effective_previous_name_before_first_use(monkey
 
 
 def test_use_backend_restores_the_previous_backend_after_the_block(numpy_state):
+    # a previous state that differs from the block's backend, so that a use_backend that
+    # forgets to restore it (and leaves "numpy") fails here
+    previous = object()
+    numpy_state.setitem(backend._state, "name", previous)
     with fa.use_backend("numpy") as xp:
-        assert xp is np and fa.get_backend() == "numpy"
-    assert backend._state["name"] == "numpy"
+        assert xp is np and backend._state["name"] == "numpy"
+    assert backend._state["name"] is previous
 
 
 def test_use_backend_restores_the_previous_backend_even_when_the_block_raises(numpy_state):
@@ -81,12 +77,16 @@ def test_use_backend_restores_the_previous_backend_even_when_the_block_raises(nu
 
 
 def test_use_backend_nests(numpy_state):
-    sentinel = "numpy"
+    """Each block restores what was in force when it began, the outer one included."""
+    numpy_state.setitem(backend._state, "name", None)
     with fa.use_backend("numpy"):
-        backend._state["name"] = sentinel
+        assert backend._state["name"] == "numpy"
+        inner_previous = object()  # distinct from anything the inner block sets
+        backend._state["name"] = inner_previous
         with fa.use_backend("numpy"):
-            pass
-        assert backend._state["name"] is sentinel
+            assert backend._state["name"] == "numpy"
+        assert backend._state["name"] is inner_previous
+    assert backend._state["name"] is None
 
 
 def test_the_environment_variable_chooses_the_backend_on_first_use(monkeypatch):
@@ -125,6 +125,20 @@ def test_requesting_cupy_without_cupy_raises_backend_error_with_install_hint(no_
     assert fa.get_backend() == "numpy"  # the failed request changed nothing
 
 
+def test_cupy_available_is_false_without_cupy_and_changes_nothing(no_cupy):
+    assert backend.cupy_available() is False
+    assert fa.get_backend() == "numpy"
+
+
+def test_cupy_available_agrees_with_whether_set_backend_cupy_works(numpy_state):
+    try:
+        with fa.use_backend("cupy"):
+            works = True
+    except BackendError:
+        works = False
+    assert backend.cupy_available() is works
+
+
 def test_use_backend_cupy_without_cupy_fails_before_the_block(no_cupy):
     ran = []
     with pytest.raises(BackendError, match="pip install"):
@@ -140,8 +154,16 @@ def test_environment_variable_cupy_without_cupy_raises_backend_error(no_cupy):
         fa.get_backend()
 
 
-def test_backend_error_is_a_runtime_error():
-    assert issubclass(BackendError, RuntimeError)
+def test_a_failed_cupy_request_is_caught_as_a_runtime_error_naming_the_fix(no_cupy):
+    """Callers that guard a GPU path with ``except RuntimeError`` get the install hint."""
+    try:
+        fa.set_backend("cupy")
+    except RuntimeError as exc:  # BackendError must be one, with the readable message
+        assert isinstance(exc, BackendError)
+        assert "'cupy'" in str(exc) and "pip install" in str(exc)
+    else:  # pragma: no cover
+        pytest.fail("set_backend('cupy') without CuPy did not raise")
+    assert fa.get_backend() == "numpy"
 
 
 # ---------------------------------------------------------------- mixing backends
@@ -188,7 +210,7 @@ def test_check_same_backend_ignores_none_and_scalars(rng):
 
 
 @pytest.mark.cupy
-@pytest.mark.skipif(not _cupy_usable(), reason="CuPy with a CUDA GPU is not available here")
+@pytest.mark.skipif(not backend.cupy_available(), reason="CuPy with a CUDA GPU is not available here")
 def test_real_numpy_and_cupy_arrays_cannot_be_mixed(rng):
     import cupy
 
@@ -232,18 +254,21 @@ def test_get_array_module_without_arrays_is_the_active_module(xp):
 
 
 def test_host_rng_and_RNG_are_reproducible(xp):
-    a = backend.RNG(7).normal((3,), "float32")
-    b = backend.RNG(7).normal((3,), "float32")
-    assert a.dtype == np.float32
+    a = random.RNG(7).normal((3,), "float32")
+    b = random.RNG(7).normal((3,), "float32")
+    assert a.dtype == np.float32 and fa.get_array_module(a) is xp
     np.testing.assert_array_equal(fa.to_numpy(a), fa.to_numpy(b))
-    np.testing.assert_array_equal(backend.RNG(7).permutation(10), backend.RNG(7).permutation(10))
-    assert backend.host_rng(1).integers(1000) == backend.host_rng(1).integers(1000)
+    assert not np.array_equal(fa.to_numpy(a), fa.to_numpy(random.RNG(8).normal((3,), "float32")))
+    np.testing.assert_array_equal(random.RNG(7).permutation(10), random.RNG(7).permutation(10))
+    assert random.host_rng(1).integers(1000) == random.host_rng(1).integers(1000)
 
 
 # ---------------------------------------------------------------- no direct numpy imports
 
 PACKAGE_DIR = Path(fa.__file__).resolve().parent
-MAY_IMPORT_NUMPY = {"backend.py", "data.py", "plotting.py", "cli.py", "__main__.py"}
+# host-side modules: the backend itself, files (data, checkpoints), figures, the host RNG, the CLI
+MAY_IMPORT_NUMPY = {"backend.py", "data.py", "plotting.py", "cli.py", "__main__.py", "checkpoint.py",
+                    "random.py"}
 
 
 def numpy_imports(source, filename="<string>"):

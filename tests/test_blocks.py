@@ -21,7 +21,14 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.layers import BlockConfig, MemoryBlock, init_block_params, make_block
+from flowattn_np.layers import (
+    BlockConfig,
+    CrossAttentionBlock,
+    MemoryBlock,
+    SelfAttentionBlock,
+    init_block_params,
+    make_block,
+)
 
 N, D, M, BATCH, SLOTS = 4, 3, 5, 2, 3
 H = 0.3  # a non-trivial step: large enough that every sub-step matters
@@ -32,6 +39,12 @@ SCHEMES = ("lie", "strang")
 INTEGRATORS = ("euler", "heun", "rk4")
 B_FLOWS = ("exact", "euler")
 TARGETS = ("labels", "none", "learned")
+
+
+
+def _b_flows(model):
+    """Only the quadratic model has a choice of B sub-flow (the linear one is exact)."""
+    return B_FLOWS if model == "quadratic" else ("exact",)
 
 
 # ---------------------------------------------------------------- helpers
@@ -111,8 +124,10 @@ def assert_backward_matches_fd(config, seed=0):
 
 # ---------------------------------------------------------------- gradients
 
-ALL_SPLIT_CONFIGS = list(itertools.product(MODELS, SCHEMES, INTEGRATORS, B_FLOWS, TARGETS,
-                                           (True, False)))
+ALL_SPLIT_CONFIGS = [(model, scheme, integrator, b_flow, targets, learn_h)
+                     for model, scheme, integrator, targets, learn_h in itertools.product(
+                         MODELS, SCHEMES, INTEGRATORS, TARGETS, (True, False))
+                     for b_flow in _b_flows(model)]
 
 
 @pytest.mark.parametrize("model, scheme, integrator, b_flow, targets, learn_h", ALL_SPLIT_CONFIGS)
@@ -141,7 +156,7 @@ def test_multihead_linear_block_backward_matches_central_differences(scheme, int
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("targets", TARGETS)
 def test_block_backward_matches_central_differences_for_negative_h(model, targets):
-    """SPEC: a learned h may turn negative (a Hopfield-like step); the backward still holds."""
+    """A learned h may turn negative (a Hopfield-like step); the backward still holds."""
     config = BlockConfig(model=model, scheme="strang", integrator="rk4", targets=targets,
                          h=-H, learn_h=True)
     assert_backward_matches_fd(config)
@@ -184,7 +199,7 @@ def test_multihead_block_differs_from_single_softmax():
 
 
 def test_multihead_block_is_sum_of_per_head_cross_attentions():
-    """SPEC multi-head: one Euler step = Z - h sum_h (CA(Z, theta_h) - C_h theta_h)."""
+    """Multi-head (docs/math.md section 6): one Euler step = Z - h sum_h (CA(Z, theta_h) - C_h theta_h)."""
     Z, params, C = make_problem(BlockConfig(heads=(2, 3)))
     theta = params["theta"]
     out = make_block(BlockConfig(heads=(2, 3), h=H)).forward(Z, params, C)[0]
@@ -210,6 +225,16 @@ def test_block_config_rejects_unknown_names_naming_the_field(field):
         BlockConfig(**{field: "no-such-thing"})
 
 
+@pytest.mark.parametrize("model", ["linear", "memory"])
+def test_b_flow_euler_is_rejected_where_it_would_change_nothing(model):
+    """The linear B sub-flow Z + t C theta is exact in one Euler step (and the memory
+    block has none): b_flow='euler' there would be an option that does nothing."""
+    extra = {"targets": "none", "slots": SLOTS} if model == "memory" else {}
+    with pytest.raises(ValueError, match=r"^b_flow\b"):
+        BlockConfig(model=model, b_flow="euler", **extra)
+    assert BlockConfig(model="quadratic", b_flow="euler").b_flow == "euler"
+
+
 @pytest.mark.parametrize("targets", ["labels", "learned"])
 def test_memory_block_rejects_targets_other_than_none(targets):
     with pytest.raises(ValueError, match="targets"):
@@ -230,7 +255,8 @@ def test_block_config_rejects_non_finite_step(h):
 # ---------------------------------------------------------------- the paper's equations
 
 @pytest.mark.parametrize("model, scheme, integrator, b_flow, targets",
-                         list(itertools.product(MODELS, SCHEMES, INTEGRATORS, B_FLOWS, TARGETS)))
+                         [(m, s, i, b, t) for m, s, i, t in itertools.product(
+                             MODELS, SCHEMES, INTEGRATORS, TARGETS) for b in _b_flows(m)])
 def test_zero_step_block_is_identity(xp, model, scheme, integrator, b_flow, targets):
     config = BlockConfig(model=model, scheme=scheme, integrator=integrator, b_flow=b_flow,
                          targets=targets, h=0.0, learn_h=True)
@@ -307,7 +333,7 @@ def test_quadratic_exact_B_differs_from_its_euler_step():
 @pytest.mark.parametrize("model", MODELS)
 def test_strang_block_is_half_A_full_B_half_A(model):
     """Strang = A(h/2) B(h) A(h/2), composed from the Lie pieces with targets 'none'."""
-    cfg = BlockConfig(model=model, scheme="strang", integrator="heun", b_flow="euler",
+    cfg = BlockConfig(model=model, scheme="strang", integrator="heun", b_flow=_b_flows(model)[-1],
                       targets="labels", h=H)
     Z, params, C = make_problem(cfg)
     A_half = make_block(cfg.replace(scheme="lie", targets="none", h=H / 2))
@@ -335,8 +361,8 @@ def test_memory_block_is_residual_key_value_attention(xp):
 SMOKE_CONFIGS = [
     BlockConfig(model=model, scheme=scheme, integrator="heun", b_flow=b_flow, targets=targets,
                 h=H, learn_h=learn_h)
-    for model, scheme, b_flow, targets, learn_h in itertools.product(
-        MODELS, SCHEMES, B_FLOWS, TARGETS, (True, False))
+    for model, scheme, targets, learn_h in itertools.product(MODELS, SCHEMES, TARGETS, (True, False))
+    for b_flow in _b_flows(model)
 ] + [BlockConfig(model="memory", targets="none", slots=SLOTS, h=H, learn_h=lh) for lh in (True, False)] \
   + [BlockConfig(model="linear", targets=t, heads=(2, 3), h=H, learn_h=True) for t in TARGETS]
 
@@ -399,5 +425,11 @@ def test_init_block_params_shapes_dtype_and_zero_bias(xp, config):
         assert np.array_equal(phi, np.tril(phi))
 
 
-def test_memory_block_class():
-    assert isinstance(make_block(BlockConfig(model="memory", targets="none", slots=2)), MemoryBlock)
+@pytest.mark.parametrize("config, cls", [
+    (BlockConfig(), CrossAttentionBlock),
+    (BlockConfig(model="quadratic"), SelfAttentionBlock),
+    (BlockConfig(model="memory", targets="none", slots=2), MemoryBlock),
+], ids=["linear", "quadratic", "memory"])
+def test_make_block_builds_the_block_of_the_configured_model(config, cls):
+    block = make_block(config)
+    assert type(block) is cls and block.config is config

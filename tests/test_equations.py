@@ -1,4 +1,4 @@
-"""The paper's equations (SPEC.md): gradients vs central differences, and the identities
+"""The paper's equations (docs/math.md): gradients vs central differences, and the identities
 that turn them into cross-/self-attention.
 
 Gradient checks run in float64 (``fa.gradcheck``, rel error < 1e-6); identities hold to
@@ -173,7 +173,7 @@ def test_multi_head_grad_Z_matches_central_differences_for_any_head_split(n, d, 
     assert r.rel_error < FD_TOL, str(r)
 
 
-# ---------------------------------------------------------------- 2. identities of SPEC.md
+# ---------------------------------------------------------------- 2. identities of docs/math.md
 
 
 @pytest.mark.parametrize("kind", ["onehot", "soft"])

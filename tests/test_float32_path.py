@@ -79,8 +79,8 @@ for targets in ("learned", "none", "labels"):
                                 learn_h=learn_h, h=0.3), tied, "identity")
 CASES.update({
     "linear-learned-linear-encoding": (BlockConfig(targets="learned", learn_h=True), True, "linear"),
-    "linear-labels-untied-linear-encoding-b-euler": (
-        BlockConfig(targets="labels", b_flow="euler", scheme="strang"), False, "linear"),
+    "linear-labels-untied-linear-encoding-strang": (
+        BlockConfig(targets="labels", scheme="strang"), False, "linear"),
     "memory-tied-learned-h": (BlockConfig(model="memory", targets="none", slots=3, learn_h=True),
                               True, "identity"),
     "memory-untied-fixed-h": (BlockConfig(model="memory", targets="none", slots=3), False, "linear"),
@@ -115,7 +115,7 @@ def test_forward_cache_gradients_loss_and_logits_are_float32(name):
     net = _net(name)
     assert not _not_float32(net.params, "params")
     X, y = _data(net.config)
-    C = net.targets(y, X.dtype)
+    C = net.target_matrix(y, X.dtype)
     logits, cache = net.forward(X, C=C)
     bad = _not_float32(cache, "cache") + _not_float32(logits, "logits") + _not_float32(C, "C")
     assert not bad, f"{name}: float64 in the float32 forward pass:\n" + "\n".join(bad)
@@ -176,7 +176,7 @@ def test_fashion_network_step_is_float32_on_every_backend(backend):
                         tied=True, dtype="float32")
     net = Network(cfg, seed=0)
     X, y = _data(cfg)
-    logits, cache = net.forward(X, C=net.targets(y, X.dtype))
+    logits, cache = net.forward(X, C=net.target_matrix(y, X.dtype))
     assert not _not_float32(cache, "cache")
     opt = SGD(net.params, lr=0.1, momentum=0.9)
     loss, grads, logits = net.loss_and_grads(X, y)

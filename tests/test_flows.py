@@ -320,3 +320,48 @@ def test_a_float64_scalar_step_does_not_upcast_float32_features(name):
         "integrate": lambda: fa.integrate(lambda Y: fa.linear_flow(Y, t, C), Z, h, 2),
     }[name]()
     assert out.dtype == np.float32
+
+
+# ---------------------------------------------------------------- fields built once
+
+
+@pytest.mark.parametrize("with_C", [True, False])
+def test_linear_field_is_the_checked_flow_without_the_checks(with_C):
+    Z, theta, C = linear_problem(7, kind="soft")
+    field = fa.linear_field(theta, C if with_C else None)
+    expected = fa.linear_flow(Z, theta, C) if with_C else fa.linear_flow_A(Z, theta)
+    assert np.array_equal(field(Z), expected)
+
+
+@pytest.mark.parametrize("with_C", [True, False])
+def test_quadratic_field_is_the_checked_flow_without_the_checks(with_C):
+    Z, theta, C = quadratic_problem(8, lead=(2,))
+    field = fa.quadratic_field(theta, C if with_C else None)
+    expected = fa.quadratic_flow(Z, theta, C) if with_C else fa.quadratic_flow_A(Z, theta)
+    assert np.array_equal(field(Z), expected)
+
+
+def test_fields_check_their_arguments_when_built_naming_them():
+    Z, theta, C = linear_problem(9)
+    with pytest.raises(ValueError, match=r"^C: label rows"):
+        fa.linear_field(theta, 2 * C)
+    with pytest.raises(ValueError, match=r"^heads\b"):
+        fa.linear_field(theta, C, heads=(2, 2))
+    _, theta_q, C_q = quadratic_problem(9)
+    theta_q[0, 1] += 1.0
+    with pytest.raises(ValueError, match=r"^theta: the quadratic model needs a symmetric theta"):
+        fa.quadratic_field(theta_q, C_q)
+    with pytest.raises(ValueError, match=r"^C: expected shape"):
+        fa.quadratic_field(spd(np.random.default_rng(0), 3), np.ones((4, 5)) / 5)
+
+
+def test_integrate_with_a_built_field_checks_the_labels_once_not_every_stage(monkeypatch):
+    """The point of linear_field: 100 RK4 steps (400 evaluations), one label check."""
+    Z, theta, C = linear_problem(10, kind="soft")
+    calls = []
+    real = flows.validate.check_labels
+    monkeypatch.setattr(flows.validate, "check_labels", lambda *a: calls.append(1) or real(*a))
+    fa.integrate(fa.linear_field(theta, C), Z, 1.0, 100, "rk4")
+    assert len(calls) == 1
+    fa.integrate(lambda Y: fa.linear_flow(Y, theta, C), Z, 1.0, 100, "rk4")
+    assert len(calls) == 1 + 400  # the per-call form checks at every stage

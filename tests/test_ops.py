@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowattn_np as fa
-from flowattn_np.ops import softmax_vjp_heads
+from flowattn_np.ops import mean_cross_entropy_and_grad, softmax_vjp_heads
 
 HYP = settings(max_examples=30, deadline=None, database=None)
 DTYPES = ["float32", "float64"]
@@ -176,6 +176,18 @@ def test_mean_cross_entropy_divides_by_the_number_of_rows(xp, rng):
     mean = float(host(fa.mean_cross_entropy(Nx, Cx)))
     np.testing.assert_allclose(mean, total / 6, rtol=1e-14)
     assert mean > 0
+
+
+@pytest.mark.parametrize("heads", [None, (3, 2)])
+def test_mean_cross_entropy_and_grad_is_the_loss_and_its_gradient(heads, rng):
+    """One log-softmax gives mean_cross_entropy and (sigma(N) - C) / rows; the gradient
+    matches central differences, per head too."""
+    N = rng.normal(size=(4, 5)) * 3
+    C = fa.softmax(rng.normal(size=(4, 5)), heads)
+    loss, G = mean_cross_entropy_and_grad(N, C, heads)
+    assert float(loss) == pytest.approx(float(fa.mean_cross_entropy(N, C, heads)), rel=1e-14)
+    r = fa.gradcheck(lambda X: float(fa.mean_cross_entropy(X, C, heads)), N, G)
+    assert r.rel_error < 1e-8, str(r)
 
 
 def test_one_hot_puts_a_single_one_at_each_label(xp):

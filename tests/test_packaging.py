@@ -48,10 +48,16 @@ def test_readme_tour_runs_as_written():
 
 
 def test_version_is_single_sourced():
+    """The version is written once, in flowattn_np/__init__.py: pyproject.toml reads it
+    from there (dynamic), and no other packaging file states one."""
     import flowattn_np
 
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'version = { attr = "flowattn_np.__version__" }' in pyproject
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in meta["project"], "pyproject.toml states a version of its own"
+    assert "version" in meta["project"]["dynamic"]
+    assert meta["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "flowattn_np.__version__"}
+    assert "version" not in (ROOT / "setup.py").read_text(encoding="utf-8")
     assert re.match(r"^\d+\.\d+\.\d+$", flowattn_np.__version__)
     from importlib.metadata import version
 
@@ -74,8 +80,11 @@ def test_built_wheel_installs_in_a_fresh_venv_and_runs_the_cli(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     bindir = venv / ("Scripts" if os.name == "nt" else "bin")
     py = bindir / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], check=True, cwd=tmp_path)
+    # without PYTHONPATH: a source tree on it (with the egg-info the wheel build leaves
+    # there) would make pip think the package is installed already, and skip the wheel
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel)], check=True, cwd=tmp_path,
+                   env=env)
     probe = subprocess.run(
         [str(py), "-c", "import flowattn_np, sys; print(flowattn_np.__file__); print(flowattn_np.__version__)"],
         check=True, capture_output=True, text=True, cwd=tmp_path, env=env)

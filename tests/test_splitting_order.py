@@ -5,8 +5,8 @@ model, its quadratic analogue) on [0, T]. Against a fine RK4 reference of the SA
 full flow, with the true labels C held fixed (targets='labels'):
 
 * A sub-flow by RK4 (exact-ish), exact B:   Lie error ~ h,  Strang error ~ h^2;
-* A sub-flow by one Euler step, exact B:    both first order (SPEC.md: "a point worth
-  showing students").
+* A sub-flow by one Euler step, exact B:    both first order (docs/math.md section 3.8: a point
+  worth showing students).
 
 The order is the least-squares slope of log(error) against log(h) over 4 step sizes.
 The problems are small (n = 4, d = 3, m = 5; a batch of 2 sequences for the quadratic
@@ -138,7 +138,7 @@ def test_lie_and_strang_converge_to_the_same_limit(reference, model):
 
 
 def _merged_strang(model, integrator, Z0, params, C, h, L):
-    """A(h/2), B(h), then L-1 Lie blocks (A(h), B(h)), then A(h/2): SPEC.md's merged stack."""
+    """A(h/2), B(h), then L-1 Lie blocks (A(h), B(h)), then A(h/2): the merged stack of docs/math.md."""
     half_A = make_block(BlockConfig(model=model, integrator=integrator, targets="none", h=h / 2))
     Y = half_A.forward(Z0, params)[0]
     if model == "linear":
@@ -175,7 +175,7 @@ def _losses_over_blocks(model, scheme, integrator, b_flow, seed, blocks=20):
         Z = 2.0 * rng.normal(size=(N, D))
         theta = rng.normal(size=(M, D))
         C = fa.one_hot(rng.integers(0, M, size=N), M)
-        h = 0.5 / np.linalg.eigvalsh(theta @ theta.T).max()  # SPEC: units of 1 / lam_max
+        h = 0.5 / np.linalg.eigvalsh(theta @ theta.T).max()  # docs/math.md: units of 1 / lam_max
         params, loss = {"theta": theta}, (lambda Z: float(fa.linear_loss(Z, theta, C)))
     else:
         Z = rng.normal(size=(BATCH, N, D))

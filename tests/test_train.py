@@ -1,5 +1,7 @@
-"""Optimisers, fit, evaluation and checkpoints (issue 3, part 3)."""
+"""Optimisers, train_step, fit, evaluation and checkpoints."""
 
+import dataclasses
+import json
 import math
 import os
 
@@ -9,14 +11,17 @@ import pytest
 import flowattn_np as fa
 from flowattn_np.data import make_blobs, make_xor
 from flowattn_np.optim import SGD, Adam, Cosine, StepDecay, make_optimizer
+from flowattn_np.backend import Workspace
+from flowattn_np.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
+from flowattn_np.random import RNG, host_rng
 from flowattn_np.train import (
+    FitConfig,
     NonFiniteLossError,
     evaluate,
     fit,
-    load_checkpoint,
+    gather_batch,
     minibatches,
-    restore_optimizer,
-    save_checkpoint,
+    train_step,
 )
 
 
@@ -133,9 +138,9 @@ def test_checkpoint_round_trip_restores_identical_predictions(tmp_path, backend)
     with fa.use_backend("numpy"):  # a checkpoint saved on either backend loads on NumPy
         loaded = load_checkpoint(path)
         assert loaded.config == net.config
-        Xh = np.asarray(X)
-        assert np.array_equal(fa.to_numpy(loaded.predict(Xh)), fa.to_numpy(net.predict(fa.asarray(Xh))))
-        assert np.array_equal(fa.to_numpy(loaded.logits(Xh)), fa.to_numpy(net.logits(fa.asarray(Xh))))
+        X_host = np.asarray(X)
+        assert np.array_equal(fa.to_numpy(loaded.predict(X_host)), fa.to_numpy(net.predict(fa.asarray(X_host))))
+        assert np.array_equal(fa.to_numpy(loaded.logits(X_host)), fa.to_numpy(net.logits(fa.asarray(X_host))))
         assert loaded.checkpoint_meta["history"]["epochs"][-1]["epoch"] == 2
         assert loaded.checkpoint_meta["extra"] == {"note": "test"}
     loaded = load_checkpoint(path)
@@ -226,3 +231,113 @@ def test_float32_training_keeps_float32_parameters(backend):
     assert loss.dtype == np.float32 and logits.dtype == np.float32
     assert all(g.dtype == np.float32 for g in grads.values())
     assert math.isfinite(float(fa.to_numpy(loss)))
+
+
+# ---------------------------------------------------------------- the pieces of fit
+
+
+def _reference_fit(net, X, y, epochs, batch_size, lr, seed, noise):
+    """The training loop written out plainly: what fit must compute, number for number."""
+    order_rng, noise_rng = host_rng(seed), RNG(seed + 1)
+    opt = SGD(net.params, lr=lr, momentum=0.9)
+    X = X.astype(np.float32)
+    for _ in range(epochs):
+        order = order_rng.permutation(len(X))
+        for start in range(0, len(X), batch_size):
+            idx = order[start:start + batch_size]
+            X_batch = X[idx]
+            eps = noise_rng.normal(X_batch.shape, X_batch.dtype)
+            eps *= noise
+            X_batch += eps
+            _, grads, _ = net.loss_and_grads(X_batch, y[idx])
+            opt.step(grads)
+
+
+def test_fit_computes_exactly_what_a_plain_loop_computes():
+    X, y = make_blobs(250, classes=3, seed=4)  # 250 rows: a short last batch
+    nets = [_net(L=2, seed=5) for _ in range(2)]
+    fit(nets[0], X, y, epochs=2, batch_size=32, lr=0.05, seed=9, noise=0.2, progress=False)
+    _reference_fit(nets[1], X, y, epochs=2, batch_size=32, lr=0.05, seed=9, noise=0.2)
+    for k in nets[0].params:
+        assert np.array_equal(nets[0].params[k], nets[1].params[k]), k
+    assert not np.array_equal(nets[0].params["theta"], _net(L=2, seed=5).params["theta"])  # it trained
+
+
+def test_train_step_is_loss_and_grads_then_one_update_and_returns_the_device_loss(backend):
+    X, y = (fa.asarray(a) for a in make_blobs(64, classes=3, seed=1))
+    X = X.astype("float32")
+    a, b = _net(L=1, seed=2), _net(L=1, seed=2)
+    opt_a, opt_b = SGD(a.params, lr=0.1), SGD(b.params, lr=0.1)
+    seen = []
+    loss = train_step(a, opt_a, X, y, before_update=lambda loss, logits: seen.append(
+        {k: fa.to_numpy(v).copy() for k, v in a.params.items()}))
+    expected, grads, _ = b.loss_and_grads(X, y)
+    opt_b.step(grads)
+    assert fa.get_array_module(loss) is fa.array_module() and loss.ndim == 0  # not a Python float
+    assert float(fa.to_numpy(loss)) == float(fa.to_numpy(expected))
+    for k in a.params:
+        assert np.array_equal(fa.to_numpy(a.params[k]), fa.to_numpy(b.params[k])), k
+    # the hook ran before the update: it saw the initial parameters
+    assert all(np.array_equal(seen[0][k], fa.to_numpy(_net(L=1, seed=2).params[k])) for k in seen[0])
+
+
+def test_fit_config_gives_the_same_run_as_the_keywords():
+    X, y = make_blobs(120, seed=3)
+    a, b = _net(L=1, seed=1), _net(L=1, seed=1)
+    ha = fit(a, X, y, epochs=2, batch_size=16, lr=0.05, seed=4, noise=0.1, progress=False)
+    hb = fit(b, X, y, config=FitConfig(epochs=2, batch_size=16, lr=0.05, seed=4, noise=0.1, progress=False))
+    assert ha.column("train_loss") == hb.column("train_loss")
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    with pytest.raises(ValueError, match="config: .*not both.*epochs"):
+        fit(b, X, y, epochs=3, config=FitConfig(progress=False))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        FitConfig().epochs = 2
+    with pytest.raises(ValueError, match="check_every"):
+        FitConfig(check_every=0)
+
+
+def test_minibatches_on_device_are_the_same_order_on_the_active_backend(backend):
+    host = list(minibatches(10, 4, rng=3))
+    device = list(minibatches(10, 4, rng=3, on_device=True))
+    assert all(fa.get_array_module(d) is fa.array_module() for d in device)
+    assert all(np.array_equal(h, fa.to_numpy(d)) for h, d in zip(host, device))
+
+
+def test_gather_batch_reuses_one_buffer_and_adds_the_seeded_noise():
+    X, y = make_blobs(20, seed=0)
+    ws = Workspace()
+    idx = np.array([3, 1, 4])
+    first, y_first = gather_batch(X, y, idx, ws)
+    np.testing.assert_array_equal(first, X[idx])
+    np.testing.assert_array_equal(y_first, y[idx])
+    second, _ = gather_batch(X, y, np.array([0, 2, 5]), ws, noise=0.5, noise_rng=RNG(1))
+    assert second is first  # the same buffer, overwritten
+    np.testing.assert_allclose(second, X[[0, 2, 5]] + 0.5 * RNG(1).normal((3, 2), X.dtype), rtol=1e-6)
+
+
+def test_a_checkpoint_in_the_version_1_format_loads(tmp_path):
+    """A file laid out as the format documents (written here with plain numpy.savez, as
+    checkpoints have always been) loads: the format stays readable across refactors."""
+    net = _net(L=1, targets="learned")
+    opt = SGD(net.params, lr=0.05, momentum=0.9)
+    X, y = make_blobs(64, seed=0)
+    fit(net, X, y, epochs=1, batch_size=16, optimizer=opt, progress=False)
+    meta = {"version": 1, "config": net.config.to_dict(), "extra": {"note": "old"},
+            "optimizer": {"class": "SGD", "lr": 0.05, "t": opt.t}, "history": {"epochs": []}}
+    arrays = {f"param/{k}": v for k, v in net.params.items()}
+    arrays.update({f"opt/velocity/{k}": v for k, v in opt.velocity.items()})
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    with open(tmp_path / "old.npz", "wb") as f:
+        np.savez(f, **arrays)
+    loaded = load_checkpoint(tmp_path / "old.npz")
+    assert loaded.config == net.config and loaded.checkpoint_meta["extra"] == {"note": "old"}
+    for k in net.params:
+        assert np.array_equal(loaded.params[k], net.params[k]), k
+    opt2 = restore_optimizer(SGD(loaded.params, lr=0.05, momentum=0.9), loaded)
+    assert opt2.t == opt.t
+    assert all(np.array_equal(opt2.velocity[k], opt.velocity[k]) for k in opt.velocity)
+    # and save_checkpoint writes that same layout
+    save_checkpoint(tmp_path / "new.npz", net, opt)
+    with np.load(tmp_path / "new.npz") as f:
+        assert set(f.files) == set(arrays)
+        assert json.loads(f["__meta__"].tobytes())["version"] == 1
