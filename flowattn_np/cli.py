@@ -10,20 +10,49 @@ flowattn-np info                   version, backend, CuPy and data availability
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 from . import __version__
 
 
-def _floats(text):
+class _Parser(argparse.ArgumentParser):
+    """argparse, with errors of the form ``prog: error: --flag: what was expected, got X``."""
+
+    def error(self, message):
+        super().error(message.removeprefix("argument "))
+
+
+def _number(text, positive):
     try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v < 0 or v != v for v in values):
-        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got {text!r}")
-    return values
+        value = None
+    ok = value is not None and math.isfinite(value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        what = "a positive finite number" if positive else "a finite number >= 0"
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+    return value
+
+
+def _positive_float(text):
+    return _number(text, positive=True)
+
+
+def _non_negative_float(text):
+    return _number(text, positive=False)
+
+
+def _floats(text):
+    parts = [v.strip() for v in text.split(",") if v.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0, got {text!r}")
+    try:
+        return tuple(_number(v, positive=False) for v in parts)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated finite numbers >= 0, got {text!r}") from None
 
 
 def _ints(text):
@@ -37,19 +66,33 @@ def _ints(text):
 
 
 def _positive(text):
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
 
 
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="flowattn-np",
         description="Transformers derived as gradient flows of multinomial regression "
                     "(Actor, Gruber & Cyr, arXiv 2509.04653), in NumPy.",
     )
     parser.add_argument("--version", action="version", version=f"flowattn-np {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     rep = sub.add_parser(
@@ -57,17 +100,18 @@ def build_parser():
         description="Reproduce the paper's Fashion-MNIST experiment: (1) multinomial regression, "
                     "(2) feature discovery with the true labels (an oracle computation), (3) label-free "
                     "classifiers trained end to end. Writes results.json, results.md and PNG figures.")
+    rep.set_defaults(parser=rep)
     rep.add_argument("--out", help="output folder (default: a new folder under runs/)")
     rep.add_argument("--layers", type=_ints, help="part 3 depths L, e.g. 1,2,4 (default 1,2,4)")
     rep.add_argument("--max-layers", type=_positive, help="part 2: blocks L = 0..MAX (default 8)")
     rep.add_argument("--noise", type=_floats, help="test noise levels sigma (default 0,0.5,1.0)")
-    rep.add_argument("--train-noise", type=float, help="sigma of the noise augmentation (default 0.5)")
+    rep.add_argument("--train-noise", type=_non_negative_float, help="sigma of the noise augmentation (default 0.5)")
     rep.add_argument("--epochs", type=_positive, help="training epochs (default 5)")
     rep.add_argument("--seeds", type=_positive, help="number of seeds for parts 1 and 3 (default 3)")
-    rep.add_argument("--seed", type=int, help="first seed (default 0)")
+    rep.add_argument("--seed", type=_non_negative_int, help="first seed (default 0)")
     rep.add_argument("--optimizer", choices=("adam", "sgd"), help="part 3 optimiser (default adam)")
-    rep.add_argument("--lr", type=float, help="part 3 learning rate (default 3e-3)")
-    rep.add_argument("--h-units", type=float, help="part 2 step h in units of 1/lam_max (default 1)")
+    rep.add_argument("--lr", type=_positive_float, help="part 3 learning rate (default 3e-3)")
+    rep.add_argument("--h-units", type=_positive_float, help="part 2 step h in units of 1/lam_max (default 1)")
     rep.add_argument("--backend", choices=("numpy", "cupy"), default=None,
                      help="array backend (default: $FLOWATTN_BACKEND or numpy)")
     rep.add_argument("--data-dir", help="folder holding the four Fashion-MNIST .gz files")
@@ -76,11 +120,39 @@ def build_parser():
     rep.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 
     dat = sub.add_parser("data", help="show where Fashion-MNIST is found, or download it")
+    dat.set_defaults(parser=dat)
     dat.add_argument("--data-dir")
     dat.add_argument("--download", action="store_true", help="download from the official mirror if missing")
 
-    sub.add_parser("info", help="version, backend, CuPy availability and data location")
+    info = sub.add_parser("info", help="version, backend, CuPy availability and data location")
+    info.set_defaults(parser=info)
+    for command in (rep, dat, info):
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the full traceback of an error")
     return parser
+
+
+def _preflight_reproduce(args):
+    """What can be checked without data or compute; an error message, or None if all is well."""
+    from .backend import ENV_VAR, use_backend
+    from .data import FILES
+
+    if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
+        return f"--out: {args.out} exists and is not a folder; expected a new or existing folder"
+    if args.data_dir is not None:
+        if not os.path.isdir(args.data_dir):
+            return f"--data-dir: {args.data_dir} is not a folder"
+        missing = [f for f in FILES.values() if not os.path.isfile(os.path.join(args.data_dir, f))]
+        if missing:
+            return (f"--data-dir: {args.data_dir} lacks {', '.join(missing)} "
+                    "(a named --data-dir is used alone, never a fallback)")
+    flag = "--backend" if args.backend else ENV_VAR
+    try:
+        with use_backend(args.backend or os.environ.get(ENV_VAR, "numpy").strip() or "numpy"):
+            pass
+    except Exception as exc:  # ValueError for an unknown name, BackendError without a GPU
+        return f"{flag}: {str(exc).removeprefix('backend: ')}"
+    return None
 
 
 # the options of `reproduce` that override a ReproduceConfig field of the same name
@@ -129,7 +201,10 @@ def _info(args):
     import numpy
 
     print(f"flowattn-np {__version__}, Python {sys.version.split()[0]}, NumPy {numpy.__version__}")
-    print(f"backend: {get_backend()}")
+    try:
+        print(f"backend: {get_backend()}")
+    except (ValueError, BackendError) as exc:
+        print(f"backend: problem: {exc}; using numpy until it is fixed")
     if cupy_available():
         print(f"CuPy {sys.modules['cupy'].__version__}: GPU available")
     else:
@@ -154,10 +229,17 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "reproduce":
+        problem = _preflight_reproduce(args)
+        if problem:
+            args.parser.error(problem)  # argparse's form and exit status 2, before any work
     try:
         return {"reproduce": _reproduce, "data": _data, "info": _info}[args.command](args)
-    except (DataError, BackendError) as exc:
-        print(f"flowattn-np: error: {exc}", file=sys.stderr)
+    except (DataError, BackendError, ValueError, TypeError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        hint = "" if isinstance(exc, (DataError, BackendError)) else " (--debug shows the traceback)"
+        print(f"{args.parser.prog}: error: {exc}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("flowattn-np: interrupted", file=sys.stderr)

@@ -22,6 +22,7 @@ import hashlib
 import http.client
 import math
 import os
+import stat
 import struct
 import urllib.request
 import zlib
@@ -96,72 +97,118 @@ _CHUNK = 1 << 20
 
 # ---------------------------------------------------------------- IDX files
 
-def _read_bytes(path):
-    """The file's bytes, decompressed if it is gzip (detected by its magic bytes)."""
+# Deflate cannot expand data by more than about 1032:1, so a gzip file of N bytes holds at
+# most this many payload bytes: a header that declares more is lying, and is refused
+# before anything is allocated.
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _open_regular(path):
+    """Open ``path`` for binary reading if it is a regular file (not a FIFO, device or folder)."""
     try:
-        raw = Path(path).read_bytes()
+        st = os.stat(path)
     except OSError as exc:
         raise DataError(f"{path}: cannot read the file ({exc})") from exc
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{path}: not a regular file (a folder, FIFO or device); expected an IDX file")
     try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise DataError(f"{path}: broken gzip stream (truncated or corrupted): {exc}") from exc
+        return open(path, "rb"), st.st_size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc})") from exc
 
 
 def _shape_str(shape):
     return "x".join(str(d) for d in shape) if shape else "scalar"
 
 
-def _parse_idx(buf, path, expected_shape=None):
-    """Check the IDX header and payload length of ``buf``; return a native-endian array."""
-    if len(buf) < 4:
-        raise DataError(f"{path}: not an IDX file: only {len(buf)} bytes, the header needs 4")
-    zero0, zero1, code, ndim = buf[0], buf[1], buf[2], buf[3]
+def _read_header(stream, path):
+    """Read and check the IDX header from ``stream``; return (shape, dtype)."""
+    head = stream.read(4)
+    if len(head) < 4:
+        raise DataError(f"{path}: not an IDX file: only {len(head)} bytes, the header needs 4")
+    zero0, zero1, code, ndim = head
     if zero0 != 0 or zero1 != 0:
         raise DataError(
-            f"{path}: not an IDX file: bad magic {buf[:4].hex()} "
-            "(the first two bytes must be 00 00)"
+            f"{path}: not an IDX file: bad magic {head.hex()} (the first two bytes must be 00 00)"
         )
     if code not in _IDX_DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
         raise DataError(f"{path}: unknown IDX type code 0x{code:02X} (expected one of {known})")
     if not 1 <= ndim <= 4:
         raise DataError(f"{path}: IDX header gives {ndim} dimensions (expected 1 to 4)")
-    header_len = 4 + 4 * ndim
-    if len(buf) < header_len:
+    dims = stream.read(4 * ndim)
+    if len(dims) < 4 * ndim:
         raise DataError(
-            f"{path}: truncated header: {ndim} dimensions need {header_len} header bytes "
-            f"but the file holds {len(buf)}"
+            f"{path}: truncated header: {ndim} dimensions need {4 + 4 * ndim} header bytes "
+            f"but the file holds {4 + len(dims)}"
         )
-    shape = struct.unpack(f">{ndim}I", buf[4:header_len])
-    dtype = _IDX_DTYPES[code]
-    expected_bytes = math.prod(shape) * dtype.itemsize
-    held = len(buf) - header_len
-    if held != expected_bytes:
-        what = "truncated" if held < expected_bytes else "too long"
-        raise DataError(
-            f"{path}: {what}: header says {_shape_str(shape)} {dtype.name} "
-            f"({expected_bytes} bytes) but the file holds {held}"
-        )
-    if expected_shape is not None and tuple(shape) != tuple(expected_shape):
-        raise DataError(
-            f"{path}: shape {_shape_str(shape)} but expected {_shape_str(expected_shape)}"
-        )
-    arr = np.frombuffer(buf, dtype=dtype, offset=header_len).reshape(shape)
+    return struct.unpack(f">{ndim}I", dims), _IDX_DTYPES[code]
+
+
+def _read_payload(stream, path, shape, dtype, bound):
+    """Read exactly the payload the header declares, never more than ``bound`` bytes."""
+    expected = math.prod(shape) * dtype.itemsize
+    declared = f"header says {_shape_str(shape)} {dtype.name} ({expected} bytes)"
+    if expected > bound:
+        raise DataError(f"{path}: {declared}, more than a file of this size can hold")
+    payload = stream.read(expected)
+    extra = stream.read(_CHUNK) if len(payload) == expected else b""
+    if len(payload) < expected:
+        raise DataError(f"{path}: truncated: {declared} but the file holds {len(payload)}")
+    if extra:
+        held = f"{'at least ' if len(extra) == _CHUNK else ''}{expected + len(extra)}"
+        raise DataError(f"{path}: too long: {declared} but the file holds {held}")
+    return payload
+
+
+def _read_idx_payload(path, expected_shape=None, max_bytes=None):
+    """(shape, dtype, payload bytes) of an IDX file, gzipped or raw, read in bounded memory.
+
+    The header is read first; the payload is then read to exactly the declared size (and
+    at most what ``expected_shape`` allows), so a file that decompresses to more costs
+    no more than one chunk beyond it.
+    """
+    f, size = _open_regular(path)
+    with f:
+        gz = f.read(2) == _GZIP_MAGIC
+        f.seek(0)
+        stream = gzip.GzipFile(fileobj=f, mode="rb") if gz else f
+        try:
+            shape, dtype = _read_header(stream, path)
+            if expected_shape is not None and tuple(shape) != tuple(expected_shape):
+                raise DataError(
+                    f"{path}: shape {_shape_str(shape)} but expected {_shape_str(expected_shape)}"
+                )
+            bound = size * _MAX_DEFLATE_RATIO if gz else size
+            bound = bound if max_bytes is None else min(bound, max_bytes)
+            return shape, dtype, _read_payload(stream, path, shape, dtype, bound)
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+            raise DataError(f"{path}: broken gzip stream (truncated or corrupted): {exc}") from exc
+
+
+def _idx_sha256(shape, dtype, payload):
+    """SHA-256 of the decompressed IDX file (header and payload) that these were read from."""
+    code = next(c for c, d in _IDX_DTYPES.items() if d == dtype)
+    h = hashlib.sha256(bytes([0, 0, code, len(shape)]) + struct.pack(f">{len(shape)}I", *shape))
+    h.update(payload)
+    return h.hexdigest()
+
+
+def _to_array(shape, dtype, payload):
     # A native-endian, writable copy (frombuffer on bytes is read-only).
+    arr = np.frombuffer(payload, dtype=dtype).reshape(shape)
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
 def read_idx(path, expected_shape=None):
     """Read an IDX file (gzipped or raw) into a native-endian array of its stored shape.
 
-    Raises DataError, naming ``path``, for a broken gzip stream, a bad header, a
-    payload that is not exactly prod(dims) * itemsize bytes, or a shape other than
-    ``expected_shape`` (when given).
+    Raises DataError, naming ``path``, for a path that is not a regular file, a broken
+    gzip stream, a bad header, a payload that is not exactly prod(dims) * itemsize bytes,
+    or a shape other than ``expected_shape`` (when given). Memory stays bounded by the
+    declared size, whatever the file decompresses to.
     """
-    return _parse_idx(_read_bytes(path), path, expected_shape)
+    return _to_array(*_read_idx_payload(path, expected_shape))
 
 
 def write_idx(path, array):
@@ -277,11 +324,12 @@ def _is_valid_copy(path, name):
         return False
     if _sha256_of_file(path) == SHA256[name]:
         return True
-    try:
-        payload = _read_bytes(path)
+    key = next(k for k, v in FILES.items() if v == name)
+    try:  # bounded by the size of the genuine file: a larger payload cannot be it
+        idx = _read_idx_payload(path, max_bytes=math.prod(EXPECTED_SHAPES[key]))
     except DataError:
         return False
-    return hashlib.sha256(payload).hexdigest() == PAYLOAD_SHA256.get(name)
+    return _idx_sha256(*idx) == PAYLOAD_SHA256.get(name)
 
 
 def _download_one(url, target, expected, progress, timeout):
@@ -387,10 +435,10 @@ def _validation_count(validation, n):
 def _read_checked(directory, key, verify):
     name = FILES[key]
     path = directory / name
-    buf = _read_bytes(path)
-    arr = _parse_idx(buf, path, EXPECTED_SHAPES[key] if verify else None)
+    shape, dtype, payload = _read_idx_payload(path, EXPECTED_SHAPES[key] if verify else None)
+    arr = _to_array(shape, dtype, payload)
     if verify:
-        actual = hashlib.sha256(buf).hexdigest()
+        actual = _idx_sha256(shape, dtype, payload)
         if actual != PAYLOAD_SHA256[name]:
             raise DataError(
                 f"{path}: corrupted: SHA-256 of the decompressed data is {actual}, "

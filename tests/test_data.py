@@ -12,6 +12,7 @@ import io
 import os
 import tempfile
 import time
+import tracemalloc
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -695,3 +696,80 @@ def test_real_data_validation_split(real):
     split = data.load_fashion_mnist(Path(ds.source), download=False, validation=0.1, seed=0)
     assert split.X_val.shape == (6000, 784) and split.X_train.shape == (54000, 784)
     np.testing.assert_array_equal(split.X_test, ds.X_test)
+
+
+# ---------------------------------------------------------------- hostile files
+
+
+def _gzip_bomb(path, declared_shape, payload_bytes):
+    """A small .gz whose IDX header declares ``declared_shape`` uint8 but which
+    decompresses to ``payload_bytes`` zero bytes after the header."""
+    header = b"\x00\x00\x08" + bytes([len(declared_shape)]) + b"".join(
+        d.to_bytes(4, "big") for d in declared_shape)
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(header)
+        block = b"\x00" * (1 << 20)
+        for _ in range(payload_bytes >> 20):
+            f.write(block)
+
+
+@pytest.mark.parametrize("expected_shape", [None, (5, 28, 28)], ids=["header-bound", "expected-bound"])
+def test_gzip_bomb_is_refused_in_bounded_memory_and_time(tmp_path, expected_shape):
+    path = tmp_path / "bomb.gz"
+    _gzip_bomb(path, (5, 28, 28), 200 << 20)  # ~200 KB on disk, 200 MB inflated
+    assert path.stat().st_size < 400_000
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(DataError, match="too long") as info:
+            read_idx(path, expected_shape=expected_shape)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - start < 1.0
+    assert peak < 20 << 20, f"peak allocation {peak / 2**20:.1f} MB"
+    assert str(path) in str(info.value)
+
+
+def test_header_declaring_more_than_the_file_can_hold_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "liar.gz"
+    _gzip_bomb(path, (60000, 1000, 1000), 0)  # declares 60 GB in a few dozen bytes
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="more than a file of this size can hold") as info:
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 << 20
+    assert str(path) in str(info.value)
+
+
+def test_expected_shape_is_checked_before_the_payload_is_read(tmp_path):
+    path = tmp_path / "big.gz"
+    _gzip_bomb(path, (60000, 28, 28), 47 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="shape 60000x28x28 but expected 10000x28x28"):
+            read_idx(path, expected_shape=(10000, 28, 28))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 << 20
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_is_refused_instead_of_hanging(tmp_path):
+    fifo = tmp_path / "train-images-idx3-ubyte.gz"
+    os.mkfifo(fifo)
+    start = time.perf_counter()
+    with pytest.raises(DataError, match="not a regular file") as info:
+        read_idx(fifo)
+    assert time.perf_counter() - start < 1.0
+    assert str(fifo) in str(info.value)
+
+
+def test_a_folder_is_refused_naming_it(tmp_path):
+    with pytest.raises(DataError, match="not a regular file") as info:
+        read_idx(tmp_path)
+    assert str(tmp_path) in str(info.value)

@@ -109,7 +109,7 @@ def test_cli_version_help_and_bad_arguments(capsys):
     assert e.value.code == 2 and "invalid choice: 'tensorflow'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["reproduce", "--noise", "0,-1"])
-    assert "non-negative" in capsys.readouterr().err
+    assert "finite numbers >= 0" in capsys.readouterr().err
 
 
 def test_cli_reports_missing_data_clearly(tmp_path, monkeypatch, capsys):
@@ -138,9 +138,11 @@ def test_cli_asking_for_cupy_without_cupy_says_how_to_install(tmp_path, monkeypa
     if CUPY:
         pytest.skip("CuPy is usable here; the missing-CuPy path cannot be shown")
     monkeypatch.setitem(sys.modules, "cupy", None)
-    code = cli.main(["reproduce", "--quick", "--backend", "cupy", "--out", str(tmp_path), "--no-progress"])
-    assert code == 2
+    with pytest.raises(SystemExit) as e:  # refused while parsing, before any data is read
+        cli.main(["reproduce", "--quick", "--backend", "cupy", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert e.value.code == 2
     assert "pip install cupy-cuda12x" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_the_schema_table_in_docs_lists_exactly_the_keys_written(quick_run):
