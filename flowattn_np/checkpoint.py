@@ -9,15 +9,22 @@ Format (version 1): an uncompressed NumPy ``.npz`` archive holding
   (class, lr, step count t) and ``history``.
 
 Arrays are copied to the host, so a checkpoint saved on CuPy loads on NumPy. A file is
-read with ``allow_pickle=False``: a checkpoint from elsewhere cannot run code.
+untrusted: it is read with ``allow_pickle=False`` (it cannot run code); only a regular
+file is opened (a FIFO or device would block or never end); and every array's declared
+shape is read from its header and checked against the stored bytes and, for a
+checkpoint, against the configuration in its metadata before any array is loaded or any
+network is built, so a small file cannot make the reader allocate much.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
+import zipfile
 
 import numpy
+from numpy.lib import format as npy_format
 
 from .backend import asarray, to_numpy
 from .files import atomic_write
@@ -25,33 +32,124 @@ from .network import Network, NetworkConfig
 
 CHECKPOINT_VERSION = 1
 META_KEY = "__meta__"
+MAX_META_BYTES = 64 * 2 ** 20  # JSON metadata: configuration, history (a few KB in practice)
+MAX_DEFLATE_RATIO = 1032  # the most DEFLATE can expand a byte (for compressed archives)
+
+
+def _host_array(name, a):
+    """A NumPy array of a numeric dtype, or a TypeError naming ``name`` (before any write)."""
+    if not (hasattr(a, "shape") and hasattr(a, "dtype")):
+        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(a).__name__}")
+    host = to_numpy(a)
+    if host.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected a numeric array, got dtype {host.dtype}")
+    return host
 
 
 def save_arrays(path, arrays, meta):
     """Write a dict of arrays (either backend) and a JSON-able ``meta`` dict to one .npz.
 
-    Atomic (``files.atomic_write``): an interrupted save leaves any previous file
-    intact and no half-written file behind.
+    Every value is checked (an array of a numeric dtype) and ``meta`` encoded before the
+    file is opened. Atomic (``files.atomic_write``): an interrupted or failed save leaves
+    any previous file intact and no half-written file behind.
     """
-    host = {k: to_numpy(v) for k, v in arrays.items()}
+    host = {k: _host_array(f"arrays[{k!r}]", v) for k, v in arrays.items()}
     host[META_KEY] = numpy.frombuffer(json.dumps(meta).encode("utf-8"), dtype=numpy.uint8)
     with atomic_write(path) as f:
         numpy.savez(f, **host)
 
 
-def load_arrays(path):
-    """Read what ``save_arrays`` wrote: (dict of NumPy arrays, meta dict)."""
+def _regular_file(path):
+    """``path`` as a string if it names a regular file; FileNotFoundError or ValueError."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"path: no checkpoint at {path}")
+    try:
+        mode = os.stat(path).st_mode  # stat never blocks, where opening a FIFO would
+    except FileNotFoundError:
+        raise FileNotFoundError(f"path: no checkpoint at {path}") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"path: {path} is not a regular file (a folder, FIFO or device), "
+                         "so it cannot be a checkpoint")
+    return path
+
+
+def _member_header(archive, info, path):
+    """(shape, dtype) of one .npy member from its header alone, checked against the
+    member's stored size: the data is not read."""
+    if info.file_size > max(info.compress_size, 1) * MAX_DEFLATE_RATIO:
+        raise ValueError(f"path: {path}: member {info.filename!r} declares {info.file_size} "
+                         f"bytes from {info.compress_size}, more than compression can give")
+    with archive.open(info) as f:
+        version = npy_format.read_magic(f)
+        read = npy_format.read_array_header_1_0 if version == (1, 0) else \
+            npy_format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        header = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"path: {path}: member {info.filename!r} holds Python objects")
+    nbytes = dtype.itemsize
+    for s in shape:
+        nbytes *= s
+    if nbytes + header != info.file_size:
+        raise ValueError(f"path: {path}: member {info.filename!r} declares shape {shape} "
+                         f"({nbytes} bytes) but stores {info.file_size - header} bytes")
+    return shape, dtype
+
+
+def read_headers(path):
+    """Name -> (shape, dtype) of every array in an .npz file, from the headers only.
+
+    Each declared size is checked against the bytes the archive stores for it, so what
+    a later load allocates is bounded by the file (times the DEFLATE ratio when the
+    archive is compressed). Raises ValueError naming the file when it is not an .npz.
+    """
+    path = _regular_file(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {info.filename[:-4] if info.filename.endswith(".npy") else info.filename:
+                    _member_header(archive, info, path) for info in archive.infolist()}
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ValueError(f"path: {path} is not a readable checkpoint (.npz): {exc}") from exc
+    except ValueError as exc:
+        if str(exc).startswith("path:"):
+            raise
+        raise ValueError(f"path: {path} is not a readable checkpoint (.npz): {exc}") from exc
+
+
+def _parse_meta(raw, path):
+    """The metadata dict from its stored bytes; ValueError naming the file otherwise."""
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"path: {path}: the checkpoint metadata is not UTF-8 text ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"path: {path}: the checkpoint metadata is not JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"path: {path}: the checkpoint metadata is not a JSON object")
+    return meta
+
+
+def load_arrays(path, names=None):
+    """Read what ``save_arrays`` wrote: (dict of NumPy arrays, meta dict).
+
+    ``names`` (optional) is called with the name -> (shape, dtype) of the stored arrays
+    and the metadata before any array is loaded, and may raise to refuse the file.
+    """
+    headers = read_headers(path)
+    path = os.fspath(path)
+    if META_KEY not in headers:
+        raise ValueError(f"path: {path} is an .npz file but not a flowattn_np checkpoint (no metadata)")
+    shape, dtype = headers.pop(META_KEY)
+    if len(shape) != 1 or dtype != numpy.uint8 or shape[0] > MAX_META_BYTES:
+        raise ValueError(f"path: {path}: the checkpoint metadata is not a byte string of at most "
+                         f"{MAX_META_BYTES} bytes (shape {shape}, dtype {dtype})")
     try:
         with numpy.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception as exc:
+            meta = _parse_meta(f[META_KEY], path)
+            if names is not None:
+                names(headers, meta)
+            arrays = {k: f[k] for k in headers}
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"path: {path} is not a readable checkpoint (.npz): {exc}") from exc
-    if META_KEY not in arrays:
-        raise ValueError(f"path: {path} is an .npz file but not a flowattn_np checkpoint (no metadata)")
-    meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
     return arrays, meta
 
 
@@ -62,6 +160,7 @@ def save_checkpoint(path, net, optimizer=None, history=None, extra=None):
     previous checkpoint intact. Arrays are copied to the host, so a checkpoint saved
     on CuPy loads on NumPy.
     """
+    net.check_params(net.params, "net.params")  # a file that will load again, or nothing
     arrays = {f"param/{k}": v for k, v in net.params.items()}
     meta = {"version": CHECKPOINT_VERSION, "config": net.config.to_dict(), "extra": extra or {}}
     if optimizer is not None:
@@ -78,23 +177,54 @@ def _with_prefix(arrays, prefix):
     return {k[len(prefix):]: asarray(v) for k, v in arrays.items() if k.startswith(prefix)}
 
 
+def _config_from_meta(meta, path):
+    """The NetworkConfig in a checkpoint's metadata; ValueError naming the file otherwise."""
+    for key in ("version", "config"):
+        if key not in meta:
+            raise ValueError(f"path: {path}: the checkpoint metadata lacks the key {key!r}")
+    if meta["version"] != CHECKPOINT_VERSION:
+        raise ValueError(f"path: {path} has checkpoint version {meta['version']}, "
+                         f"expected {CHECKPOINT_VERSION}")
+    try:
+        return NetworkConfig.from_dict(meta["config"])
+    except KeyError as exc:
+        raise ValueError(f"path: {path}: the checkpoint's configuration lacks the key {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"path: {path}: the checkpoint's configuration is not valid: {exc}") from None
+
+
+def _check_stored(config, headers, path):
+    """Refuse a checkpoint whose stored arrays do not fit its configuration, from the
+    headers alone: before any array is loaded or any network built."""
+    source = f"path: {path}"
+    params = {k[len("param/"):]: shape for k, (shape, _) in headers.items() if k.startswith("param/")}
+    config.check_param_shapes(params, source)
+    for key, (shape, _) in headers.items():
+        if not key.startswith("param/"):
+            name = key.split("/")[-1]  # opt/velocity/<name>, opt/m/<name>, ...
+            if not key.startswith("opt/") or params.get(name) != shape:
+                raise ValueError(f"{source}: unexpected array {key!r} of shape {shape} "
+                                 "(not a parameter, nor optimiser state of one)")
+
+
 def load_checkpoint(path):
     """Load a Network (on the active backend) from ``save_checkpoint``'s file.
 
-    The saved history and extra data are on ``net.checkpoint_meta``; to resume
-    training, build an optimiser on the returned network's params and call
-    ``restore_optimizer``.
+    The configuration in the metadata is checked against the stored arrays' names and
+    shapes (read from their headers) before anything is loaded or built. The saved
+    history and extra data are on ``net.checkpoint_meta``; to resume training, build an
+    optimiser on the returned network's params and call ``restore_optimizer``.
     """
-    arrays, meta = load_arrays(path)
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"path: {path} has checkpoint version {meta.get('version')}, "
-                         f"expected {CHECKPOINT_VERSION}")
-    config = NetworkConfig.from_dict(meta["config"])
+    path = os.fspath(path)
+    found = {}
+
+    def check(headers, meta):
+        found["config"] = _config_from_meta(meta, path)
+        _check_stored(found["config"], headers, path)
+
+    arrays, meta = load_arrays(path, names=check)
     params = _with_prefix(arrays, "param/")
-    net = Network(config, params=params)
-    missing = set(net.init_params(0)) - set(params)
-    if missing:
-        raise ValueError(f"path: {path} lacks parameters {sorted(missing)} for its configuration")
+    net = Network(found["config"], params=params)
     net.checkpoint_meta = meta
     net.checkpoint_optimizer_state = _with_prefix(arrays, "opt/")
     return net

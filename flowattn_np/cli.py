@@ -161,7 +161,8 @@ REPRODUCE_OPTIONS = ("layers", "max_layers", "noise", "train_noise", "epochs", "
 
 
 def _reproduce(args):
-    from .experiment import ReproduceConfig, default_out, markdown_table, reproduce
+    from .experiment import FIGURES_SKIPPED, ReproduceConfig, default_out, markdown_table, reproduce
+    from .plotting import matplotlib_available
 
     overrides = {name: getattr(args, name) for name in REPRODUCE_OPTIONS if getattr(args, name) is not None}
     cfg = ReproduceConfig.quick_run(**overrides) if args.quick else ReproduceConfig(**overrides)
@@ -169,8 +170,12 @@ def _reproduce(args):
     prog = "python -m flowattn_np" if sys.argv[0].endswith("__main__.py") else "flowattn-np"
     command = " ".join([prog] + list(args.argv))
     log = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr))
+    figures = not args.no_figures
+    if figures and not matplotlib_available():  # one line, even with --no-progress; the numbers still land
+        print(f"{args.parser.prog}: {FIGURES_SKIPPED}", file=sys.stderr)
+        figures = False
     results = reproduce(cfg, out=out, backend=args.backend, data_dir=args.data_dir,
-                        progress=not args.no_progress, figures=not args.no_figures, command=command, log=log)
+                        progress=not args.no_progress, figures=figures, command=command, log=log)
     print(markdown_table(results))
     print(f"Took {results['seconds']:.1f} s on backend {results['backend']}. "
           f"Wrote {os.path.join(out, 'results.json')}, results.md"

@@ -29,9 +29,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from .files import atomic_write
+from .progress import progress_bar
 
 
 class DataError(ValueError):
@@ -339,8 +339,7 @@ def _download_one(url, target, expected, progress, timeout):
             with urllib.request.urlopen(url, timeout=timeout) as resp:
                 length = resp.headers.get("Content-Length") if resp.headers else None
                 total = int(length) if length else None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=target.name,
-                          disable=not progress) as bar:
+                with progress_bar(total, target.name, progress, unit="B", unit_scale=True) as bar:
                     while chunk := resp.read(_CHUNK):
                         h.update(chunk)
                         f.write(chunk)

@@ -48,7 +48,15 @@ from .flows import (
 )
 from .models import phi_grad, theta_from_phi
 from .ops import softmax, softmax_vjp, softmax_vjp_heads, sum_leading, swap_last
-from .validate import check_step
+from .validate import (
+    check_array,
+    check_count,
+    check_same_dtype,
+    check_shape,
+    check_step,
+    linear_inputs,
+    quadratic_phi_inputs,
+)
 
 MODELS = ("linear", "quadratic", "memory")
 SCHEMES = ("lie", "strang")
@@ -106,15 +114,21 @@ class BlockConfig:
         if self.model != "quadratic" and self.b_flow != "exact":
             raise ValueError(f"b_flow: only the quadratic model has a choice of B sub-flow; the "
                              f"{self.model} model's is exact, got b_flow={self.b_flow!r}")
+        object.__setattr__(self, "slots", check_count("slots", self.slots))
         if self.model == "memory":
             if self.targets != "none":
                 raise ValueError("targets: a 'memory' block has no label sub-flow; use targets='none'")
-            if int(self.slots) < 1:
+            if self.slots < 1:
                 raise ValueError(f"slots: a 'memory' block needs slots >= 1, got {self.slots}")
         if self.heads is not None:
             if self.model != "linear":
                 raise ValueError("heads: multi-head labels are defined for the linear model only")
-            object.__setattr__(self, "heads", tuple(int(s) for s in self.heads))
+            sizes = tuple(self.heads) if hasattr(self.heads, "__iter__") else ()
+            if not sizes:
+                raise TypeError(f"heads: expected a tuple of class counts, one per head, "
+                                f"got {self.heads!r}")
+            object.__setattr__(self, "heads", tuple(check_count("heads", s, minimum=1)
+                                                    for s in sizes))
 
     def replace(self, **changes):
         """A copy with some fields changed."""
@@ -267,11 +281,14 @@ class SplitBlock:
         self.config = config
 
     # -- forward --------------------------------------------------------------
-    def forward(self, Z, params, C=None, out=None):
+    def forward(self, Z, params, C=None, out=None, check=True):
         """Advance Z by one block; returns (Z_out, SplitCache). C is needed iff targets='labels'.
 
         ``out`` (a buffer for Z_out) is a hint that the fused paths use; this one ignores it.
+        ``check=False`` skips ``check_inputs`` (a Network validates its input once).
         """
+        if check:
+            self.check_inputs(Z, params, C)
         cfg = self.config
         theta = self.theta_of(params)
         h = cfg.step_size(params)
@@ -334,14 +351,25 @@ class CrossAttentionBlock(SplitBlock):
         super().__init__(config)
         self.fused = fused and config.scheme == "lie" and config.integrator == "euler"
 
-    def forward(self, Z, params, C=None, out=None):
+    def forward(self, Z, params, C=None, out=None, check=True):
         """Advance Z by one block; returns (Z_out, cache). C is needed iff targets='labels'.
 
-        ``out``: a buffer for Z_out (used by the fused eq. (8) path).
+        ``out``: a buffer for Z_out (used by the fused eq. (8) path). ``check=False``
+        skips ``check_inputs`` (a Network validates its input once).
         """
+        if check:
+            self.check_inputs(Z, params, C)
         if self.fused:
             return self._eq8_forward(Z, params, C, out)
-        return super().forward(Z, params, C)
+        return super().forward(Z, params, C, check=False)
+
+    def check_inputs(self, Z, params, C=None):
+        """Validate Z (n x d), params (shapes of ``block_param_shapes``) and C (n x m)."""
+        check_array("Z", Z, ndim=2)
+        theta = check_block_params(self.config, params, Z, m=None)
+        if self.config.uses_labels:
+            require_labels(C)
+        linear_inputs(Z, theta, C if self.config.uses_labels else None, self.config.heads)
 
     def backward(self, Z_bar, cache, out=None):
         """VJP of the block: returns (Z_in_bar, grads) with grads keyed like params.
@@ -469,7 +497,15 @@ class SelfAttentionBlock(SplitBlock):
 
     def theta_of(self, params):
         """theta = phi phi^T from the params dict."""
-        return theta_from_phi(params["phi"])
+        return theta_from_phi(params["phi"], check=False)  # checked by check_inputs, or trusted
+
+    def check_inputs(self, Z, params, C=None):
+        """Validate Z ((..., n, d)), params (phi lower-triangular d x d, ...) and C ((..., n, n))."""
+        check_array("Z", Z, min_ndim=2)
+        check_block_params(self.config, params, Z, m=None)
+        if self.config.uses_labels:
+            require_labels(C)
+        quadratic_phi_inputs(Z, params["phi"], C if self.config.uses_labels else None)
 
     def param_grads(self, theta_bar, params):
         """phi_bar = tril((theta_bar + theta_bar^T) phi) from the gradient in theta."""
@@ -530,11 +566,13 @@ class MemoryBlock:
     def __init__(self, config):
         self.config = config
 
-    def forward(self, Z, params, C=None, out=None):
+    def forward(self, Z, params, C=None, out=None, check=True):
         """Z + h softmax(Z K^T) V; returns (Z_out, MemoryCache). C is ignored (no label sub-flow).
 
-        ``out``: a buffer for Z_out.
+        ``out``: a buffer for Z_out. ``check=False`` skips ``check_inputs``.
         """
+        if check:
+            self.check_inputs(Z, params, C)
         xp = get_array_module(Z)
         h = self.config.step_size(params)
         P = softmax(Z @ params["K"].T)
@@ -560,37 +598,90 @@ class MemoryBlock:
         return Z_in_bar, grads
 
 
+    def check_inputs(self, Z, params, C=None):
+        """Validate Z (n x d) and params (K, V: s x d; h when learned)."""
+        check_array("Z", Z, ndim=2)
+        check_block_params(self.config, params, Z, m=None)
+
+
 def make_block(config):
     """The block class for ``config.model``."""
     return {"linear": CrossAttentionBlock, "quadratic": SelfAttentionBlock,
             "memory": MemoryBlock}[config.model](config)
 
 
-def init_block_params(config, d, m, rng, dtype, with_theta=True, scale=None):
-    """Initial parameters of one block on the active backend (host RNG, then moved).
+def block_param_shapes(config, d, m, with_theta=True):
+    """Names and shapes of one block's parameters, in the order they are drawn.
+
+    d: feature width, m: classes (linear model). theta (m x d) or phi (d x d) is left
+    out with ``with_theta=False`` (a tied network shares the head's).
+    """
+    shapes = {}
+    if config.model == "linear":
+        if with_theta:
+            shapes["theta"] = (m, d)
+        if config.targets == "learned":
+            shapes["W"], shapes["b"] = (m, d), (m,)
+    elif config.model == "quadratic":
+        if with_theta:
+            shapes["phi"] = (d, d)
+        if config.targets == "learned":
+            shapes["W"] = (d, d)
+    else:
+        shapes["K"] = shapes["V"] = (config.slots, d)
+    if config.learn_h:
+        shapes["h"] = ()
+    return shapes
+
+
+def check_block_params(config, params, Z, m=None):
+    """Every parameter ``block_param_shapes`` lists: present, finite, of Z's dtype and the
+    right shape (d from Z; m from theta when not given). Returns theta or phi (or None)."""
+    if not isinstance(params, dict):
+        raise TypeError(f"params: expected a dict of arrays, got {type(params).__name__}")
+    d = Z.shape[-1]
+    key = "phi" if config.model == "quadratic" else "theta"
+    if m is None:
+        theta = params.get(key)
+        m = theta.shape[0] if config.model == "linear" and getattr(theta, "ndim", 0) >= 1 else 0
+    for name, shape in block_param_shapes(config, d, m).items():
+        if name not in params:
+            raise ValueError(f"params: missing {name!r} (this block needs "
+                             f"{', '.join(block_param_shapes(config, d, m))})")
+        label = f"params['{name}']"
+        check_array(label, params[name], ndim=len(shape))
+        check_shape(label, params[name], shape, f"from d = {d} features" + (
+            f" and m = {m} classes" if config.model == "linear" else ""))
+        check_same_dtype(Z=Z, **{label: params[name]})
+    return params.get(key)
+
+
+def init_block_param(config, name, shape, d, rng, dtype, scale=None):
+    """Initial value of one block parameter on the active backend (host RNG, then moved).
 
     theta ~ N(0, scale^2) with scale = 1/sqrt(d) (linear); phi = I / d^(1/4) so that
-    theta = I / sqrt(d) (quadratic); W ~ N(0, 1/d), b = 0; K, V ~ N(0, 1/d).
+    theta = I / sqrt(d) (quadratic); W ~ N(0, 1/d) (linear) or N(0, 1/d^2) entries
+    (quadratic), b = 0; K, V ~ N(0, 1/d); h = config.h.
     """
     from .backend import array_module
 
     xp = array_module()
-    s = (1.0 / d ** 0.5) if scale is None else scale
-    p = {}
-    if config.model == "linear":
-        if with_theta:
-            p["theta"] = xp.asarray(rng.normal(0, s, size=(m, d)), dtype=dtype)
-        if config.targets == "learned":
-            p["W"] = xp.asarray(rng.normal(0, 1.0 / d ** 0.5, size=(m, d)), dtype=dtype)
-            p["b"] = xp.zeros((m,), dtype=dtype)
-    elif config.model == "quadratic":
-        if with_theta:
-            p["phi"] = xp.eye(d, dtype=dtype) / d ** 0.25
-        if config.targets == "learned":
-            p["W"] = xp.asarray(rng.normal(0, 1.0 / d, size=(d, d)), dtype=dtype)
-    else:
-        p["K"] = xp.asarray(rng.normal(0, 1.0 / d ** 0.5, size=(config.slots, d)), dtype=dtype)
-        p["V"] = xp.asarray(rng.normal(0, 1.0 / d ** 0.5, size=(config.slots, d)), dtype=dtype)
-    if config.learn_h:
-        p["h"] = xp.asarray(config.h, dtype=dtype)
-    return p
+    if name == "h":
+        return xp.asarray(config.h, dtype=dtype)
+    if name == "b":
+        return xp.zeros(shape, dtype=dtype)
+    if name == "phi":
+        return xp.eye(d, dtype=dtype) / d ** 0.25
+    std = 1.0 / d ** 0.5  # theta (unless scale is given), W of the linear model, K, V
+    if name == "theta" and scale is not None:
+        std = scale
+    elif name == "W" and config.model == "quadratic":
+        std = 1.0 / d
+    return xp.asarray(rng.normal(0, std, size=shape), dtype=dtype)
+
+
+def init_block_params(config, d, m, rng, dtype, with_theta=True, scale=None):
+    """Initial parameters of one block (``init_block_param`` for each of
+    ``block_param_shapes``, in that order)."""
+    return {name: init_block_param(config, name, shape, d, rng, dtype, scale)
+            for name, shape in block_param_shapes(config, d, m, with_theta).items()}

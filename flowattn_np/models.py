@@ -19,6 +19,7 @@ from .ops import cross_entropy, softmax, sum_leading, swap_last
 
 def linear_logits(Z, theta):
     """Logits of the linear model N = Z theta^T. Z: n x d, theta: m x d -> n x m."""
+    validate.linear_inputs(Z, theta)
     return Z @ theta.T
 
 
@@ -29,7 +30,7 @@ def linear_loss(Z, theta, C, heads=None):
     Z: n x d, theta: m x d, C: n x m (rows are distributions). Returns a 0-d array.
     """
     heads = validate.linear_inputs(Z, theta, C, heads)
-    return cross_entropy(Z @ theta.T, C, heads)
+    return cross_entropy(Z @ theta.T, C, heads, check=False)
 
 
 def _linear_residual(Z, theta, C, heads=None):
@@ -74,8 +75,15 @@ def linear_grad_theta(Z, theta, C, heads=None):
 # ---------------------------------------------------------------- quadratic model
 
 
-def theta_from_phi(phi):
-    """theta = phi phi^T: symmetric positive (semi-)definite from its factor phi (d x d)."""
+def theta_from_phi(phi, check=True):
+    """theta = phi phi^T: symmetric positive (semi-)definite from its factor phi (d x d).
+
+    ``check=False`` skips the validation of phi (finite, square, floating), for callers
+    on the training path whose phi was validated once.
+    """
+    if check:
+        validate.check_array("phi", phi, ndim=2)
+        validate.check_shape("phi", phi, (phi.shape[0],) * 2, "a square d x d factor")
     return phi @ phi.T
 
 
@@ -93,6 +101,7 @@ def phi_grad(theta_bar, phi):
 
 def quadratic_logits(Z, theta):
     """Logits of the quadratic model N = Z theta Z^T. Z: (..., n, d) -> (..., n, n)."""
+    validate.quadratic_inputs(Z, theta, symmetric=False)  # the logits need no symmetry
     return Z @ theta @ swap_last(Z)
 
 
@@ -103,7 +112,7 @@ def quadratic_loss(Z, theta, C):
     C: (..., n, n) with distribution rows. Returns a 0-d array.
     """
     validate.quadratic_inputs(Z, theta, C)
-    return cross_entropy(Z @ theta @ swap_last(Z), C)
+    return cross_entropy(Z @ theta @ swap_last(Z), C, check=False)
 
 
 def _quadratic_residual(Z, theta, C):
@@ -143,7 +152,7 @@ def quadratic_grad_phi(Z, phi, C):
     gradient is kept lower-triangular. Z: (..., n, d), phi: d x d. Returns d x d.
     """
     validate.quadratic_phi_inputs(Z, phi, C)
-    G, _ = _quadratic_residual(Z, theta_from_phi(phi), C)
+    G, _ = _quadratic_residual(Z, theta_from_phi(phi, check=False), C)
     return phi_grad(sum_leading(swap_last(Z) @ G @ Z), phi)
 
 
@@ -189,7 +198,7 @@ class QuadraticModel:
     @property
     def theta(self):
         """theta = phi phi^T (d x d, symmetric positive semi-definite)."""
-        return theta_from_phi(self.phi)
+        return theta_from_phi(self.phi, check=False)  # phi was checked by __init__
 
     def logits(self, Z):
         """Logits Z theta Z^T ((..., n, n))."""

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from .backend import Workspace, array_module, get_array_module
-from .layers import TARGET_TITLES, BlockConfig, init_block_params, make_block, require_labels
+from . import validate
+from .layers import (
+    TARGET_TITLES,
+    BlockConfig,
+    block_param_shapes,
+    init_block_param,
+    make_block,
+    require_labels,
+)
 from .models import phi_grad, theta_from_phi
 from .random import host_rng
 from .ops import (
@@ -61,15 +69,17 @@ class NetworkConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if int(self.n_inputs) < 1:
-            raise ValueError(f"n_inputs: expected a positive integer, got {self.n_inputs}")
-        if int(self.layers) < 0:
-            raise ValueError(f"layers: expected L >= 0, got {self.layers}")
+        for name, low in (("n_inputs", 1), ("n_classes", 1), ("layers", 0)):
+            object.__setattr__(self, name, validate.check_count(name, getattr(self, name), low))
+        if self.d is not None:
+            object.__setattr__(self, "d", validate.check_count("d", self.d, 1))
+        if not isinstance(self.tied, bool):
+            raise TypeError(f"tied: expected True or False, got {self.tied!r}")
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding: expected 'identity' or 'linear', got {self.encoding!r}")
         if self.encoding == "identity" and self.d not in (None, self.n_inputs):
             raise ValueError(f"d: the identity encoding keeps d = n_inputs = {self.n_inputs}")
-        if self.encoding == "linear" and (self.d is None or int(self.d) < 1):
+        if self.encoding == "linear" and self.d is None:
             raise ValueError("d: the linear encoding needs a positive latent width d")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype: expected 'float32' or 'float64', got {self.dtype!r}")
@@ -88,6 +98,60 @@ class NetworkConfig:
     def head_model(self):
         """The head's model: 'linear' (Z theta^T) or 'quadratic' (Z theta Z^T)."""
         return "quadratic" if self.block.model == "quadratic" else "linear"
+
+    @property
+    def head_block(self):
+        """The BlockConfig of the head: the model's theta (or phi) alone."""
+        return self.block.replace(model=self.head_model, targets="none", learn_h=False, slots=0)
+
+    def param_count(self):
+        """Number of parameter arrays (arithmetic only: nothing is built)."""
+        d, m = self.width, self.n_classes
+        count = (self.encoding == "linear") + len(block_param_shapes(self.head_block, d, m))
+        if self.layers:
+            per_block = block_param_shapes(self.block, d, m, with_theta=not self.tied
+                                           and self.block.model != "memory")
+            count += len(per_block) * (1 if self.tied else self.layers)
+        return count
+
+    def param_layout(self):
+        """Every parameter as name -> (BlockConfig it belongs to, its name there, shape), in
+        the order ``Network.init_params`` draws them; the encoding E has BlockConfig None."""
+        d, m = self.width, self.n_classes
+        layout = {"E": (None, "E", (d, self.n_inputs))} if self.encoding == "linear" else {}
+        for k, shape in block_param_shapes(self.head_block, d, m).items():
+            layout[k] = (self.head_block, k, shape)
+        if self.layers:
+            shares_theta = self.block.model != "memory"
+            blocks = [""] if self.tied else [f"block{layer}." for layer in range(self.layers)]
+            for prefix in blocks:
+                own = block_param_shapes(self.block, d, m, with_theta=bool(prefix) and shares_theta)
+                layout.update({prefix + k: (self.block, k, shape) for k, shape in own.items()})
+        return layout
+
+    def param_shapes(self):
+        """Name -> shape of every parameter (arithmetic only: nothing is built)."""
+        return {k: shape for k, (_, _, shape) in self.param_layout().items()}
+
+    def check_param_shapes(self, shapes, source="params"):
+        """Raise a ValueError naming the parameter unless ``shapes`` (name -> shape) has
+        exactly this configuration's parameters and shapes. ``source`` names where they
+        come from (an argument or a file). The counts are compared first (arithmetic), so
+        a configuration that declares far more parameters than ``shapes`` holds is refused
+        before its names are listed."""
+        if self.param_count() > 2 * len(shapes) + 64:  # listing the names would cost more
+            raise ValueError(f"{source}: the configuration ({self.describe()}) has "
+                             f"{self.param_count()} parameter arrays, got {len(shapes)}")
+        expected = self.param_shapes()
+        missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+        if missing:
+            raise ValueError(f"{source}: lacks parameters {missing} for its configuration")
+        if extra:
+            raise ValueError(f"{source}: has parameters {extra} that its configuration lacks")
+        for name, shape in expected.items():
+            if tuple(shapes[name]) != tuple(shape):
+                raise ValueError(f"{source}: parameter {name!r} has shape {tuple(shapes[name])}, "
+                                 f"expected {tuple(shape)} for its configuration")
 
     def replace(self, **changes):
         """A copy with some fields changed."""
@@ -139,33 +203,48 @@ class Network:
     """
 
     def __init__(self, config, seed=0, params=None):
+        if not isinstance(config, NetworkConfig):
+            raise TypeError(f"config: expected a NetworkConfig, got {type(config).__name__}")
         self.config = config
         self.block = make_block(config.block)
-        self.params = self.init_params(seed) if params is None else dict(params)
+        if params is None:
+            self.params = self.init_params(seed)
+        else:
+            self.params = self.check_params(params)
         self._workspace = Workspace()  # training buffers, reused from step to step
 
     # -- parameters -----------------------------------------------------------
     def init_params(self, seed=0):
-        """Fresh parameters from a seeded host RNG (the same on every backend)."""
+        """Fresh parameters from a seeded host RNG (the same on every backend).
+
+        Names, shapes and order: ``NetworkConfig.param_layout``; each block's draws:
+        ``layers.init_block_param``.
+        """
         cfg = self.config
         rng = host_rng(seed)  # host draws, moved to the backend: same init everywhere
         xp = array_module()
-        d, m, dt = cfg.width, cfg.n_classes, cfg.dtype
+        d, dt = cfg.width, cfg.dtype
         p = {}
-        if cfg.encoding == "linear":
-            p["E"] = xp.asarray(rng.normal(0, 1 / cfg.n_inputs ** 0.5, size=(d, cfg.n_inputs)), dtype=dt)
-        head_cfg = cfg.block.replace(model=cfg.head_model, targets="none", learn_h=False, slots=0)
-        p.update(init_block_params(head_cfg, d, m, rng, dt))
-        if cfg.layers:
-            shares_theta = cfg.block.model != "memory"
-            if cfg.tied:
-                p.update(init_block_params(cfg.block, d, m, rng, dt, with_theta=False))
+        for name, (block_cfg, key, shape) in cfg.param_layout().items():
+            if block_cfg is None:  # the encoding E
+                p[name] = xp.asarray(rng.normal(0, 1 / cfg.n_inputs ** 0.5, size=shape), dtype=dt)
             else:
-                for layer in range(cfg.layers):
-                    for k, v in init_block_params(cfg.block, d, m, rng, dt,
-                                                  with_theta=shares_theta).items():
-                        p[f"block{layer}.{k}"] = v
+                p[name] = init_block_param(block_cfg, key, shape, d, rng, dt)
         return p
+
+    def check_params(self, params, source="params"):
+        """A dict copy of ``params`` after checking names, shapes (``check_param_shapes``),
+        dtype (the configuration's) and finiteness, naming the first bad parameter."""
+        if not isinstance(params, dict):
+            raise TypeError(f"{source}: expected a dict of arrays, got {type(params).__name__}")
+        for name, a in params.items():
+            validate.check_array(f"{source}[{name!r}]", a)
+        self.config.check_param_shapes({k: a.shape for k, a in params.items()}, source)
+        for name, a in params.items():
+            if a.dtype != self.config.dtype:
+                raise TypeError(f"{source}[{name!r}]: expected dtype {self.config.dtype} "
+                                f"(the configuration's), got {a.dtype}")
+        return dict(params)
 
     def block_params(self, layer):
         """The parameter dict block ``layer`` sees (shared arrays when tied)."""
@@ -175,45 +254,106 @@ class Network:
         return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
 
     # -- targets --------------------------------------------------------------
-    def target_matrix(self, y, dtype):
-        """One-hot targets C from integer labels y: (n, m), (n, sum heads) or (B, n, n)."""
+    def check_labels(self, y, rows, name="y"):
+        """Validate integer labels for the rows of X (``rows`` = X.shape[:-1]): (n,) classes
+        in [0, m), (n, H) per head, or (B, n) target tokens in [0, n). Returns y."""
+        cfg, rows = self.config, tuple(rows)
+        heads = self._heads()
+        if cfg.head_model == "quadratic":
+            validate.check_class_indices(name, y, rows[-1])
+            validate.check_shape(name, y, rows, "a target token for each token of X")
+        elif heads is None:
+            validate.check_class_indices(name, y, cfg.n_classes)
+            validate.check_shape(name, y, rows, "a class for each row of X")
+        else:
+            validate.check_class_indices(name, y, max(heads))
+            validate.check_shape(name, y, rows + (len(heads),), "a class per head for each row")
+            for i, size in enumerate(heads):
+                validate.check_class_indices(f"{name}[:, {i}]", y[:, i], size)
+        return y
+
+    def target_matrix(self, y, dtype, check=True):
+        """One-hot targets C from integer labels y: (n, m), (n, sum heads) or (B, n, n).
+
+        ``check=False`` skips the range check of y (validated once before a loop).
+        """
         cfg = self.config
         xp = get_array_module(y)
+        if check:
+            self.check_labels(y, y.shape[:-1] if self._heads() else y.shape)
         if cfg.head_model == "quadratic":
             B, n = y.shape
-            return one_hot(y.reshape(-1), n, dtype).reshape(B, n, n)
+            return one_hot(y.reshape(-1), n, dtype, check=False).reshape(B, n, n)
         if cfg.block.heads is None:
-            return one_hot(y, cfg.n_classes, dtype)
-        return xp.concatenate([one_hot(y[:, i], m, dtype) for i, m in enumerate(cfg.block.heads)],
-                              axis=1)
+            return one_hot(y, cfg.n_classes, dtype, check=False)
+        return xp.concatenate([one_hot(y[:, i], m, dtype, check=False)
+                               for i, m in enumerate(cfg.block.heads)], axis=1)
 
-    def _block_targets(self, X, y, C):
+    def _block_targets(self, X, y, C, check=True):
         """C for the blocks: given, built from y, or None when they do not use labels."""
         if C is not None or not (self.config.layers and self.config.block.uses_labels):
             return C
         require_labels(y, "y", "this network's blocks use")
-        return self.target_matrix(y, X.dtype)
+        if check:
+            self.check_labels(y, X.shape[:-1])
+        return self.target_matrix(y, X.dtype, check=False)
+
+    def check_input(self, X, name="X"):
+        """Validate a batch X and return it in the network's dtype.
+
+        X: (n, p) rows (or (B, n, p) sequences for the quadratic model), float32 or
+        float64, finite, at least one row, p = n_inputs.
+        """
+        cfg = self.config
+        validate.check_array(name, X, ndim=None if cfg.head_model == "quadratic" else 2, min_ndim=2)
+        if X.dtype.name not in ("float32", "float64"):
+            raise TypeError(f"{name}: expected float32 or float64 (the network computes in "
+                            f"{cfg.dtype}), got {X.dtype}")
+        if X.shape[-1] != cfg.n_inputs:
+            raise ValueError(f"{name}: expected {cfg.n_inputs} features per row (n_inputs), "
+                             f"got shape {tuple(X.shape)}")
+        if X.size == 0:
+            raise ValueError(f"{name}: expected at least one row, got shape {tuple(X.shape)}")
+        return X.astype(cfg.dtype, copy=False)
+
+    def _check_targets(self, X, C):
+        """Validate given block targets C: one distribution per row of X (per head)."""
+        validate.check_array("C", C)
+        if self.config.head_model == "quadratic":
+            shape = X.shape[:-1] + (X.shape[-2],)
+        else:
+            shape = (X.shape[0], sum(self._heads() or (self.config.n_classes,)))
+        validate.check_shape("C", C, shape, "targets for each row of X")
+        validate.check_same_dtype(X=X, C=C)
+        validate.check_labels("C", C, self._heads())
 
     def encode(self, X):
         """Z_0 = X (identity encoding) or X E^T (linear encoding)."""
         return X if self.config.encoding == "identity" else X @ self.params["E"].T
 
     # -- forward / backward ---------------------------------------------------
-    def forward(self, X, y=None, C=None, workspace=None):
+    def forward(self, X, y=None, C=None, workspace=None, check=True):
         """Logits of a batch; returns (logits, NetworkCache). y (or C) is needed iff the
         blocks use the true labels (targets='labels').
 
-        With a ``workspace`` (training), block outputs go to reused buffers that stay
-        valid until the next call with the same workspace.
+        With ``check`` (the default) X, y and C are validated first (``check_input``;
+        X in another float dtype is cast to the network's). ``check=False`` is the
+        training path: inputs validated once, no per-step pass over the data. With a
+        ``workspace`` (training), block outputs go to reused buffers that stay valid
+        until the next call with the same workspace.
         """
         cfg = self.config
-        C = self._block_targets(X, y, C)
+        if check:
+            X = self.check_input(X)
+            if C is not None:
+                self._check_targets(X, C)
+        C = self._block_targets(X, y, C, check)
         Z = self.encode(X)
         xp = get_array_module(Z)
         caches = []
         for layer in range(cfg.layers):
             out = None if workspace is None else workspace.get(f"Z{layer + 1}", Z.shape, Z.dtype, xp)
-            Z, c = self.block.forward(Z, self.block_params(layer), C, out=out)
+            Z, c = self.block.forward(Z, self.block_params(layer), C, out=out, check=False)
             caches.append(c)
         theta = self._head_theta()
         logits = Z @ theta.T if cfg.head_model == "linear" else Z @ theta @ swap_last(Z)
@@ -222,7 +362,7 @@ class Network:
     def _head_theta(self):
         if self.config.head_model == "linear":
             return self.params["theta"]
-        return theta_from_phi(self.params["phi"])
+        return theta_from_phi(self.params["phi"], check=False)  # checked when params were set
 
     def _head_backward(self, logits_bar, cache, buf):
         """Gradients of the head: returns (Z_bar, {"theta" or "phi": ...})."""
@@ -263,24 +403,30 @@ class Network:
     def _heads(self):
         return self.config.block.heads if self.config.head_model == "linear" else None
 
-    def loss_from_logits(self, logits, C):
-        """Batch-mean cross-entropy -(1/rows) <C, log sigma(logits)> (0-d array)."""
-        return mean_cross_entropy(logits, C, self._heads())
+    def loss_from_logits(self, logits, C, check=False):
+        """Batch-mean cross-entropy -(1/rows) <C, log sigma(logits)> (0-d array).
+
+        Unchecked by default (logits and C come from this network's own forward).
+        """
+        return mean_cross_entropy(logits, C, self._heads(), check=check)
 
     def loss_and_grads(self, X, y):
         """Batch-mean cross-entropy, its gradients, and the logits: (loss, grads, logits).
 
-        d loss / d logits = (sigma(logits) - C) / rows, then ``backward``.
+        d loss / d logits = (sigma(logits) - C) / rows, then ``backward``. The training
+        step: X and y are trusted here (``fit`` validates them once, before the loop).
         """
-        C = self.target_matrix(y, X.dtype)
-        logits, cache = self.forward(X, C=C, workspace=self._workspace)
+        C = self.target_matrix(y, X.dtype, check=False)
+        logits, cache = self.forward(X, C=C, workspace=self._workspace, check=False)
         loss, logits_bar = mean_cross_entropy_and_grad(logits, C, self._heads())
         return loss, self.backward(logits_bar, cache, workspace=self._workspace), logits
 
     def loss(self, X, y):
         """Batch-mean cross-entropy (0-d array)."""
-        C = self.target_matrix(y, X.dtype)
-        return self.loss_from_logits(self.forward(X, C=C)[0], C)
+        X = self.check_input(X)
+        self.check_labels(y, X.shape[:-1])
+        C = self.target_matrix(y, X.dtype, check=False)
+        return self.loss_from_logits(self.forward(X, C=C, check=False)[0], C)
 
     def logits(self, X, y=None):
         """Logits of a batch (y only for blocks that use the true labels)."""
@@ -301,11 +447,12 @@ class Network:
 
     def features(self, X, y=None):
         """The iterates [Z_0, Z_1, ..., Z_L] of a batch (for Figure 1)."""
+        X = self.check_input(X)
         C = self._block_targets(X, y, None)
         Z = self.encode(X)
         out = [Z]
         for layer in range(self.config.layers):
-            Z, _ = self.block.forward(Z, self.block_params(layer), C)
+            Z, _ = self.block.forward(Z, self.block_params(layer), C, check=False)
             out.append(Z)
         return out
 

@@ -6,12 +6,16 @@ of +-1e4 stay finite in float32 (Blanchard, Higham & Higham 2021). With ``heads`
 (a tuple of class counts ``(m_1, ..., m_H)`` summing to the last axis) each head's
 block of columns gets its own softmax: the multi-head labels of docs/math.md.
 
-These functions trust their inputs (no validation): they are the hot path.
-The dtype of the input is kept (float32 in, float32 out).
+These functions are on the training hot path, so they check only what costs no pass
+over the data (head sizes, shapes); ``one_hot``, ``cross_entropy`` and
+``mean_cross_entropy`` also check their values unless called with ``check=False`` by
+code that validated them already. The dtype of the input is kept (float32 in, float32
+out).
 """
 
 from __future__ import annotations
 
+from . import validate
 from .backend import get_array_module
 
 
@@ -29,6 +33,7 @@ def head_slices(m, heads):
     """Column slices of the heads; one slice over all m columns when heads is None."""
     if heads is None:
         return (slice(0, m),)
+    heads = validate.check_heads("heads", heads, m)  # a few Python ints: no pass over data
     out, start = [], 0
     for size in heads:
         out.append(slice(start, start + size))
@@ -86,8 +91,15 @@ def log_softmax(S, heads=None):
     return out
 
 
-def one_hot(y, m, dtype="float64"):
-    """One-hot rows: C_ik = 1 if y_i == k else 0. y: (n,) integers in [0, m) -> (n, m)."""
+def one_hot(y, m, dtype="float64", check=True):
+    """One-hot rows: C_ik = 1 if y_i == k else 0. y: (n,) integers in [0, m) -> (n, m).
+
+    ``check=False`` skips the range check of y (a pass over y; a device sync on CuPy)
+    for labels validated once before a loop.
+    """
+    if check:
+        m = validate.check_count("m", m, minimum=1)
+        validate.check_class_indices("y", y, m, ndim=1)
     xp = get_array_module(y)
     C = xp.zeros((y.shape[0], m), dtype=dtype)
     C[xp.arange(y.shape[0]), y] = 1
@@ -102,17 +114,33 @@ def _rows(logits):
     return rows
 
 
-def cross_entropy(logits, C, heads=None):
+def check_cross_entropy_inputs(logits, C, heads=None):
+    """Validate (logits, C) of the cross-entropy: finite floating arrays of one shape and
+    dtype, the rows of C (per head) probability distributions."""
+    validate.check_same_backend(logits=logits, C=C)
+    validate.check_array("logits", logits, min_ndim=1)
+    validate.check_array("C", C)
+    validate.check_shape("C", C, logits.shape, "the targets have the logits' shape")
+    validate.check_same_dtype(logits=logits, C=C)
+    if _rows(logits) == 0:
+        raise ValueError(f"logits: expected at least one row, got shape {tuple(logits.shape)}")
+    validate.check_labels("C", C, validate.check_heads("heads", heads, logits.shape[-1]))
+
+
+def cross_entropy(logits, C, heads=None, check=True):
     """Point-wise cross-entropy l = -<C, log sigma(N)> (eq. 3), summed over all rows.
 
-    logits N and targets C: same shape (..., m). Returns a 0-d array (no host sync).
+    logits N and targets C: same shape (..., m). Returns a 0-d array (no host sync
+    with ``check=False``; the checks read the data).
     """
+    if check:
+        check_cross_entropy_inputs(logits, C, heads)
     return -(C * log_softmax(logits, heads)).sum()
 
 
-def mean_cross_entropy(logits, C, heads=None):
+def mean_cross_entropy(logits, C, heads=None, check=True):
     """Batch mean of the cross-entropy: cross_entropy / (number of rows)."""
-    return cross_entropy(logits, C, heads) / _rows(logits)
+    return cross_entropy(logits, C, heads, check) / _rows(logits)
 
 
 def mean_cross_entropy_and_grad(logits, C, heads=None):
@@ -123,6 +151,8 @@ def mean_cross_entropy_and_grad(logits, C, heads=None):
     Returns (loss (0-d array), gradient of the logits' shape).
     """
     xp = get_array_module(logits)
+    # a shape comparison costs nothing and stops a (n, 1) target broadcasting silently
+    validate.check_shape("C", C, logits.shape, "the targets have the logits' shape")
     rows = _rows(logits)
     log_p = log_softmax(logits, heads)
     loss = -(C * log_p).sum() / rows
@@ -136,11 +166,18 @@ def softmax_vjp(P, P_bar, out=None):
     """Vector-Jacobian product of the row-wise softmax P = sigma(S).
 
     S_bar = P * (P_bar - rowsum(P * P_bar)); P, P_bar: (..., m). For a softmax taken
-    per head, ops.softmax_vjp_heads applies this within each head's columns.
+    per head, ops.softmax_vjp_heads applies this within each head's columns. ``out``
+    may be P_bar or P itself (an in-place VJP, through one temporary).
     """
     xp = get_array_module(P)
     if out is None:
         out = xp.empty_like(P)
+    elif out.shape != P.shape:
+        validate.check_shape("out", out, P.shape, "the shape of P")
+    elif xp.may_share_memory(out, P) or xp.may_share_memory(out, P_bar):
+        # out would overwrite an input before it is read: compute apart, then copy
+        out[...] = softmax_vjp(P, P_bar)
+        return out
     xp.multiply(P, P_bar, out=out)
     s = out.sum(axis=-1, keepdims=True)
     xp.subtract(P_bar, s, out=out)

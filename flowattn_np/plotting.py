@@ -8,10 +8,40 @@ function draws into a new figure, writes a PNG atomically when ``path`` is given
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
 from .files import atomic_write
+
+# One colour per method, used by every figure of the package and the notebooks, so a
+# method looks the same everywhere. Depths and noise levels of one method differ by
+# line style and marker, never by colour. A legend label that names a key (whole
+# words, any case) must be drawn in its colour (checked by tests/test_figures.py).
+METHOD_COLORS = {
+    "lie": "#d62728",               # Lie splitting A(h), B(h) (red)
+    "strang": "#2ca02c",            # Strang splitting A(h/2), B(h), A(h/2) (green)
+    "full flow": "#000000",         # the unsplit gradient flow, eq. (6)
+    "euler": "#1f77b4",             # explicit Euler steps of the full flow (blue)
+    "regression": "#7f7f7f",        # multinomial regression, L = 0: the baseline (grey)
+    "attention sub-flow": "#9467bd",  # (a) label-free: the attention sub-flow alone (purple)
+    "learned oracle": "#ff7f0e",    # (b) label-free: C replaced by C_hat(Z) (orange)
+    "memory": "#8c564b",            # (c) key/value memory (brown)
+    "numpy": "#1f77b4",             # backends (notebook 5)
+    "cupy": "#76b900",
+}
+
+# Line styles and markers that tell apart the depths or noise levels of one method.
+STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v")
+
+
+def method_color(method):
+    """The colour of ``method`` (a key of METHOD_COLORS, any case)."""
+    try:
+        return METHOD_COLORS[method.lower()]
+    except KeyError:
+        raise ValueError(f"method: expected one of {sorted(METHOD_COLORS)}, got {method!r}") from None
 
 
 def _plt():
@@ -28,6 +58,15 @@ def _plt():
     return plt
 
 
+def matplotlib_available():
+    """True if matplotlib's pyplot can be imported, i.e. the figures can be drawn."""
+    try:
+        _plt()
+    except ImportError:
+        return False
+    return True
+
+
 def save(fig, path, dpi=110):
     """Write ``fig`` to ``path`` as a PNG, atomically (``files.atomic_write``)."""
     with atomic_write(path) as f:
@@ -40,81 +79,123 @@ def _image(v):
     return v.reshape(side, side) if side * side == v.size else v.reshape(1, -1)
 
 
-def figure1(x, panels, label, class_names, sigma, path=None):
+def method_in(label):
+    """The METHOD_COLORS key that ``label`` names (whole words, any case); None if none or several."""
+    found = [m for m in METHOD_COLORS if re.search(rf"\b{re.escape(m)}\b", label, re.I)]
+    return found[0] if len(found) == 1 else None
+
+
+def _prediction(class_names, predicted, label):
+    verdict = "right" if predicted == label else "wrong"
+    return f"-> {class_names[predicted]} ({verdict})"
+
+
+def _figure1_panel(sub, x, panel, label, class_names, sigma):
+    """One panel of Figure 1 in the subfigure ``sub``: images on top, changes below."""
+    its = [np.asarray(z) for z in panel["iterates"]]
+    top = ["X"] + [f"Z{j}" for j in range(len(its))]
+    mosaic = [top] + ([[".", "."] + [f"D{j}" for j in range(1, len(its))]] if len(its) > 1 else [])
+    axes = sub.subplot_mosaic(mosaic)
+    gray = dict(cmap="gray", vmin=0.0, vmax=1.0)
+    im = axes["X"].imshow(_image(x), **gray)
+    axes["X"].set_title(f"X (clean)\nlabel: {class_names[label]}", fontsize=8)
+    for j, z in enumerate(its):
+        name = f"Z(0), sigma = {sigma:g}" if j == 0 else f"Z({j})"
+        axes[f"Z{j}"].imshow(_image(z), **gray)
+        axes[f"Z{j}"].set_title(f"{name}\n{_prediction(class_names, panel['predictions'][j], label)}", fontsize=8)
+    sub.colorbar(im, ax=[axes[k] for k in top], shrink=0.8, location="right").set_label(
+        "pixel value", fontsize=8)
+    diffs = [its[j] - its[0] for j in range(1, len(its))]
+    if diffs:
+        lim = max(float(np.abs(d).max()) for d in diffs) or 1.0
+        for j, d in enumerate(diffs, start=1):
+            im = axes[f"D{j}"].imshow(_image(d), cmap="RdBu_r", vmin=-lim, vmax=lim)
+            axes[f"D{j}"].set_title(f"Z({j}) - Z(0)", fontsize=8)
+        sub.colorbar(im, ax=[axes[f"D{j}"] for j in range(1, len(its))], shrink=0.8,
+                     location="right").set_label("change of pixel", fontsize=8)
+    for ax in axes.values():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    sub.suptitle(panel["title"], fontsize=9)
+
+
+def figure1(x, panels, label, class_names, sigma, path=None, title=None):
     """Figure 1: a sample Z^(l) evolving through the blocks.
 
     For each panel (dict with 'title', 'iterates' [Z^(0), ..., Z^(L)] and
-    'predictions'), the top row shows the clean image X, Z^(0) (noisy) and the
-    iterates; the bottom row Z^(l) - Z^(0) with a diverging colour map centred at 0.
-    Panels are drawn side by side.
+    'predictions', the head's class for each iterate), the top row shows the clean
+    image X with its label, Z^(0) (noisy) and the iterates, each with the predicted
+    class and whether it is right; the bottom row the changes Z^(l) - Z^(0), l >= 1,
+    on a diverging colour map centred at 0. Panels are drawn side by side, under
+    ``title`` (say which image was chosen, and how) when given.
     """
     plt = _plt()
-    widths = [len(p["iterates"]) + 1 for p in panels]
-    fig = plt.figure(figsize=(1.45 * sum(widths) + 0.6 * len(panels), 3.8), layout="constrained")
+    widths = [len(p["iterates"]) + 1.6 for p in panels]
+    fig = plt.figure(figsize=(1.45 * sum(widths) + 0.6 * len(panels), 4.2), layout="constrained")
     subs = fig.subfigures(1, len(panels), width_ratios=widths, wspace=0.02) if len(panels) > 1 else [fig]
-    gray = dict(cmap="gray", vmin=0.0, vmax=1.0)
     for sub, panel in zip(subs, panels):
-        its = [np.asarray(z) for z in panel["iterates"]]
-        axes = sub.subplots(2, len(its) + 1, squeeze=False)
-        diffs = [z - its[0] for z in its]
-        lim = max(float(np.abs(d).max()) for d in diffs) or 1.0
-        axes[0, 0].imshow(_image(x), **gray)
-        axes[0, 0].set_title(f"X: {class_names[label]}", fontsize=8)
-        axes[1, 0].axis("off")
-        for j, (z, d) in enumerate(zip(its, diffs), start=1):
-            pred = class_names[panel["predictions"][j - 1]]
-            axes[0, j].imshow(_image(z), **gray)
-            name = "Z(0), sigma=%g" % sigma if j == 1 else f"Z({j - 1})"
-            axes[0, j].set_title(f"{name}\n-> {pred}", fontsize=8)
-            im = axes[1, j].imshow(_image(d), cmap="RdBu_r", vmin=-lim, vmax=lim)
-            axes[1, j].set_title(f"Z({j - 1}) - Z(0)", fontsize=8)
-        for ax in axes.ravel():
-            ax.set_xticks([])
-            ax.set_yticks([])
-        sub.colorbar(im, ax=axes[1, 1:].tolist(), shrink=0.8, location="right")
-        sub.suptitle(panel["title"], fontsize=9)
+        _figure1_panel(sub, x, panel, label, class_names, sigma)
+    if title:
+        fig.suptitle(title, fontsize=10)
     if path:
         save(fig, path)
     return fig
 
 
+def _integer_ticks(ax):
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def accuracy_vs_layers(part2, path=None):
-    """Accuracy and cross-entropy against L, one line per noise level, per scheme."""
+    """Accuracy and cross-entropy against L: colour by scheme, line style by noise level."""
     plt = _plt()
-    schemes = part2["schemes"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
-    styles = {"lie": "-o", "strang": "--s"}
-    for scheme, per in schemes.items():
-        for k, r in per.items():
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8), layout="constrained")
+    for scheme, per in part2["schemes"].items():
+        for k, (sigma, r) in enumerate(per.items()):
             L = np.arange(len(r["loss"]))
-            axes[0].plot(L, 100 * np.asarray(r["accuracy"]), styles.get(scheme, "-"), ms=3,
-                         label=f"{scheme}, sigma = {k}")
-            axes[1].plot(L, r["loss"], styles.get(scheme, "-"), ms=3, label=f"{scheme}, sigma = {k}")
+            style = dict(color=method_color(scheme), ls=STYLES[k % len(STYLES)],
+                         marker=MARKERS[k % len(MARKERS)], ms=3, label=f"{scheme.capitalize()}, sigma = {sigma}")
+            axes[0].plot(L, 100 * np.asarray(r["accuracy"]), **style)
+            axes[1].plot(L, r["loss"], **style)
     axes[0].set(xlabel="blocks L", ylabel="test accuracy (%)",
                 title="feature discovery with the TRUE labels (oracle)")
     axes[1].set(xlabel="blocks L", ylabel="cross-entropy", yscale="log",
                 title=f"h = {part2['h_units']:g} / lam_max = {part2['h']:.3g}")
-    return _finish(fig, axes, axes[0], 7, path)
+    return _finish(fig, axes, 7, path)
 
 
 def training_curves(curves, path=None):
-    """Training loss and accuracy per epoch; ``curves`` maps a label to a History dict."""
+    """Training loss and accuracy per epoch; ``curves`` maps a label to a History dict.
+
+    A label naming a method of METHOD_COLORS gets its colour; the curves of one method
+    (depths, settings) differ by line style and marker.
+    """
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    seen = {}
     for label, hist in curves.items():
+        method = method_in(label)
+        k = seen[method] = seen.get(method, -1) + 1
+        style = dict(ls=STYLES[k % len(STYLES)], marker=MARKERS[k % len(MARKERS)], ms=3, label=label)
+        if method is not None:
+            style["color"] = METHOD_COLORS[method]
         ep = [e["epoch"] for e in hist["epochs"]]
-        axes[0].plot(ep, [e["train_loss"] for e in hist["epochs"]], "-o", ms=3, label=label)
-        axes[1].plot(ep, [100 * e["train_accuracy"] for e in hist["epochs"]], "-o", ms=3, label=label)
+        axes[0].plot(ep, [e["train_loss"] for e in hist["epochs"]], **style)
+        axes[1].plot(ep, [100 * e["train_accuracy"] for e in hist["epochs"]], **style)
     axes[0].set(xlabel="epoch", ylabel="training cross-entropy")
     axes[1].set(xlabel="epoch", ylabel="training accuracy (%)")
-    return _finish(fig, axes, axes[1], 6, path)
+    return _finish(fig, axes, 7, path)
 
 
-def _finish(fig, axes, legend_ax, fontsize, path):
-    """Grid on every panel, one legend, and the PNG when ``path`` is given."""
+def _finish(fig, axes, fontsize, path):
+    """Grid and integer ticks on the x axis (epochs, depths) of every panel, one legend
+    outside the panels (never over the data), and the PNG when ``path`` is given."""
     for ax in axes:
         ax.grid(alpha=0.3)
-    legend_ax.legend(fontsize=fontsize)
+        _integer_ticks(ax)
+    axes[-1].legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     if path:
         save(fig, path)
     return fig

@@ -5,7 +5,8 @@ Read in this order:
 * ``train_step(net, optimizer, X, y)``: one step of gradient descent (forward, the
   hand-written backward, the update);
 * ``minibatches``: the seeded order of the rows;
-* ``fit``: epochs of ``train_step`` over ``minibatches``, with a progress bar, a guard
+* ``fit``: epochs of ``train_step`` over ``minibatches``, with a progress bar (one plain
+  line per epoch when standard error is not a terminal: ``progress.progress_bar``), a guard
   against a NaN/inf loss, validation and checkpoints; its options are a ``FitConfig``.
 
 Everything stays on the active backend: the data is moved there once, each epoch's
@@ -20,12 +21,11 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from tqdm.auto import tqdm
-
 from . import validate
 from .backend import Workspace, asarray, get_array_module, get_backend, quiet_errors, to_float
 from .checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
-from .optim import SGD
+from .optim import SGD, make_optimizer
+from .progress import progress_bar
 from .random import RNG, host_rng
 
 __all__ = ["FitConfig", "History", "NonFiniteGuard", "NonFiniteLossError", "evaluate", "fit",
@@ -101,16 +101,19 @@ def _accuracy_sum(net, logits, y):
 def evaluate(net, X, y, batch_size=2048):
     """Mean cross-entropy and accuracy of ``net`` on (X, y), as Python floats.
 
-    For a network whose blocks use the true labels (targets='labels') this is an
-    oracle computation: the labels enter the features before the prediction.
+    X and y are validated once (``Network.check_input``/``check_labels``), then the
+    batches run unchecked. For a network whose blocks use the true labels
+    (targets='labels') this is an oracle computation: the labels enter the features
+    before the prediction.
     """
-    X, y = asarray(X), asarray(y)
+    X = net.check_input(asarray(X))
+    y = net.check_labels(asarray(y), X.shape[:-1])
     n = X.shape[0]
     loss_sum, correct = 0.0, 0.0
     for start in range(0, n, batch_size):
         X_batch, y_batch = X[start:start + batch_size], y[start:start + batch_size]
-        C = net.target_matrix(y_batch, X_batch.dtype)
-        logits, _ = net.forward(X_batch, C=C)
+        C = net.target_matrix(y_batch, X_batch.dtype, check=False)
+        logits, _ = net.forward(X_batch, C=C, check=False)
         loss_sum = loss_sum + net.loss_from_logits(logits, C) * X_batch.shape[0]
         correct = correct + _accuracy_sum(net, logits, y_batch)
     per_row = y[:1].size
@@ -148,7 +151,8 @@ class FitConfig:
     check_every:  steps between NaN/inf checks of the loss (None: every step on NumPy,
                   every ``log_every`` steps on CuPy, where a check is a device sync).
     checkpoint:   a path written atomically after every epoch, or None.
-    desc:         the progress bar's label; check_inputs: validate X (finite, floating).
+    desc:         the progress bar's label; check_inputs: validate X (finite, floating) and the
+                  labels y (their range) once, before the first step.
     """
 
     epochs: int = 5
@@ -164,16 +168,13 @@ class FitConfig:
     check_inputs: bool = True
 
     def __post_init__(self):
-        if int(self.epochs) < 0:
-            raise ValueError(f"epochs: expected a non-negative integer, got {self.epochs}")
-        if int(self.batch_size) < 1:
-            raise ValueError(f"batch_size: expected a positive integer, got {self.batch_size}")
+        for name, low in (("epochs", 0), ("batch_size", 1), ("log_every", 1)):
+            object.__setattr__(self, name, validate.check_count(name, getattr(self, name), low))
+        if self.check_every is not None:
+            object.__setattr__(self, "check_every", validate.check_count("check_every",
+                                                                       self.check_every, 1))
         if not (self.noise >= 0 and math.isfinite(self.noise)):
             raise ValueError(f"noise: expected a finite sigma >= 0, got {self.noise}")
-        if int(self.log_every) < 1:
-            raise ValueError(f"log_every: expected a positive integer, got {self.log_every}")
-        if self.check_every is not None and int(self.check_every) < 1:
-            raise ValueError(f"check_every: expected a positive integer or None, got {self.check_every}")
 
     def steps_between_checks(self):
         """check_every, or its backend-dependent default."""
@@ -183,48 +184,79 @@ class FitConfig:
 
 
 class NonFiniteGuard:
-    """Stops training on a NaN/inf loss, with the parameters at their last finite state.
+    """Stops training on a NaN/inf loss, with the parameters at their last finite snapshot.
 
-    ``check(loss)`` runs before each update. With ``every == 1`` each loss is read
-    (a host sync) and a bad one stops training before it reaches the parameters. With
-    ``every > 1`` the losses are summed on the device (NaN/inf propagate) and read
-    every ``every`` steps; on a bad sum the parameters go back to the copy taken at
-    the previous check.
+    ``check(loss)`` runs before each update. Every ``every`` steps the parameters are
+    copied (a snapshot) and the losses since are summed on the device (NaN/inf
+    propagate) and read once at the end of the window (one host sync per ``every``
+    steps). On a bad sum the parameters go back to the latest finite snapshot: this
+    window's if all its entries are finite, else the previous window's (an update
+    before this window overflowed while the loss was still finite). ``end_epoch`` also
+    catches a last update that overflowed, whose loss no step computed.
     """
 
     def __init__(self, params, every):
         self.params, self.every = params, int(every)
         self.step, self.epoch = 0, 0
-        self.pending, self.snapshot = 0.0, None
+        self.pending = 0.0
+        # (step, copy of the parameters) of this window and of the last window that passed
+        self.snapshot, self.previous = None, None
 
     def check(self, loss):
         """Record the loss of step ``self.step``; raise NonFiniteLossError if it is bad."""
-        if self.every == 1:
-            if not math.isfinite(to_float(loss)):
-                raise self.error(loss, "the values before this step")
-        else:
-            if self.step % self.every == 0:  # the state the last check vouched for
-                self.snapshot = {k: v.copy() for k, v in self.params.items()}
-            self.pending = self.pending + loss
-            if (self.step + 1) % self.every == 0:
-                if not math.isfinite(to_float(self.pending)):
-                    self.restore()
-                    raise self.error(self.pending, f"their values {self.every} steps earlier")
-                self.pending = 0.0
+        if self.step % self.every == 0:  # a new window: keep the state its first loss measures
+            self._take_snapshot()
+            self.pending = 0.0
+        self.pending = self.pending + loss
+        if (self.step + 1) % self.every == 0:
+            self.verify(self.pending)
         self.step += 1
 
-    def restore(self):
-        """Put the last checked copy back into the parameters (in place)."""
-        for k, v in (self.snapshot or {}).items():
-            self.params[k][...] = v
+    def _take_snapshot(self):
+        # the last window passed, so its snapshot becomes the fallback; buffers are reused
+        self.previous, reuse = self.snapshot, self.previous
+        if reuse is None:
+            copy = {k: v.copy() for k, v in self.params.items()}
+        else:
+            copy = reuse[1]
+            for k, v in self.params.items():
+                copy[k][...] = v
+        self.snapshot = (self.step, copy)
 
-    def error(self, value, restored):
-        """The NonFiniteLossError for a bad ``value``, saying what the parameters are now."""
-        return NonFiniteLossError(
-            f"fit: the training loss became non-finite ({to_float(value)}) at epoch {self.epoch + 1}, "
-            f"step {self.step + 1}; the parameters were restored to {restored}. Check the inputs for "
-            "NaN/inf (fit validates X unless check_inputs=False) or lower the learning rate."
-        )
+    def verify(self, value, what="the training loss"):
+        """Raise NonFiniteLossError (parameters restored) if ``value`` is NaN or inf."""
+        if math.isfinite(to_float(value)):
+            return
+        restored = self.restore()
+        raise NonFiniteLossError(
+            f"fit: {what} became non-finite ({to_float(value)}) at epoch {self.epoch + 1}, "
+            f"step {self.step + 1}; the parameters were restored to {restored}. Check the "
+            "inputs for NaN/inf (fit validates X unless check_inputs=False) or lower the "
+            "learning rate.")
+
+    def restore(self):
+        """Put the latest finite snapshot back into the parameters (in place); say which.
+
+        This window's snapshot, unless an update before it overflowed: then the one before.
+        """
+        candidates = [c for c in (self.snapshot, self.previous) if c is not None]
+        if not candidates:
+            return "their values (no step had run)"
+        xp = get_array_module(*self.params.values())
+        step, copy = next((c for c in candidates
+                           if all(bool(xp.isfinite(v).all()) for v in c[1].values())), candidates[0])
+        for k, v in copy.items():
+            self.params[k][...] = v
+        return f"their values before step {step + 1}"
+
+    def end_epoch(self, loss_sum):
+        """After an epoch: check the losses since the last window closed (``loss_sum`` of
+        the epoch holds them) and that the last update left the parameters finite."""
+        self.verify(loss_sum)
+        xp = get_array_module(*self.params.values())
+        finite = sum(xp.isfinite(v).all() for v in self.params.values())  # one host read
+        if to_float(finite) != len(self.params):
+            self.verify(float("nan"), "a parameter (the last update overflowed)")
 
 
 class _EpochMeter:
@@ -251,25 +283,42 @@ class _EpochMeter:
                 "rows_per_s": f"{self.seen / seconds:.0f}"}
 
 
-def progress_bar(total, desc, enabled):
-    """A tqdm bar of ``total`` batches (plain lines when output is not a terminal)."""
-    return tqdm(total=total, desc=desc, unit="batch", disable=not enabled, leave=False)
+def _checked_data(net, X, y, names, check_inputs):
+    """(X, y) on the active backend, X in the network's dtype; validated unless told not to."""
+    X, y = asarray(X), asarray(y)
+    if check_inputs:  # one pass over the data here, none per step
+        X = net.check_input(X, names[0])
+        return X, net.check_labels(y, X.shape[:-1], names[1])
+    if y.shape[:1] != X.shape[:1] or X.shape[0] == 0:
+        raise ValueError(f"{names[1]}: expected one label per row of {names[0]} (at least one), "
+                         f"got {y.shape[:1]} labels for {X.shape[:1]} rows")
+    return X.astype(net.config.dtype, copy=False), y
 
 
 def _prepare_data(net, X, y, X_val, y_val, check_inputs):
     """Validate and move the data to the active backend once, in the network's dtype."""
-    if check_inputs:
-        validate.check_array("X", X, min_ndim=2)
-        if X_val is not None:
-            validate.check_array("X_val", X_val, min_ndim=2)
-    X, y = asarray(X, dtype=net.config.dtype), asarray(y)
-    if y.shape[0] != X.shape[0]:
-        raise ValueError(f"y: expected {X.shape[0]} labels (one per row of X), got {y.shape[0]}")
+    X, y = _checked_data(net, X, y, ("X", "y"), check_inputs)
     if X_val is not None:
-        if y_val is None or len(y_val) != len(X_val):
-            raise ValueError("y_val: expected one label per row of X_val")
-        X_val, y_val = asarray(X_val, dtype=net.config.dtype), asarray(y_val)
+        if y_val is None:
+            raise ValueError("y_val: expected one label per row of X_val, got None")
+        X_val, y_val = _checked_data(net, X_val, y_val, ("X_val", "y_val"), check_inputs)
     return X, y, X_val, y_val
+
+
+def _optimizer_for(net, optimizer, lr):
+    """``optimizer`` itself, one built from a name ('sgd': momentum 0.9, or 'adam') with
+    ``lr``, or SGD(lr, momentum 0.9) for None."""
+    if optimizer is None:
+        return SGD(net.params, lr=lr, momentum=0.9)
+    if isinstance(optimizer, str):
+        return make_optimizer(optimizer.lower(), net.params, lr=lr)
+    if not callable(getattr(optimizer, "step", None)) or not hasattr(optimizer, "params"):
+        raise TypeError(f"optimizer: expected 'sgd', 'adam', None or an optimiser built on "
+                        f"net.params (e.g. SGD(net.params, lr=0.1)), got {type(optimizer).__name__}")
+    if any(optimizer.params.get(k) is not v for k, v in net.params.items()):
+        raise ValueError("optimizer: it updates other arrays than net.params (another "
+                         "network's?); build it on net.params (e.g. SGD(net.params, lr=0.1))")
+    return optimizer
 
 
 def _train_epoch(net, optimizer, batches, steps, cfg, guard):
@@ -287,17 +336,17 @@ def _train_epoch(net, optimizer, batches, steps, cfg, guard):
             bar.update(1)
             if cfg.progress and guard.step % cfg.log_every == 0:
                 bar.set_postfix(**meter.postfix())
+        if cfg.progress and meter.seen:
+            bar.set_postfix(**meter.postfix())  # the epoch's figures, for a plain line's end
     return meter
 
 
 def _epoch_record(net, optimizer, meter, guard, X_val, y_val):
     """The History entry of one epoch (reads the device sums once)."""
     n = meter.seen
+    guard.end_epoch(meter.loss_sum)  # a bad loss after the last check, or a bad last update
     record = {"epoch": guard.epoch + 1, "train_loss": to_float(meter.loss_sum) / n,
               "train_accuracy": to_float(meter.correct) / (n * meter.per_row), "lr": optimizer.current_lr}
-    if not math.isfinite(record["train_loss"]):  # a bad loss in the steps after the last check
-        guard.restore()
-        raise guard.error(meter.loss_sum, "their last checked values")
     if X_val is not None:
         val = evaluate(net, X_val, y_val)
         record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
@@ -325,7 +374,8 @@ def fit(net, X, y, epochs=5, batch_size=256, optimizer=None, lr=0.1, X_val=None,
 
     X: (N, p) (or (N, n, p) for the quadratic model), y: integer labels. The loop's
     options are the keywords or, instead, a ``FitConfig`` as ``config`` (see there).
-    ``optimizer`` defaults to SGD(lr, momentum 0.9). On a NaN/inf loss the parameters
+    ``optimizer``: None (SGD(lr, momentum 0.9)), a name 'sgd' or 'adam' (built with
+    ``lr``), or an optimiser built on ``net.params``. On a NaN/inf loss the parameters
     are restored to their last finite state and NonFiniteLossError is raised
     (``NonFiniteGuard``). Returns a History, one record per epoch.
     """
@@ -333,8 +383,7 @@ def fit(net, X, y, epochs=5, batch_size=256, optimizer=None, lr=0.1, X_val=None,
                       progress=progress, log_every=log_every, check_every=check_every,
                       checkpoint=checkpoint, desc=desc, check_inputs=check_inputs)
     X, y, X_val, y_val = _prepare_data(net, X, y, X_val, y_val, cfg.check_inputs)
-    if optimizer is None:
-        optimizer = SGD(net.params, lr=cfg.lr, momentum=0.9)
+    optimizer = _optimizer_for(net, optimizer, cfg.lr)
     guard = NonFiniteGuard(net.params, cfg.steps_between_checks())
     order_rng, noise_rng = host_rng(cfg.seed), (RNG(cfg.seed + 1) if cfg.noise else None)
     workspace, n = Workspace(), X.shape[0]  # the batch buffers, reused from step to step

@@ -130,6 +130,36 @@ def check_step(name, h):
     return value
 
 
+def check_count(name, value, minimum=0):
+    """A whole number >= ``minimum`` (an int or NumPy integer, not 2.7 or "3"); returned as int.
+
+    Like NumPy's own sizes, a float is refused even when whole: a count is never measured.
+    """
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name}: expected a whole number (int), got {value!r}")
+    value = int(value.__index__())
+    if value < minimum:
+        raise ValueError(f"{name}: expected a whole number >= {minimum}, got {value}")
+    return value
+
+
+def check_class_indices(name, y, m, ndim=None):
+    """Integer labels with every entry in [0, m) (a pass over y: validate once, not per step)."""
+    if not _is_array(y):
+        raise TypeError(f"{name}: expected an integer NumPy or CuPy array, got {type(y).__name__}")
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer class indices, got dtype {y.dtype}")
+    if ndim is not None and y.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array of class indices, "
+                         f"got shape {_shape_str(y.shape)}")
+    if y.size:
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= m:
+            bad = low if low < 0 else high
+            raise ValueError(f"{name}: expected class indices in [0, {m}), found {bad}")
+    return y
+
+
 def linear_inputs(Z, theta, C=None, heads=None):
     """Validate (Z, theta, C) of the linear model N = Z theta^T; returns heads.
 
@@ -194,6 +224,6 @@ def quadratic_phi_inputs(Z, phi, C=None):
 
 __all__ = [
     "check_array", "check_shape", "check_labels", "check_symmetric", "check_step",
-    "check_heads", "check_same_dtype", "linear_inputs", "quadratic_inputs",
+    "check_heads", "check_same_dtype", "check_count", "check_class_indices", "linear_inputs", "quadratic_inputs",
     "quadratic_phi_inputs",
 ]

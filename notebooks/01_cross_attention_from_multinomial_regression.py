@@ -31,6 +31,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 import flowattn_np as fa
+from flowattn_np.plotting import method_color
 
 np.set_printoptions(precision=4, suppress=True)
 rng = np.random.default_rng(0)  # every random draw below comes from this seed
@@ -73,7 +74,7 @@ fig, axes = plt.subplots(1, 3, figsize=(10, 3), layout="constrained")
 for ax, M, title in [(axes[0], P, r"model $\sigma(Z\theta^\top)$"), (axes[1], C, "targets $C$")]:
     im = ax.imshow(M, cmap="viridis", vmin=0, vmax=1)
     ax.set(title=title, xlabel="class k", ylabel="row i", xticks=range(m))
-fig.colorbar(im, ax=axes[:2].tolist(), shrink=0.8)
+fig.colorbar(im, ax=axes[:2].tolist(), shrink=0.8, label="probability (model) / target value")
 axes[2].barh(range(n), -(C * fa.log_softmax(N)).sum(axis=1), color="C1")
 axes[2].invert_yaxis()
 axes[2].set(title="point-wise loss of each row", xlabel=r"$-\log \sigma(N)_{i, y_i}$", ylabel="row i");
@@ -201,9 +202,9 @@ def draw_flow(ax, c_row, paths, title):
         ax.annotate("", xy=p, xytext=(0, 0), arrowprops=dict(arrowstyle="->", color=f"C{k}", lw=2.5))
         ax.text(*(1.2 * p), rf"$\theta_{k}$", color=f"C{k}", fontsize=12, ha="center", va="center")
     for j in range(paths.shape[1]):
-        ax.plot(paths[:, j, 0], paths[:, j, 1], color="C3", lw=1.8)
-        ax.plot(*paths[0, j], "o", color="C3", ms=4)
-    ax.set(xlim=(g[0], g[-1]), ylim=(g[0], g[-1]), aspect="equal", title=title)
+        ax.plot(paths[:, j, 0], paths[:, j, 1], color=method_color("full flow"), lw=1.8)
+        ax.plot(*paths[0, j], "o", color=method_color("full flow"), ms=4)
+    ax.set(xlim=(g[0], g[-1]), ylim=(g[0], g[-1]), aspect="equal", title=title, xlabel="$z_1$", ylabel="$z_2$")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), layout="constrained")
 draw_flow(axes[0], C0[0], path, f"one-hot target: class {target} (no finite optimum: creeps outward)")
@@ -236,12 +237,12 @@ assert np.all(np.diff(loss_t, axis=0) <= 1e-12)   # monotone along every traject
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
-axes[0].semilogy(t, loss_t, color="C3", lw=1.2)
+axes[0].semilogy(t, loss_t, color=method_color("full flow"), lw=1.2)
 axes[0].set(xlabel="t", ylabel=r"$\ell_i(Z(t))$", title="point-wise loss along the 8 trajectories")
 j = int(np.argmax(loss_t[0]))   # the trajectory that starts worst
 axes[1].plot(t, dloss_dt[:, j], lw=3, alpha=0.5, label=r"$\frac{d}{dt}\ell$ (finite differences)")
 axes[1].plot(t, -grad_sq[:, j], "k--", lw=1.2, label=r"$-\|\nabla_z \ell\|^2$")
-axes[1].set(xlabel="t", title=f"eq. (7) on trajectory {j}")
+axes[1].set(xlabel="t", ylabel=r"rate of change of $\ell_i$", title=f"eq. (7) on trajectory {j}")
 axes[1].legend()
 for ax in axes:
     ax.grid(alpha=0.3)
@@ -266,12 +267,12 @@ assert all(b < a for a, b in zip(euler_loss, euler_loss[1:]))
 
 fig, ax = plt.subplots(figsize=(4.8, 4.8), layout="constrained")
 for j in range(len(Z0)):
-    ax.plot(path[:, j, 0], path[:, j, 1], color="C3", lw=1, alpha=0.6)
-    ax.plot(euler[:, j, 0], euler[:, j, 1], "o-", color="C0", ms=3, lw=0.6)
-ax.plot([], [], color="C3", label="flow (RK4)")
-ax.plot([], [], "o-", color="C0", ms=3, label=r"Euler steps, $h = 1/\lambda_{\max}$")
-ax.set(aspect="equal", title="discrete steps follow the flow")
-ax.legend();
+    ax.plot(path[:, j, 0], path[:, j, 1], color=method_color("full flow"), lw=1, alpha=0.6)
+    ax.plot(euler[:, j, 0], euler[:, j, 1], "o-", color=method_color("euler"), ms=3, lw=0.6)
+ax.plot([], [], color=method_color("full flow"), label="full flow (RK4)")
+ax.plot([], [], "o-", color=method_color("euler"), ms=3, label=r"Euler steps, $h = 1/\lambda_{\max}$")
+ax.set(aspect="equal", title="discrete steps follow the flow", xlabel="$z_1$", ylabel="$z_2$")
+ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8);
 
 # %% [markdown]
 # ## What to take away

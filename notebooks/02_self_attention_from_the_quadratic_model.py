@@ -75,13 +75,14 @@ assert np.allclose(SA, P @ Z @ theta)
 assert np.allclose(SA_adj, P.T @ Z @ theta)
 
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), layout="constrained")
-axes[0].imshow(P, cmap="viridis", vmin=0, vmax=1)
+im = axes[0].imshow(P, cmap="viridis", vmin=0, vmax=1)
 axes[0].set(title=r"$P = \sigma(Z\theta Z^\top)$: rows sum to 1", xlabel="key token j", ylabel="query token i")
 axes[1].imshow(P.T, cmap="viridis", vmin=0, vmax=1)
 axes[1].set(title=r"$P^\top$ used by SA$^\ast$", xlabel="token i", ylabel="token j")
 axes[2].bar(range(n), P.sum(axis=0), color="C1")
 axes[2].axhline(1, color="k", ls="--", lw=1)
-axes[2].set(title="column sums of P: attention each token receives", xlabel="token j");
+fig.colorbar(im, ax=axes[:2].tolist(), shrink=0.8, label="attention weight")
+axes[2].set(title="column sums of P: attention each token receives", xlabel="token j", ylabel="column sum");
 
 # %% [markdown]
 # ## The gradient (eq. 9)
@@ -215,7 +216,7 @@ for ax, M, title in [(axes[0], before, "before training"), (axes[1], after, "aft
                      (axes[2], target_map, "target (one-hot)")]:
     im = ax.imshow(M, cmap="viridis", vmin=0, vmax=1)
     ax.set(title=title, xlabel="key token j", ylabel="query token i")
-fig.colorbar(im, ax=axes.tolist(), shrink=0.8)
+fig.colorbar(im, ax=axes.tolist(), shrink=0.8, label="attention weight")
 print(f"mass on the target token: before {(before * target_map).sum(1).mean():.2f}, "
       f"after {(after * target_map).sum(1).mean():.2f}")
 assert (after * target_map).sum(1).mean() > (before * target_map).sum(1).mean()

@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 
 import flowattn_np as fa
 from flowattn_np import BlockConfig, make_block
+from flowattn_np.plotting import method_color
 
 np.set_printoptions(precision=4, suppress=True)
 
@@ -81,13 +82,14 @@ fig, ax = plt.subplots(figsize=(6, 6), layout="constrained")
 for k, p in enumerate(theta2):
     ax.annotate("", xy=p, xytext=(0, 0), arrowprops=dict(arrowstyle="->", color=f"C{k}", lw=2))
     ax.text(*(1.2 * p), rf"$\theta_{k}$", color=f"C{k}", fontsize=12, ha="center")
-ax.plot(exact[:, 0], exact[:, 1], "k", lw=2.5, alpha=0.4, label="full flow (6)")
-ax.plot(lie_pts[:, 0], lie_pts[:, 1], "o-", color="C3", ms=4, lw=1, label="Lie: A(h), B(h)")
-ax.plot(strang_pts[:, 0], strang_pts[:, 1], "s--", color="C2", ms=3, lw=1, label="Strang: A(h/2), B(h), A(h/2)")
-for pts, every, color in [(lie_pts, 2, "C3"), (strang_pts, 3, "C2")]:
+ax.plot(exact[:, 0], exact[:, 1], color=method_color("full flow"), lw=2.5, alpha=0.4, label="full flow (6)")
+ax.plot(lie_pts[:, 0], lie_pts[:, 1], "o-", color=method_color("lie"), ms=4, lw=1, label="Lie: A(h), B(h)")
+ax.plot(strang_pts[:, 0], strang_pts[:, 1], "s--", color=method_color("strang"), ms=3, lw=1,
+        label="Strang: A(h/2), B(h), A(h/2)")
+for pts, every, color in [(lie_pts, 2, method_color("lie")), (strang_pts, 3, method_color("strang"))]:
     ax.plot(pts[::every, 0], pts[::every, 1], "o", ms=8, mfc="none", color=color)
 ax.plot(*exact[-1], "k*", ms=14)
-ax.set(xlim=(-2.9, 3.1), ylim=(-2.6, 2.6), aspect="equal",
+ax.set(xlim=(-2.9, 3.1), ylim=(-2.6, 2.6), aspect="equal", xlabel="$z_1$", ylabel="$z_2$",
        title=f"split steps, h = {h}, {L} steps\n(big circles: after each full step; star: exact)")
 ax.legend(loc="lower left");
 
@@ -155,11 +157,12 @@ for key in [("lie", "rk4"), ("strang", "rk4"), ("lie", "euler"), ("strang", "eul
     print(f"{key[0]:>6} with {key[1]:<5} for A: measured order {slopes[key]:.3f}")
 
 # %%
+# colour: the scheme (one table for every figure, flowattn_np.plotting.METHOD_COLORS);
+# line style and marker: the integrator of A
+A_STYLE = {"rk4": dict(ls="-", marker="o"), "heun": dict(ls="--", marker="s"), "euler": dict(ls=":", marker="^")}
 fig, ax = plt.subplots(figsize=(6.5, 4.8), layout="constrained")
-styles = {("lie", "rk4"): "o-C0", ("strang", "rk4"): "s-C1", ("lie", "euler"): "o--C2",
-          ("strang", "euler"): "s--C3"}
-for key, style in styles.items():
-    ax.loglog(hs, errors[key], style[:-2], color=style[-2:], ms=6,
+for key in [("lie", "rk4"), ("strang", "rk4"), ("lie", "euler"), ("strang", "euler")]:
+    ax.loglog(hs, errors[key], color=method_color(key[0]), ms=6, **A_STYLE[key[1]],
               label=f"{key[0].capitalize()}, A by {key[1]}: slope {slopes[key]:.2f}")
 for p, anchor, ls in [(1, errors["lie", "rk4"][0], ":"), (2, errors["strang", "rk4"][0], "-.")]:
     ax.loglog(hs, 1.6 * anchor * (hs / hs[0]) ** p, ls, color="k", lw=1, label=f"reference slope {p}")
@@ -187,12 +190,13 @@ assert abs(slopes["strang", "euler"] - 1) < 0.2
 stages = {"euler": 1, "heun": 2, "rk4": 4}
 calls = {(s, i): Ls * stages[i] * (1 if s == "lie" else 2) for (s, i) in errors}
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-for k, integrator in enumerate(("euler", "heun", "rk4")):
-    for scheme, ls in (("lie", "--"), ("strang", "-")):
+for integrator in ("euler", "heun", "rk4"):
+    for scheme in ("lie", "strang"):
         key = (scheme, integrator)
         label = f"{scheme.capitalize()}, A by {integrator} (slope {slopes[key]:.2f})"
-        axes[0].loglog(hs, errors[key], ls, marker="os"[scheme == "strang"], color=f"C{k}", label=label)
-        axes[1].loglog(calls[key], errors[key], ls, marker="os"[scheme == "strang"], color=f"C{k}")
+        style = dict(color=method_color(scheme), **A_STYLE[integrator])
+        axes[0].loglog(hs, errors[key], label=label, **style)
+        axes[1].loglog(calls[key], errors[key], **style)
 axes[0].set(xlabel="step h", ylabel="error", title="order: set by the scheme AND the A-integrator")
 axes[1].set(xlabel="attention evaluations over [0, T]", ylabel="error", title="error against cost")
 for ax in axes:
@@ -219,7 +223,7 @@ Tq, Lq = 0.5, np.array([16, 32, 64, 128])
 Zq_ref = fa.integrate(fa.quadratic_field(theta_q, Cq), Zq0, Tq, 4000, "rk4")
 
 fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-for k, key in enumerate([("lie", "rk4"), ("strang", "rk4"), ("lie", "euler"), ("strang", "euler")]):
+for key in [("lie", "rk4"), ("strang", "rk4"), ("lie", "euler"), ("strang", "euler")]:
     block = make_block(BlockConfig(model="quadratic", scheme=key[0], integrator=key[1], targets="labels"))
     errs = []
     for L in Lq:
@@ -229,7 +233,7 @@ for k, key in enumerate([("lie", "rk4"), ("strang", "rk4"), ("lie", "euler"), ("
             Z, _ = block.forward(Z, {"phi": phi}, Cq)
         errs.append(np.linalg.norm(Z - Zq_ref))
     p = float(np.polyfit(np.log(Tq / Lq), np.log(errs), 1)[0])
-    ax.loglog(Tq / Lq, errs, "o-" if key[1] == "rk4" else "s--", color=f"C{k}",
+    ax.loglog(Tq / Lq, errs, color=method_color(key[0]), **A_STYLE[key[1]],
               label=f"{key[0].capitalize()}, A by {key[1]}: slope {p:.2f}")
     assert abs(p - (2 if key == ("strang", "rk4") else 1)) < 0.2
 ax.set(xlabel="step h", ylabel="error", title="self-attention blocks (eq. 10) against the full flow")

@@ -38,6 +38,7 @@ from flowattn_np import BlockConfig, Network, NetworkConfig, make_block, plottin
 from flowattn_np.data import CLASS_NAMES, add_noise, load_fashion_mnist
 from flowattn_np.experiment import ReproduceConfig, lam_max, part2_feature_discovery
 from flowattn_np.optim import SGD, Adam, Cosine
+from flowattn_np.plotting import method_color
 from flowattn_np.train import evaluate, fit
 
 t_start = time.perf_counter()
@@ -54,11 +55,12 @@ fig, axes = plt.subplots(len(NOISE), 10, figsize=(11, 3.6), layout="constrained"
 first = [int(np.flatnonzero(y_test == k)[0]) for k in range(10)]
 for r, (key, Xs) in enumerate(tests.items()):
     for k, i in enumerate(first):
-        axes[r, k].imshow(Xs[i].reshape(28, 28), cmap="gray", vmin=0, vmax=1)
+        im = axes[r, k].imshow(Xs[i].reshape(28, 28), cmap="gray", vmin=0, vmax=1)
         axes[r, k].set_xticks([]), axes[r, k].set_yticks([])
         if r == 0:
             axes[r, k].set_title(CLASS_NAMES[k], fontsize=8)
     axes[r, 0].set_ylabel(f"sigma = {key}")
+fig.colorbar(im, ax=axes, shrink=0.8, label="pixel value (shown clipped to [0, 1])")
 fig.suptitle("test images with additive Gaussian noise (not clipped)");
 
 # %% [markdown]
@@ -80,11 +82,12 @@ assert part1["0"]["accuracy"] > 0.75
 
 # %%
 theta = net0.params["theta"]                      # 10 x 784, float32
-fig, axes = plt.subplots(1, 10, figsize=(11, 1.6), layout="constrained")
+fig, axes = plt.subplots(1, 10, figsize=(11, 1.8), layout="constrained")
+lim = np.abs(theta).max()                         # one colour scale for all classes
 for k, ax in enumerate(axes):
-    lim = np.abs(theta[k]).max()
-    ax.imshow(theta[k].reshape(28, 28), cmap="RdBu_r", vmin=-lim, vmax=lim)
+    im = ax.imshow(theta[k].reshape(28, 28), cmap="RdBu_r", vmin=-lim, vmax=lim)
     ax.set_title(CLASS_NAMES[k], fontsize=8), ax.set_xticks([]), ax.set_yticks([])
+fig.colorbar(im, ax=axes, shrink=0.8, label=r"$\theta_{k,j}$")
 fig.suptitle(r"rows of $\theta$: the keys and values of the cross-attention");
 
 # %% [markdown]
@@ -189,18 +192,20 @@ for L, res in part3.items():
 assert part3[2]["0"]["accuracy"] > 0.75           # a working classifier that never saw a label in its blocks
 
 # %%
-fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+fig, ax = plt.subplots(figsize=(8.5, 3.6), layout="constrained")
 width = 0.38
 for j, (L, res) in enumerate(part3.items()):
     acc = [100 * r["accuracy"] for r in res.values()]
     ax.bar(np.arange(len(NOISE)) + (j - 0.5) * width, acc, width,
-           label="L = 0" if L == 0 else f"L = {L}, learned oracle (label-free)")
+           color=method_color("regression" if L == 0 else "learned oracle"),
+           label="multinomial regression, L = 0" if L == 0 else f"L = {L}, learned oracle (label-free)")
 lie = part2["schemes"]["lie"]
-ax.plot(np.arange(len(NOISE)), [100 * lie[k]["accuracy"][-1] for k in tests], "k*", ms=12,
-        label="part 2, true labels, L = 8 (oracle bound)")
-ax.set(xticks=range(len(NOISE)), xticklabels=[f"test sigma = {k}" for k in tests], ylabel="accuracy (%)",
+ax.plot(np.arange(len(NOISE)), [100 * lie[k]["accuracy"][-1] for k in tests], "*", color=method_color("lie"),
+        ms=12, label="part 2: true labels, Lie, L = 8 (oracle bound)")
+ax.set(xticks=range(len(NOISE)), xticklabels=[f"{k}" for k in tests], xlabel="test noise sigma",
+       ylabel="accuracy (%)",
        ylim=(40, 100), title="trained with noise augmentation (sigma = 0.5), one seed")
-ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2);
+ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0));
 
 # %%
 net2 = nets[2]

@@ -7,6 +7,21 @@ import flowattn_np as fa
 ID_TOL = 1e-12
 
 
+def offline_without_data(monkeypatch, folder):
+    """Fashion-MNIST nowhere (no Debian copy, an empty data folder under ``folder``, no
+    $FLOWATTN_DATA) and no network: the loader must fail with its how-to message."""
+    import flowattn_np.data as data
+
+    monkeypatch.setattr(data, "DEBIAN_DIR", folder / "none")
+    monkeypatch.setattr(data, "default_data_dir", lambda: folder / "empty")
+    monkeypatch.delenv("FLOWATTN_DATA", raising=False)
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+
+
 def host(a):
     """A NumPy copy of an array of either backend."""
     return np.asarray(fa.to_numpy(a))

@@ -194,7 +194,8 @@ def test_multihead_block_differs_from_single_softmax():
     """heads=(2, 3) really uses one softmax per head (else the FD check above is vacuous)."""
     Z, params, C = make_problem(BlockConfig(heads=(2, 3)))
     multi = make_block(BlockConfig(heads=(2, 3), h=H)).forward(Z, params, C)[0]
-    single = make_block(BlockConfig(h=H)).forward(Z, params, C)[0]
+    # per-head labels sum to 2 over all columns: unchecked, as this comparison means it
+    single = make_block(BlockConfig(h=H)).forward(Z, params, C, check=False)[0]
     assert np.abs(multi - single).max() > 1e-3
 
 

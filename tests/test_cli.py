@@ -8,6 +8,7 @@ import time
 import pytest
 
 from flowattn_np import cli
+from flowattn_np import backend
 
 BAD_ARGUMENTS = [
     (["--lr", "0"], "--lr: expected a positive finite number, got 0"),
@@ -76,6 +77,8 @@ def test_unknown_backend_in_the_environment_is_an_error_line_for_reproduce(workd
 
 def test_info_reports_a_bad_backend_variable_and_prints_the_rest(monkeypatch, capsys):
     monkeypatch.setenv("FLOWATTN_BACKEND", "tensorflow")
+    # a fresh process: the variable is read on first use, which an earlier test may have had
+    monkeypatch.setitem(backend._state, "name", None)
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert "backend: problem: " in out and "tensorflow" in out

@@ -1,4 +1,4 @@
-"""The reproduction command on the REAL Fashion-MNIST (issue 4): never skipped.
+"""The reproduction command on the REAL Fashion-MNIST: never skipped.
 
 CI installs Debian's dataset-fashion-mnist; on a developer machine the loader
 downloads the data from the official mirror.
@@ -113,16 +113,9 @@ def test_cli_version_help_and_bad_arguments(capsys):
 
 
 def test_cli_reports_missing_data_clearly(tmp_path, monkeypatch, capsys):
-    import flowattn_np.data as data
+    from helpers import offline_without_data
 
-    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "none")
-    monkeypatch.setattr(data, "default_data_dir", lambda: tmp_path / "empty")
-    monkeypatch.delenv("FLOWATTN_DATA", raising=False)
-
-    def offline(*a, **k):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    offline_without_data(monkeypatch, tmp_path)
     code = cli.main(["reproduce", "--quick", "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2

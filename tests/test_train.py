@@ -124,7 +124,7 @@ def test_non_finite_loss_stops_fit_and_keeps_the_last_finite_parameters(check_ev
 
 def test_fit_rejects_labels_of_the_wrong_length():
     X, y = make_blobs(50, seed=0)
-    with pytest.raises(ValueError, match="y: expected 50 labels"):
+    with pytest.raises(ValueError, match=r"y: expected shape \(50\) \(a class for each row of X\)"):
         fit(_net(), X, y[:40], epochs=1, progress=False)
 
 
