@@ -126,46 +126,16 @@ def numpy_step_fn(net, opt, X, y):
 
 # ---------------------------------------------------------------- PyTorch model
 
-class TorchModel:
-    """The same network in PyTorch eager autograd (CPU), tied weights:
+def TorchModel(params, layers, lr, momentum=0.9, dtype=None):
+    """The same network in PyTorch eager autograd (CPU), tied weights (_torch_refs.LinearEager):
 
         Z_0 = X;  Z <- Z + h (softmax(Z W^T + b) - softmax(Z theta^T)) theta   (L blocks)
         logits = Z theta^T;  loss = mean cross-entropy
     """
+    import torch
+    from _torch_refs import LinearEager
 
-    def __init__(self, params, layers, lr, momentum=0.9, dtype=None):
-        import torch
-
-        self.torch = torch
-        dtype = dtype or torch.float32
-        self.p = {k: torch.tensor(np.array(params[k]), dtype=dtype, requires_grad=True)
-                  for k in ("theta", "W", "b", "h")}
-        self.layers = layers
-        self.opt = torch.optim.SGD(list(self.p.values()), lr=lr, momentum=momentum)
-
-    def loss(self, X, y):
-        F = self.torch.nn.functional
-        theta, W, b, h = (self.p[k] for k in ("theta", "W", "b", "h"))
-        Z = X
-        for _ in range(self.layers):
-            C_hat = self.torch.softmax(Z @ W.T + b, dim=1)
-            P = self.torch.softmax(Z @ theta.T, dim=1)
-            Z = Z + h * ((C_hat - P) @ theta)
-        return F.cross_entropy(Z @ theta.T, y)
-
-    def loss_and_grads(self, X, y):
-        for v in self.p.values():
-            v.grad = None
-        loss = self.loss(X, y)
-        loss.backward()
-        return loss, {k: v.grad for k, v in self.p.items()}
-
-    def step(self, X, y):
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.loss(X, y)
-        loss.backward()
-        self.opt.step()
-        return loss
+    return LinearEager(params, {"layers": layers}, dtype or torch.float32, lr, momentum)
 
 
 def _max_rel(a, b):
@@ -388,12 +358,13 @@ def worker(args):
         tm = TorchModel(net.params, args.layers, args.lr)
         Xt, yt = torch.from_numpy(X), torch.from_numpy(y).long()
         step = lambda: tm.step(Xt, yt)  # noqa: E731
-        final_loss = lambda: float(tm.loss(Xt, yt).detach())  # noqa: E731
+        final_loss = lambda: tm.eval_loss(Xt, yt)  # noqa: E731
+    loss_start = final_loss()
     time_calls(step, 0, warmup=args.warmup)
     f0 = minor_faults()
     times = time_calls(step, args.steps)
     out = {"times": times, "faults_per_step": (minor_faults() - f0) / args.steps,
-           "loss_after": final_loss(), "blas_threads": numpy_blas_threads()}
+           "loss_start": loss_start, "loss_after": final_loss(), "blas_threads": numpy_blas_threads()}
     if args.worker == "numpy" and args.worker_matmuls:
         theta = net.params["theta"]
         m, d = theta.shape
@@ -530,13 +501,16 @@ def main(argv=None):
         s = summary(times)
         faults = float(np.mean([res["faults_per_step"] for res in runs[label]]))
         losses = [res["loss_after"] for res in runs[label]]
+        starts = [res["loss_start"] for res in runs[label]]
         stats[label] = (s, faults)
         results.setdefault("timings", {})[label] = {
             "impl": impl, "env": extra_env or {},
             "step_ms": {k: (v * 1e3 if k != "n" else v) for k, v in s.items()},
-            "minor_page_faults_per_step": faults, "loss_after_timing": losses}
-        if not all(np.isfinite(losses)):
-            print(f"warning: {label}: non-finite loss after timing {losses}: lower --lr")
+            "minor_page_faults_per_step": faults, "loss_start": starts, "loss_after_timing": losses}
+        if not all(np.isfinite(a) and a < b for a, b in zip(losses, starts)):
+            status = 1
+            results["exit_reasons"].append(f"{label}: loss {starts} -> {losses} after the timed steps "
+                                           "(not finite or not lower): lower --lr")
     s_np, f_np = stats["NumPy (flowattn_np)"]
     results["numpy"] = results["timings"]["NumPy (flowattn_np)"]
     if have_torch:
@@ -561,8 +535,10 @@ def main(argv=None):
           f"({args.warmup} warm-up steps each), ms:")
     print(f"  {'':24s} {'median':>8s} {'min':>8s} {'q1':>8s} {'q3':>8s} {'GFLOP/s':>8s} {'faults/step':>11s}")
     for label, (s, faults) in stats.items():
+        t = results["timings"][label]
         print(f"  {label:24s} {ms(s['median']):>8s} {ms(s['min']):>8s} {ms(s['q1']):>8s} "
-              f"{ms(s['q3']):>8s} {flops / s['median'] / 1e9:8.1f} {faults:11.0f}")
+              f"{ms(s['q3']):>8s} {flops / s['median'] / 1e9:8.1f} {faults:11.0f}   loss "
+              f"{t['loss_start'][0]:.4f} -> {max(t['loss_after_timing']):.4f}")
     if not args.no_malloc_rows:
         print("  * diagnostic: glibc malloc with mmap/trim thresholds raised "
               f"({MALLOC_TUNED_ENV['GLIBC_TUNABLES']}), so freed temporaries are reused instead of "

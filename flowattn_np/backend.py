@@ -27,10 +27,12 @@ KNOWN_BACKENDS = ("numpy", "cupy")
 ENV_VAR = "FLOWATTN_BACKEND"
 
 _CUPY_HELP = (
-    "Install a CuPy wheel that matches your CUDA version, e.g. "
-    "`pip install cupy-cuda12x` (CUDA 12), `pip install cupy-cuda13x` (CUDA 13) or "
-    "`pip install cupy-cuda11x` (CUDA 11), "
-    "or `pip install 'flowattn-np[gpu]'`; see docs/gpu.md. "
+    "Install the CuPy wheel for your CUDA major version (see `nvidia-smi`): "
+    "`pip install 'cupy-cuda12x[ctk]'` (CUDA 12) or `pip install 'cupy-cuda13x[ctk]'` (CUDA 13); "
+    "the [ctk] extra brings the CUDA libraries CuPy compiles its kernels with, which a machine "
+    "with only the NVIDIA driver lacks (leave it out where the CUDA toolkit is installed). "
+    "`pip install 'flowattn-np[gpu]'` installs the CUDA 12 one. CuPy 14 supports CUDA 12 and 13 "
+    "only; on CUDA 11 use CuPy 13 (`pip install cupy-cuda11x`). See docs/gpu.md. "
     "Use set_backend('numpy') to stay on the CPU."
 )
 
@@ -52,7 +54,7 @@ def _check_name(name):
 
 
 def _import_cupy():
-    """Import CuPy and check that a GPU is visible; raise BackendError otherwise."""
+    """Import CuPy, check that a GPU is visible and that a kernel runs; BackendError otherwise."""
     try:
         import cupy
     except Exception as exc:  # ImportError, or a broken CUDA install raising at import
@@ -67,11 +69,30 @@ def _import_cupy():
         ) from exc
     if count < 1:
         raise BackendError("backend 'cupy' was requested but no CUDA GPU is visible. " + _CUPY_HELP)
+    if _state.get("kernel_ok") is not cupy:
+        _launch_probe_kernel(cupy)
+        _state["kernel_ok"] = cupy
     return cupy
 
 
+def _launch_probe_kernel(cupy):
+    """Compile and run one tiny element-wise kernel, so that a missing CUDA toolkit (NVRTC)
+    fails here with install advice rather than at the first matrix product."""
+    try:
+        probe = cupy.arange(4, dtype=cupy.float32)
+        probe *= 2.0
+        cupy.cuda.get_current_stream().synchronize()
+    except Exception as exc:
+        raise BackendError(
+            f"backend 'cupy': CuPy imports and sees a GPU, but a first kernel failed to compile "
+            f"or run ({type(exc).__name__}: {exc}). This usually means the CUDA toolkit libraries "
+            f"(NVRTC) are missing. " + _CUPY_HELP
+        ) from exc
+
+
 def cupy_available():
-    """True if CuPy imports and sees at least one CUDA GPU (the 'cupy' backend can be used).
+    """True if CuPy imports, sees at least one CUDA GPU and runs a kernel (the 'cupy'
+    backend can be used).
 
     Never raises; ``set_backend("cupy")`` gives the reason (and an install hint) when
     this is False.
@@ -167,11 +188,30 @@ def get_array_module(*arrays):
     return sys.modules["cupy"] if found == "cupy" else numpy
 
 
+_WHERE = {"cupy": ("a cupy array (GPU)", "cupy arrays (GPU)"),
+          "numpy": ("a numpy array (host)", "numpy arrays (host)")}
+_MOVE_HINT = (". Move them to one backend first with flowattn_np.asarray(...) "
+              "(to the active backend) or flowattn_np.to_numpy(...).")
+
+
+def _describe_groups(kinds):
+    """'X is a numpy array (host), while W, b are cupy arrays (GPU)': names grouped by backend."""
+    groups = {}
+    for name, kind in kinds.items():
+        groups.setdefault(kind, []).append(name)
+    parts = []
+    for kind, names in sorted(groups.items(), key=lambda kv: len(kv[1])):  # the odd ones first
+        shown = ", ".join(names[:4]) + (f" (and {len(names) - 4} more)" if len(names) > 4 else "")
+        one, many = _WHERE[kind]
+        parts.append(f"{shown} is {one}" if len(names) == 1 else f"{shown} are {many}")
+    return ", while ".join(parts)
+
+
 def check_same_backend(**named):
     """Return the array module of the named arrays; raise BackendError if they mix backends.
 
-    The message names each argument and where it lives, e.g.
-    ``Z is a cupy array (GPU) but theta is a numpy array (host)``.
+    Only types are inspected (no device sync). The message names the arguments by
+    backend, e.g. ``Z is a cupy array (GPU), while theta is a numpy array (host)``.
     """
     kinds = {}
     for name, a in named.items():
@@ -179,16 +219,28 @@ def check_same_backend(**named):
             continue
         kinds[name] = backend_of(a)
     if len(set(kinds.values())) > 1:
-        where = {"cupy": "a cupy array (GPU)", "numpy": "a numpy array (host)"}
-        parts = [f"{n} is {where[k]}" for n, k in kinds.items()]
-        raise BackendError(
-            "arrays from different backends were mixed: " + ", ".join(parts)
-            + ". Move them to one backend first with flowattn_np.asarray(...) "
-            "(to the active backend) or flowattn_np.to_numpy(...)."
-        )
+        raise BackendError("arrays from different backends were mixed: " + _describe_groups(kinds)
+                           + _MOVE_HINT)
     if "cupy" in kinds.values():
         return sys.modules["cupy"]
     return numpy if kinds else array_module()
+
+
+def check_on_backend(backend, where, **named):
+    """Raise BackendError naming each array of ``named`` that is not on ``backend``
+    ('numpy' or 'cupy'); ``where`` ends the message, e.g. "the active backend is 'cupy'".
+
+    Only types are inspected (no device sync); None and Python scalars are ignored.
+    """
+    off = {name: backend_of(a) for name, a in named.items()
+           if a is not None and not isinstance(a, (int, float, bool)) and backend_of(a) != backend}
+    if off:
+        raise BackendError(f"{_describe_groups(off)}, but {where}" + _MOVE_HINT)
+
+
+def arrays_description(backend):
+    """'cupy arrays (GPU)' or 'numpy arrays (host)', for messages."""
+    return _WHERE[backend][1]
 
 
 def asarray(a, dtype=None):
@@ -237,12 +289,13 @@ class Workspace:
         return a
 
 
-def quiet_errors():
+def quiet_errors(xp=None):
     """Context manager silencing NumPy's floating-point warnings (a no-op on CuPy).
 
     For code that detects non-finite values itself and raises a clear error, such
-    as ``fit``; elsewhere an overflow warning is a bug worth seeing.
+    as ``fit``; elsewhere an overflow warning is a bug worth seeing. ``xp``: the array
+    module in use (default: the active backend's).
     """
-    if get_backend() == "numpy":
+    if (xp is numpy) if xp is not None else get_backend() == "numpy":
         return numpy.errstate(over="ignore", invalid="ignore", divide="ignore")
     return contextlib.nullcontext()

@@ -36,7 +36,7 @@ from .network import Network, NetworkConfig
 from .ops import mean_cross_entropy, one_hot
 from .optim import SGD, Adam, Cosine
 from .progress import progress_bar
-from .random import RNG
+from .random import host_rng
 from .train import FitConfig, evaluate, fit
 
 SCHEMA = "flowattn_np.reproduce/1"
@@ -107,10 +107,13 @@ def _stats(values):
 
 
 def _noisy(X, sigma, seed):
-    """X + sigma * eps on the backend; seeded so every run sees the same noisy test set."""
+    """X + sigma * eps with eps drawn on the host from a seeded NumPy generator and moved
+    once: every run, on every backend, sees the same noisy test images."""
     if not sigma:
         return X
-    return X + sigma * RNG(seed).normal(X.shape, X.dtype)
+    eps = asarray(host_rng(seed).standard_normal(X.shape, dtype=X.dtype))
+    eps *= sigma
+    return X + eps
 
 
 def _head_metrics(net, Z, y, C):

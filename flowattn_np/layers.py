@@ -36,7 +36,7 @@ from .attention import (
     self_attention_sum_forward,
     self_attention_sum_vjp,
 )
-from .backend import get_array_module
+from .backend import check_same_backend, get_array_module
 from .flows import (
     QuadraticBCache,
     RKCache,
@@ -154,6 +154,13 @@ class BlockConfig:
         b = "" if self.targets == "none" else f", B {self.b_flow}"
         return (f"{kind} block, {self.scheme.capitalize()} splitting, A by {self.integrator}{b}, "
                 f"{step}; targets: {TARGET_TITLES[self.targets]}")
+
+
+def check_block_backends(Z, params, C=None):
+    """BackendError naming the argument if Z, C and the parameters mix NumPy and CuPy
+    arrays (types only: no device sync)."""
+    named = {f"params[{k!r}]": v for k, v in params.items()} if isinstance(params, dict) else {}
+    check_same_backend(Z=Z, C=C, **named)  # params of the wrong type: check_block_params says so
 
 
 def require_labels(value, name="C", subject="this block uses"):
@@ -365,6 +372,7 @@ class CrossAttentionBlock(SplitBlock):
 
     def check_inputs(self, Z, params, C=None):
         """Validate Z (n x d), params (shapes of ``block_param_shapes``) and C (n x m)."""
+        check_block_backends(Z, params, C)  # first: from types alone, no device sync
         check_array("Z", Z, ndim=2)
         theta = check_block_params(self.config, params, Z, m=None)
         if self.config.uses_labels:
@@ -501,6 +509,7 @@ class SelfAttentionBlock(SplitBlock):
 
     def check_inputs(self, Z, params, C=None):
         """Validate Z ((..., n, d)), params (phi lower-triangular d x d, ...) and C ((..., n, n))."""
+        check_block_backends(Z, params, C)  # first: from types alone, no device sync
         check_array("Z", Z, min_ndim=2)
         check_block_params(self.config, params, Z, m=None)
         if self.config.uses_labels:
@@ -600,6 +609,7 @@ class MemoryBlock:
 
     def check_inputs(self, Z, params, C=None):
         """Validate Z (n x d) and params (K, V: s x d; h when learned)."""
+        check_block_backends(Z, params, C)  # first: from types alone, no device sync
         check_array("Z", Z, ndim=2)
         check_block_params(self.config, params, Z, m=None)
 

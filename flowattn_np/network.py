@@ -18,7 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from .backend import Workspace, array_module, get_array_module
+from . import fused_quadratic
+from .backend import (
+    Workspace,
+    array_module,
+    arrays_description,
+    backend_of,
+    check_on_backend,
+    check_same_backend,
+    get_array_module,
+)
 from . import validate
 from .layers import (
     TARGET_TITLES,
@@ -32,6 +41,7 @@ from .models import phi_grad, theta_from_phi
 from .random import host_rng
 from .ops import (
     head_slices,
+    label_cross_entropy_and_grad,
     mean_cross_entropy,
     mean_cross_entropy_and_grad,
     one_hot,
@@ -202,10 +212,13 @@ class Network:
     multi-head labels, or (B, n) target-token indices for the quadratic model.
     """
 
-    def __init__(self, config, seed=0, params=None):
+    def __init__(self, config, seed=0, params=None, fused=True):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config: expected a NetworkConfig, got {type(config).__name__}")
         self.config = config
+        # quadratic Lie/Euler networks run the fused pass (fused_quadratic.py);
+        # fused=False runs the readable per-block path (the reference the tests compare with)
+        self.fused = bool(fused) and fused_quadratic.supports(config)
         self.block = make_block(config.block)
         if params is None:
             self.params = self.init_params(seed)
@@ -343,11 +356,14 @@ class Network:
         until the next call with the same workspace.
         """
         cfg = self.config
+        self.check_inputs_backend(X=X, y=y, C=C)  # types only: no sync, also when check=False
         if check:
             X = self.check_input(X)
             if C is not None:
                 self._check_targets(X, C)
         C = self._block_targets(X, y, C, check)
+        if self.fused:
+            return fused_quadratic.forward(self, X, C, workspace)
         Z = self.encode(X)
         xp = get_array_module(Z)
         caches = []
@@ -358,6 +374,13 @@ class Network:
         theta = self._head_theta()
         logits = Z @ theta.T if cfg.head_model == "linear" else Z @ theta @ swap_last(Z)
         return logits, NetworkCache(X, Z, theta, caches)
+
+    def check_inputs_backend(self, **inputs):
+        """BackendError naming each input that is not on the parameters' backend (types
+        only: no device sync)."""
+        where = backend_of(self.params["phi" if self.config.head_model == "quadratic" else "theta"])
+        check_same_backend(**{f"params[{k!r}]": v for k, v in self.params.items()})
+        check_on_backend(where, f"the network's parameters are {arrays_description(where)}", **inputs)
 
     def _head_theta(self):
         if self.config.head_model == "linear":
@@ -380,6 +403,8 @@ class Network:
 
         With a ``workspace``, the feature gradients alternate between two reused buffers.
         """
+        if isinstance(cache, fused_quadratic.FusedQuadraticCache):
+            return fused_quadratic.backward(self, logits_bar, cache, workspace)
         cfg = self.config
         X, Z = cache.X, cache.Z
         xp = get_array_module(logits_bar)
@@ -416,15 +441,25 @@ class Network:
         d loss / d logits = (sigma(logits) - C) / rows, then ``backward``. The training
         step: X and y are trusted here (``fit`` validates them once, before the loop).
         """
+        self.check_inputs_backend(X=X, y=y)
+        if self.fused:  # token targets: the one-hot (B, n, n) matrix only if the blocks use it
+            ws = self._workspace
+            logits, cache = fused_quadratic.forward(self, X, self._block_targets(X, y, None, False), ws)
+            loss, logits_bar = label_cross_entropy_and_grad(
+                logits, y, out=ws.get("logits_bar", logits.shape, logits.dtype, get_array_module(logits)))
+            return loss, self.backward(logits_bar, cache, workspace=ws), logits
         C = self.target_matrix(y, X.dtype, check=False)
         logits, cache = self.forward(X, C=C, workspace=self._workspace, check=False)
         loss, logits_bar = mean_cross_entropy_and_grad(logits, C, self._heads())
         return loss, self.backward(logits_bar, cache, workspace=self._workspace), logits
 
     def loss(self, X, y):
-        """Batch-mean cross-entropy (0-d array)."""
+        """Batch-mean cross-entropy (0-d array), computed as loss_and_grads computes it."""
+        self.check_inputs_backend(X=X, y=y)
         X = self.check_input(X)
         self.check_labels(y, X.shape[:-1])
+        if self.fused:
+            return label_cross_entropy_and_grad(self.forward(X, y, check=False)[0], y)[0]
         C = self.target_matrix(y, X.dtype, check=False)
         return self.loss_from_logits(self.forward(X, C=C, check=False)[0], C)
 
@@ -447,6 +482,7 @@ class Network:
 
     def features(self, X, y=None):
         """The iterates [Z_0, Z_1, ..., Z_L] of a batch (for Figure 1)."""
+        self.check_inputs_backend(X=X, y=y)
         X = self.check_input(X)
         C = self._block_targets(X, y, None)
         Z = self.encode(X)

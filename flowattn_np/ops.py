@@ -29,6 +29,26 @@ def sum_leading(A):
     return A if A.ndim == 2 else A.reshape((-1,) + A.shape[-2:]).sum(axis=0)
 
 
+def matmul_rows(A, W, out=None):
+    """A W for a stack A (..., k) and one matrix W (k, q), as ONE 2-D product over all rows.
+
+    A product sharing a weight: the rows of every matrix in the stack go to BLAS in one
+    GEMM instead of one small product per matrix. Returns (..., q) (into ``out`` if given).
+    """
+    xp = get_array_module(A)
+    rows = A.reshape(-1, A.shape[-1])
+    if out is None:
+        return (rows @ W).reshape(A.shape[:-1] + (W.shape[-1],))
+    xp.matmul(rows, W, out=out.reshape(-1, W.shape[-1]))
+    return out
+
+
+def gram_sum(A, B):
+    """sum over the stack of A_s^T B_s for stacks A (..., n, p), B (..., n, q), as ONE 2-D
+    product (the gradient of a weight shared by every matrix of a batch). Returns p x q."""
+    return A.reshape(-1, A.shape[-1]).T @ B.reshape(-1, B.shape[-1])
+
+
 def head_slices(m, heads):
     """Column slices of the heads; one slice over all m columns when heads is None."""
     if heads is None:
@@ -162,24 +182,49 @@ def mean_cross_entropy_and_grad(logits, C, heads=None):
     return loss, G
 
 
+def label_cross_entropy_and_grad(logits, y, out=None):
+    """mean_cross_entropy_and_grad for integer targets y, without building the one-hot C.
+
+        loss = mean_i (LSE(N_i) - N_{i, y_i}),   dloss/dN = (sigma(N) - onehot(y)) / rows
+
+    logits: (..., m); y: (...) integers in [0, m). One max-shifted exp pass gives both.
+    Returns (loss (0-d array), gradient of the logits' shape, into ``out`` if given).
+    """
+    xp = get_array_module(logits)
+    m = logits.shape[-1]
+    S, labels = logits.reshape(-1, m), y.reshape(-1)
+    rows = S.shape[0]
+    pick = (xp.arange(rows), labels)
+    G = xp.empty_like(S) if out is None else out.reshape(-1, m)
+    xp.subtract(S, S.max(axis=1, keepdims=True), out=G)
+    picked = G[pick]  # N_iy - max_i
+    xp.exp(G, out=G)
+    s = G.sum(axis=1)
+    loss = (xp.log(s) - picked).sum() / rows
+    G /= s[:, None]
+    G[pick] -= 1
+    G /= rows
+    return loss, G.reshape(logits.shape)
+
+
 def softmax_vjp(P, P_bar, out=None):
     """Vector-Jacobian product of the row-wise softmax P = sigma(S).
 
     S_bar = P * (P_bar - rowsum(P * P_bar)); P, P_bar: (..., m). For a softmax taken
     per head, ops.softmax_vjp_heads applies this within each head's columns. ``out``
-    may be P_bar or P itself (an in-place VJP, through one temporary).
+    may be P_bar itself (in place, no temporary) or P (through one temporary).
     """
     xp = get_array_module(P)
     if out is None:
         out = xp.empty_like(P)
     elif out.shape != P.shape:
         validate.check_shape("out", out, P.shape, "the shape of P")
-    elif xp.may_share_memory(out, P) or xp.may_share_memory(out, P_bar):
+    elif xp.may_share_memory(out, P) or (out is not P_bar and xp.may_share_memory(out, P_bar)):
         # out would overwrite an input before it is read: compute apart, then copy
         out[...] = softmax_vjp(P, P_bar)
         return out
-    xp.multiply(P, P_bar, out=out)
-    s = out.sum(axis=-1, keepdims=True)
+    # the row sums first, without a temporary, so that ``out`` may be P_bar itself
+    s = xp.einsum("...j,...j->...", P, P_bar)[..., None]
     xp.subtract(P_bar, s, out=out)
     out *= P
     return out

@@ -25,9 +25,10 @@ def host_rng(seed):
 class RNG:
     """A seeded random source for the active backend.
 
-    ``normal`` draws on the backend's device (no host-device copy); ``permutation``
-    is drawn on the host so that the same seed gives the same minibatch order on
-    every backend.
+    ``normal`` draws on the backend's device, into a given buffer (no host-device
+    copy, no fresh array); ``permutation`` is drawn on the host so that the same seed
+    gives the same minibatch order on every backend. CuPy's device stream differs from
+    NumPy's: the same seed gives different noise on the two backends.
     """
 
     def __init__(self, seed):
@@ -37,18 +38,12 @@ class RNG:
         if self._xp is numpy:
             self._device = self._host
         else:
-            self._device = self._xp.random.RandomState(int(self._host.integers(2**31)))
+            self._device = self._xp.random.default_rng(int(self._host.integers(2**63)))
 
     def normal(self, shape, dtype, out=None):
         """Standard normal samples of ``shape`` and ``dtype`` on the backend's device
-        (written into ``out`` when given)."""
-        if self._xp is numpy:
-            return self._device.standard_normal(shape, dtype=numpy.dtype(dtype), out=out)
-        sample = self._device.standard_normal(shape, dtype=dtype)
-        if out is None:
-            return sample
-        out[...] = sample
-        return out
+        (written into ``out``, a contiguous array of that shape and dtype, when given)."""
+        return self._device.standard_normal(tuple(shape), dtype=numpy.dtype(dtype), out=out)
 
     def permutation(self, n):
         """A host (NumPy) permutation of range(n)."""

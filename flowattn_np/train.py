@@ -22,10 +22,19 @@ import time
 from dataclasses import dataclass, field
 
 from . import validate
-from .backend import Workspace, asarray, get_array_module, get_backend, quiet_errors, to_float
+from .backend import (
+    Workspace,
+    asarray,
+    check_on_backend,
+    get_array_module,
+    get_backend,
+    quiet_errors,
+    to_float,
+    to_numpy,
+)
 from .checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from .optim import SGD, make_optimizer
-from .progress import progress_bar
+from .progress import PlainProgress, progress_bar
 from .random import RNG, host_rng
 
 __all__ = ["FitConfig", "History", "NonFiniteGuard", "NonFiniteLossError", "evaluate", "fit",
@@ -98,16 +107,19 @@ def _accuracy_sum(net, logits, y):
     return (net.predictions(logits) == y).sum()
 
 
-def evaluate(net, X, y, batch_size=2048):
+def evaluate(net, X, y, batch_size=2048, check=True):
     """Mean cross-entropy and accuracy of ``net`` on (X, y), as Python floats.
 
-    X and y are validated once (``Network.check_input``/``check_labels``), then the
+    X and y are validated once (``Network.check_input``/``check_labels``; ``check=False``
+    skips that for data already validated, as ``fit`` does every epoch), then the
     batches run unchecked. For a network whose blocks use the true labels
     (targets='labels') this is an oracle computation: the labels enter the features
     before the prediction.
     """
-    X = net.check_input(asarray(X))
-    y = net.check_labels(asarray(y), X.shape[:-1])
+    X, y = asarray(X), asarray(y)
+    if check:
+        X = net.check_input(X)
+        y = net.check_labels(y, X.shape[:-1])
     n = X.shape[0]
     loss_sum, correct = 0.0, 0.0
     for start in range(0, n, batch_size):
@@ -251,12 +263,16 @@ class NonFiniteGuard:
 
     def end_epoch(self, loss_sum):
         """After an epoch: check the losses since the last window closed (``loss_sum`` of
-        the epoch holds them) and that the last update left the parameters finite."""
-        self.verify(loss_sum)
+        the epoch holds them) and that the last update left the parameters finite.
+        Returns the epoch's loss sum as a float: one host read for both checks."""
         xp = get_array_module(*self.params.values())
-        finite = sum(xp.isfinite(v).all() for v in self.params.values())  # one host read
-        if to_float(finite) != len(self.params):
+        finite = sum(xp.isfinite(v).all() for v in self.params.values())
+        loss, finite = to_numpy(xp.stack([xp.asarray(loss_sum).astype("float64"),
+                                          xp.asarray(finite).astype("float64")])).tolist()
+        self.verify(loss)
+        if finite != len(self.params):
             self.verify(float("nan"), "a parameter (the last update overflowed)")
+        return loss
 
 
 class _EpochMeter:
@@ -297,6 +313,7 @@ def _checked_data(net, X, y, names, check_inputs):
 
 def _prepare_data(net, X, y, X_val, y_val, check_inputs):
     """Validate and move the data to the active backend once, in the network's dtype."""
+    _check_fit_backends(net, X=X, y=y, X_val=X_val, y_val=y_val)
     X, y = _checked_data(net, X, y, ("X", "y"), check_inputs)
     if X_val is not None:
         if y_val is None:
@@ -325,6 +342,10 @@ def _train_epoch(net, optimizer, batches, steps, cfg, guard):
     """``train_step`` on every batch of one epoch; returns the epoch's _EpochMeter."""
     meter = _EpochMeter(net)
     with progress_bar(steps, f"{cfg.desc} {guard.epoch + 1}/{cfg.epochs}", cfg.progress) as bar:
+        # a live bar shows figures every log_every steps; a plain line only at the end, so
+        # it reads the device once per epoch instead (docs/gpu.md counts these reads)
+        plain = isinstance(bar, PlainProgress)
+        live = cfg.progress and not plain
         for X_batch, y_batch in batches:
 
             def before_update(loss, logits, y_batch=y_batch):
@@ -334,21 +355,21 @@ def _train_epoch(net, optimizer, batches, steps, cfg, guard):
             with quiet_errors():  # non-finite values are caught by the guard, with a clear error
                 train_step(net, optimizer, X_batch, y_batch, before_update)
             bar.update(1)
-            if cfg.progress and guard.step % cfg.log_every == 0:
+            if live and guard.step % cfg.log_every == 0:
                 bar.set_postfix(**meter.postfix())
-        if cfg.progress and meter.seen:
-            bar.set_postfix(**meter.postfix())  # the epoch's figures, for a plain line's end
+        if plain and meter.seen:
+            bar.set_postfix(**meter.postfix())  # the epoch's figures, for the plain line's end
     return meter
 
 
 def _epoch_record(net, optimizer, meter, guard, X_val, y_val):
     """The History entry of one epoch (reads the device sums once)."""
     n = meter.seen
-    guard.end_epoch(meter.loss_sum)  # a bad loss after the last check, or a bad last update
-    record = {"epoch": guard.epoch + 1, "train_loss": to_float(meter.loss_sum) / n,
+    loss_sum = guard.end_epoch(meter.loss_sum)  # a bad loss after the last check, or a bad last update
+    record = {"epoch": guard.epoch + 1, "train_loss": loss_sum / n,
               "train_accuracy": to_float(meter.correct) / (n * meter.per_row), "lr": optimizer.current_lr}
     if X_val is not None:
-        val = evaluate(net, X_val, y_val)
+        val = evaluate(net, X_val, y_val, check=False)  # validated once, before the first epoch
         record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
     record["seconds"] = time.perf_counter() - meter.t0
     record["samples_per_s"] = n / max(record["seconds"], 1e-9)
@@ -397,3 +418,15 @@ def fit(net, X, y, epochs=5, batch_size=256, optimizer=None, lr=0.1, X_val=None,
         if cfg.checkpoint is not None:
             save_checkpoint(cfg.checkpoint, net, optimizer, history)
     return history
+
+
+def _check_fit_backends(net, **data):
+    """fit trains on the active backend: the network's parameters must live there, and the
+    data either there or on the host (moved once). Types only: no device sync."""
+    active = get_backend()
+    check_on_backend(active, f"the active backend is {active!r} (build the network under it, "
+                     "or load it with load_checkpoint there)",
+                     **{f"net.params[{k!r}]": v for k, v in net.params.items()})
+    if active == "numpy":
+        check_on_backend("numpy", "the active backend is 'numpy': fit does not copy device data "
+                         "to the host silently", **data)

@@ -176,6 +176,24 @@ else:
     print(f"CuPy: {cupy_ms:.2f} ms per step (benchmark, GPU time), {synced_ms:.2f} ms (synchronised wall clock)")
     print(f"speed-up over NumPy: {numpy_ms / cupy_ms:.1f}x")
 
+# %% [markdown]
+# ## Host and device arrays do not mix
+#
+# CuPy refuses NumPy arrays in its functions. The package checks where the arrays live at
+# its boundary (from their types, without waiting for the GPU) and names the culprit: here
+# a NumPy batch handed to a network whose parameters are on the GPU.
+
+# %%
+if HAVE_GPU:
+    with fa.use_backend("cupy"):
+        try:
+            net_g.loss_and_grads(X_host, y_g)
+        except fa.BackendError as err:
+            print("BackendError:", err)
+        loss_g, _, _ = net_g.loss_and_grads(fa.asarray(X_host), y_g)   # moved first: fine
+else:
+    print("No GPU: on one, a NumPy batch given to a network on the GPU raises a BackendError naming X.")
+
 # %%
 labels, values = ["NumPy (CPU)"], [numpy_ms]
 if HAVE_GPU:
@@ -194,6 +212,7 @@ ax.set(xlabel="ms per training step (lower is better)", ylabel="backend",
 # * One switch: `fa.set_backend`, `with fa.use_backend(...)` or `FLOWATTN_BACKEND`; the same
 #   code, seeds and backward passes run on NumPy and CuPy.
 # * `fa.asarray` / `fa.to_numpy` move arrays; a missing CuPy or GPU raises
-#   `fa.BackendError` with the fix, and the active backend stays as it was.
+#   `fa.BackendError` with the fix, and the active backend stays as it was; a host array
+#   handed to a network on the GPU raises a `fa.BackendError` naming it.
 # * GPU work is asynchronous: time it with `cupyx.profiler.benchmark` or synchronise before
 #   reading the clock, and warm up first.

@@ -343,3 +343,32 @@ def test_no_compute_module_imports_numpy_directly():
     assert not offenders, (
         f"compute modules must take xp from backend.py, not import numpy: {offenders}")
     assert numpy_imports((PACKAGE_DIR / "backend.py").read_text())  # the one that does
+
+
+# ---------------------------------------------------------------- set_backend("cupy") checks a kernel
+
+
+def test_set_backend_cupy_runs_a_kernel_and_a_failing_one_gives_install_advice(numpy_state):
+    """A driver-only machine imports CuPy and sees the GPU, but cannot compile kernels:
+    set_backend must fail there, with the [ctk] advice, not at the first matmul."""
+    import strict_device
+
+    with strict_device.installed() as cp:
+        def no_nvrtc(*args, **kwargs):
+            raise RuntimeError("CuPy failed to load libnvrtc.so.12")
+
+        numpy_state.setattr(cp, "arange", no_nvrtc)
+        with pytest.raises(BackendError) as info:
+            fa.set_backend("cupy")
+        msg = str(info.value)
+        assert "libnvrtc" in msg and "cupy-cuda12x[ctk]" in msg and "cupy-cuda13x" in msg
+        assert fa.get_backend() == "numpy"  # unchanged
+
+
+def test_set_backend_cupy_succeeds_where_the_probe_kernel_runs(numpy_state):
+    import strict_device
+
+    with strict_device.installed():
+        assert fa.set_backend("cupy") == "numpy"
+        assert fa.get_backend() == "cupy"
+        fa.set_backend("numpy")

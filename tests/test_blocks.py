@@ -11,8 +11,9 @@
 
 Sizes are tiny (n = 4 tokens, d = 3 features, m = 5 classes, a batch of 2 sequences
 for the quadratic model) so the full matrix of finite-difference checks runs in
-seconds. The finite-difference checks run on the host (NumPy, float64); the cheap
-structural tests run on every installed backend through the ``xp`` fixture.
+seconds. Every test that takes the ``backend`` or ``xp`` fixture, the finite-difference
+checks included (float64), runs on NumPy and on the strict CuPy stand-in (and on a GPU
+where CuPy has one).
 """
 
 import itertools
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
+from flowattn_np.backend import to_float
 from flowattn_np.layers import (
     BlockConfig,
     CrossAttentionBlock,
@@ -91,13 +93,14 @@ def to_backend(Z, params, C):
 
 
 def assert_backward_matches_fd(config, seed=0):
-    """FD check of Z and every parameter for the objective <U, block(Z)>."""
+    """FD check of Z and every parameter for the objective <U, block(Z)>, on the active backend."""
     block = make_block(config)
-    Z, params, C = make_problem(config, seed)
-    U = np.random.default_rng(seed + 100).normal(size=Z.shape)
+    Z, params, C = to_backend(*make_problem(config, seed))
+    xp = fa.array_module()
+    U = fa.asarray(np.random.default_rng(seed + 100).normal(size=Z.shape))
 
     def objective(Z_, params_):
-        return float((U * block.forward(Z_, params_, C)[0]).sum())
+        return to_float((U * block.forward(Z_, params_, C)[0]).sum())
 
     _, cache = block.forward(Z, params, C)
     Z_bar, grads = block.backward(U.copy(), cache)
@@ -111,11 +114,13 @@ def assert_backward_matches_fd(config, seed=0):
         lower = name == "phi"  # a lower-triangular parameter: perturb through tril
 
         def f(p, name=name, lower=lower):
-            return objective(Z, {**params, name: np.tril(p) if lower else p})
+            return objective(Z, {**params, name: xp.tril(p) if lower else p})
 
         assert grads[name].shape == value.shape, name
+        assert fa.get_array_module(grads[name]) is xp, f"{name}: gradient left the backend"
         if lower:
-            assert np.array_equal(grads[name], np.tril(grads[name])), "phi grad must be lower-triangular"
+            g = fa.to_numpy(grads[name])
+            assert np.array_equal(g, np.tril(g)), "phi grad must be lower-triangular"
         r = fa.gradcheck(f, value, grads[name])
         if not r.rel_error < RTOL:
             failures.append(f"{name}: {r}")
@@ -132,14 +137,14 @@ ALL_SPLIT_CONFIGS = [(model, scheme, integrator, b_flow, targets, learn_h)
 
 @pytest.mark.parametrize("model, scheme, integrator, b_flow, targets, learn_h", ALL_SPLIT_CONFIGS)
 def test_block_backward_matches_central_differences(model, scheme, integrator, b_flow, targets,
-                                                    learn_h):
+                                                    learn_h, backend):
     config = BlockConfig(model=model, scheme=scheme, integrator=integrator, b_flow=b_flow,
                          targets=targets, h=H, learn_h=learn_h)
     assert_backward_matches_fd(config)
 
 
 @pytest.mark.parametrize("learn_h", [True, False])
-def test_memory_block_backward_matches_central_differences(learn_h):
+def test_memory_block_backward_matches_central_differences(learn_h, backend):
     config = BlockConfig(model="memory", targets="none", slots=SLOTS, h=H, learn_h=learn_h)
     assert_backward_matches_fd(config)
 
@@ -147,7 +152,8 @@ def test_memory_block_backward_matches_central_differences(learn_h):
 @pytest.mark.parametrize("scheme, integrator", [("lie", "euler"), ("strang", "rk4"),
                                                 ("strang", "heun")])
 @pytest.mark.parametrize("targets", TARGETS)
-def test_multihead_linear_block_backward_matches_central_differences(scheme, integrator, targets):
+def test_multihead_linear_block_backward_matches_central_differences(scheme, integrator, targets,
+                                                                     backend):
     config = BlockConfig(model="linear", scheme=scheme, integrator=integrator, targets=targets,
                          heads=(2, 3), h=H, learn_h=True)
     assert_backward_matches_fd(config)
@@ -155,7 +161,7 @@ def test_multihead_linear_block_backward_matches_central_differences(scheme, int
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("targets", TARGETS)
-def test_block_backward_matches_central_differences_for_negative_h(model, targets):
+def test_block_backward_matches_central_differences_for_negative_h(model, targets, backend):
     """A learned h may turn negative (a Hopfield-like step); the backward still holds."""
     config = BlockConfig(model=model, scheme="strang", integrator="rk4", targets=targets,
                          h=-H, learn_h=True)
@@ -164,7 +170,7 @@ def test_block_backward_matches_central_differences_for_negative_h(model, target
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("targets", ["labels", "learned"])
-def test_exact_quadratic_B_backward_at_repeated_eigenvalues(scheme, targets):
+def test_exact_quadratic_B_backward_at_repeated_eigenvalues(scheme, targets, xp):
     """phi = I / d^(1/4) (the init: theta has one repeated eigenvalue) and one-hot C
     (M = C + C^T with repeated eigenvalues): the divided differences of the exact-B VJP
     must take their limits, and the gradient still matches finite differences."""
@@ -178,14 +184,15 @@ def test_exact_quadratic_B_backward_at_repeated_eigenvalues(scheme, targets):
         params["W"] = rng.normal(size=(D, D))
     C = np.stack([fa.one_hot(np.array([1, 1, 0, 2]), N), fa.one_hot(np.array([3, 0, 0, 3]), N)])
     assert np.allclose(np.linalg.eigvalsh(params["phi"] @ params["phi"].T), 1 / D ** 0.5)
-    U = rng.normal(size=Z.shape)
+    Z, params, C = to_backend(Z, params, C)
+    U = fa.asarray(rng.normal(size=Z.shape))
     _, cache = block.forward(Z, params, C)
     Z_bar, grads = block.backward(U, cache)
-    obj = lambda Z_, p_: float((U * block.forward(Z_, p_, C)[0]).sum())  # noqa: E731
+    obj = lambda Z_, p_: to_float((U * block.forward(Z_, p_, C)[0]).sum())  # noqa: E731
     assert fa.gradcheck(lambda Z_: obj(Z_, params), Z, Z_bar).rel_error < RTOL
     for name, value in params.items():
         lower = name == "phi"
-        r = fa.gradcheck(lambda x: obj(Z, {**params, name: np.tril(x) if lower else x}), value,
+        r = fa.gradcheck(lambda x: obj(Z, {**params, name: xp.tril(x) if lower else x}), value,
                          grads[name])
         assert r.rel_error < RTOL, f"{name}: {r}"
 

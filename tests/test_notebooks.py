@@ -123,3 +123,34 @@ def test_notebook_runs(path, kernel_env, record_property):
     seconds = time.perf_counter() - start
     record_property("seconds", round(seconds, 1))
     print(f"\n{path.name}: {seconds:.1f} s")
+
+
+@pytest.mark.strict
+def test_notebook_5_device_half_runs_on_the_strict_cupy_stand_in(kernel_env, monkeypatch, capsys):
+    """Without a GPU the notebook runs only its NumPy half; here its code cells run in this
+    process with the strict CuPy stand-in installed, so the CuPy half (moving arrays, a
+    training step, cupyx.profiler.benchmark, synchronised timing) runs under CuPy's rules."""
+    import strict_device
+    from conftest import CUPY
+
+    import flowattn_np as fa
+    from flowattn_np import backend
+
+    if CUPY:
+        pytest.skip("real CuPy with a GPU is installed: test_notebook_runs runs this half for real")
+    import matplotlib.pyplot as plt
+
+    path = NOTEBOOK_DIR / "05_going_to_the_gpu.ipynb"
+    cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    monkeypatch.setitem(backend._state, "name", "numpy")  # the notebook calls set_backend
+    monkeypatch.chdir(NOTEBOOK_DIR)
+    ns = {"__name__": "__notebook__"}
+    with strict_device.installed():
+        for i, source in enumerate(cells):
+            exec(compile(source, f"{path.name}, code cell {i}", "exec"), ns)
+        reads = strict_device.COUNTS.reads
+    plt.close("all")
+    assert ns["HAVE_GPU"] is True, "the device half did not run"
+    assert ns["cupy_ms"] > 0 and ns["net_g"].params["theta"].dtype == "float32"
+    assert reads > 0  # the notebook's explicit copies to the host were counted
+    assert fa.get_backend() == "numpy"

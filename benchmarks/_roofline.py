@@ -1,0 +1,169 @@
+"""Roofline of a training step: its FLOPs and bytes, the machine's GEMM peak and memory
+bandwidth, and the attainable step time.
+
+How the step is counted (``step_ops``): the operations of one forward + backward + SGD
+step as the package arranges them, each a product or an element-wise pass.
+
+* A product A[M,K] @ B[K,N] (``batch`` of them) costs 2 M K N FLOPs per matrix and moves
+  (M K + K N + M N) elements: each operand read once, the result written once.
+* An element-wise pass over k elements costs ``flops`` per element (exp, max, divide
+  each count 1) and moves k elements per array it reads or writes.
+* A symmetric eigendecomposition of an n x n matrix with eigenvectors costs 9 n^3 FLOPs
+  (Golub & Van Loan, symmetric QR) and moves 2 n^2 elements.
+Caches are ignored: bytes are what the unfused operation sequence streams, so the
+memory bound is a lower bound on time for arrays larger than the caches and optimistic
+for small ones.
+
+The bound: each operation takes at least max(FLOPs / GEMM peak, bytes / bandwidth); the
+step's attainable time is their sum, and ``fraction`` = attainable / measured (1 = at
+the roofline). The peak is a large square matmul in the step's dtype and the bandwidth a
+large copy (read + write), both measured on this machine in the same run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+class Ops:
+    """A list of (kind, name, flops, elements moved) for one step."""
+
+    def __init__(self):
+        self.rows = []
+
+    def gemm(self, name, M, K, N, batch=1, count=1):
+        for _ in range(count):
+            self.rows.append(("gemm", name, 2.0 * batch * M * K * N, batch * (M * K + K * N + M * N)))
+
+    def ew(self, name, elements, flops=1, arrays=2, count=1):
+        for _ in range(count):
+            self.rows.append(("elementwise", name, float(flops * elements), arrays * elements))
+
+    def eigh(self, name, n, batch=1):
+        self.rows.append(("eigh", name, 9.0 * batch * n ** 3, 2 * batch * n * n))
+
+    def totals(self, itemsize):
+        flops = sum(r[2] for r in self.rows)
+        return flops, sum(r[3] for r in self.rows) * itemsize
+
+
+def quadratic_ops(B, n, d, layers, targets, learn_h=False, first_input_grad=False):
+    """Operations of one step of the tied quadratic network (see module docstring)."""
+    o, N, nn = Ops(), B * n, B * n * n
+    learned = targets == "learned"
+    o.gemm("theta = phi phi^T", d, d, d)
+    if learned:
+        o.eigh("eigh(theta), once per step", d)
+        o.ew("W beside theta [theta | W]", d * d)
+    for layer in range(layers):
+        o.gemm("Z [theta | W]" if learned else "Y = Z theta", N, d, 2 * d if learned else d)
+        o.gemm("scores Y Z^T", n, d, n, B)
+        o.ew("softmax P", nn, flops=5)
+        o.ew("Q = P + P^T", nn, arrays=3)
+        o.gemm("Q Y", n, n, d, B)
+        o.ew("Z - h Q Y", N * d, flops=2, arrays=3)
+        # backward of the A step
+        o.gemm("Zb Y^T", n, d, n, B)
+        o.ew("P_bar + P_bar^T, softmax VJP", nn, flops=5, arrays=4)
+        o.gemm("Q Zb, S_bar Z", n, n, d, B, count=2)
+        o.ew("T = Q Zb + S_bar Z", N * d, arrays=3)
+        o.gemm("theta_bar Z^T T", d, N, d)
+        if layer > 0 or first_input_grad:
+            o.gemm("T theta", N, d, d)
+            o.gemm("S_bar^T Y", n, n, d, B)
+            o.ew("Z_bar assembly", N * d, flops=3, arrays=4)
+        if learn_h:
+            o.ew("h_bar", N * d, flops=2, arrays=2)
+        if learned:
+            o.gemm("oracle scores ZW Z^T", n, d, n, B)
+            o.ew("softmax C, M = C + C^T", nn, flops=6, arrays=4)
+            o.eigh("eigh(M)", n, B)
+            o.gemm("U^T Z, U (E * Zt)", n, n, d, B, count=2)
+            o.gemm("(.) V, (.) V^T", N, d, d, count=2)
+            o.ew("E = exp(h lam mu^T), E * Zt", N * d, flops=3, arrays=3)
+            # backward of the exact B step (divided differences as products) and the oracle
+            o.gemm("U^T Zb, U (E * Yb)", n, n, d, B, count=2)
+            o.gemm("(.) V, (.) V^T", N, d, d, count=2)
+            o.ew("E * Yb, sqrt(E), scaled copies", N * d, flops=8, arrays=8)
+            o.gemm("theta side: 4 products over (B n)", d, N, d, count=4)
+            o.gemm("V G V^T", d, d, d, count=2)
+            o.gemm("M side: 4 batched products", n, d, n, B, count=4)
+            o.ew("near/far select, 1/dx", nn, flops=6, arrays=5)
+            o.gemm("U H U^T", n, n, n, B, count=2)
+            o.ew("softmax VJP of C", nn, flops=4, arrays=3)
+            o.gemm("S_C Z", n, n, d, B)
+            o.gemm("W_bar", d, N, d)
+            if layer > 0:
+                o.gemm("(S_C Z) W^T", N, d, d)
+                o.gemm("S_C^T ZW", n, n, d, B)
+                o.ew("oracle Z_bar", N * d, flops=2, arrays=3)
+    o.gemm("head Y = Z theta", N, d, d)
+    o.gemm("logits Y Z^T", n, d, n, B)
+    o.ew("log-softmax, loss, G", nn, flops=8, arrays=3)
+    o.ew("G + G^T", nn, arrays=3)
+    o.gemm("head Gs Y, Gs Z", n, n, d, B, count=2)
+    o.gemm("head theta_bar Z^T (Gs Z)", d, N, d)
+    o.gemm("phi_bar = tril(S phi)", d, d, d)
+    params = d * d * (2 if learned else 1)
+    o.ew("SGD momentum update", params, flops=4, arrays=5)
+    return o
+
+
+def linear_ops(n, d, m, layers):
+    """Operations of one step of the tied learned-oracle linear network (eq. 8)."""
+    o = Ops()
+    for _ in range(layers):
+        o.gemm("Z [W; theta]^T", n, d, 2 * m)
+        o.ew("softmax C, P; R = C - P", 2 * n * m, flops=6, arrays=3)
+        o.gemm("(h R) theta", n, m, d)
+        o.ew("Z + (.)", n * d, arrays=3)
+        o.gemm("Zb theta^T", n, d, m)
+        o.gemm("R^T Zb", m, n, d)
+        o.ew("softmax VJPs, h_bar", 2 * n * m, flops=6, arrays=4)
+        o.gemm("S_bar K", n, 2 * m, d)
+        o.gemm("S_bar^T Z", 2 * m, n, d)
+        o.ew("Z_bar + (.)", n * d, arrays=3)
+    o.gemm("logits Z theta^T", n, d, m)
+    o.ew("log-softmax, loss, G", n * m, flops=8, arrays=3)
+    o.gemm("G^T Z", m, n, d)
+    o.gemm("G theta", n, m, d)
+    o.ew("SGD momentum update", 2 * m * d + m + 1, flops=4, arrays=5)
+    return o
+
+
+def bound(ops, itemsize, peak_flops, bandwidth):
+    """Attainable seconds of the step: sum over operations of max(compute, memory)."""
+    t = 0.0
+    for _, _, flops, elems in ops.rows:
+        t += max(flops / peak_flops, elems * itemsize / bandwidth)
+    return t
+
+
+def measure_peaks(gemm_n=2048, copy_mib=256, reps=5):
+    """GEMM peak (FLOP/s, float32 and float64: a gemm_n square matmul into a preallocated
+    output, best of ``reps``) and memory bandwidth (bytes/s: a copy of copy_mib MiB, read
+    + write counted, best of ``reps``)."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for dt in ("float32", "float64"):
+        a = rng.random((gemm_n, gemm_n)).astype(dt)
+        b = rng.random((gemm_n, gemm_n)).astype(dt)
+        c = np.empty_like(a)
+        np.matmul(a, b, out=c)
+        best = min(_timed(lambda: np.matmul(a, b, out=c)) for _ in range(reps))
+        out[f"gemm_{dt}_flops"] = 2.0 * gemm_n ** 3 / best
+    src = np.ones(copy_mib * 2 ** 20 // 8)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    best = min(_timed(lambda: np.copyto(dst, src)) for _ in range(reps))
+    out["bandwidth_bytes"] = 2.0 * src.nbytes / best
+    out["gemm_n"], out["copy_mib"] = gemm_n, copy_mib
+    return out
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
