@@ -158,9 +158,19 @@ def part1_baseline(X, y, tests, yt, cfg, progress):
 
 
 def lam_max(theta):
-    """Largest eigenvalue of theta theta^T (m x m): the unit of the step size.
+    r"""Largest eigenvalue $\lambda_{\max}$ of $\theta\theta^\top$: the unit of the step size.
 
-    An Euler step of the full linear flow descends for h < 4 / lam_max (docs/math.md).
+    An Euler step of the full linear flow descends for $h<4/\lambda_{\max}$ (the mathematics,
+    section 4).
+
+    Parameters
+    ----------
+    theta : array, shape (m, d)
+        One row per class.
+
+    Returns
+    -------
+    float
     """
     xp = get_array_module(theta)
     t64 = theta.astype("float64")
@@ -189,10 +199,25 @@ def part2_feature_discovery(theta, tests, yt, cfg, progress):
 
 
 def true_label_network(theta, scheme, h, layers):
-    """Part 2's network: ``layers`` tied linear blocks fed the TRUE labels, with theta fixed.
+    r"""Part 2's network: ``layers`` tied linear blocks fed the true labels, $\theta$ fixed.
 
-    Each block is one Lie or Strang step of eq. (8) with step h; ``features(Z, y)``
-    gives the iterates Z_0..Z_L (an oracle computation: the labels y enter them).
+    Each block is one Lie or Strang step of eq. (8) with step $h$; ``features(Z, y)`` gives
+    the iterates $Z_0,\dots,Z_L$ (an oracle computation: the labels enter them).
+
+    Parameters
+    ----------
+    theta : array, shape (m, d)
+        The trained regression of part 1.
+    scheme : str
+        ``"lie"`` or ``"strang"``.
+    h : float
+        Step size.
+    layers : int
+        Number of blocks $L$.
+
+    Returns
+    -------
+    Network
     """
     block = BlockConfig(model="linear", scheme=scheme, targets="labels", h=h)
     config = NetworkConfig(n_inputs=theta.shape[1], n_classes=theta.shape[0], layers=layers,
@@ -254,8 +279,7 @@ def part3_label_free(X, y, tests, yt, cfg, progress):
 
 
 def checks(results, cfg):
-    """The claims the numbers should show (docs/results.md), evaluated on this run: part 2's
-    monotone cross-entropy and accuracy gain, part 3's learned oracle against L = 0 and the seed spread."""
+    """The claims the reproduction is meant to show, evaluated on this run."""
     out = {}
     p2 = results["part2"]["schemes"]["lie"]
     mono = {}

@@ -9,6 +9,9 @@
   built site that every name of ``flowattn_np.__all__`` is on that page.
 * Every function cited on a ``Code:`` line of docs/math.md and docs/backward.md exists,
   in the file the line names, and every ``tests/...py::test_name`` they cite exists.
+* Docstrings follow the numpy style that the API page renders (griffe, mkdocstrings'
+  parser, reads them without a warning); in the modules of the equations each function
+  documents its arguments and states the equation it cites in TeX.
 
 Pure text and import checks: no arrays are computed, the module runs in well under a
 second.
@@ -183,4 +186,66 @@ def test_every_test_cited_in_the_docs_exists():
                 problems.append(f"{doc}: {path} does not exist")
             elif name and not re.search(rf"^def {name}\(", file.read_text(encoding="utf-8"), re.M):
                 problems.append(f"{doc}: {path}::{name} does not exist")
+    assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------- docstring conventions
+
+EQUATION_MODULES = ("ops", "attention", "models", "flows")
+
+
+def _griffe_package():
+    import griffe  # comes with mkdocstrings (the docs extra, part of the test extra)
+
+    return griffe, griffe.load("flowattn_np", search_paths=[str(ROOT)], docstring_parser="numpy")
+
+
+def _public_objects(obj):
+    for name, member in obj.members.items():
+        if name.startswith("_") or member.is_alias:
+            continue
+        yield member
+        if member.is_class:
+            yield from _public_objects(member)
+
+
+def test_docstrings_parse_in_numpy_style_without_warnings():
+    """What the API page renders: numpy-style sections that match the signatures."""
+    import logging
+
+    griffe, package = _griffe_package()
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("griffe")
+    logger.addHandler(handler)
+    try:
+        for module in package.modules.values():
+            for obj in _public_objects(module):
+                if obj.docstring:
+                    obj.docstring.parse("numpy")
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in messages if ".py:" in m], "\n".join(m for m in messages if ".py:" in m)
+
+
+def test_equation_functions_document_parameters_and_typeset_their_equation():
+    """In the modules of the equations, a function with arguments has a numpy Parameters
+    section with each argument, and a docstring that cites an equation states it in TeX."""
+    _, package = _griffe_package()
+    problems = []
+    for name in EQUATION_MODULES:
+        for obj in _public_objects(package.modules[name]):
+            if not obj.is_function or obj.parent.is_class:
+                continue
+            text = obj.docstring.value if obj.docstring else ""
+            args = [p.name for p in obj.parameters if p.name not in ("self", "cls")]
+            if args and not re.search(r"^Parameters\n-{10}", text, re.M):
+                problems.append(f"{name}.{obj.name}: no Parameters section")
+            elif args:
+                missing = [a for a in args if not re.search(rf"^(?:.*, )?{a}(?:, .*)?(?: :|$)", text, re.M)]
+                if missing:
+                    problems.append(f"{name}.{obj.name}: arguments not documented: {missing}")
+            if re.search(r"\beqs?\. ?\(?\d", text) and "$" not in text:
+                problems.append(f"{name}.{obj.name}: cites an equation but states no formula in TeX")
     assert not problems, "\n".join(problems)
