@@ -66,6 +66,18 @@ from .flows import (
     strang_step,
 )
 from .gradient_check import GradcheckResult, check_vjp, gradcheck, numerical_gradient
+from .mlp import (
+    ACTIVATIONS,
+    MLPCache,
+    gelu,
+    gelu_grad,
+    mlp_logits,
+    mlp_logits_vjp,
+    mlp_oracle,
+    mlp_oracle_vjp,
+    relu,
+    relu_grad,
+)
 from .layers import BlockConfig, CrossAttentionBlock, MemoryBlock, SelfAttentionBlock, make_block
 from .network import Network, NetworkConfig
 from .optim import SGD, Adam
@@ -92,6 +104,9 @@ __all__ = [
     "quadratic_flow_B", "rk_step", "strang_step",
     # gradient checking
     "GradcheckResult", "check_vjp", "gradcheck", "numerical_gradient",
+    # the MLP oracle C_hat(Z) = softmax(act(Z W1^T + b1) W2^T + b2)
+    "ACTIVATIONS", "MLPCache", "gelu", "gelu_grad", "mlp_logits", "mlp_logits_vjp",
+    "mlp_oracle", "mlp_oracle_vjp", "relu", "relu_grad",
     # blocks, networks, training
     "BlockConfig", "CrossAttentionBlock", "MemoryBlock", "SelfAttentionBlock", "make_block",
     "Network", "NetworkConfig", "SGD", "Adam", "fit", "evaluate", "save_checkpoint",

@@ -65,6 +65,16 @@ def _ints(text):
     return values
 
 
+def _parts(text):
+    from .experiment import PARTS
+
+    values = _ints(text)
+    if any(v not in PARTS for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected part numbers among {','.join(map(str, PARTS))}, got {text!r}")
+    return values
+
+
 def _positive(text):
     try:
         value = int(text)
@@ -99,19 +109,27 @@ def build_parser():
         "reproduce", help="run the paper's Fashion-MNIST experiment (table, Figure 1, results.json)",
         description="Reproduce the paper's Fashion-MNIST experiment: (1) multinomial regression, "
                     "(2) feature discovery with the true labels (an oracle computation), (3) label-free "
-                    "classifiers trained end to end. Writes results.json, results.md and PNG figures.")
+                    "classifiers trained end to end; with --parts 5, (5) the MLP oracle inside the blocks against "
+                    "its controls. Writes results.json, results.md and PNG figures.")
     rep.set_defaults(parser=rep)
     rep.add_argument("--out", help="output folder (default: a new folder under runs/)")
+    rep.add_argument("--parts", type=_parts, help="parts to run, e.g. 5 or 1,2,3,5 (default 1,2,3; part 2 "
+                                                "also runs part 1, whose theta it uses)")
     rep.add_argument("--layers", type=_ints, help="part 3 depths L, e.g. 1,2,4 (default 1,2,4)")
     rep.add_argument("--max-layers", type=_positive, help="part 2: blocks L = 0..MAX (default 8)")
     rep.add_argument("--noise", type=_floats, help="test noise levels sigma (default 0,0.5,1.0)")
     rep.add_argument("--train-noise", type=_non_negative_float, help="sigma of the noise augmentation (default 0.5)")
     rep.add_argument("--epochs", type=_positive, help="training epochs (default 5)")
-    rep.add_argument("--seeds", type=_positive, help="number of seeds for parts 1 and 3 (default 3)")
+    rep.add_argument("--seeds", type=_positive, help="number of seeds for parts 1, 3 and 5 (default 3)")
     rep.add_argument("--seed", type=_non_negative_int, help="first seed (default 0)")
     rep.add_argument("--optimizer", choices=("adam", "sgd"), help="part 3 optimiser (default adam)")
-    rep.add_argument("--lr", type=_positive_float, help="part 3 learning rate (default 3e-3)")
+    rep.add_argument("--lr", type=_positive_float, help="part 3 and 5 learning rate (default 3e-3)")
     rep.add_argument("--h-units", type=_positive_float, help="part 2 step h in units of 1/lam_max (default 1)")
+    rep.add_argument("--mlp-widths", type=_ints, help="part 5 hidden widths k of the MLP oracle (default 64,256)")
+    rep.add_argument("--mlp-layers", type=_ints, help="part 5 depths L of the MLP-oracle networks (default 1,2,4)")
+    rep.add_argument("--mlp-activation", choices=("gelu", "relu"), help="part 5 activation (default gelu)")
+    rep.add_argument("--train-size", type=_positive, help="use the first N training images (default all)")
+    rep.add_argument("--test-size", type=_positive, help="use the first N test images (default all)")
     rep.add_argument("--backend", choices=("numpy", "cupy"), default=None,
                      help="array backend (default: $FLOWATTN_BACKEND or numpy)")
     rep.add_argument("--data-dir", help="folder holding the four Fashion-MNIST .gz files")
@@ -157,7 +175,8 @@ def _preflight_reproduce(args):
 
 # the options of `reproduce` that override a ReproduceConfig field of the same name
 REPRODUCE_OPTIONS = ("layers", "max_layers", "noise", "train_noise", "epochs", "seeds", "seed",
-                     "optimizer", "lr", "h_units")
+                     "optimizer", "lr", "h_units", "parts", "mlp_widths", "mlp_layers", "mlp_activation",
+                     "train_size", "test_size")
 
 
 def _reproduce(args):

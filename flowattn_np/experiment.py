@@ -1,7 +1,7 @@
 """The paper's Fashion-MNIST experiment, made explicit about where the targets come from.
 
-``python -m flowattn_np reproduce`` runs three parts and writes a Markdown table,
-``results.json`` and PNG figures:
+``python -m flowattn_np reproduce`` runs parts 1-3 (``--parts`` selects others) and
+writes a Markdown table, ``results.json`` and PNG figures:
 
 1. Multinomial regression (L = 0), trained with the package's SGD: the baseline.
 2. Feature discovery with the TRUE labels (the paper's theory): theta fixed from
@@ -13,6 +13,9 @@
    C_hat(Z) = softmax(Z W^T + b) in place of C, (c) separate learned keys and values
    Z + h softmax(Z K^T) V (beyond the theory), trained on clean images and with noise
    augmentation, tested on clean and noisy images, over several seeds.
+5. (``--parts 5``) The MLP oracle inside the blocks (a transformer block), beside the
+   MLP alone, the linear-oracle network, multinomial regression and a parameter-matched
+   MLP: module ``experiment_mlp``.
 
 ``results.json`` schema (``SCHEMA``): see docs/results.md.
 """
@@ -40,6 +43,7 @@ from .random import host_rng
 from .train import FitConfig, evaluate, fit
 
 SCHEMA = "flowattn_np.reproduce/1"
+PARTS = (1, 2, 3, 5)
 FIGURES_SKIPPED = ('figures skipped: matplotlib is not installed; the numbers are in results.json and '
                    'results.md. For the figures: pip install ".[plot]" (or pip install matplotlib)')
 
@@ -85,12 +89,24 @@ class ReproduceConfig:
     train_size: int | None = None         # None: all 60000 (quick runs use a subset)
     test_size: int | None = None
     quick: bool = False
+    parts: tuple = (1, 2, 3)              # which parts to run; part 2 uses part 1's theta
+    mlp_layers: tuple = (1, 2, 4)         # part 5: depths of the MLP-oracle networks
+    mlp_widths: tuple = (64, 256)         # part 5: hidden widths k of the MLP oracle
+    mlp_activation: str = "gelu"          # part 5: 'gelu' (tanh form) or 'relu'
+
+    def __post_init__(self):
+        parts = tuple(int(p) for p in self.parts)
+        unknown = sorted(set(parts) - set(PARTS))
+        if not parts or unknown:
+            raise ValueError(f"parts: expected part numbers among {', '.join(map(str, PARTS))}, "
+                             f"got {self.parts}")
+        object.__setattr__(self, "parts", tuple(sorted(set(parts))))
 
     @classmethod
     def quick_run(cls, **overrides):
         """A smoke-sized run: a data subset, 1 epoch, 2 seeds, shallow networks."""
         base = dict(max_layers=3, layers=(1, 2), epochs=1, seeds=2, train_size=4000,
-                    test_size=1000, memory_slots=16, quick=True)
+                    test_size=1000, memory_slots=16, quick=True, mlp_layers=(1, 2), mlp_widths=(16,))
         base.update(overrides)
         return cls(**base)
 
@@ -99,7 +115,8 @@ def _noise_key(sigma):
     return f"{float(sigma):g}"
 
 
-def _stats(values):
+def seed_stats(values):
+    """Mean, std, range (max - min) and the values of a list over seeds."""
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / n) if n > 1 else 0.0
@@ -122,7 +139,7 @@ def _head_metrics(net, Z, y, C):
     return mean_cross_entropy(logits, C), (net.predictions(logits) == y).mean()
 
 
-def _optimizer(kind, net, lr, cfg, n_rows):
+def cosine_optimizer(kind, net, lr, cfg, n_rows):
     """SGD (momentum 0.9) or Adam at ``lr`` with cosine decay over the whole run."""
     schedule = Cosine(cfg.epochs * math.ceil(n_rows / cfg.batch_size))
     if kind == "adam":
@@ -130,8 +147,8 @@ def _optimizer(kind, net, lr, cfg, n_rows):
     return SGD(net.params, lr=lr, momentum=0.9, schedule=schedule)
 
 
-def _fit_config(cfg, seed, desc, progress, noise=0.0):
-    """The fit options shared by parts 1 and 3 (inputs were checked once, on loading)."""
+def fit_options(cfg, seed, desc, progress, noise=0.0):
+    """The fit options shared by parts 1, 3 and 5 (inputs were checked once, on loading)."""
     return FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed, noise=noise,
                      progress=progress, desc=desc, check_inputs=False)
 
@@ -144,15 +161,15 @@ def part1_baseline(X, y, tests, yt, cfg, progress):
     runs, nets = [], []
     for s in range(cfg.seeds):
         net = Network(NetworkConfig(n_inputs=X.shape[1], n_classes=10, layers=0), seed=cfg.seed + s)
-        opt = _optimizer("sgd", net, cfg.baseline_lr, cfg, X.shape[0])
+        opt = cosine_optimizer("sgd", net, cfg.baseline_lr, cfg, X.shape[0])
         hist = fit(net, X, y, optimizer=opt,
-                   config=_fit_config(cfg, cfg.seed + s, f"part 1, seed {cfg.seed + s}", progress))
+                   config=fit_options(cfg, cfg.seed + s, f"part 1, seed {cfg.seed + s}", progress))
         runs.append({k: evaluate(net, Xs, yt) for k, Xs in tests.items()})
         nets.append((net, hist))
     by_noise = {}
     for k in tests:
-        by_noise[k] = {"accuracy": _stats([r[k]["accuracy"] for r in runs]),
-                       "loss": _stats([r[k]["loss"] for r in runs])}
+        by_noise[k] = {"accuracy": seed_stats([r[k]["accuracy"] for r in runs]),
+                       "loss": seed_stats([r[k]["loss"] for r in runs])}
     return {"title": PART_TITLES["part1"], "optimizer": f"SGD(lr={cfg.baseline_lr}, momentum=0.9, cosine)",
             "seeds": [cfg.seed + s for s in range(cfg.seeds)], "by_noise": by_noise}, nets
 
@@ -251,9 +268,9 @@ def part3_label_free(X, y, tests, yt, cfg, progress):
             for s in range(cfg.seeds):
                 seed = cfg.seed + s
                 net = _part3_net(variant, L, X.shape[1], cfg, seed)
-                opt = _optimizer(cfg.optimizer, net, cfg.lr, cfg, X.shape[0])
+                opt = cosine_optimizer(cfg.optimizer, net, cfg.lr, cfg, X.shape[0])
                 desc = f"part 3, {name}, {variant} L={L}, seed {seed}"
-                hist = fit(net, X, y, optimizer=opt, config=_fit_config(cfg, seed, desc, progress, sigma))
+                hist = fit(net, X, y, optimizer=opt, config=fit_options(cfg, seed, desc, progress, sigma))
                 ev = {k: evaluate(net, Xs, yt) for k, Xs in tests.items()}
                 accs.append({k: v["accuracy"] for k, v in ev.items()})
                 losses.append({k: v["loss"] for k, v in ev.items()})
@@ -263,8 +280,8 @@ def part3_label_free(X, y, tests, yt, cfg, progress):
                     kept[(name, variant, L)] = net
             row = {"variant": variant, "description": VARIANTS[variant][0], "layers": L,
                    "targets": "none inside the blocks" if variant != "oracle" else "learned oracle C_hat(Z)",
-                   "accuracy": {k: _stats([a[k] for a in accs]) for k in tests},
-                   "loss": {k: _stats([a[k] for a in losses]) for k in tests},
+                   "accuracy": {k: seed_stats([a[k] for a in accs]) for k in tests},
+                   "loss": {k: seed_stats([a[k] for a in losses]) for k in tests},
                    "history_seed0": hist0}
             if L:
                 row["h"] = {"values": hs, "mean": sum(hs) / len(hs),
@@ -281,8 +298,17 @@ def part3_label_free(X, y, tests, yt, cfg, progress):
 def checks(results, cfg):
     """The claims the reproduction is meant to show, evaluated on this run."""
     out = {}
-    p2 = results["part2"]["schemes"]["lie"]
-    mono = {}
+    if "part2" in results:
+        out.update(_part2_checks(results["part2"]["schemes"]["lie"]))
+    if "part3" in results:
+        out.update(_part3_checks(results["part3"]))
+    if "part5" in results:
+        out["part5"] = results["part5"]["checks"]
+    return out
+
+
+def _part2_checks(p2):
+    out, mono = {}, {}
     for k, r in p2.items():
         L = r["loss"]
         A = r["accuracy"]
@@ -292,7 +318,12 @@ def checks(results, cfg):
     clean = _noise_key(0.0)
     if clean in p2:
         out["part2_lie_gain_clean_points"] = 100 * (p2[clean]["accuracy"][-1] - p2[clean]["accuracy"][0])
-    setting = results["part3"]["settings"].get("noise-augmented")
+    return out
+
+
+def _part3_checks(p3):
+    out = {}
+    setting = p3["settings"].get("noise-augmented")
     if setting:
         rows = setting["rows"]
         base = next(r for r in rows if r["variant"] == "baseline")
@@ -312,7 +343,7 @@ def checks(results, cfg):
 # ---------------------------------------------------------------- table
 
 
-def _pct(stats):
+def percent(stats):
     """Accuracy in percent, with the seed-to-seed std where there are several seeds."""
     if len(stats["values"]) > 1:
         return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
@@ -320,20 +351,35 @@ def _pct(stats):
 
 
 def markdown_table(results):
-    """The results as Markdown: one titled table per part."""
-    keys = list(results["part1"]["by_noise"])
-    head = " | ".join(f"sigma = {k}" for k in keys)
+    """The results as Markdown: one titled table per part that ran, then the checks."""
+    from .experiment_mlp import markdown_part5
+
+    keys = [_noise_key(s) for s in results["config"]["noise"]]
     lines = [f"# Fashion-MNIST: {results['data']['n_train']} training / {results['data']['n_test']} "
              f"test images, backend {results['backend']}, {results['seconds']:.0f} s", ""]
+    for name, part in (("part1", _markdown_part1), ("part2", _markdown_part2), ("part3", _markdown_part3)):
+        if name in results:
+            lines += part(results, keys)
+    if "part5" in results:
+        lines += markdown_part5(results["part5"]).splitlines() + [""]
+    return "\n".join(lines + _markdown_checks(results["checks"])) + "\n"
+
+
+def _markdown_part1(results, keys):
+    head = " | ".join(f"sigma = {k}" for k in keys)
     p1 = results["part1"]
-    lines += [f"## {p1['title']}", "", f"{p1['optimizer']}, {len(p1['seeds'])} seeds (mean ± std).", "",
-              f"| metric | {head} |", "|---|" + "---|" * len(keys)]
-    lines.append("| test accuracy % | " + " | ".join(_pct(p1["by_noise"][k]["accuracy"]) for k in keys) + " |")
+    lines = [f"## {p1['title']}", "", f"{p1['optimizer']}, {len(p1['seeds'])} seeds (mean ± std).", "",
+             f"| metric | {head} |", "|---|" + "---|" * len(keys)]
+    lines.append("| test accuracy % | " + " | ".join(percent(p1["by_noise"][k]["accuracy"]) for k in keys) + " |")
     lines.append("| test cross-entropy | " + " | ".join(f"{p1['by_noise'][k]['loss']['mean']:.4f}" for k in keys) + " |")
-    p2 = results["part2"]
-    lines += ["", f"## {p2['title']}", "",
-              f"theta from part 1 (seed {p1['seeds'][0]}), lam_max(theta theta^T) = {p2['lam_max']:.2f}, "
-              f"h = {p2['h_units']:g} / lam_max = {p2['h']:.4g}. Entries: accuracy % / cross-entropy.", ""]
+    return lines + [""]
+
+
+def _markdown_part2(results, keys):
+    p1, p2 = results["part1"], results["part2"]
+    lines = [f"## {p2['title']}", "",
+             f"theta from part 1 (seed {p1['seeds'][0]}), lam_max(theta theta^T) = {p2['lam_max']:.2f}, "
+             f"h = {p2['h_units']:g} / lam_max = {p2['h']:.4g}. Entries: accuracy % / cross-entropy.", ""]
     for scheme, per in p2["schemes"].items():
         n_layers = len(next(iter(per.values()))["loss"])
         lines += [f"**{scheme.capitalize()} blocks**", "",
@@ -343,19 +389,27 @@ def markdown_table(results):
             cells = [f"{100 * a:.1f} / {c:.3f}" for a, c in zip(r["accuracy"], r["loss"])]
             lines.append(f"| {k} | " + " | ".join(cells) + " |")
         lines.append("")
+    return lines
+
+
+def _markdown_part3(results, keys):
+    head = " | ".join(f"sigma = {k}" for k in keys)
     p3 = results["part3"]
-    lines += [f"## {p3['title']}", "", f"{p3['optimizer']}, {p3['epochs']} epochs, tied blocks, "
-              f"{len(p3['seeds'])} seeds (mean ± std of test accuracy %); learned h reported with its sign.", ""]
+    lines = [f"## {p3['title']}", "", f"{p3['optimizer']}, {p3['epochs']} epochs, tied blocks, "
+             f"{len(p3['seeds'])} seeds (mean ± std of test accuracy %); learned h reported with its sign.", ""]
     for name, setting in p3["settings"].items():
         lines += [f"**Trained {name} (train sigma = {setting['train_noise']:g})**", "",
                   f"| variant | L | {head} | learned h |", "|---|---|" + "---|" * len(keys) + "---|"]
         for r in setting["rows"]:
             h = f"{r['h']['mean']:+.3f} ({r['h']['sign']})" if "h" in r else ""
             lines.append(f"| {r['description']} | {r['layers']} | "
-                         + " | ".join(_pct(r["accuracy"][k]) for k in keys) + f" | {h} |")
+                         + " | ".join(percent(r["accuracy"][k]) for k in keys) + f" | {h} |")
         lines.append("")
-    ch = results["checks"]
-    lines += ["## Checks", ""]
+    return lines
+
+
+def _markdown_checks(ch):
+    lines = ["## Checks", ""]
     for k, v in ch.get("part2_lie_monotone", {}).items():
         lines.append(f"- part 2, Lie, sigma = {k}: cross-entropy strictly decreasing in L: "
                      f"{v['loss_strictly_decreasing']}; accuracy non-decreasing: {v['accuracy_non_decreasing']}")
@@ -369,7 +423,9 @@ def markdown_table(results):
                          f"test sigma = {k}: {v['gain_points']:+.2f} points; baseline spread (max - min over "
                          f"seeds) {v['baseline_spread_points']:.2f}; beats by more than the spread: "
                          f"{v['beats_by_more_than_spread']}")
-    return "\n".join(lines) + "\n"
+    if "part5" in ch:
+        lines.append("- part 5: see the part 5 section above (the MLP-oracle networks against their controls)")
+    return lines
 
 
 # ---------------------------------------------------------------- driver
@@ -412,25 +468,39 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
                                "cpus": os.cpu_count()},
                    "config": asdict(cfg),
                    "data": {"source": ds.source, "n_train": int(X.shape[0]), "n_test": int(Xt.shape[0])}}
-        t = time.perf_counter()
-        results["part1"], nets1 = part1_baseline(X, y, tests, yt, cfg, progress)
-        log(f"part 1 done in {time.perf_counter() - t:.1f} s")
-        theta = nets1[0][0].params["theta"]
-        t = time.perf_counter()
-        results["part2"] = part2_feature_discovery(theta, tests, yt, cfg, progress)
-        log(f"part 2 done in {time.perf_counter() - t:.1f} s")
-        t = time.perf_counter()
-        results["part3"], kept = part3_label_free(X, y, tests, yt, cfg, progress)
-        log(f"part 3 done in {time.perf_counter() - t:.1f} s")
+        nets1, kept = _run_parts(results, cfg, X, y, tests, yt, progress, log)
         results["seconds"] = time.perf_counter() - t_start
         results["checks"] = checks(results, cfg)
         results["figures"] = {}
-        if figures:
+        if figures and 2 in cfg.parts:
+            theta = nets1[0][0].params["theta"]
             results["figures"] = _figures(folder, cfg, results, theta, Xt, yt, kept, nets1, CLASS_NAMES)
+        if figures and 5 in cfg.parts:
+            plotting.part5_accuracy(results["part5"], path=folder.file("part5_accuracy.png"))
+            results["figures"]["part5_accuracy"] = "part5_accuracy.png"
         results["seconds"] = time.perf_counter() - t_start
         write_text(folder.file("results.json"), json.dumps(results, indent=1))
         write_text(folder.file("results.md"), markdown_table(results))
     return results
+
+
+def _run_parts(results, cfg, X, y, tests, yt, progress, log):
+    """Run the selected parts into ``results``; returns part 1's and part 3's networks."""
+    from .experiment_mlp import part5_mlp_oracle
+
+    nets1, kept = [], {}
+    for part in cfg.parts:
+        t = time.perf_counter()
+        if part == 1 or (part == 2 and 1 not in cfg.parts):
+            results["part1"], nets1 = part1_baseline(X, y, tests, yt, cfg, progress)
+        if part == 2:  # feature discovery with part 1's theta
+            results["part2"] = part2_feature_discovery(nets1[0][0].params["theta"], tests, yt, cfg, progress)
+        elif part == 3:
+            results["part3"], kept = part3_label_free(X, y, tests, yt, cfg, progress)
+        elif part == 5:
+            results["part5"] = part5_mlp_oracle(X, y, tests, yt, cfg, progress)
+        log(f"part {part} done in {time.perf_counter() - t:.1f} s")
+    return nets1, kept
 
 
 def _figure1_panel(title, net, iterates):
@@ -470,7 +540,7 @@ def _figures(folder, cfg, results, theta, Xt, yt, kept, nets1, class_names):
     files["accuracy_vs_layers"] = "accuracy_vs_layers.png"
     curves = {"part 1: multinomial regression, L = 0 (SGD)": nets1[0][1].to_dict()}
     names = {"baseline": "multinomial regression", "oracle": "learned oracle"}  # plotting.METHOD_COLORS keys
-    for name, setting in results["part3"]["settings"].items():
+    for name, setting in results.get("part3", {}).get("settings", {}).items():
         for r in setting["rows"]:
             if r["variant"] in names:
                 curves[f"part 3, {name}: {names[r['variant']]}, L = {r['layers']}"] = r["history_seed0"]

@@ -20,6 +20,11 @@ The targets ``C`` used inside a block come from an explicit source
 * ``"learned"``: a learned oracle ``C_hat(Z) = softmax(Z W^T + b)`` (linear model) or
   ``softmax(Z W Z^T)`` (quadratic model), evaluated once at the block's input and held
   fixed for the block (so the B sub-flow stays linear and exactly solvable).
+* ``"mlp"``:     the MLP oracle ``C_hat(Z) = softmax(act(Z W1^T + b1) W2^T + b2)``
+  (linear model; ``softmax(M(Z) Z^T)`` with a token-wise MLP ``M`` for the quadratic
+  model), evaluated at the input of the B sub-step and held fixed during it. With Lie
+  splitting and Euler for A this is the GPT-2 block: attention + residual, then an
+  MLP sub-layer + residual that sees the attention's output (module ``mlp``).
 
 Every block has ``forward(Z, params, C=None) -> (Z_out, cache)`` and
 ``backward(Z_out_bar, cache) -> (Z_bar, grads)`` with ``grads`` keyed like ``params``.
@@ -46,6 +51,16 @@ from .flows import (
     rk_backward,
     rk_forward,
 )
+from .mlp import (
+    MLP_PARAM_NAMES,
+    check_activation,
+    init_mlp_param,
+    mlp_oracle,
+    mlp_oracle_vjp,
+    mlp_param_shapes,
+    mlp_token_oracle,
+    mlp_token_oracle_vjp,
+)
 from .models import phi_grad, theta_from_phi
 from .ops import softmax, softmax_vjp, softmax_vjp_heads, sum_leading, swap_last
 from .validate import (
@@ -61,12 +76,13 @@ from .validate import (
 MODELS = ("linear", "quadratic", "memory")
 SCHEMES = ("lie", "strang")
 B_FLOWS = ("exact", "euler")
-TARGETS = ("labels", "none", "learned")
+TARGETS = ("labels", "none", "learned", "mlp")
 
 TARGET_TITLES = {
     "labels": "true labels C (the theory: feature discovery; an oracle computation at test time)",
     "none": "no targets (attention sub-flow only)",
     "learned": "learned oracle C_hat(Z) (label-free)",
+    "mlp": "MLP oracle C_hat(Z) = softmax(act(Z W1^T + b1) W2^T + b2) at the B sub-step (label-free)",
 }
 
 
@@ -91,7 +107,8 @@ class BlockConfig:
         model's B sub-flow $Z+tC\theta$ is exact in one Euler step, so only ``"exact"`` is
         accepted there.
     targets : str
-        Source of $C$: ``"labels"``, ``"none"`` or ``"learned"`` (see the module docstring).
+        Source of $C$: ``"labels"``, ``"none"``, ``"learned"`` or ``"mlp"`` (see the module
+        docstring).
     h : float
         The step (its initial value when ``learn_h``).
     learn_h : bool
@@ -100,6 +117,10 @@ class BlockConfig:
         Class counts per head (linear model): one softmax per head.
     slots : int
         Number of key/value slots $s$ of a ``"memory"`` block.
+    mlp_hidden : int
+        Hidden width $k$ of the MLP oracle (``targets="mlp"``).
+    activation : str
+        The MLP oracle's activation, ``"gelu"`` (tanh form) or ``"relu"``.
     """
 
     model: str = "linear"
@@ -111,6 +132,8 @@ class BlockConfig:
     learn_h: bool = False
     heads: tuple | None = None
     slots: int = 0
+    mlp_hidden: int = 0
+    activation: str = "gelu"
 
     def __post_init__(self):
         for field, allowed in (("model", MODELS), ("scheme", SCHEMES), ("b_flow", B_FLOWS),
@@ -132,6 +155,12 @@ class BlockConfig:
                 raise ValueError("targets: a 'memory' block has no label sub-flow; use targets='none'")
             if self.slots < 1:
                 raise ValueError(f"slots: a 'memory' block needs slots >= 1, got {self.slots}")
+        check_activation(self.activation)
+        if self.targets == "mlp" and int(self.mlp_hidden) < 1:
+            raise ValueError(f"mlp_hidden: targets='mlp' needs a hidden width >= 1, got {self.mlp_hidden}")
+        if self.targets != "mlp" and self.mlp_hidden:
+            raise ValueError(f"mlp_hidden: only used with targets='mlp' (targets={self.targets!r}); "
+                             "leave it 0")
         if self.heads is not None:
             if self.model != "linear":
                 raise ValueError("heads: multi-head labels are defined for the linear model only")
@@ -164,8 +193,11 @@ class BlockConfig:
             "self-attention (quadratic model)"
         step = "learned h" if self.learn_h else f"h = {self.h:g}"
         b = "" if self.targets == "none" else f", B {self.b_flow}"
+        source = TARGET_TITLES[self.targets]
+        if self.targets == "mlp":
+            source += f", k = {self.mlp_hidden} hidden units, {self.activation}"
         return (f"{kind} block, {self.scheme.capitalize()} splitting, A by {self.integrator}{b}, "
-                f"{step}; targets: {TARGET_TITLES[self.targets]}")
+                f"{step}; targets: {source}")
 
 
 def check_block_backends(Z, params, C=None):
@@ -191,6 +223,12 @@ def _step_schedule(config):
     if config.scheme == "lie":
         return (("A", 1.0), ("B", 1.0))
     return (("A", 0.5), ("B", 1.0), ("A", 0.5))
+
+
+def _add_grads(total, grads):
+    """total += grads, key by key (a parameter used twice: its gradients add up)."""
+    for k, v in grads.items():
+        total[k] = v if k not in total else total[k] + v
 
 
 # ---------------------------------------------------------------- caches
@@ -273,6 +311,14 @@ class OracleCache(NamedTuple):
     ZW: Any
 
 
+class MLPBCache(NamedTuple):
+    """Cache of a B sub-step with the MLP oracle (targets='mlp'): the B sub-flow's cache
+    and the oracle's MLPCache, evaluated at the sub-step's input."""
+
+    B: Any
+    oracle: Any
+
+
 class MemoryCache(NamedTuple):
     r"""Cache of the memory block: input $Z$, $P=\sigma(ZK^\top)$, the step $h$, the params."""
 
@@ -340,6 +386,8 @@ class SplitBlock:
         for kind, frac in _step_schedule(cfg):
             if kind == "A":
                 Z, c = rk_forward(field, Z, h * frac, cfg.integrator)
+            elif cfg.targets == "mlp":
+                Z, c = self.mlp_B_step(Z, theta, params, h * frac)
             else:
                 Z, c = self.B_forward(Z, theta, C, h * frac)
             steps.append(SubStep(frac, c))
@@ -370,16 +418,22 @@ class SplitBlock:
         theta_bar = xp.zeros_like(cache.theta)
         h_bar = 0.0
         C_bar = None
+        mlp_grads = {}
         for step in reversed(cache.steps):
             if isinstance(step.cache, RKCache):  # the A sub-flow
                 Z_bar, t_bar, g = rk_backward(self.field_A_vjp, Z_bar, step.cache)
                 theta_bar = theta_bar + g["theta"]
+            elif isinstance(step.cache, MLPBCache):  # the B sub-flow with the MLP oracle
+                Z_bar, B_theta_bar, t_bar, g = self.mlp_B_step_vjp(Z_bar, step.cache)
+                theta_bar = theta_bar + B_theta_bar
+                _add_grads(mlp_grads, g)
             else:  # the B sub-flow
                 Z_bar, B_theta_bar, B_C_bar, t_bar = self.B_vjp(Z_bar, step.cache)
                 theta_bar = theta_bar + B_theta_bar
                 C_bar = B_C_bar if C_bar is None else C_bar + B_C_bar
             h_bar = h_bar + step.fraction * t_bar
         grads = self.param_grads(theta_bar, cache.params)
+        grads.update(mlp_grads)
         if cfg.learn_h:
             grads["h"] = xp.asarray(h_bar, dtype=Z_bar.dtype).reshape(())
         if cfg.targets == "learned":
@@ -387,6 +441,21 @@ class SplitBlock:
             Z_bar = Z_bar + Z_extra
             grads.update(oracle_grads)
         return Z_bar, grads
+
+    # -- the B sub-step with the MLP oracle -----------------------------------
+    def mlp_B_step(self, Z, theta, params, t):
+        """B(t) with C = C_hat(Z), the MLP oracle at the sub-step's input, held fixed during
+        it (one Euler step of dZ/dt = C_hat(Z) theta); returns (Z_out, MLPBCache)."""
+        C, oracle_cache = self.mlp_oracle(Z, params)
+        Z_out, B_cache = self.B_forward(Z, theta, C, t)
+        return Z_out, MLPBCache(B_cache, oracle_cache)
+
+    def mlp_B_step_vjp(self, Z_out_bar, cache):
+        """VJP of mlp_B_step: B's VJP gives C_bar, the oracle's VJP turns it into a second
+        gradient at Z and the MLP's grads. Returns (Z_bar, theta_bar, t_bar, mlp_grads)."""
+        Z_bar, theta_bar, C_bar, t_bar = self.B_vjp(Z_out_bar, cache.B)
+        Z_extra, mlp_grads = self.mlp_oracle_vjp(C_bar, cache.oracle)
+        return Z_bar + Z_extra, theta_bar, t_bar, mlp_grads
 
 
 class CrossAttentionBlock(SplitBlock):
@@ -397,7 +466,8 @@ class CrossAttentionBlock(SplitBlock):
     $$
 
     Params: ``"theta"`` (m, d); ``"h"`` (0-d, if ``learn_h``); ``"W"`` (m, d) and ``"b"``
-    (m,) if ``targets="learned"``. Shapes: $Z$ (n, d), $C$ (n, m).
+    (m,) if ``targets="learned"``; ``"W1"`` (k, d), ``"b1"`` (k,), ``"W2"`` (m, k), ``"b2"``
+    (m,) if ``targets="mlp"``. Shapes: $Z$ (n, d), $C$ (n, m).
 
     With Lie splitting and Euler for A (the transformer block) `forward` takes the fused
     eq. (8) path; ``fused=False`` takes the general `SplitBlock` path instead (the readable
@@ -406,7 +476,8 @@ class CrossAttentionBlock(SplitBlock):
 
     def __init__(self, config, fused=True):
         super().__init__(config)
-        self.fused = fused and config.scheme == "lie" and config.integrator == "euler"
+        self.fused = (fused and config.scheme == "lie" and config.integrator == "euler"
+                      and config.targets != "mlp")
 
     def forward(self, Z, params, C=None, out=None, check=True):
         """Advance $Z$ by one block.
@@ -577,6 +648,16 @@ class CrossAttentionBlock(SplitBlock):
         S_bar = softmax_vjp_heads(C, C_bar, self.config.heads)
         return S_bar @ params["W"], {"W": S_bar.T @ Z, "b": S_bar.sum(axis=0)}
 
+    def mlp_oracle(self, Z, params):
+        """MLP targets C_hat = softmax(act(Z W1^T + b1) W2^T + b2) (per head); (C, MLPCache)."""
+        cfg = self.config
+        return mlp_oracle(Z, params["W1"], params["b1"], params["W2"], params["b2"],
+                          cfg.activation, cfg.heads, check=False)
+
+    def mlp_oracle_vjp(self, C_bar, cache):
+        """VJP of the MLP oracle: (Z_bar, {"W1", "b1", "W2", "b2"})."""
+        return mlp_oracle_vjp(C_bar, cache)
+
 
 class SelfAttentionBlock(SplitBlock):
     r"""Block of the quadratic model $N=Z\theta Z^\top$, $\theta=\phi\phi^\top$ (eq. 10).
@@ -587,7 +668,8 @@ class SelfAttentionBlock(SplitBlock):
     $$
 
     Params: ``"phi"`` (d, d), lower-triangular; ``"h"`` (0-d, if ``learn_h``); ``"W"``
-    (d, d) if ``targets="learned"``. Shapes: $Z$ (..., n, d), $C$ (..., n, n).
+    (d, d) if ``targets="learned"``; ``"W1"`` (k, d), ``"b1"`` (k,), ``"W2"`` (d, k), ``"b2"``
+    (d,) if ``targets="mlp"``. Shapes: $Z$ (..., n, d), $C$ (..., n, n).
     """
 
     def theta_of(self, params):
@@ -653,6 +735,15 @@ class SelfAttentionBlock(SplitBlock):
         S_bar = softmax_vjp(C, C_bar)
         Z_bar = S_bar @ Z @ params["W"].T + swap_last(S_bar) @ ZW
         return Z_bar, {"W": sum_leading(swap_last(Z) @ S_bar @ Z)}
+
+    def mlp_oracle(self, Z, params):
+        """Token targets C_hat = softmax(M(Z) Z^T), M a token-wise MLP (d -> k -> d)."""
+        return mlp_token_oracle(Z, params["W1"], params["b1"], params["W2"], params["b2"],
+                                self.config.activation)
+
+    def mlp_oracle_vjp(self, C_bar, cache):
+        """VJP of the token MLP oracle: (Z_bar, {"W1", "b1", "W2", "b2"})."""
+        return mlp_token_oracle_vjp(C_bar, cache)
 
 
 class MemoryBlock:
@@ -770,11 +861,15 @@ def block_param_shapes(config, d, m, with_theta=True):
             shapes["theta"] = (m, d)
         if config.targets == "learned":
             shapes["W"], shapes["b"] = (m, d), (m,)
+        if config.targets == "mlp":
+            shapes.update(mlp_param_shapes(d, config.mlp_hidden, m))
     elif config.model == "quadratic":
         if with_theta:
             shapes["phi"] = (d, d)
         if config.targets == "learned":
             shapes["W"] = (d, d)
+        if config.targets == "mlp":  # the token MLP maps d -> k -> d
+            shapes.update(mlp_param_shapes(d, config.mlp_hidden, d))
     else:
         shapes["K"] = shapes["V"] = (config.slots, d)
     if config.learn_h:
@@ -809,7 +904,8 @@ def init_block_param(config, name, shape, d, rng, dtype, scale=None):
 
     theta ~ N(0, scale^2) with scale = 1/sqrt(d) (linear); phi = I / d^(1/4) so that
     theta = I / sqrt(d) (quadratic); W ~ N(0, 1/d) (linear) or N(0, 1/d^2) entries
-    (quadratic), b = 0; K, V ~ N(0, 1/d); h = config.h.
+    (quadratic), b = 0; K, V ~ N(0, 1/d); h = config.h; the MLP oracle's W1, b1, W2, b2
+    by ``mlp.init_mlp_param``.
     """
     from .backend import array_module
 
@@ -820,6 +916,8 @@ def init_block_param(config, name, shape, d, rng, dtype, scale=None):
         return xp.zeros(shape, dtype=dtype)
     if name == "phi":
         return xp.eye(d, dtype=dtype) / d ** 0.25
+    if name in MLP_PARAM_NAMES:
+        return init_mlp_param(name, shape, rng, dtype)
     std = 1.0 / d ** 0.5  # theta (unless scale is given), W of the linear model, K, V
     if name == "theta" and scale is not None:
         std = scale

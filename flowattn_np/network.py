@@ -122,7 +122,8 @@ class NetworkConfig:
     @property
     def head_block(self):
         """The BlockConfig of the head: the model's theta (or phi) alone."""
-        return self.block.replace(model=self.head_model, targets="none", learn_h=False, slots=0)
+        return self.block.replace(model=self.head_model, targets="none", learn_h=False, slots=0,
+                                  mlp_hidden=0)
 
     def param_count(self):
         """Number of parameter arrays (arithmetic only: nothing is built)."""

@@ -1,4 +1,4 @@
-"""Figures: Figure 1 of the paper, accuracy against depth, training curves.
+"""Figures: Figure 1 of the paper, accuracy against depth, training curves, part 5.
 
 Host-side (matplotlib, NumPy): callers pass NumPy arrays (``to_numpy``). Every
 function draws into a new figure, writes a PNG atomically when ``path`` is given
@@ -27,6 +27,9 @@ METHOD_COLORS = {
     "attention sub-flow": "#9467bd",  # (a) label-free: the attention sub-flow alone (purple)
     "learned oracle": "#ff7f0e",    # (b) label-free: C replaced by C_hat(Z) (orange)
     "memory": "#8c564b",            # (c) key/value memory (brown)
+    "mlp oracle": "#17becf",        # part 5: the MLP oracle inside the blocks (cyan)
+    "mlp alone": "#e377c2",         # part 5: (a) the MLP alone as a classifier (pink)
+    "parameter-matched mlp": "#bcbd22",  # part 5: (d) the MLP with the network's parameter count (olive)
     "numpy": "#1f77b4",             # backends (notebook 5)
     "cupy": "#76b900",
 }
@@ -226,6 +229,60 @@ def training_curves(curves, path=None):
     axes[0].set(xlabel="epoch", ylabel="training cross-entropy")
     axes[1].set(xlabel="epoch", ylabel="training accuracy (%)")
     return _finish(fig, axes, 7, path)
+
+
+PART5_STYLES = {  # kind: (legend label, METHOD_COLORS key, line style and marker)
+    "regression": ("(c) multinomial regression", "regression", ":s"),
+    "linear-oracle": ("(b) learned oracle (linear) network", "learned oracle", "--^"),
+    "mlp-alone": ("(a) MLP alone", "mlp alone", "-o"),
+    "mlp-matched": ("(d) parameter-matched MLP", "parameter-matched mlp", "-.D"),
+    "mlp-oracle": ("MLP oracle network", "mlp oracle", "-v"),
+}
+
+
+def _part5_rows(rows, width):
+    """The rows drawn for hidden width ``width``, by kind (the matched MLP follows its (a) row)."""
+    alone = next(r for r in rows if r["kind"] == "mlp-alone" and r["width"] == width)
+    by_kind = {"regression": [r for r in rows if r["kind"] == "regression"],
+               "linear-oracle": [r for r in rows if r["kind"] == "linear-oracle"],
+               "mlp-alone": [alone], "mlp-matched": [rows[rows.index(alone) + 1]],
+               "mlp-oracle": [r for r in rows if r["kind"] == "mlp-oracle" and r["width"] == width]}
+    return {kind: max(rs, key=lambda r: np.mean([s["mean"] for s in r["accuracy"].values()]))
+            for kind, rs in by_kind.items() if rs}
+
+
+def part5_accuracy(part5, width=None, path=None):
+    """Part 5: test accuracy against test noise, one panel per training setting.
+
+    Mean over seeds with the std as error bars, for multinomial regression, the
+    linear-oracle and MLP-oracle networks at their best depth, the MLP alone and the
+    parameter-matched MLP, at hidden width ``width`` (default: the largest).
+    """
+    plt = _plt()
+    width = width or max(part5["widths"])
+    settings = part5["settings"]
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.6 * len(settings), 4.8),
+                             layout="constrained")
+    axes = list(np.atleast_1d(axes))
+    for ax, (name, setting) in zip(axes, settings.items()):
+        for kind, row in _part5_rows(setting["rows"], width).items():
+            label, colour, style = PART5_STYLES[kind]
+            sizes = ", ".join(f"{key} = {row[field]}" for key, field in (("L", "layers"), ("k", "width"))
+                              if row[field])
+            stats = list(row["accuracy"].values())
+            sigma, mean = [float(s) for s in row["accuracy"]], [100 * s["mean"] for s in stats]
+            ax.plot(sigma, mean, style, color=method_color(colour), ms=4,
+                    label=label + (f" ({sizes})" if sizes else ""))
+            ax.errorbar(sigma, mean, yerr=[100 * s["std"] for s in stats], fmt="none",
+                        ecolor=method_color(colour), capsize=3)
+        ax.set(xlabel="test noise sigma", ylabel="test accuracy (%)",
+               title=f"trained {name} (train sigma = {setting['train_noise']:g})")
+        ax.grid(alpha=0.3)
+        # one legend per panel, below it: the best depth differs between the settings
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    if path:
+        save(fig, path)
+    return fig
 
 
 def _finish(fig, axes, fontsize, path):

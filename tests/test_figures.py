@@ -95,9 +95,17 @@ def synthetic_figures():
     hist = {"epochs": [{"epoch": 1, "train_loss": 0.9, "train_accuracy": 0.7}]}  # one epoch: one point
     curves = {"part 1: multinomial regression, L = 0": hist, "part 3: learned oracle, L = 1": hist,
               "part 3: learned oracle, L = 2": hist}
+    def row(kind, width, layers, acc):
+        stats = {f"{s:g}": {"mean": acc - 0.1 * s, "std": 0.005} for s in (0, 0.5, 1)}
+        return {"kind": kind, "width": width, "layers": layers, "accuracy": stats}
+    rows = [row("regression", 0, 0, 0.80), row("linear-oracle", 0, 1, 0.81), row("mlp-alone", 4, 0, 0.84),
+            row("mlp-matched", 14, 0, 0.84), row("mlp-oracle", 4, 1, 0.82), row("mlp-oracle", 4, 2, 0.83)]
+    part5 = {"widths": [4], "settings": {"clean": {"train_noise": 0.0, "rows": rows},
+                                         "noise-augmented": {"train_noise": 0.5, "rows": rows}}}
     return {"figure1": plotting.figure1(x, panels, label=6, class_names=names, sigma=0.5, title="Figure 1"),
             "accuracy_vs_layers": plotting.accuracy_vs_layers(part2),
-            "training_curves": plotting.training_curves(curves)}
+            "training_curves": plotting.training_curves(curves),
+            "part5_accuracy": plotting.part5_accuracy(part5)}
 
 
 def test_package_figures_of_made_up_results_are_readable():

@@ -38,12 +38,18 @@ OTHER = [BlockConfig(model="memory", targets="none", slots=3, learn_h=True, h=0.
          BlockConfig(model="memory", targets="none", slots=3, h=0.2),
          BlockConfig(targets="learned", heads=(2, 3), learn_h=True, h=0.2),
          BlockConfig(targets="labels", heads=(2, 3), scheme="strang", integrator="rk4", h=0.2)]
-CONFIGS = SPLIT + OTHER
+# the MLP oracle (targets='mlp'): both schemes, both activations, multi-head and quadratic
+MLP = [BlockConfig(targets="mlp", mlp_hidden=4, activation=act, scheme=s, learn_h=True, h=0.2)
+       for act in ("gelu", "relu") for s in ("lie", "strang")] + [
+       BlockConfig(targets="mlp", mlp_hidden=4, heads=(2, 3), h=0.2),
+       BlockConfig(model="quadratic", targets="mlp", mlp_hidden=4, learn_h=True, h=0.2)]
+CONFIGS = SPLIT + OTHER + MLP
 
 
 def _id(c):
     return "-".join(str(getattr(c, f)) for f in ("model", "scheme", "integrator", "b_flow", "targets"))\
-        + ("-learn_h" if c.learn_h else "") + ("-heads" if c.heads else "")
+        + ("-learn_h" if c.learn_h else "") + ("-heads" if c.heads else "") \
+        + (f"-{c.activation}" if c.targets == "mlp" else "")
 
 
 def _network(block, tied):
