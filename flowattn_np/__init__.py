@@ -65,6 +65,22 @@ from .flows import (
     rk_step,
     strang_step,
 )
+from .sphere import (
+    layer_retract,
+    layer_retract_vjp,
+    layer_tangent_project,
+    linear_B_exact_sphere,
+    linear_flow_A_sphere,
+    linear_flow_B_sphere,
+    linear_flow_sphere,
+    post_norm_step_size,
+    quadratic_flow_A_sphere,
+    quadratic_flow_B_sphere,
+    quadratic_flow_sphere,
+    retract,
+    retract_vjp,
+    tangent_project,
+)
 from .gradient_check import GradcheckResult, check_vjp, gradcheck, numerical_gradient
 from .mlp import (
     ACTIVATIONS,
@@ -102,6 +118,11 @@ __all__ = [
     "linear_flow", "linear_flow_A", "linear_flow_B", "quadratic_B_exact", "quadratic_field",
     "quadratic_flow", "quadratic_flow_A",
     "quadratic_flow_B", "rk_step", "strang_step",
+    # normalisation as a sphere constraint (Riemannian flows, retractions)
+    "layer_retract", "layer_retract_vjp", "layer_tangent_project", "linear_B_exact_sphere",
+    "linear_flow_A_sphere", "linear_flow_B_sphere", "linear_flow_sphere", "post_norm_step_size",
+    "quadratic_flow_A_sphere", "quadratic_flow_B_sphere", "quadratic_flow_sphere", "retract",
+    "retract_vjp", "tangent_project",
     # gradient checking
     "GradcheckResult", "check_vjp", "gradcheck", "numerical_gradient",
     # the MLP oracle C_hat(Z) = softmax(act(Z W1^T + b1) W2^T + b2)

@@ -109,12 +109,14 @@ def build_parser():
         "reproduce", help="run the paper's Fashion-MNIST experiment (table, Figure 1, results.json)",
         description="Reproduce the paper's Fashion-MNIST experiment: (1) multinomial regression, "
                     "(2) feature discovery with the true labels (an oracle computation), (3) label-free "
-                    "classifiers trained end to end; with --parts 5, (5) the MLP oracle inside the blocks against "
-                    "its controls. Writes results.json, results.md and PNG figures.")
+                    "classifiers trained end to end; with --parts 4, (4) normalisation as a sphere "
+                    "constraint; with --parts 5, (5) the MLP oracle inside the blocks against its controls. "
+                    "Writes results.json, results.md and PNG figures.")
     rep.set_defaults(parser=rep)
     rep.add_argument("--out", help="output folder (default: a new folder under runs/)")
-    rep.add_argument("--parts", type=_parts, help="parts to run, e.g. 5 or 1,2,3,5 (default 1,2,3; part 2 "
-                                                "also runs part 1, whose theta it uses)")
+    rep.add_argument("--parts", type=_parts,
+                     help="comma-separated parts to run, e.g. 4, 5 or 1,2,3,4,5 (default 1,2,3; parts 2 and 4 also run part 1, whose theta they use)")
+    rep.add_argument("--norm-layers", type=_positive, help="part 4: depth L of the normalised networks (default 2)")
     rep.add_argument("--layers", type=_ints, help="part 3 depths L, e.g. 1,2,4 (default 1,2,4)")
     rep.add_argument("--max-layers", type=_positive, help="part 2: blocks L = 0..MAX (default 8)")
     rep.add_argument("--noise", type=_floats, help="test noise levels sigma (default 0,0.5,1.0)")
@@ -175,8 +177,8 @@ def _preflight_reproduce(args):
 
 # the options of `reproduce` that override a ReproduceConfig field of the same name
 REPRODUCE_OPTIONS = ("layers", "max_layers", "noise", "train_noise", "epochs", "seeds", "seed",
-                     "optimizer", "lr", "h_units", "parts", "mlp_widths", "mlp_layers", "mlp_activation",
-                     "train_size", "test_size")
+                     "optimizer", "lr", "h_units", "parts", "norm_layers", "mlp_widths", "mlp_layers",
+                     "mlp_activation", "train_size", "test_size")
 
 
 def _reproduce(args):

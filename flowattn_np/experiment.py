@@ -1,7 +1,8 @@
 """The paper's Fashion-MNIST experiment, made explicit about where the targets come from.
 
-``python -m flowattn_np reproduce`` runs parts 1-3 (``--parts`` selects others) and
-writes a Markdown table, ``results.json`` and PNG figures:
+``python -m flowattn_np reproduce`` runs parts 1-3 (``--parts`` selects others; part 1,
+the baseline whose theta parts 2 and 4 use, runs with either of them) and writes a
+Markdown table, ``results.json`` and PNG figures:
 
 1. Multinomial regression (L = 0), trained with the package's SGD: the baseline.
 2. Feature discovery with the TRUE labels (the paper's theory): theta fixed from
@@ -13,6 +14,9 @@ writes a Markdown table, ``results.json`` and PNG figures:
    C_hat(Z) = softmax(Z W^T + b) in place of C, (c) separate learned keys and values
    Z + h softmax(Z K^T) V (beyond the theory), trained on clean images and with noise
    augmentation, tested on clean and noisy images, over several seeds.
+4. (``--parts 4``, module ``experiment_norm``) Normalisation as a sphere constraint:
+   true-label feature discovery on the sphere against the flat flow, and the label-free
+   networks with normalised blocks (post-norm sphere / LayerNorm, pre-norm sphere).
 5. (``--parts 5``) The MLP oracle inside the blocks (a transformer block), beside the
    MLP alone, the linear-oracle network, multinomial regression and a parameter-matched
    MLP: module ``experiment_mlp``.
@@ -22,6 +26,7 @@ writes a Markdown table, ``results.json`` and PNG figures:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -43,7 +48,7 @@ from .random import host_rng
 from .train import FitConfig, evaluate, fit
 
 SCHEMA = "flowattn_np.reproduce/1"
-PARTS = (1, 2, 3, 5)
+PARTS = (1, 2, 3, 4, 5)
 FIGURES_SKIPPED = ('figures skipped: matplotlib is not installed; the numbers are in results.json and '
                    'results.md. For the figures: pip install ".[plot]" (or pip install matplotlib)')
 
@@ -89,41 +94,50 @@ class ReproduceConfig:
     train_size: int | None = None         # None: all 60000 (quick runs use a subset)
     test_size: int | None = None
     quick: bool = False
-    parts: tuple = (1, 2, 3)              # which parts to run; part 2 uses part 1's theta
+    parts: tuple = (1, 2, 3)              # parts to run; parts 2 and 4 also run part 1 (its theta)
+    norm_layers: int = 2                  # part 4 (b): depth L of the normalised label-free networks
+    norm_variants: tuple = ("oracle", "memory")
+    norms: tuple = ("none", "post-sphere", "post-layer", "pre-sphere")
     mlp_layers: tuple = (1, 2, 4)         # part 5: depths of the MLP-oracle networks
     mlp_widths: tuple = (64, 256)         # part 5: hidden widths k of the MLP oracle
     mlp_activation: str = "gelu"          # part 5: 'gelu' (tanh form) or 'relu'
 
     def __post_init__(self):
-        parts = tuple(int(p) for p in self.parts)
-        unknown = sorted(set(parts) - set(PARTS))
-        if not parts or unknown:
-            raise ValueError(f"parts: expected part numbers among {', '.join(map(str, PARTS))}, "
-                             f"got {self.parts}")
+        parts = tuple(self.parts)
+        if not parts or any(p not in PARTS for p in parts):
+            raise ValueError(f"parts: expected part numbers among {', '.join(map(str, PARTS))}, got {self.parts!r}")
         object.__setattr__(self, "parts", tuple(sorted(set(parts))))
+        from .experiment_norm import check_norms  # that module imports this one
+
+        object.__setattr__(self, "norms", check_norms(self.norms))
+        unknown = [v for v in self.norm_variants if v not in VARIANTS or v == "baseline"]
+        if unknown:
+            raise ValueError(f"norm_variants: expected names among attention, oracle, memory, got {unknown}")
 
     @classmethod
     def quick_run(cls, **overrides):
         """A smoke-sized run: a data subset, 1 epoch, 2 seeds, shallow networks."""
         base = dict(max_layers=3, layers=(1, 2), epochs=1, seeds=2, train_size=4000,
-                    test_size=1000, memory_slots=16, quick=True, mlp_layers=(1, 2), mlp_widths=(16,))
+                    test_size=1000, memory_slots=16, quick=True, norm_layers=1, mlp_layers=(1, 2),
+                    mlp_widths=(16,))
         base.update(overrides)
         return cls(**base)
 
 
-def _noise_key(sigma):
+def noise_key(sigma):
+    """The key of a noise level in results.json: '0', '0.5', '1'."""
     return f"{float(sigma):g}"
 
 
 def seed_stats(values):
-    """Mean, std, range (max - min) and the values of a list over seeds."""
+    """Mean, standard deviation, range (max - min) and the values of a metric over seeds."""
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / n) if n > 1 else 0.0
     return {"mean": mean, "std": std, "range": max(values) - min(values), "values": list(values)}
 
 
-def _noisy(X, sigma, seed):
+def noisy(X, sigma, seed):
     """X + sigma * eps with eps drawn on the host from a seeded NumPy generator and moved
     once: every run, on every backend, sees the same noisy test images."""
     if not sigma:
@@ -133,13 +147,13 @@ def _noisy(X, sigma, seed):
     return X + eps
 
 
-def _head_metrics(net, Z, y, C):
+def head_metrics(net, Z, y, C):
     """Batch-mean cross-entropy and accuracy of the head Z theta^T on features Z (0-d arrays)."""
     logits = linear_logits(Z, net.params["theta"])
     return mean_cross_entropy(logits, C), (net.predictions(logits) == y).mean()
 
 
-def cosine_optimizer(kind, net, lr, cfg, n_rows):
+def run_optimizer(kind, net, lr, cfg, n_rows):
     """SGD (momentum 0.9) or Adam at ``lr`` with cosine decay over the whole run."""
     schedule = Cosine(cfg.epochs * math.ceil(n_rows / cfg.batch_size))
     if kind == "adam":
@@ -147,8 +161,8 @@ def cosine_optimizer(kind, net, lr, cfg, n_rows):
     return SGD(net.params, lr=lr, momentum=0.9, schedule=schedule)
 
 
-def fit_options(cfg, seed, desc, progress, noise=0.0):
-    """The fit options shared by parts 1, 3 and 5 (inputs were checked once, on loading)."""
+def fit_config(cfg, seed, desc, progress, noise=0.0):
+    """The fit options shared by parts 1, 3, 4 and 5 (inputs were checked once, on loading)."""
     return FitConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed, noise=noise,
                      progress=progress, desc=desc, check_inputs=False)
 
@@ -161,9 +175,9 @@ def part1_baseline(X, y, tests, yt, cfg, progress):
     runs, nets = [], []
     for s in range(cfg.seeds):
         net = Network(NetworkConfig(n_inputs=X.shape[1], n_classes=10, layers=0), seed=cfg.seed + s)
-        opt = cosine_optimizer("sgd", net, cfg.baseline_lr, cfg, X.shape[0])
+        opt = run_optimizer("sgd", net, cfg.baseline_lr, cfg, X.shape[0])
         hist = fit(net, X, y, optimizer=opt,
-                   config=fit_options(cfg, cfg.seed + s, f"part 1, seed {cfg.seed + s}", progress))
+                   config=fit_config(cfg, cfg.seed + s, f"part 1, seed {cfg.seed + s}", progress))
         runs.append({k: evaluate(net, Xs, yt) for k, Xs in tests.items()})
         nets.append((net, hist))
     by_noise = {}
@@ -204,22 +218,29 @@ def part2_feature_discovery(theta, tests, yt, cfg, progress):
     bar = progress_bar(2 * len(tests) * cfg.max_layers, "part 2 (true labels)", progress, unit="block")
     for scheme in ("lie", "strang"):
         net = true_label_network(theta, scheme, h, cfg.max_layers)
-        per_noise = {}
-        for k, Z in tests.items():
-            metrics = [_head_metrics(net, Z_l, yt, C) for Z_l in net.features(Z, yt)]  # L = 0..max
-            bar.update(cfg.max_layers)
-            per_noise[k] = {"loss": [to_float(loss) for loss, _ in metrics],
-                            "accuracy": [to_float(acc) for _, acc in metrics]}
-        out["schemes"][scheme] = per_noise
+        out["schemes"][scheme] = depth_metrics(net, tests, yt, C, bar)
     bar.close()
     return out
 
 
-def true_label_network(theta, scheme, h, layers):
+def depth_metrics(net, tests, yt, C, bar):
+    """For each test noise level: the head's cross-entropy and accuracy on the iterates Z_0..Z_L
+    of a true-label network (an oracle computation), as lists of Python floats."""
+    per_noise = {}
+    for k, X in tests.items():
+        metrics = [head_metrics(net, Z_l, yt, C) for Z_l in net.features(X, yt)]  # L = 0..max
+        bar.update(net.config.layers)
+        per_noise[k] = {"loss": [to_float(loss) for loss, _ in metrics],
+                        "accuracy": [to_float(acc) for _, acc in metrics]}
+    return per_noise
+
+
+def true_label_network(theta, scheme, h, layers, norm="none"):
     r"""Part 2's network: ``layers`` tied linear blocks fed the true labels, $\theta$ fixed.
 
-    Each block is one Lie or Strang step of eq. (8) with step $h$; ``features(Z, y)`` gives
-    the iterates $Z_0,\dots,Z_L$ (an oracle computation: the labels enter them).
+    Each block is one Lie or Strang step of eq. (8) with step $h$ (``norm="sphere"``: the
+    post-norm blocks on the sphere of part 4); ``features(Z, y)`` gives the iterates
+    $Z_0,\dots,Z_L$ (an oracle computation: the labels enter them).
 
     Parameters
     ----------
@@ -231,24 +252,59 @@ def true_label_network(theta, scheme, h, layers):
         Step size.
     layers : int
         Number of blocks $L$.
+    norm : str
+        ``"none"`` or ``"sphere"``.
 
     Returns
     -------
     Network
     """
-    block = BlockConfig(model="linear", scheme=scheme, targets="labels", h=h)
+    block = BlockConfig(model="linear", scheme=scheme, targets="labels", h=h, norm=norm)
     config = NetworkConfig(n_inputs=theta.shape[1], n_classes=theta.shape[0], layers=layers,
                            block=block, dtype=theta.dtype.name)
     return Network(config, params={"theta": theta})
 
 
-def _part3_net(variant, L, d, cfg, seed):
+def label_free_network(variant, L, d, cfg, seed, **block_changes):
+    """A network of ``VARIANTS[variant]`` with L tied blocks and learned h (L = 0: the baseline).
+
+    ``block_changes`` set further BlockConfig fields (part 4: the normalisation).
+    """
     if variant == "baseline" or L == 0:
         return Network(NetworkConfig(n_inputs=d, n_classes=10, layers=0), seed=seed)
-    spec = dict(VARIANTS[variant][1])
+    spec = dict(VARIANTS[variant][1], **block_changes)
     block = BlockConfig(h=1.0 if spec["model"] == "memory" else cfg.h_init, learn_h=True,
                         slots=cfg.memory_slots if spec["model"] == "memory" else 0, **spec)
     return Network(NetworkConfig(n_inputs=d, n_classes=10, layers=L, block=block), seed=seed)
+
+
+def train_over_seeds(make_net, X, y, tests, yt, cfg, progress, sigma, desc):
+    """Train ``make_net(seed)`` for each seed (train noise sigma) and test it on every noise level.
+
+    Returns ({"accuracy", "loss": seed_stats per test noise, "h": learned h values}, the seed-0
+    network, its training history as a dict).
+    """
+    accs, losses, hs, first = [], [], [], None
+    for s in range(cfg.seeds):
+        seed = cfg.seed + s
+        net = make_net(seed)
+        opt = run_optimizer(cfg.optimizer, net, cfg.lr, cfg, X.shape[0])
+        hist = fit(net, X, y, optimizer=opt, config=fit_config(cfg, seed, f"{desc}, seed {seed}", progress, sigma))
+        ev = {k: evaluate(net, Xs, yt) for k, Xs in tests.items()}
+        accs.append({k: v["accuracy"] for k, v in ev.items()})
+        losses.append({k: v["loss"] for k, v in ev.items()})
+        hs.append(net.step_sizes().get("h"))
+        first = first or (net, hist.to_dict())
+    stats = {"accuracy": {k: seed_stats([a[k] for a in accs]) for k in tests},
+             "loss": {k: seed_stats([a[k] for a in losses]) for k in tests}, "h": hs}
+    return stats, first[0], first[1]
+
+
+def step_report(hs):
+    """The learned steps of a row over seeds: values, mean and their common sign (a finding)."""
+    return {"values": hs, "mean": sum(hs) / len(hs),
+            "sign": "negative" if all(v < 0 for v in hs) else
+                    "positive" if all(v > 0 for v in hs) else "mixed"}
 
 
 def part3_label_free(X, y, tests, yt, cfg, progress):
@@ -264,29 +320,15 @@ def part3_label_free(X, y, tests, yt, cfg, progress):
     for name, sigma in settings.items():
         rows = []
         for variant, L in rows_todo:
-            accs, losses, hs, hist0 = [], [], [], None
-            for s in range(cfg.seeds):
-                seed = cfg.seed + s
-                net = _part3_net(variant, L, X.shape[1], cfg, seed)
-                opt = cosine_optimizer(cfg.optimizer, net, cfg.lr, cfg, X.shape[0])
-                desc = f"part 3, {name}, {variant} L={L}, seed {seed}"
-                hist = fit(net, X, y, optimizer=opt, config=fit_options(cfg, seed, desc, progress, sigma))
-                ev = {k: evaluate(net, Xs, yt) for k, Xs in tests.items()}
-                accs.append({k: v["accuracy"] for k, v in ev.items()})
-                losses.append({k: v["loss"] for k, v in ev.items()})
-                hs.append(net.step_sizes().get("h"))
-                if s == 0:
-                    hist0 = hist.to_dict()
-                    kept[(name, variant, L)] = net
+            stats, net, hist0 = train_over_seeds(
+                functools.partial(label_free_network, variant, L, X.shape[1], cfg),
+                X, y, tests, yt, cfg, progress, sigma, f"part 3, {name}, {variant} L={L}")
+            kept[(name, variant, L)] = net
             row = {"variant": variant, "description": VARIANTS[variant][0], "layers": L,
                    "targets": "none inside the blocks" if variant != "oracle" else "learned oracle C_hat(Z)",
-                   "accuracy": {k: seed_stats([a[k] for a in accs]) for k in tests},
-                   "loss": {k: seed_stats([a[k] for a in losses]) for k in tests},
-                   "history_seed0": hist0}
+                   "accuracy": stats["accuracy"], "loss": stats["loss"], "history_seed0": hist0}
             if L:
-                row["h"] = {"values": hs, "mean": sum(hs) / len(hs),
-                            "sign": "negative" if all(v < 0 for v in hs) else
-                                    "positive" if all(v > 0 for v in hs) else "mixed"}
+                row["h"] = step_report(stats["h"])
             rows.append(row)
         out["settings"][name] = {"train_noise": sigma, "rows": rows}
     return out, kept
@@ -296,54 +338,61 @@ def part3_label_free(X, y, tests, yt, cfg, progress):
 
 
 def checks(results, cfg):
-    """The claims the reproduction is meant to show, evaluated on this run."""
+    """The claims the numbers should show (docs/results.md), evaluated on this run, for the parts that ran.
+
+    Part 2's monotone cross-entropy and accuracy gain, part 3's learned oracle against $L=0$
+    and the seed spread, part 4's (`experiment_norm.part4_checks`).
+    """
     out = {}
     if "part2" in results:
-        out.update(_part2_checks(results["part2"]["schemes"]["lie"]))
+        out.update(part2_checks(results["part2"]))
     if "part3" in results:
-        out.update(_part3_checks(results["part3"]))
+        out.update(part3_checks(results["part3"]))
+    if "part4" in results:
+        from .experiment_norm import part4_checks
+
+        out["part4"] = part4_checks(results["part4"])
     if "part5" in results:
         out["part5"] = results["part5"]["checks"]
     return out
 
 
-def _part2_checks(p2):
-    out, mono = {}, {}
-    for k, r in p2.items():
-        L = r["loss"]
-        A = r["accuracy"]
+def part2_checks(p2):
+    """Part 2, Lie blocks: the loss falls at every block, accuracy never drops, the clean gain."""
+    lie = p2["schemes"]["lie"]
+    mono = {}
+    for k, r in lie.items():
+        L, A = r["loss"], r["accuracy"]
         mono[k] = {"loss_strictly_decreasing": all(b < a for a, b in zip(L, L[1:])),
                    "accuracy_non_decreasing": all(b >= a for a, b in zip(A, A[1:]))}
-    out["part2_lie_monotone"] = mono
-    clean = _noise_key(0.0)
-    if clean in p2:
-        out["part2_lie_gain_clean_points"] = 100 * (p2[clean]["accuracy"][-1] - p2[clean]["accuracy"][0])
+    out = {"part2_lie_monotone": mono}
+    clean = noise_key(0.0)
+    if clean in lie:
+        out["part2_lie_gain_clean_points"] = 100 * (lie[clean]["accuracy"][-1] - lie[clean]["accuracy"][0])
     return out
 
 
-def _part3_checks(p3):
-    out = {}
+def part3_checks(p3):
+    """Part 3, noise-augmented: the learned oracle at its best depth against L = 0, with the spread."""
     setting = p3["settings"].get("noise-augmented")
-    if setting:
-        rows = setting["rows"]
-        base = next(r for r in rows if r["variant"] == "baseline")
-        oracle = [r for r in rows if r["variant"] == "oracle"]
-        if oracle:
-            best = max(oracle, key=lambda r: sum(r["accuracy"][k]["mean"] for k in r["accuracy"]))
-            per = {}
-            for k in base["accuracy"]:
-                gain = best["accuracy"][k]["mean"] - base["accuracy"][k]["mean"]
-                spread = base["accuracy"][k]["range"]
-                per[k] = {"gain_points": 100 * gain, "baseline_spread_points": 100 * spread,
-                          "beats_by_more_than_spread": gain > spread}
-            out["part3_oracle_vs_baseline_noise_augmented"] = {"best_layers": best["layers"], "by_noise": per}
-    return out
+    oracle = [r for r in setting["rows"] if r["variant"] == "oracle"] if setting else []
+    if not oracle:
+        return {}
+    base = next(r for r in setting["rows"] if r["variant"] == "baseline")
+    best = max(oracle, key=lambda r: sum(r["accuracy"][k]["mean"] for k in r["accuracy"]))
+    per = {}
+    for k in base["accuracy"]:
+        gain = best["accuracy"][k]["mean"] - base["accuracy"][k]["mean"]
+        spread = base["accuracy"][k]["range"]
+        per[k] = {"gain_points": 100 * gain, "baseline_spread_points": 100 * spread,
+                  "beats_by_more_than_spread": gain > spread}
+    return {"part3_oracle_vs_baseline_noise_augmented": {"best_layers": best["layers"], "by_noise": per}}
 
 
 # ---------------------------------------------------------------- table
 
 
-def percent(stats):
+def pct(stats):
     """Accuracy in percent, with the seed-to-seed std where there are several seeds."""
     if len(stats["values"]) > 1:
         return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
@@ -354,29 +403,37 @@ def markdown_table(results):
     """The results as Markdown: one titled table per part that ran, then the checks."""
     from .experiment_mlp import markdown_part5
 
-    keys = [_noise_key(s) for s in results["config"]["noise"]]
+    keys = [noise_key(s) for s in results["config"]["noise"]]
     lines = [f"# Fashion-MNIST: {results['data']['n_train']} training / {results['data']['n_test']} "
              f"test images, backend {results['backend']}, {results['seconds']:.0f} s", ""]
-    for name, part in (("part1", _markdown_part1), ("part2", _markdown_part2), ("part3", _markdown_part3)):
-        if name in results:
-            lines += part(results, keys)
+    if "part1" in results:
+        lines += part1_lines(results["part1"], keys)
+    if "part2" in results:
+        lines += part2_lines(results["part2"], results["part1"])
+    if "part3" in results:
+        lines += part3_lines(results["part3"], keys)
+    if "part4" in results:
+        from .experiment_norm import part4_markdown
+
+        lines += part4_markdown(results["part4"], keys)
     if "part5" in results:
         lines += markdown_part5(results["part5"]).splitlines() + [""]
-    return "\n".join(lines + _markdown_checks(results["checks"])) + "\n"
+    lines += ["## Checks", ""] + check_lines(results["checks"])
+    return "\n".join(lines) + "\n"
 
 
-def _markdown_part1(results, keys):
+def part1_lines(p1, keys):
+    """Part 1 as Markdown lines."""
     head = " | ".join(f"sigma = {k}" for k in keys)
-    p1 = results["part1"]
     lines = [f"## {p1['title']}", "", f"{p1['optimizer']}, {len(p1['seeds'])} seeds (mean ± std).", "",
              f"| metric | {head} |", "|---|" + "---|" * len(keys)]
-    lines.append("| test accuracy % | " + " | ".join(percent(p1["by_noise"][k]["accuracy"]) for k in keys) + " |")
+    lines.append("| test accuracy % | " + " | ".join(pct(p1["by_noise"][k]["accuracy"]) for k in keys) + " |")
     lines.append("| test cross-entropy | " + " | ".join(f"{p1['by_noise'][k]['loss']['mean']:.4f}" for k in keys) + " |")
     return lines + [""]
 
 
-def _markdown_part2(results, keys):
-    p1, p2 = results["part1"], results["part2"]
+def part2_lines(p2, p1):
+    """Part 2 as Markdown lines: accuracy / cross-entropy against L per scheme and noise."""
     lines = [f"## {p2['title']}", "",
              f"theta from part 1 (seed {p1['seeds'][0]}), lam_max(theta theta^T) = {p2['lam_max']:.2f}, "
              f"h = {p2['h_units']:g} / lam_max = {p2['h']:.4g}. Entries: accuracy % / cross-entropy.", ""]
@@ -385,31 +442,43 @@ def _markdown_part2(results, keys):
         lines += [f"**{scheme.capitalize()} blocks**", "",
                   "| sigma | " + " | ".join(f"L={i}" for i in range(n_layers)) + " |",
                   "|---|" + "---|" * n_layers]
-        for k, r in per.items():
-            cells = [f"{100 * a:.1f} / {c:.3f}" for a, c in zip(r["accuracy"], r["loss"])]
-            lines.append(f"| {k} | " + " | ".join(cells) + " |")
+        lines += [f"| {k} | " + " | ".join(depth_cells(r)) + " |" for k, r in per.items()]
         lines.append("")
     return lines
 
 
-def _markdown_part3(results, keys):
-    head = " | ".join(f"sigma = {k}" for k in keys)
-    p3 = results["part3"]
+def part3_lines(p3, keys):
+    """Part 3 as Markdown lines: one table per training setting."""
     lines = [f"## {p3['title']}", "", f"{p3['optimizer']}, {p3['epochs']} epochs, tied blocks, "
              f"{len(p3['seeds'])} seeds (mean ± std of test accuracy %); learned h reported with its sign.", ""]
-    for name, setting in p3["settings"].items():
+    return lines + settings_lines(p3["settings"], keys, [("variant", lambda r: r["description"]),
+                                                         ("L", lambda r: r["layers"])])
+
+
+def settings_lines(settings, keys, label_columns):
+    """One Markdown table per training setting: the label columns ((header, row -> cell) pairs),
+    the test accuracy at each noise level (mean ± std over seeds), and the learned h."""
+    head = " | ".join([h for h, _ in label_columns] + [f"sigma = {k}" for k in keys] + ["learned h"])
+    lines = []
+    for name, setting in settings.items():
         lines += [f"**Trained {name} (train sigma = {setting['train_noise']:g})**", "",
-                  f"| variant | L | {head} | learned h |", "|---|---|" + "---|" * len(keys) + "---|"]
+                  f"| {head} |", "|" + "---|" * (len(label_columns) + len(keys) + 1)]
         for r in setting["rows"]:
             h = f"{r['h']['mean']:+.3f} ({r['h']['sign']})" if "h" in r else ""
-            lines.append(f"| {r['description']} | {r['layers']} | "
-                         + " | ".join(percent(r["accuracy"][k]) for k in keys) + f" | {h} |")
+            cells = [str(cell(r)) for _, cell in label_columns] + [pct(r["accuracy"][k]) for k in keys] + [h]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
 
-def _markdown_checks(ch):
-    lines = ["## Checks", ""]
+def depth_cells(r):
+    """'accuracy % / cross-entropy' after each block L = 0..max, for a depth table."""
+    return [f"{100 * a:.1f} / {c:.3f}" for a, c in zip(r["accuracy"], r["loss"])]
+
+
+def check_lines(ch):
+    """The checks as Markdown list items."""
+    lines = []
     for k, v in ch.get("part2_lie_monotone", {}).items():
         lines.append(f"- part 2, Lie, sigma = {k}: cross-entropy strictly decreasing in L: "
                      f"{v['loss_strictly_decreasing']}; accuracy non-decreasing: {v['accuracy_non_decreasing']}")
@@ -423,6 +492,10 @@ def _markdown_checks(ch):
                          f"test sigma = {k}: {v['gain_points']:+.2f} points; baseline spread (max - min over "
                          f"seeds) {v['baseline_spread_points']:.2f}; beats by more than the spread: "
                          f"{v['beats_by_more_than_spread']}")
+    if "part4" in ch:
+        from .experiment_norm import part4_check_lines
+
+        lines += part4_check_lines(ch["part4"])
     if "part5" in ch:
         lines.append("- part 5: see the part 5 section above (the MLP-oracle networks against their controls)")
     return lines
@@ -459,7 +532,7 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
         train, test = slice(cfg.train_size or None), slice(cfg.test_size or None)  # None: all rows
         X, y = asarray(ds.X_train[train]), asarray(ds.y_train[train])  # host -> backend, once
         Xt, yt = asarray(ds.X_test[test]), asarray(ds.y_test[test])
-        tests = {_noise_key(s): _noisy(Xt, s, seed=10_000 + i) for i, s in enumerate(cfg.noise)}
+        tests = {noise_key(s): noisy(Xt, s, seed=10_000 + i) for i, s in enumerate(cfg.noise)}
         log(f"data: {X.shape[0]} training / {Xt.shape[0]} test images from {ds.source}; "
             f"backend {get_backend()}")
         results = {"schema": SCHEMA, "version": __version__, "command": command,
@@ -468,11 +541,11 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
                                "cpus": os.cpu_count()},
                    "config": asdict(cfg),
                    "data": {"source": ds.source, "n_train": int(X.shape[0]), "n_test": int(Xt.shape[0])}}
-        nets1, kept = _run_parts(results, cfg, X, y, tests, yt, progress, log)
+        nets1, kept = run_parts(results, cfg, X, y, tests, yt, progress, log)
         results["seconds"] = time.perf_counter() - t_start
         results["checks"] = checks(results, cfg)
         results["figures"] = {}
-        if figures and 2 in cfg.parts:
+        if figures and nets1:  # part 1 ran: its curves, and the figures of parts 2-4 that ran
             theta = nets1[0][0].params["theta"]
             results["figures"] = _figures(folder, cfg, results, theta, Xt, yt, kept, nets1, CLASS_NAMES)
         if figures and 5 in cfg.parts:
@@ -484,23 +557,36 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
     return results
 
 
-def _run_parts(results, cfg, X, y, tests, yt, progress, log):
-    """Run the selected parts into ``results``; returns part 1's and part 3's networks."""
+def run_parts(results, cfg, X, y, tests, yt, progress, log):
+    """Run the selected parts into ``results``; part 1 (the baseline) also runs for parts 2
+    and 4, which use its theta. Returns part 1's and part 3's networks."""
     from .experiment_mlp import part5_mlp_oracle
 
     nets1, kept = [], {}
-    for part in cfg.parts:
-        t = time.perf_counter()
-        if part == 1 or (part == 2 and 1 not in cfg.parts):
-            results["part1"], nets1 = part1_baseline(X, y, tests, yt, cfg, progress)
-        if part == 2:  # feature discovery with part 1's theta
-            results["part2"] = part2_feature_discovery(nets1[0][0].params["theta"], tests, yt, cfg, progress)
-        elif part == 3:
-            results["part3"], kept = part3_label_free(X, y, tests, yt, cfg, progress)
-        elif part == 5:
-            results["part5"] = part5_mlp_oracle(X, y, tests, yt, cfg, progress)
-        log(f"part {part} done in {time.perf_counter() - t:.1f} s")
+    ran = sorted(set(cfg.parts) | ({1} if {2, 4} & set(cfg.parts) else set()))
+    results["parts"] = ran
+    if 1 in ran:
+        results["part1"], nets1 = _timed(log, 1, part1_baseline, X, y, tests, yt, cfg, progress)
+    theta = nets1[0][0].params["theta"] if nets1 else None
+    if 2 in ran:
+        results["part2"] = _timed(log, 2, part2_feature_discovery, theta, tests, yt, cfg, progress)
+    if 3 in ran:
+        results["part3"], kept = _timed(log, 3, part3_label_free, X, y, tests, yt, cfg, progress)
+    if 4 in ran:
+        from .experiment_norm import part4_normalisation  # it imports this module's helpers
+
+        results["part4"] = _timed(log, 4, part4_normalisation, X, y, tests, yt, theta, cfg, progress)
+    if 5 in ran:
+        results["part5"] = _timed(log, 5, part5_mlp_oracle, X, y, tests, yt, cfg, progress)
     return nets1, kept
+
+
+def _timed(log, part, fn, *args):
+    """fn(*args), logging how long part ``part`` took."""
+    t = time.perf_counter()
+    out = fn(*args)
+    log(f"part {part} done in {time.perf_counter() - t:.1f} s")
+    return out
 
 
 def _figure1_panel(title, net, iterates):
@@ -511,15 +597,38 @@ def _figure1_panel(title, net, iterates):
 
 
 def _figures(folder, cfg, results, theta, Xt, yt, kept, nets1, class_names):
-    """Figure 1, accuracy/cross-entropy against L, and training curves (PNG files in the RunFolder)."""
+    """The PNG files (in the RunFolder) of the parts that ran: Figure 1 and accuracy/cross-entropy
+    against L (part 2), training curves (parts 1 and 3), the normalisation figure (part 4)."""
     from . import plotting
 
     files = {}
+    if "part2" in results:
+        files["figure1"] = _figure1(folder, cfg, results, theta, Xt, yt, kept, class_names)
+        plotting.accuracy_vs_layers(results["part2"], path=folder.file("accuracy_vs_layers.png"))
+        files["accuracy_vs_layers"] = "accuracy_vs_layers.png"
+    curves = {"part 1: multinomial regression, L = 0 (SGD)": nets1[0][1].to_dict()}
+    names = {"baseline": "multinomial regression", "oracle": "learned oracle"}  # plotting.METHOD_COLORS keys
+    for name, setting in results.get("part3", {}).get("settings", {}).items():
+        for r in setting["rows"]:
+            if r["variant"] in names:
+                curves[f"part 3, {name}: {names[r['variant']]}, L = {r['layers']}"] = r["history_seed0"]
+    plotting.training_curves(curves, path=folder.file("training_curves.png"))
+    files["training_curves"] = "training_curves.png"
+    if "part4" in results:
+        plotting.normalisation(results["part4"], path=folder.file("normalisation.png"))
+        files["normalisation"] = "normalisation.png"
+    return files
+
+
+def _figure1(folder, cfg, results, theta, Xt, yt, kept, class_names):
+    """Figure 1: one noisy test image through the true-label blocks and the best learned oracle."""
+    from . import plotting
+
     labels = to_numpy(yt)
     matches = [i for i, c in enumerate(labels) if c == cfg.figure_class]
     index = matches[0] if matches else 0
     x = Xt[index:index + 1]
-    z0 = _noisy(x, cfg.figure_noise, seed=20_000)
+    z0 = noisy(x, cfg.figure_noise, seed=20_000)
     oracle_net = true_label_network(theta, "lie", results["part2"]["h"], cfg.max_layers)
     panels = [_figure1_panel(f"true labels C (oracle), Lie, h = {results['part2']['h']:.3g}",
                              oracle_net, oracle_net.features(z0, yt[index:index + 1]))]
@@ -529,22 +638,9 @@ def _figures(folder, cfg, results, theta, Xt, yt, kept, nets1, class_names):
         L, net = next(((L, n) for L, n in oracle if L == check.get("best_layers")), oracle[-1])
         panels.append(_figure1_panel(f"learned oracle C_hat (label-free), L = {L}, learned h = "
                                      f"{net.step_sizes().get('h', float('nan')):+.3g}", net, net.features(z0)))
-    path = folder.file("figure1.png")
     chosen = (f"the first test image of class {class_names[cfg.figure_class]} (chosen by its class "
               f"before the run, not by the result)" if matches else "the first test image")
     plotting.figure1(to_numpy(x)[0], panels, label=int(labels[index]), class_names=class_names,
-                     sigma=cfg.figure_noise, path=path, title=f"Figure 1: {chosen}, noise sigma = {cfg.figure_noise:g}")
-    files["figure1"] = "figure1.png"
-    path = folder.file("accuracy_vs_layers.png")
-    plotting.accuracy_vs_layers(results["part2"], path=path)
-    files["accuracy_vs_layers"] = "accuracy_vs_layers.png"
-    curves = {"part 1: multinomial regression, L = 0 (SGD)": nets1[0][1].to_dict()}
-    names = {"baseline": "multinomial regression", "oracle": "learned oracle"}  # plotting.METHOD_COLORS keys
-    for name, setting in results.get("part3", {}).get("settings", {}).items():
-        for r in setting["rows"]:
-            if r["variant"] in names:
-                curves[f"part 3, {name}: {names[r['variant']]}, L = {r['layers']}"] = r["history_seed0"]
-    path = folder.file("training_curves.png")
-    plotting.training_curves(curves, path=path)
-    files["training_curves"] = "training_curves.png"
-    return files
+                     sigma=cfg.figure_noise, path=folder.file("figure1.png"),
+                     title=f"Figure 1: {chosen}, noise sigma = {cfg.figure_noise:g}")
+    return "figure1.png"

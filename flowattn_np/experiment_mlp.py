@@ -21,7 +21,7 @@ attention steps add accuracy or noise robustness beyond the MLP they contain?
 
 from __future__ import annotations
 
-from .experiment import cosine_optimizer, fit_options, percent, seed_stats
+from .experiment import fit_config, pct, run_optimizer, seed_stats
 from .layers import BlockConfig
 from .mlp import MLPClassifier, MLPClassifierConfig
 from .network import Network, NetworkConfig
@@ -80,9 +80,9 @@ def train_row(kind, width, layers, X, y, tests, yt, cfg, sigma, progress, label)
     for s in range(cfg.seeds):
         seed = cfg.seed + s
         net = build(kind, width, layers, X.shape[1], 10, cfg, seed)
-        opt = cosine_optimizer("adam", net, cfg.lr, cfg, X.shape[0])
+        opt = run_optimizer("adam", net, cfg.lr, cfg, X.shape[0])
         desc = f"part 5, {label}, {kind} k={width} L={layers}, seed {seed}"
-        fit(net, X, y, optimizer=opt, config=fit_options(cfg, seed, desc, progress, sigma))
+        fit(net, X, y, optimizer=opt, config=fit_config(cfg, seed, desc, progress, sigma))
         ev = {key: evaluate(net, Xs, yt) for key, Xs in tests.items()}
         accs.append({key: v["accuracy"] for key, v in ev.items()})
         losses.append({key: v["loss"] for key, v in ev.items()})
@@ -161,7 +161,7 @@ def markdown_part5(p5):
             h = f"{r['h']['mean']:+.3f} ({r['h']['sign']})" if "h" in r else ""
             k = str(r["width"]) if r["width"] else ""
             lines.append(f"| {r['description']} | {k} | {r['layers']} | {r['params']} | "
-                         + " | ".join(percent(r["accuracy"][key]) for key in keys) + f" | {h} |")
+                         + " | ".join(pct(r["accuracy"][key]) for key in keys) + f" | {h} |")
         lines.append("")
     lines += ["**Does attention add to the MLP it contains?** Best MLP-oracle depth minus (a) the MLP "
               "alone and (d) the parameter-matched MLP, in accuracy points; spread = the largest "

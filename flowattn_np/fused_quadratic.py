@@ -35,11 +35,12 @@ from .ops import gram_sum, matmul_rows, softmax, softmax_vjp, swap_last
 
 
 def supports(config):
-    """Whether a NetworkConfig's blocks take this path (quadratic, Lie, Euler for A; not the
-    MLP oracle, which is evaluated after the attention sub-step: the per-block path runs it)."""
+    """Whether a NetworkConfig's blocks take this path (quadratic, Lie, Euler for A, flat:
+    normalised blocks take the per-block path; not the MLP oracle, which is evaluated after
+    the attention sub-step: the per-block path runs it)."""
     b = config.block
     return config.head_model == "quadratic" and b.model == "quadratic" and b.scheme == "lie" \
-        and b.integrator == "euler" and b.targets != "mlp"
+        and b.integrator == "euler" and not b.normalised and b.targets != "mlp"
 
 
 class QuadraticWeights(NamedTuple):

@@ -26,6 +26,12 @@ The targets ``C`` used inside a block come from an explicit source
   splitting and Euler for A this is the GPT-2 block: attention + residual, then an
   MLP sub-layer + residual that sees the attention's output (module ``mlp``).
 
+``BlockConfig.norm`` ('sphere' or 'layer') keeps the rows on a manifold (sphere.py):
+post-norm, every sub-step is a step of the projected sub-flow followed by the retraction
+R (the Riemannian reading; the linear B sub-step is the exact rotation on the manifold);
+pre-norm, Z + S(R(Z)) - R(Z) for each flat sub-step S (the GPT-2 layout, a variant that
+is not a flow on the manifold).
+
 Every block has ``forward(Z, params, C=None) -> (Z_out, cache)`` and
 ``backward(Z_out_bar, cache) -> (Z_bar, grads)`` with ``grads`` keyed like ``params``.
 """
@@ -63,6 +69,17 @@ from .mlp import (
 )
 from .models import phi_grad, theta_from_phi
 from .ops import softmax, softmax_vjp, softmax_vjp_heads, sum_leading, swap_last
+from .sphere import (
+    SphereBCache,
+    centre,
+    check_nonzero_rows,
+    linear_B_exact_sphere_forward,
+    linear_B_exact_sphere_vjp,
+    project,
+    project_vjp,
+    retract_to,
+    retract_to_vjp,
+)
 from .validate import (
     check_array,
     check_count,
@@ -77,6 +94,16 @@ MODELS = ("linear", "quadratic", "memory")
 SCHEMES = ("lie", "strang")
 B_FLOWS = ("exact", "euler")
 TARGETS = ("labels", "none", "learned", "mlp")
+NORMS = ("none", "sphere", "layer")
+NORM_PLACES = ("post", "pre")
+
+NORM_TITLES = {
+    ("sphere", "post"): "post-norm on the sphere |z| = sqrt(d): R(Z + step), a flow on the sphere",
+    ("layer", "post"): "post-norm on the LayerNorm manifold {mean 0, |z| = sqrt(d)}: R(Z + step), "
+                       "a flow on that manifold",
+    ("sphere", "pre"): "pre-norm on the sphere: Z + step(R(Z)), a variant that is NOT a flow on the sphere",
+    ("layer", "pre"): "pre-norm LayerNorm: Z + step(R(Z)), a variant that is NOT a flow on the manifold",
+}
 
 TARGET_TITLES = {
     "labels": "true labels C (the theory: feature discovery; an oracle computation at test time)",
@@ -104,8 +131,10 @@ class BlockConfig:
         (order 2) or ``"rk4"`` (order 4).
     b_flow : str
         ``"exact"`` or ``"euler"`` for the B sub-flow of the quadratic model. The linear
-        model's B sub-flow $Z+tC\theta$ is exact in one Euler step, so only ``"exact"`` is
-        accepted there.
+        model's flat B sub-flow $Z+tC\theta$ is exact in one Euler step, so only ``"exact"``
+        is accepted there, except in a post-norm block, where ``"exact"`` is the rotation on
+        the manifold and ``"euler"`` its Euler step followed by $R$. A post-norm quadratic
+        block takes ``"euler"`` (no exact form on a manifold).
     targets : str
         Source of $C$: ``"labels"``, ``"none"``, ``"learned"`` or ``"mlp"`` (see the module
         docstring).
@@ -117,6 +146,14 @@ class BlockConfig:
         Class counts per head (linear model): one softmax per head.
     slots : int
         Number of key/value slots $s$ of a ``"memory"`` block.
+    norm : str
+        ``"none"`` (flat blocks), ``"sphere"`` (rows held on $\lVert z\rVert=\sqrt d$: RMS
+        normalisation) or ``"layer"`` (LayerNorm: mean 0, $\lVert z\rVert=\sqrt d$).
+    norm_place : str
+        ``"post"``: every sub-step is a step of the projected field followed by the
+        retraction $R$ (the Riemannian reading; the linear B sub-step is the exact rotation
+        on the manifold); ``"pre"``: $Z+\text{step}(R(Z))$, the GPT-2 layout, a variant that
+        is not a flow on the manifold.
     mlp_hidden : int
         Hidden width $k$ of the MLP oracle (``targets="mlp"``).
     activation : str
@@ -132,12 +169,14 @@ class BlockConfig:
     learn_h: bool = False
     heads: tuple | None = None
     slots: int = 0
+    norm: str = "none"
+    norm_place: str = "post"
     mlp_hidden: int = 0
     activation: str = "gelu"
 
     def __post_init__(self):
         for field, allowed in (("model", MODELS), ("scheme", SCHEMES), ("b_flow", B_FLOWS),
-                               ("targets", TARGETS)):
+                               ("targets", TARGETS), ("norm", NORMS), ("norm_place", NORM_PLACES)):
             if getattr(self, field) not in allowed:
                 raise ValueError(
                     f"{field}: expected one of {', '.join(map(repr, allowed))}, "
@@ -146,9 +185,7 @@ class BlockConfig:
         get_integrator(self.integrator)
         # a Python float: a NumPy float64 step would upcast float32 features
         object.__setattr__(self, "h", check_step("h", self.h))
-        if self.model != "quadratic" and self.b_flow != "exact":
-            raise ValueError(f"b_flow: only the quadratic model has a choice of B sub-flow; the "
-                             f"{self.model} model's is exact, got b_flow={self.b_flow!r}")
+        self._check_b_flow()
         object.__setattr__(self, "slots", check_count("slots", self.slots))
         if self.model == "memory":
             if self.targets != "none":
@@ -171,6 +208,19 @@ class BlockConfig:
             object.__setattr__(self, "heads", tuple(check_count("heads", s, minimum=1)
                                                     for s in sizes))
 
+    def _check_b_flow(self):
+        """b_flow is a choice only where the two B sub-steps differ."""
+        post = self.norm != "none" and self.norm_place == "post"
+        if self.model == "memory" and self.b_flow != "exact":
+            raise ValueError(f"b_flow: a 'memory' block has no B sub-flow, got b_flow={self.b_flow!r}")
+        if self.model == "linear" and self.b_flow != "exact" and not post:
+            raise ValueError("b_flow: the flat linear B sub-flow Z + t C theta is exact in one Euler "
+                             "step; b_flow='euler' differs only in a post-norm block (norm='sphere' "
+                             f"or 'layer'), got b_flow={self.b_flow!r}")
+        if self.model == "quadratic" and post and self.targets != "none" and self.b_flow == "exact":
+            raise ValueError("b_flow: the quadratic B sub-flow has no exact solution on the manifold; "
+                             "a post-norm quadratic block takes b_flow='euler' (an Euler step, then R)")
+
     def replace(self, **changes):
         """A copy with some fields changed."""
         return replace(self, **changes)
@@ -184,20 +234,28 @@ class BlockConfig:
         """Whether the block needs the true labels C (targets='labels')."""
         return self.targets == "labels"
 
+    @property
+    def normalised(self):
+        """Whether the block keeps its rows on a manifold (norm != 'none')."""
+        return self.norm != "none"
+
     def describe(self):
-        """One line naming the block, its scheme, integrators and the source of C."""
+        """One line naming the block, its scheme, integrators, the source of C and the normalisation."""
+        norm = f"; normalisation: {NORM_TITLES[self.norm, self.norm_place]}" if self.normalised else ""
         if self.model == "memory":
             return (f"key/value memory block Z + h softmax(Z K^T) V, s = {self.slots} slots "
-                    f"(beyond the theory), h {'learned' if self.learn_h else f'= {self.h:g}'}")
+                    f"(beyond the theory), h {'learned' if self.learn_h else f'= {self.h:g}'}{norm}")
         kind = "cross-attention (linear model)" if self.model == "linear" else \
             "self-attention (quadratic model)"
         step = "learned h" if self.learn_h else f"h = {self.h:g}"
         b = "" if self.targets == "none" else f", B {self.b_flow}"
+        if self.normalised and self.norm_place == "post" and self.targets != "none":
+            b = ", B exact (a rotation on the manifold)" if self.b_flow == "exact" else ", B euler + R"
         source = TARGET_TITLES[self.targets]
         if self.targets == "mlp":
             source += f", k = {self.mlp_hidden} hidden units, {self.activation}"
         return (f"{kind} block, {self.scheme.capitalize()} splitting, A by {self.integrator}{b}, "
-                f"{step}; targets: {source}")
+                f"{step}; targets: {source}{norm}")
 
 
 def check_block_backends(Z, params, C=None):
@@ -328,6 +386,84 @@ class MemoryCache(NamedTuple):
     params: dict
 
 
+class RiemannianRKCache(NamedTuple):
+    """Cache of a post-norm A sub-step R(Phi(Z)), Phi an RK step of the projected field
+    P_Y f(Y): the RKCache of Phi and its end point U = Phi(Z) before the retraction."""
+
+    rk: Any
+    U: Any
+
+
+class ProjectedFieldCache(NamedTuple):
+    """Cache of the projected field P_Y f(Y) at a stage Y: Y, f(Y) and the field's cache."""
+
+    Y: Any
+    F: Any
+    inner: Any
+
+
+class PostNormCache(NamedTuple):
+    """Cache of a post-norm Euler sub-step R(Z + P_Z(S(Z) - Z)) of a flat step S: the
+    cache of S, the input Z, the flat increment D = S(Z) - Z and U before the retraction."""
+
+    inner: Any
+    Z: Any
+    D: Any
+    U: Any
+
+
+class PreNormCache(NamedTuple):
+    """Cache of a pre-norm sub-step Z + S(R(Z)) - R(Z): the cache of S and the input Z."""
+
+    inner: Any
+    Z: Any
+
+
+class SphereLinearBCache(NamedTuple):
+    """Cache of the linear B sub-step on the manifold (the exact rotation toward c = (C theta)_row):
+    the sphere module's SphereBCache, theta and the targets C."""
+
+    sphere: SphereBCache
+    theta: Any
+    C: Any
+
+
+# ---------------------------------------------------------------- normalised sub-steps
+# A flat sub-step S (``step(Z) -> (S(Z), cache)``, ``step_vjp(S_bar, cache) -> (Z_bar, *rest)``)
+# becomes a normalised one. Post: R(Z + P_Z(S(Z) - Z)), the projected Euler step then the
+# retraction R; pre: Z + S(R(Z)) - R(Z). The target source, the model and the integrator
+# stay with S, so every combination of them composes with either placement.
+
+
+def post_norm_forward(step, Z, manifold):
+    """R(Z + P_Z(S(Z) - Z)): a projected Euler step of S, then the retraction."""
+    S, inner = step(Z)
+    D = S - Z
+    U = Z + project(Z, D, manifold)
+    return retract_to(U, manifold), PostNormCache(inner, Z, D, U)
+
+
+def post_norm_vjp(step_vjp, Y_bar, cache, manifold):
+    """VJP of post_norm_forward: U_bar = R_vjp(Y_bar), then through U = Z + P_Z(S(Z) - Z)."""
+    U_bar = retract_to_vjp(cache.U, Y_bar, manifold)
+    Zp_bar, D_bar = project_vjp(cache.Z, cache.D, U_bar, manifold)
+    Z_bar, *rest = step_vjp(D_bar, cache.inner)
+    return (Z_bar + U_bar + Zp_bar - D_bar, *rest)
+
+
+def pre_norm_forward(step, Z, manifold):
+    """Z + S(R(Z)) - R(Z): the sub-step applied to the normalised input, added to the stream."""
+    X = retract_to(Z, manifold)
+    S, inner = step(X)
+    return Z + (S - X), PreNormCache(inner, Z)
+
+
+def pre_norm_vjp(step_vjp, Y_bar, cache, manifold):
+    """VJP of pre_norm_forward: X_bar = S_vjp(Y_bar) - Y_bar, Z_bar = Y_bar + R_vjp(X_bar)."""
+    X_bar, *rest = step_vjp(Y_bar, cache.inner)
+    return (Y_bar + retract_to_vjp(cache.Z, X_bar - Y_bar, manifold), *rest)
+
+
 # ---------------------------------------------------------------- blocks
 
 
@@ -381,15 +517,9 @@ class SplitBlock:
             C, oracle_cache = self.oracle(Z, params)
         else:
             C = None
-        field = lambda Y: self.field_A(Y, theta)  # noqa: E731
         steps = []
         for kind, frac in _step_schedule(cfg):
-            if kind == "A":
-                Z, c = rk_forward(field, Z, h * frac, cfg.integrator)
-            elif cfg.targets == "mlp":
-                Z, c = self.mlp_B_step(Z, theta, params, h * frac)
-            else:
-                Z, c = self.B_forward(Z, theta, C, h * frac)
+            Z, c = self.sub_step(kind, Z, theta, C, h * frac, params)
             steps.append(SubStep(frac, c))
         return Z, SplitCache(params, theta, C, oracle_cache, tuple(steps))
 
@@ -420,17 +550,11 @@ class SplitBlock:
         C_bar = None
         mlp_grads = {}
         for step in reversed(cache.steps):
-            if isinstance(step.cache, RKCache):  # the A sub-flow
-                Z_bar, t_bar, g = rk_backward(self.field_A_vjp, Z_bar, step.cache)
-                theta_bar = theta_bar + g["theta"]
-            elif isinstance(step.cache, MLPBCache):  # the B sub-flow with the MLP oracle
-                Z_bar, B_theta_bar, t_bar, g = self.mlp_B_step_vjp(Z_bar, step.cache)
-                theta_bar = theta_bar + B_theta_bar
-                _add_grads(mlp_grads, g)
-            else:  # the B sub-flow
-                Z_bar, B_theta_bar, B_C_bar, t_bar = self.B_vjp(Z_bar, step.cache)
-                theta_bar = theta_bar + B_theta_bar
-                C_bar = B_C_bar if C_bar is None else C_bar + B_C_bar
+            Z_bar, t_bar, step_theta_bar, step_C_bar, g = self.sub_step_vjp(Z_bar, step.cache)
+            theta_bar = theta_bar + step_theta_bar
+            if step_C_bar is not None:
+                C_bar = step_C_bar if C_bar is None else C_bar + step_C_bar
+            _add_grads(mlp_grads, g)
             h_bar = h_bar + step.fraction * t_bar
         grads = self.param_grads(theta_bar, cache.params)
         grads.update(mlp_grads)
@@ -443,19 +567,95 @@ class SplitBlock:
         return Z_bar, grads
 
     # -- the B sub-step with the MLP oracle -----------------------------------
-    def mlp_B_step(self, Z, theta, params, t):
+    def mlp_B_step(self, Z, theta, params, t, B_forward=None):
         """B(t) with C = C_hat(Z), the MLP oracle at the sub-step's input, held fixed during
-        it (one Euler step of dZ/dt = C_hat(Z) theta); returns (Z_out, MLPBCache)."""
+        it; B_forward is the flat B sub-flow (one Euler step of dZ/dt = C_hat(Z) theta, the
+        default) or its exact rotation on the manifold. Returns (Z_out, MLPBCache)."""
         C, oracle_cache = self.mlp_oracle(Z, params)
-        Z_out, B_cache = self.B_forward(Z, theta, C, t)
+        Z_out, B_cache = (B_forward or self.B_forward)(Z, theta, C, t)
         return Z_out, MLPBCache(B_cache, oracle_cache)
 
     def mlp_B_step_vjp(self, Z_out_bar, cache):
         """VJP of mlp_B_step: B's VJP gives C_bar, the oracle's VJP turns it into a second
         gradient at Z and the MLP's grads. Returns (Z_bar, theta_bar, t_bar, mlp_grads)."""
-        Z_bar, theta_bar, C_bar, t_bar = self.B_vjp(Z_out_bar, cache.B)
+        if isinstance(cache.B, SphereLinearBCache):  # C enters the rotation on the manifold
+            Z_bar, t_bar, theta_bar, C_bar = self.B_vjp_manifold(Z_out_bar, cache.B)
+        else:
+            Z_bar, theta_bar, C_bar, t_bar = self.B_vjp(Z_out_bar, cache.B)
         Z_extra, mlp_grads = self.mlp_oracle_vjp(C_bar, cache.oracle)
         return Z_bar + Z_extra, theta_bar, t_bar, mlp_grads
+
+    # -- sub-steps ------------------------------------------------------------
+    def flat_step(self, kind, Z, theta, C, t, params=None):
+        """The flat sub-step: an RK step of the A field ('A') or the B sub-flow ('B') over
+        time t; with targets='mlp' B evaluates the MLP oracle at this Z (params holds it)."""
+        if kind == "A":
+            return rk_forward(lambda Y: self.field_A(Y, theta), Z, t, self.config.integrator)
+        if self.config.targets == "mlp":
+            return self.mlp_B_step(Z, theta, params, t)
+        return self.B_forward(Z, theta, C, t)
+
+    def flat_step_vjp(self, Z_bar, cache):
+        """VJP of flat_step: (Z_bar, t_bar, theta_bar, C_bar or None, MLP oracle grads or {})."""
+        if isinstance(cache, RKCache):
+            Z_bar, t_bar, g = rk_backward(self.field_A_vjp, Z_bar, cache)
+            return Z_bar, t_bar, g["theta"], None, {}
+        if isinstance(cache, MLPBCache):
+            Z_bar, theta_bar, t_bar, g = self.mlp_B_step_vjp(Z_bar, cache)
+            return Z_bar, t_bar, theta_bar, None, g
+        Z_bar, theta_bar, C_bar, t_bar = self.B_vjp(Z_bar, cache)
+        return Z_bar, t_bar, theta_bar, C_bar, {}
+
+    def sub_step(self, kind, Z, theta, C, t, params=None):
+        """One sub-step A(t) or B(t), normalised as the config says; returns (Z_out, cache).
+
+        Post-norm: A is an RK step of the projected field P_Y f_A(Y) followed by R; B is
+        the exact rotation on the manifold (linear, b_flow='exact') or a projected Euler
+        step followed by R. Pre-norm: Z + S(R(Z)) - R(Z) for the flat sub-step S. The MLP
+        oracle (targets='mlp') is evaluated at the B sub-step's input: R(Z) pre-norm (as
+        GPT-2's MLP sees ln_2(x)), the current on-manifold Z post-norm.
+        """
+        cfg = self.config
+        if not cfg.normalised:
+            return self.flat_step(kind, Z, theta, C, t, params)
+        flat = lambda X: self.flat_step(kind, X, theta, C, t, params)  # noqa: E731
+        if cfg.norm_place == "pre":
+            return pre_norm_forward(flat, Z, cfg.norm)
+        if kind == "A":
+            U, rk = rk_forward(lambda Y: self.projected_field_A(Y, theta), Z, t, cfg.integrator)
+            return retract_to(U, cfg.norm), RiemannianRKCache(rk, U)
+        if cfg.b_flow == "exact" and cfg.targets == "mlp":
+            return self.mlp_B_step(Z, theta, params, t, self.B_forward_manifold)
+        if cfg.b_flow == "exact":
+            return self.B_forward_manifold(Z, theta, C, t)
+        return post_norm_forward(flat, Z, cfg.norm)
+
+    def sub_step_vjp(self, Z_bar, cache):
+        """VJP of sub_step: (Z_bar, t_bar, theta_bar, C_bar or None, MLP oracle grads or {}),
+        dispatched on the cache."""
+        norm = self.config.norm
+        if isinstance(cache, PreNormCache):
+            return pre_norm_vjp(self.flat_step_vjp, Z_bar, cache, norm)
+        if isinstance(cache, PostNormCache):
+            return post_norm_vjp(self.flat_step_vjp, Z_bar, cache, norm)
+        if isinstance(cache, RiemannianRKCache):
+            U_bar = retract_to_vjp(cache.U, Z_bar, norm)
+            Z_bar, t_bar, g = rk_backward(self.projected_field_A_vjp, U_bar, cache.rk)
+            return Z_bar, t_bar, g["theta"], None, {}
+        if isinstance(cache, SphereLinearBCache):
+            return (*self.B_vjp_manifold(Z_bar, cache), {})
+        return self.flat_step_vjp(Z_bar, cache)
+
+    def projected_field_A(self, Y, theta):
+        """The A field on the manifold, P_Y f_A(Y); returns (P_Y f_A(Y), ProjectedFieldCache)."""
+        F, inner = self.field_A(Y, theta)
+        return project(Y, F, self.config.norm), ProjectedFieldCache(Y, F, inner)
+
+    def projected_field_A_vjp(self, k_bar, cache):
+        """VJP of P_Y f_A(Y): the projection's VJP, then the field's. Returns (Y_bar, grads)."""
+        Y_bar, F_bar = project_vjp(cache.Y, cache.F, k_bar, self.config.norm)
+        Y_field_bar, grads = self.field_A_vjp(F_bar, cache.inner)
+        return Y_bar + Y_field_bar, grads
 
 
 class CrossAttentionBlock(SplitBlock):
@@ -471,13 +671,14 @@ class CrossAttentionBlock(SplitBlock):
 
     With Lie splitting and Euler for A (the transformer block) `forward` takes the fused
     eq. (8) path; ``fused=False`` takes the general `SplitBlock` path instead (the readable
-    reference, to which tests/test_fast_path.py compares the fused one).
+    reference, to which tests/test_fast_path.py compares the fused one). With the MLP oracle,
+    evaluated after the attention sub-step, there is no fused path.
     """
 
     def __init__(self, config, fused=True):
         super().__init__(config)
         self.fused = (fused and config.scheme == "lie" and config.integrator == "euler"
-                      and config.targets != "mlp")
+                      and not config.normalised and config.targets != "mlp")
 
     def forward(self, Z, params, C=None, out=None, check=True):
         """Advance $Z$ by one block.
@@ -637,6 +838,25 @@ class CrossAttentionBlock(SplitBlock):
         theta, C, C_theta, t = cache
         return Z_bar, t * (C.T @ Z_bar), t * (Z_bar @ theta.T), (Z_bar * C_theta).sum()
 
+    def B_forward_manifold(self, Z, theta, C, t):
+        """B on the manifold, exactly: each row rotates toward c = (C theta)_row (sphere.py).
+
+        On the LayerNorm manifold the tangent part of c is that of c - mean(c), so the
+        same rotation with the centred forcing solves it.
+        """
+        F = C @ theta
+        if self.config.norm == "layer":
+            F = centre(F)
+        Y, sphere_cache = linear_B_exact_sphere_forward(Z, F, t)
+        return Y, SphereLinearBCache(sphere_cache, theta, C)
+
+    def B_vjp_manifold(self, Z_bar, cache):
+        """VJP of B_forward_manifold: (Z_bar, t_bar, theta_bar = C^T F_bar, C_bar = F_bar theta^T)."""
+        Z_bar, F_bar, t_bar = linear_B_exact_sphere_vjp(Z_bar, cache.sphere)
+        if self.config.norm == "layer":
+            F_bar = centre(F_bar)
+        return Z_bar, t_bar, cache.C.T @ F_bar, F_bar @ cache.theta.T
+
     def oracle(self, Z, params):
         r"""Learned targets $\hat C=\sigma(ZW^\top+b)$ (per head); returns ``(C_hat, OracleCache)``."""
         C = softmax(Z @ params["W"].T + params["b"], self.config.heads)
@@ -761,7 +981,9 @@ class MemoryBlock:
         self.config = config
 
     def forward(self, Z, params, C=None, out=None, check=True):
-        r"""$Z+h\,\sigma(ZK^\top)V$.
+        r"""$Z+h\,\sigma(ZK^\top)V$, normalised as the config says.
+
+        Post-norm: $R\big(Z+h\,P_Z\,\sigma(ZK^\top)V\big)$; pre-norm: $Z+h\,\sigma(R(Z)K^\top)V$.
 
         Parameters
         ----------
@@ -772,7 +994,7 @@ class MemoryBlock:
         C : array, optional
             Ignored: no label sub-flow.
         out : array, optional
-            A buffer for the output.
+            A buffer for the output (flat block only).
         check : bool
             Validate ``Z``, ``params`` and ``C`` first (`check_inputs`); False on the training
             path, whose inputs were validated once.
@@ -784,12 +1006,13 @@ class MemoryBlock:
         """
         if check:
             self.check_inputs(Z, params, C)
-        xp = get_array_module(Z)
-        h = self.config.step_size(params)
-        P = softmax(Z @ params["K"].T)
-        out = xp.matmul(h * P, params["V"], out=out)
-        out += Z
-        return out, MemoryCache(Z, P, h, params)
+        cfg = self.config
+        if not cfg.normalised:
+            return self.flat_forward(Z, params, out)
+        step = lambda X: self.flat_forward(X, params)  # noqa: E731
+        if cfg.norm_place == "pre":
+            return pre_norm_forward(step, Z, cfg.norm)
+        return post_norm_forward(step, Z, cfg.norm)
 
     def backward(self, Z_bar, cache, out=None):
         r"""Vector-Jacobian product of the memory block.
@@ -813,6 +1036,27 @@ class MemoryBlock:
         Z_bar_in : array, shape (n, d)
         grads : dict
             ``"K"``, ``"V"`` and ``"h"`` if learned.
+        """
+        if isinstance(cache, PreNormCache):
+            return pre_norm_vjp(self.flat_backward, Z_bar, cache, self.config.norm)
+        if isinstance(cache, PostNormCache):
+            return post_norm_vjp(self.flat_backward, Z_bar, cache, self.config.norm)
+        return self.flat_backward(Z_bar, cache, out)
+
+    def flat_forward(self, Z, params, out=None):
+        """Z + h softmax(Z K^T) V; returns (Z_out, MemoryCache). ``out``: a buffer for Z_out."""
+        xp = get_array_module(Z)
+        h = self.config.step_size(params)
+        P = softmax(Z @ params["K"].T)
+        out = xp.matmul(h * P, params["V"], out=out)
+        out += Z
+        return out, MemoryCache(Z, P, h, params)
+
+    def flat_backward(self, Z_bar, cache, out=None):
+        """G = Z_bar V^T, P_bar = h G, S_bar = softmax_vjp(P, P_bar),
+        Z_bar_in = Z_bar + S_bar K, K_bar = S_bar^T Z, V_bar = h P^T Z_bar, h_bar = <G, P>.
+
+        ``out``: a buffer for Z_bar_in, which must not be Z_bar.
         """
         xp = get_array_module(Z_bar)
         Z, P, h, params = cache
@@ -896,6 +1140,8 @@ def check_block_params(config, params, Z, m=None):
         check_shape(label, params[name], shape, f"from d = {d} features" + (
             f" and m = {m} classes" if config.model == "linear" else ""))
         check_same_dtype(Z=Z, **{label: params[name]})
+    if config.normalised:  # the retraction needs a direction in every row
+        check_nonzero_rows("Z", Z, centred=config.norm == "layer", what="a normalised block")
     return params.get(key)
 
 

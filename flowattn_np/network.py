@@ -39,6 +39,7 @@ from .layers import (
 )
 from .models import phi_grad, theta_from_phi
 from .random import host_rng
+from .sphere import check_nonzero_rows, retract_to, retract_to_vjp
 from .ops import (
     head_slices,
     label_cross_entropy_and_grad,
@@ -115,6 +116,11 @@ class NetworkConfig:
         return self.n_inputs if self.encoding == "identity" else int(self.d)
 
     @property
+    def normalises_input(self):
+        """Whether Z_0 is normalised: the blocks keep their rows on a manifold (L >= 1)."""
+        return bool(self.layers) and self.block.normalised
+
+    @property
     def head_model(self):
         r"""The head's model: ``"linear"`` ($Z\theta^\top$) or ``"quadratic"`` ($Z\theta Z^\top$)."""
         return "quadratic" if self.block.model == "quadratic" else "linear"
@@ -184,7 +190,12 @@ class NetworkConfig:
         if self.layers == 0:
             return "multinomial regression (L = 0): logits = " + (
                 "Z theta Z^T" if self.head_model == "quadratic" else "Z theta^T")
-        return f"L = {self.layers} x {self.block.describe()}; {form}"
+        norm = ""
+        if self.normalises_input:
+            norm = ("; Z_0 = R(encoding) on the sphere |z| = sqrt(d) (RMS normalisation)"
+                    if self.block.norm == "sphere" else
+                    "; Z_0 = R(encoding) on the LayerNorm manifold {mean 0, |z| = sqrt(d)}")
+        return f"L = {self.layers} x {self.block.describe()}; {form}{norm}"
 
     def to_dict(self):
         """A JSON-able dict (checkpoints)."""
@@ -213,6 +224,7 @@ class NetworkCache(NamedTuple):
     Z: Any
     theta: Any
     block_caches: list
+    encoded: Any = None
 
 
 class Network:
@@ -363,6 +375,8 @@ class Network:
                              f"got shape {tuple(X.shape)}")
         if X.size == 0:
             raise ValueError(f"{name}: expected at least one row, got shape {tuple(X.shape)}")
+        if cfg.normalises_input and cfg.encoding == "identity":  # Z_0 = R(X) needs a direction
+            check_nonzero_rows(name, X, centred=cfg.block.norm == "layer", what="the input normalisation")
         return X.astype(cfg.dtype, copy=False)
 
     def _check_targets(self, X, C):
@@ -377,8 +391,16 @@ class Network:
         validate.check_labels("C", C, self._heads())
 
     def encode(self, X):
-        r"""$Z_0=X$ (identity encoding) or $XE^\top$ (linear encoding)."""
-        return X if self.config.encoding == "identity" else X @ self.params["E"].T
+        r"""$Z_0=X$ (identity encoding) or $XE^\top$ (linear encoding), followed by the blocks' normalisation $R$ when they use one (so that $Z_0$ lies on their manifold).
+        """
+        return self._encode(X)[0]
+
+    def _encode(self, X):
+        """(Z_0, the encoding before the normalisation, or None when there is none)."""
+        E_X = X if self.config.encoding == "identity" else X @ self.params["E"].T
+        if not self.config.normalises_input:
+            return E_X, None
+        return retract_to(E_X, self.config.block.norm), E_X
 
     # -- forward / backward ---------------------------------------------------
     def forward(self, X, y=None, C=None, workspace=None, check=True):
@@ -416,7 +438,7 @@ class Network:
         C = self._block_targets(X, y, C, check)
         if self.fused:
             return fused_quadratic.forward(self, X, C, workspace)
-        Z = self.encode(X)
+        Z, encoded = self._encode(X)
         xp = get_array_module(Z)
         caches = []
         for layer in range(cfg.layers):
@@ -425,7 +447,7 @@ class Network:
             caches.append(c)
         theta = self._head_theta()
         logits = Z @ theta.T if cfg.head_model == "linear" else Z @ theta @ swap_last(Z)
-        return logits, NetworkCache(X, Z, theta, caches)
+        return logits, NetworkCache(X, Z, theta, caches, encoded)
 
     def check_inputs_backend(self, **inputs):
         """BackendError naming each input that is not on the parameters' backend (types
@@ -486,6 +508,8 @@ class Network:
                 else:
                     grads[name] = v
         if cfg.encoding == "linear":
+            if cache.encoded is not None:  # Z_0 = R(X E^T)
+                Z_bar = retract_to_vjp(cache.encoded, Z_bar, cfg.block.norm)
             grads["E"] = sum_leading(swap_last(Z_bar) @ X) if X.ndim > 2 else Z_bar.T @ X
         return grads
 

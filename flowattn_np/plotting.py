@@ -27,9 +27,13 @@ METHOD_COLORS = {
     "attention sub-flow": "#9467bd",  # (a) label-free: the attention sub-flow alone (purple)
     "learned oracle": "#ff7f0e",    # (b) label-free: C replaced by C_hat(Z) (orange)
     "memory": "#8c564b",            # (c) key/value memory (brown)
-    "mlp oracle": "#17becf",        # part 5: the MLP oracle inside the blocks (cyan)
-    "mlp alone": "#e377c2",         # part 5: (a) the MLP alone as a classifier (pink)
-    "parameter-matched mlp": "#bcbd22",  # part 5: (d) the MLP with the network's parameter count (olive)
+    "no normalisation": "#555555",  # part 4: flat blocks (dark grey)
+    "post-sphere": "#17becf",       # part 4: post-norm on the sphere (cyan)
+    "post-layer": "#bcbd22",        # part 4: post-norm LayerNorm (olive)
+    "pre-sphere": "#e377c2",        # part 4: pre-norm on the sphere, not a flow on it (pink)
+    "mlp oracle": "#0b3d91",        # part 5: the MLP oracle inside the blocks (navy)
+    "mlp alone": "#e6ab02",         # part 5: (a) the MLP alone as a classifier (mustard)
+    "parameter-matched mlp": "#66c2a5",  # part 5: (d) the MLP with the network's parameter count (mint)
     "numpy": "#1f77b4",             # backends (notebook 5)
     "cupy": "#76b900",
 }
@@ -295,3 +299,57 @@ def _finish(fig, axes, fontsize, path):
     if path:
         save(fig, path)
     return fig
+
+
+# part 4's names -> METHOD_COLORS keys: one colour per normalisation in every panel
+NORM_METHODS = {"none": "no normalisation", "flat": "no normalisation", "post-sphere": "post-sphere",
+                "sphere": "post-sphere", "post-layer": "post-layer", "pre-sphere": "pre-sphere"}
+_DASHES = ("-", "--", ":", "-.")
+
+
+def normalisation(part4, path=None):
+    """Part 4: (a) accuracy and cross-entropy against L, flat vs sphere, one line style per test
+    noise; (b) test accuracy against the test noise for each variant and normalisation, trained
+    clean and noise-augmented (mean over seeds, error bars one standard deviation)."""
+    plt = _plt()
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), layout="constrained")
+    for flow, per in part4["discovery"]["flows"].items():
+        for (k, r), ls in zip(per.items(), _DASHES):
+            L = np.arange(len(r["loss"]))
+            kw = dict(color=method_color(NORM_METHODS[flow]), ls=ls, marker="o" if flow == "flat" else "s", ms=3,
+                      label=f"{flow}, test sigma = {k}")
+            axes[0, 0].plot(L, 100 * np.asarray(r["accuracy"]), **kw)
+            axes[0, 1].plot(L, r["loss"], **kw)
+    d = part4["discovery"]
+    axes[0, 0].set(xlabel="blocks L", ylabel="test accuracy (%)",
+                   title="(a) TRUE labels (oracle computation): flat vs sphere")
+    axes[0, 1].set(xlabel="blocks L", ylabel="cross-entropy", yscale="log",
+                   title=f"(a) Lie blocks, h = {d['h_units']:g} / lam_max = {d['h']:.3g}")
+    for ax in axes[0]:
+        _integer_ticks(ax)
+    for ax, (name, setting) in zip(axes[1], part4["label_free"]["settings"].items()):
+        _label_free_panel(ax, setting["rows"])
+        ax.set(xlabel="test noise sigma", ylabel="test accuracy (%)",
+               title=f"(b) label-free, trained {name} (train sigma = {setting['train_noise']:g})")
+    for ax in axes.ravel():
+        ax.grid(alpha=0.3)
+    for ax in (axes[0, 1], axes[1, 1]):
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    if path:
+        save(fig, path)
+    return fig
+
+
+def _label_free_panel(ax, rows):
+    """Accuracy against test noise: colour = normalisation, line style = variant."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    for r in rows:
+        keys = list(r["accuracy"])
+        sig = np.array([float(k) for k in keys])
+        mean = 100 * np.array([r["accuracy"][k]["mean"] for k in keys])
+        std = 100 * np.array([r["accuracy"][k]["std"] for k in keys])
+        ls = _DASHES[variants.index(r["variant"]) % len(_DASHES)]
+        label = "baseline (L = 0)" if r["variant"] == "baseline" else f"{r['variant']}, {r['norm']}"
+        colour = method_color("regression" if r["variant"] == "baseline" else NORM_METHODS[r["norm"]])
+        ax.errorbar(sig, mean, yerr=std, color=colour,
+                    ls=ls, marker="o", ms=3, capsize=2, label=label)

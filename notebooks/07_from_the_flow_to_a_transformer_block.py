@@ -252,12 +252,34 @@ fig.suptitle(f"a noisy '{CLASS_NAMES[6]}' (sigma = 0.3) through {len(rows)} bloc
 # retraction $R(z)=r\,z/\lVert z\rVert$ that brings an Euler step back onto the sphere. A
 # *post-norm* block $R(z-hv)$ is then exactly a projected step with a per-row step size,
 # while GPT-2's *pre-norm* layout $z+h\,f(R(z))$ is not a flow on the sphere (the residual
-# stream keeps its norm). docs/math.md writes these out; combining the MLP oracle with a
-# normalised block is the next step, and the source of the targets is independent of it.
+# stream keeps its norm). docs/math.md writes these out. The normalisation combines with
+# any source of targets: `BlockConfig(targets="mlp", norm="layer", norm_place="pre")`
+# evaluates the MLP on the normalised stream, and with Lie splitting and Euler for A it is
+# GPT-2's block with `ln_1` and `ln_2` (LayerNorm without its gain and bias), checked below.
 
 # %%
 z = fa.to_numpy(z0)[0]
 r = math.sqrt(z.size)
 print(f"|z_0| = {np.linalg.norm(z):.2f}; after the retraction R(z) = r z / |z|: "
       f"{np.linalg.norm(r * z / np.linalg.norm(z)):.2f} = sqrt(d) = {r:.2f}")
+
+
+def ln(x):
+    """LayerNorm without gain and bias: mean 0 and |x| = sqrt(d) per row (the retraction R)."""
+    u = x - x.mean(axis=-1, keepdims=True)
+    return math.sqrt(x.shape[-1]) * u / np.linalg.norm(u, axis=-1, keepdims=True)
+
+
+def gpt2_pre_norm_block(x, w):
+    """x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)), with the weights of the block above."""
+    x = x + w["h"] * (softmax(ln(x) @ w["keys"].T) @ -w["values"])
+    hidden = gelu(ln(x) @ w["c_fc"].T + w["b_fc"])
+    return x + w["h"] * (softmax(hidden @ w["c_proj"].T + w["b_proj"]) @ w["out"])
+
+
+pre_ln = config.replace(norm="layer", norm_place="pre")
+print(pre_ln.describe())
+Z_pre, _ = make_block(pre_ln).forward(Z, params)
+print("max |GPT-2 pre-LN block - normalised split-flow block| =", np.abs(gpt2_pre_norm_block(Z, w) - Z_pre).max())
+assert np.abs(gpt2_pre_norm_block(Z, w) - Z_pre).max() < 1e-12
 print(f"notebook ran in {time.perf_counter() - t_start:.1f} s")

@@ -184,7 +184,9 @@ def labelled_colours(fig, name="figure"):
                 out.append((name, c.get_label(), to_hex(c.get_facecolors()[0])))
         for container in ax.containers:
             if not container.get_label().startswith("_") and len(container):
-                out.append((name, container.get_label(), to_hex(container[0].get_facecolor())))
+                first = container[0]  # a bar (Rectangle), or an error bar's data line (Line2D)
+                colour = first.get_facecolor() if hasattr(first, "get_facecolor") else first.get_color()
+                out.append((name, container.get_label(), to_hex(colour)))
     return out
 
 

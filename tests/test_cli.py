@@ -31,7 +31,7 @@ BAD_ARGUMENTS = [
     (["--out", "{tmp}/a-file"], "--out: {tmp}/a-file exists and is not a folder"),
     (["--backend", "tensorflow"], "--backend: invalid choice: 'tensorflow'"),
     (["--optimizer", "lbfgs"], "--optimizer: invalid choice: 'lbfgs'"),
-    (["--parts", "4"], "--parts: expected part numbers among 1,2,3,5, got '4'"),
+    (["--parts", "6"], "--parts: expected part numbers among 1,2,3,4,5, got '6'"),
     (["--parts", "x"], "--parts: expected comma-separated integers, got 'x'"),
     (["--mlp-widths", "0,64"], "--mlp-widths: expected positive integers, got '0,64'"),
     (["--mlp-layers=-1"], "--mlp-layers: expected positive integers, got '-1'"),

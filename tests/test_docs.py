@@ -28,7 +28,7 @@ import flowattn_np
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 MODULES = ("data", "train", "optim", "experiment", "experiment_mlp", "mlp", "layers", "network", "flows",
-           "backend", "plotting", "random", "checkpoint", "files", "progress")
+           "sphere", "backend", "plotting", "random", "checkpoint", "files", "progress")
 CITING_DOCS = ("math.md", "backward.md")
 
 # Public names that lack a docstring today. Write the docstring, then delete the name

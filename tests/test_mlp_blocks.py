@@ -194,14 +194,18 @@ def net_of(block, tied, encoding, layers=3, dtype="float64", seed=0):
     return Network(cfg, seed=seed)
 
 
-@pytest.mark.parametrize("case", list(NET_CASES))
-def test_network_of_mlp_blocks_matches_central_differences(case):
-    block, tied, encoding = NET_CASES[case]
+def assert_mlp_network_matches_fd(block, tied, encoding):
+    """FD check of every parameter of a network of L = 3 blocks with the MLP oracle."""
     net = randomise(net_of(block, tied, encoding))
     X, y = network_data(net.config, rows=6, seqs=2, tokens=4)
     if not tied:
         assert {"block0.W1", "block2.b2"} <= set(net.params)
     assert_network_grads_match_fd(net, X, y)
+
+
+@pytest.mark.parametrize("case", list(NET_CASES))
+def test_network_of_mlp_blocks_matches_central_differences(case):
+    assert_mlp_network_matches_fd(*NET_CASES[case])
 
 
 # ---------------------------------------------------------------- configuration, dtypes, labels

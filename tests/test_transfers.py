@@ -43,13 +43,21 @@ MLP = [BlockConfig(targets="mlp", mlp_hidden=4, activation=act, scheme=s, learn_
        for act in ("gelu", "relu") for s in ("lie", "strang")] + [
        BlockConfig(targets="mlp", mlp_hidden=4, heads=(2, 3), h=0.2),
        BlockConfig(model="quadratic", targets="mlp", mlp_hidden=4, learn_h=True, h=0.2)]
-CONFIGS = SPLIT + OTHER + MLP
+# the MLP oracle in normalised blocks: post-norm rotation (linear, exact B) and Euler + R
+# (quadratic), pre-norm LayerNorm (the GPT-2 layout)
+NORM_MLP = [BlockConfig(targets="mlp", mlp_hidden=4, norm="sphere", learn_h=True, h=0.2),
+            BlockConfig(targets="mlp", mlp_hidden=4, norm="layer", norm_place="pre", scheme="strang",
+                        activation="relu", learn_h=True, h=0.2),
+            BlockConfig(model="quadratic", targets="mlp", mlp_hidden=4, norm="layer", b_flow="euler",
+                        h=0.2)]
+CONFIGS = SPLIT + OTHER + MLP + NORM_MLP
 
 
 def _id(c):
     return "-".join(str(getattr(c, f)) for f in ("model", "scheme", "integrator", "b_flow", "targets"))\
         + ("-learn_h" if c.learn_h else "") + ("-heads" if c.heads else "") \
-        + (f"-{c.activation}" if c.targets == "mlp" else "")
+        + (f"-{c.activation}" if c.targets == "mlp" else "") \
+        + (f"-{c.norm_place}-{c.norm}" if c.normalised else "")
 
 
 def _network(block, tied):

@@ -1,0 +1,160 @@
+"""Part 4 of ``reproduce``: normalisation as a sphere constraint, measured on Fashion-MNIST.
+
+(a) Feature discovery with the TRUE labels on the sphere against the flat flow: theta
+    from part 1 held fixed, Lie blocks with step h = h_units / lam_max(theta theta^T),
+    applied to the noisy test images for L = 0..max_layers. On the sphere the blocks are
+    post-norm (every sub-step followed by the retraction R(z) = sqrt(d) z / |z|) and the
+    input is normalised too. An oracle computation, like part 2: the test labels enter
+    the features, so these numbers are never a classifier's test accuracy.
+(b) Label-free classifiers (learned oracle C_hat, key/value memory) whose blocks use no
+    normalisation, post-norm on the sphere, post-norm LayerNorm, or pre-norm on the
+    sphere (the GPT-2 layout; not a flow on the sphere), trained end to end on clean
+    images and with noise augmentation, over seeds: mean and spread of the test accuracy
+    at every test noise level, and the learned step h with its sign.
+
+``python -m flowattn_np reproduce --parts 4`` runs it (with part 1, which provides theta).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from .experiment import (
+    depth_cells,
+    depth_metrics,
+    label_free_network,
+    lam_max,
+    settings_lines,
+    step_report,
+    train_over_seeds,
+    true_label_network,
+)
+from .ops import one_hot
+from .progress import progress_bar
+
+TITLE = ("Part 4. Normalisation as a sphere constraint: (a) feature discovery with the TRUE labels "
+         "on the sphere vs flat (an oracle computation, NOT a classifier's test accuracy); "
+         "(b) label-free classifiers with normalised blocks")
+
+SHORT_NAMES = {"baseline": "multinomial regression", "oracle": "learned oracle C_hat",
+               "memory": "key/value memory (beyond the theory)", "attention": "attention sub-flow only"}
+
+# name -> (description, BlockConfig fields)
+NORMS = {
+    "none": ("no normalisation (flat blocks)", dict(norm="none")),
+    "post-sphere": ("post-norm on the sphere |z| = sqrt(d): R(Z + step), a flow on the sphere",
+                    dict(norm="sphere", norm_place="post")),
+    "post-layer": ("post-norm LayerNorm: R(Z + step) on {mean 0, |z| = sqrt(d)}",
+                   dict(norm="layer", norm_place="post")),
+    "pre-sphere": ("pre-norm on the sphere: Z + step(R(Z)) (GPT-2 layout, NOT a flow on the sphere)",
+                   dict(norm="sphere", norm_place="pre")),
+}
+
+
+def check_norms(norms):
+    """The names of part 4's normalisations (keys of NORMS); returns them as a tuple."""
+    norms = tuple(norms)
+    unknown = [n for n in norms if n not in NORMS]
+    if unknown or not norms:
+        raise ValueError(f"norms: expected names among {', '.join(NORMS)}, got {norms!r}")
+    return norms
+
+
+def part4_discovery(theta, tests, yt, cfg, progress):
+    """(a): head accuracy and cross-entropy after L = 0..max true-label Lie blocks, flat and on the sphere."""
+    lam = lam_max(theta)
+    h = cfg.h_units / lam
+    C = one_hot(yt, theta.shape[0], theta.dtype)  # the true labels: oracle targets
+    out = {"targets": "true labels (oracle computation)", "scheme": "lie", "lam_max": lam,
+           "h_units": cfg.h_units, "h": h, "flows": {}}
+    bar = progress_bar(2 * len(tests) * cfg.max_layers, "part 4 (a), true labels", progress, unit="block")
+    for flow, norm in (("flat", "none"), ("sphere", "sphere")):
+        net = true_label_network(theta, "lie", h, cfg.max_layers, norm=norm)
+        out["flows"][flow] = depth_metrics(net, tests, yt, C, bar)
+    bar.close()
+    return out
+
+
+def part4_label_free(X, y, tests, yt, cfg, progress):
+    """(b): the label-free variants with each normalisation, trained clean and noise-augmented."""
+    norms = check_norms(cfg.norms)
+    L = cfg.norm_layers
+    out = {"layers": L, "epochs": cfg.epochs, "seeds": [cfg.seed + s for s in range(cfg.seeds)],
+           "norms": {n: NORMS[n][0] for n in norms}, "settings": {}}
+    todo = [("baseline", "none", 0)] + [(v, n, L) for v in cfg.norm_variants for n in norms]
+    for name, sigma in {"clean": 0.0, "noise-augmented": cfg.train_noise}.items():
+        rows = []
+        for variant, norm, layers in todo:
+            make = functools.partial(label_free_network, variant, layers, X.shape[1], cfg, **NORMS[norm][1])
+            stats, net, _ = train_over_seeds(make, X, y, tests, yt, cfg, progress, sigma,
+                                             f"part 4, {name}, {variant} {norm} L={layers}")
+            row = {"variant": variant, "norm": norm, "layers": layers, "description": net.describe(),
+                   "accuracy": stats["accuracy"], "loss": stats["loss"]}
+            if layers:
+                row["h"] = step_report(stats["h"])
+            rows.append(row)
+        out["settings"][name] = {"train_noise": sigma, "rows": rows}
+    return out
+
+
+def part4_normalisation(X, y, tests, yt, theta, cfg, progress):
+    """Part 4, (a) and (b); returns the dict stored as results['part4']."""
+    return {"title": TITLE, "discovery": part4_discovery(theta, tests, yt, cfg, progress),
+            "label_free": part4_label_free(X, y, tests, yt, cfg, progress)}
+
+
+def part4_checks(p4):
+    """What part 4 shows, evaluated on this run: (a) monotone on the sphere, and which flow gains
+    more; (b) per variant and setting, the best normalisation and its margin over none."""
+    out = {}
+    for flow, per in p4["discovery"]["flows"].items():
+        out[f"discovery_{flow}"] = {
+            k: {"loss_strictly_decreasing": all(b < a for a, b in zip(r["loss"], r["loss"][1:])),
+                "accuracy_gain_points": 100 * (r["accuracy"][-1] - r["accuracy"][0])}
+            for k, r in per.items()}
+    best = {}
+    for name, setting in p4["label_free"]["settings"].items():
+        for variant in dict.fromkeys(r["variant"] for r in setting["rows"] if r["layers"]):
+            rows = {r["norm"]: r for r in setting["rows"] if r["variant"] == variant}
+            mean = {n: sum(s["mean"] for s in r["accuracy"].values()) / len(r["accuracy"]) for n, r in rows.items()}
+            top = max(mean, key=mean.get)
+            spread = max(s["range"] for s in rows["none"]["accuracy"].values()) if "none" in rows else 0.0
+            best[f"{name}/{variant}"] = {
+                "best_norm": top, "mean_accuracy_over_test_noise": mean,
+                "gain_over_none_points": 100 * (mean[top] - mean.get("none", mean[top])),
+                "none_spread_points": 100 * spread}
+    out["label_free_best"] = best
+    return out
+
+
+def part4_markdown(p4, keys):
+    """Part 4 as Markdown lines: (a) accuracy / cross-entropy against L; (b) one table per setting."""
+    d = p4["discovery"]
+    lines = [f"## {p4['title']}", "", f"**(a)** theta from part 1, lam_max = {d['lam_max']:.2f}, Lie blocks, "
+             f"h = {d['h_units']:g} / lam_max = {d['h']:.4g}; on the sphere the input and every sub-step are "
+             "normalised (r = sqrt(d)). Entries: accuracy % / cross-entropy.", ""]
+    n_layers = len(next(iter(d["flows"]["flat"].values()))["loss"])
+    lines += ["| flow | sigma | " + " | ".join(f"L={i}" for i in range(n_layers)) + " |",
+              "|---|---|" + "---|" * n_layers]
+    for flow, per in d["flows"].items():
+        lines += [f"| {flow} | {k} | " + " | ".join(depth_cells(r)) + " |" for k, r in per.items()]
+    b = p4["label_free"]
+    lines += ["", f"**(b)** L = {b['layers']} tied blocks, {b['epochs']} epochs, {len(b['seeds'])} seeds "
+              "(mean ± std of test accuracy %); learned h with its sign.", ""]
+    return lines + settings_lines(b["settings"], keys, [("variant", lambda r: SHORT_NAMES[r["variant"]]),
+                                                        ("normalisation", lambda r: r["norm"]),
+                                                        ("L", lambda r: r["layers"])])
+
+
+def part4_check_lines(checks):
+    """The part 4 checks as Markdown list items."""
+    lines = []
+    for flow in ("flat", "sphere"):
+        for k, v in checks.get(f"discovery_{flow}", {}).items():
+            lines.append(f"- part 4 (a), {flow}, sigma = {k}: cross-entropy strictly decreasing in L: "
+                         f"{v['loss_strictly_decreasing']}; accuracy gain {v['accuracy_gain_points']:+.1f} points")
+    for key, v in checks.get("label_free_best", {}).items():
+        lines.append(f"- part 4 (b), {key}: best normalisation {v['best_norm']} "
+                     f"({v['gain_over_none_points']:+.2f} points over none, averaged over the test noise; "
+                     f"seed spread of none {v['none_spread_points']:.2f})")
+    return lines
