@@ -19,33 +19,85 @@ from .ops import softmax, softmax_vjp, softmax_vjp_heads, sum_leading, swap_last
 # ---------------------------------------------------------------- cross-attention
 
 def cross_attention(Z, theta, heads=None):
-    """Cross-attention CA(Z, theta) = sigma(Z theta^T) theta (eq. 4).
+    r"""Cross-attention of the features to the classes (eq. 4).
 
-    Queries Z (n x d); keys = values = theta (m x d), one row per class.
-    With ``heads`` (class counts per head) the softmax is taken per head and CA is
-    the sum of the heads' cross-attentions. Returns n x d.
+    $$
+    \operatorname{CA}(Z,\theta)=\sigma(Z\theta^\top)\,\theta
+    $$
+
+    Queries $Z$; keys and values $\theta$, one row per class. With ``heads`` the softmax
+    is taken per head and $\operatorname{CA}$ is the sum of the heads' cross-attentions.
+
+    Parameters
+    ----------
+    Z : array, shape (n, d)
+        Queries: the features.
+    theta : array, shape (m, d)
+        Keys and values: one row per class.
+    heads : tuple of int, optional
+        Class counts $(m_1,\dots,m_H)$ summing to $m$.
+
+    Returns
+    -------
+    array, shape (n, d)
+        $\operatorname{CA}(Z,\theta)$.
     """
     heads = validate.linear_inputs(Z, theta, None, heads)
     return cross_attention_forward(Z, theta, heads)[0]
 
 
 def cross_attention_forward(Z, theta, heads=None):
-    """CA(Z, theta) without input checks (it trusts its inputs).
+    r"""$\operatorname{CA}(Z,\theta)$ without input checks, and what its VJP needs.
 
-    Returns (CA, P) with P = sigma(Z theta^T), what cross_attention_vjp needs.
+    Parameters
+    ----------
+    Z : array, shape (n, d)
+        Queries (trusted: not checked).
+    theta : array, shape (m, d)
+        Keys and values.
+    heads : tuple of int, optional
+        Class counts per head.
+
+    Returns
+    -------
+    CA : array, shape (n, d)
+        $\sigma(Z\theta^\top)\,\theta$.
+    P : array, shape (n, m)
+        The attention matrix $P=\sigma(Z\theta^\top)$, for `cross_attention_vjp`.
     """
     P = softmax(Z @ theta.T, heads)
     return P @ theta, P
 
 
 def cross_attention_vjp(Z, theta, P, U, heads=None):
-    """VJP of CA = P theta, P = sigma(S), S = Z theta^T, for upstream U (n x d).
+    r"""Vector-Jacobian product of $\operatorname{CA}=P\theta$, $P=\sigma(S)$, $S=Z\theta^\top$.
 
-        P_bar = U theta^T,  S_bar = P * (P_bar - rowsum(P * P_bar))
-        Z_bar = S_bar theta,  theta_bar = P^T U + S_bar^T Z
+    $$
+    \bar P=U\theta^\top,\quad
+    \bar S=P\odot\big(\bar P-\operatorname{rowsum}(P\odot\bar P)\big),\quad
+    \bar Z=\bar S\,\theta,\quad
+    \bar\theta=P^\top U+\bar S^\top Z
+    $$
 
-    Trusts its inputs (P from cross_attention_forward). Returns (Z_bar, theta_bar)
-    of the shapes of Z and theta.
+    Parameters
+    ----------
+    Z : array, shape (n, d)
+        Queries.
+    theta : array, shape (m, d)
+        Keys and values.
+    P : array, shape (n, m)
+        Attention matrix from `cross_attention_forward` (trusted).
+    U : array, shape (n, d)
+        Upstream gradient $\bar{\operatorname{CA}}$.
+    heads : tuple of int, optional
+        Class counts per head.
+
+    Returns
+    -------
+    Z_bar : array, shape (n, d)
+        Gradient in $Z$.
+    theta_bar : array, shape (m, d)
+        Gradient in $\theta$.
     """
     S_bar = softmax_vjp_heads(P, U @ theta.T, heads)
     return S_bar @ theta, P.T @ U + S_bar.T @ Z
@@ -54,10 +106,26 @@ def cross_attention_vjp(Z, theta, P, U, heads=None):
 # ---------------------------------------------------------------- self-attention
 
 def self_attention(Z, theta):
-    """Self-attention SA(Z, theta) = sigma(Z theta Z^T) Z theta (eq. 9).
+    r"""Self-attention with one symmetric matrix (eq. 9).
 
-    Z: (..., n, d), theta: d x d symmetric. Q = K = V = Z phi for theta = phi phi^T,
-    output projection phi^T. Returns (..., n, d).
+    $$
+    \operatorname{SA}(Z,\theta)=\sigma(Z\theta Z^\top)\,Z\theta
+    $$
+
+    With $\theta=\phi\phi^\top$: queries, keys and values $Z\phi$, output projection
+    $\phi^\top$.
+
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+        Tokens; leading axes are a batch of sequences.
+    theta : array, shape (d, d)
+        Symmetric.
+
+    Returns
+    -------
+    array, shape (..., n, d)
+        $\operatorname{SA}(Z,\theta)$.
     """
     validate.quadratic_inputs(Z, theta)
     P = softmax(Z @ theta @ swap_last(Z))
@@ -65,10 +133,25 @@ def self_attention(Z, theta):
 
 
 def self_attention_adjoint(Z, theta):
-    """Adjoint self-attention SA*(Z, theta) = sigma(Z theta Z^T)^T Z theta (eq. 9).
+    r"""Adjoint self-attention (eq. 9): the same attention matrix, transposed.
 
-    The same attention matrix, transposed: token j collects from the queries that
-    attend to it. Z: (..., n, d), theta: d x d symmetric. Returns (..., n, d).
+    $$
+    \operatorname{SA}^*(Z,\theta)=\sigma(Z\theta Z^\top)^\top Z\theta
+    $$
+
+    Token $j$ collects from the queries that attend to it.
+
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+        Tokens.
+    theta : array, shape (d, d)
+        Symmetric.
+
+    Returns
+    -------
+    array, shape (..., n, d)
+        $\operatorname{SA}^*(Z,\theta)$.
     """
     validate.quadratic_inputs(Z, theta)
     P = softmax(Z @ theta @ swap_last(Z))
@@ -76,9 +159,23 @@ def self_attention_adjoint(Z, theta):
 
 
 def self_attention_sum_forward(Z, theta):
-    """SA + SA* = (P + P^T) Z theta without input checks (it trusts its inputs).
+    r"""$\operatorname{SA}+\operatorname{SA}^*=(P+P^\top)Z\theta$ without input checks, and what its VJP needs.
 
-    Returns (SA + SA*, P, Y = Z theta), what self_attention_sum_vjp needs.
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+        Tokens (trusted: not checked).
+    theta : array, shape (d, d)
+        Symmetric.
+
+    Returns
+    -------
+    F : array, shape (..., n, d)
+        $(P+P^\top)\,Z\theta$.
+    P : array, shape (..., n, n)
+        $\sigma(Z\theta Z^\top)$.
+    Y : array, shape (..., n, d)
+        $Z\theta$.
     """
     Y = Z @ theta
     P = softmax(Y @ swap_last(Z))
@@ -86,15 +183,38 @@ def self_attention_sum_forward(Z, theta):
 
 
 def self_attention_sum_vjp(Z, theta, P, Y, U):
-    """VJP of F = (P + P^T) Y, Y = Z theta, P = sigma(Z theta Z^T), for upstream U.
+    r"""Vector-Jacobian product of $F=(P+P^\top)Y$, $Y=Z\theta$, $P=\sigma(Z\theta Z^\top)$.
 
-        Q = P + P^T,  P_bar = U Y^T + Y U^T,  Y_bar = Q U
-        S_bar = P * (P_bar - rowsum(P * P_bar))
-        Z_bar = Y_bar theta^T + S_bar Z theta^T + S_bar^T Z theta
-        theta_bar = sum_batch(Z^T Y_bar + Z^T S_bar Z)
+    $$
+    \begin{aligned}
+    \bar P&=UY^\top+YU^\top, &\bar Y&=(P+P^\top)\,U, &
+    \bar S&=P\odot\big(\bar P-\operatorname{rowsum}(P\odot\bar P)\big),\\
+    \bar Z&=\bar Y\theta^\top+\bar S Z\theta^\top+\bar S^\top Z\theta, &
+    \bar\theta&=\textstyle\sum_{\text{batch}}\big(Z^\top\bar Y+Z^\top\bar S Z\big)
+    \end{aligned}
+    $$
 
-    theta_bar is the gradient over all d x d matrices (not symmetrised). Trusts its
-    inputs (P, Y from self_attention_sum_forward). Returns (Z_bar, theta_bar).
+    $\bar\theta$ is the gradient over all $d\times d$ matrices (not symmetrised).
+
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+        Tokens.
+    theta : array, shape (d, d)
+        Symmetric.
+    P : array, shape (..., n, n)
+        From `self_attention_sum_forward` (trusted).
+    Y : array, shape (..., n, d)
+        From `self_attention_sum_forward` (trusted).
+    U : array, shape (..., n, d)
+        Upstream gradient $\bar F$.
+
+    Returns
+    -------
+    Z_bar : array, shape (..., n, d)
+        Gradient in $Z$.
+    theta_bar : array, shape (d, d)
+        Gradient in $\theta$, summed over the batch.
     """
     UYt = U @ swap_last(Y)
     S_bar = softmax_vjp(P, UYt + swap_last(UYt))

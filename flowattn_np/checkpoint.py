@@ -154,11 +154,24 @@ def load_arrays(path, names=None):
 
 
 def save_checkpoint(path, net, optimizer=None, history=None, extra=None):
-    """Save all parameters, the configuration (and optimiser state, history) to one .npz.
+    """Save all parameters and the configuration (and optimiser state, history) to one ``.npz``.
 
-    Written atomically (temporary file, then rename): an interrupted save leaves the
-    previous checkpoint intact. Arrays are copied to the host, so a checkpoint saved
-    on CuPy loads on NumPy.
+    Written atomically (temporary file, then rename): an interrupted save leaves the previous
+    checkpoint intact. Arrays are copied to the host, so a checkpoint saved on CuPy loads on
+    NumPy.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.npz`` file.
+    net : Network
+        Its params and config.
+    optimizer : Optimizer, optional
+        Its state, to resume training.
+    history : History, optional
+        The training records.
+    extra : dict, optional
+        JSON-able data to keep alongside.
     """
     net.check_params(net.params, "net.params")  # a file that will load again, or nothing
     arrays = {f"param/{k}": v for k, v in net.params.items()}
@@ -208,12 +221,19 @@ def _check_stored(config, headers, path):
 
 
 def load_checkpoint(path):
-    """Load a Network (on the active backend) from ``save_checkpoint``'s file.
+    """Load a `Network`, on the active backend, from the file of `save_checkpoint`.
 
-    The configuration in the metadata is checked against the stored arrays' names and
-    shapes (read from their headers) before anything is loaded or built. The saved
-    history and extra data are on ``net.checkpoint_meta``; to resume training, build an
-    optimiser on the returned network's params and call ``restore_optimizer``.
+    The saved history and extra data are on ``net.checkpoint_meta``; to resume training,
+    build an optimiser on the returned network's params and call `restore_optimizer`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.npz`` file.
+
+    Returns
+    -------
+    Network
     """
     path = os.fspath(path)
     found = {}
@@ -231,7 +251,15 @@ def load_checkpoint(path):
 
 
 def restore_optimizer(optimizer, net):
-    """Put the optimiser state saved with ``net``'s checkpoint into ``optimizer``."""
+    """Put the optimiser state saved with ``net``'s checkpoint into ``optimizer``.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        Built on ``net.params``.
+    net : Network
+        Returned by `load_checkpoint`.
+    """
     state = dict(getattr(net, "checkpoint_optimizer_state", {}))
     state["t"] = net.checkpoint_meta.get("optimizer", {}).get("t", 0)
     optimizer.load_state(state)

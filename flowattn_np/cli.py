@@ -1,9 +1,11 @@
 """Command line: ``python -m flowattn_np`` or ``flowattn-np``.
 
-    flowattn-np reproduce [--quick] [--out DIR] [--layers 1,2,4] [--noise 0,0.5,1] ...
-    flowattn-np data [--download]      where the data is found (or fetch it)
-    flowattn-np info                   version, backend, CuPy and data availability
-    flowattn-np coursework init DIR    an nbgrader course directory with the assignments
+```text
+flowattn-np reproduce [--quick] [--out DIR] [--layers 1,2,4] [--noise 0,0.5,1] ...
+flowattn-np data [--download]      where the data is found (or fetch it)
+flowattn-np info                   version, backend, CuPy and data availability
+flowattn-np coursework init DIR    an nbgrader course directory with the assignments
+```
 """
 
 from __future__ import annotations

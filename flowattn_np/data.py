@@ -509,10 +509,21 @@ def load_fashion_mnist(data_dir=None, download=True, validation=0, seed=0,
 # ---------------------------------------------------------------- noise
 
 def add_noise(X, sigma, seed=0):
-    """``X + sigma * eps`` with eps ~ N(0, 1) from ``default_rng(seed)``; same dtype and shape as X.
+    r"""$X+\sigma\varepsilon$ with $\varepsilon\sim\mathcal N(0,1)$ from ``default_rng(seed)``, not clipped (the paper's additive Gaussian noise).
 
-    Not clipped (the paper's additive Gaussian noise). X must be float32 or
-    float64 and is not modified. sigma must be finite and >= 0.
+    Parameters
+    ----------
+    X : array
+        float32 or float64; not modified.
+    sigma : float
+        $\sigma\ge0$, finite.
+    seed : int
+        Seed of $\varepsilon$.
+
+    Returns
+    -------
+    array
+        Of the shape and dtype of ``X``.
     """
     X = np.asarray(X)
     if X.dtype not in (np.float32, np.float64):
@@ -534,9 +545,29 @@ def add_noise(X, sigma, seed=0):
 
 
 def make_blobs(n=600, classes=3, dim=2, spread=0.5, radius=2.0, seed=0, dtype="float32"):
-    """Gaussian clusters around ``classes`` centres on a circle (dim >= 2, other axes 0).
+    """Gaussian clusters around ``classes`` centres on a circle (other axes 0); linearly separable for small ``spread``.
 
-    Linearly separable for small ``spread``. Returns (X (n, dim), y (n,)).
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    classes : int
+        Number of clusters.
+    dim : int
+        Dimension, at least 2.
+    spread : float
+        Standard deviation of each cluster.
+    radius : float
+        Radius of the circle of centres.
+    seed : int
+        Seed.
+    dtype : str
+        Floating dtype of ``X``.
+
+    Returns
+    -------
+    X : array, shape (n, dim)
+    y : array of int, shape (n,)
     """
     rng = np.random.default_rng(seed)
     angles = 2 * np.pi * np.arange(classes) / classes
@@ -548,11 +579,29 @@ def make_blobs(n=600, classes=3, dim=2, spread=0.5, radius=2.0, seed=0, dtype="f
 
 
 def make_xor(n=800, spread=0.3, dim=2, seed=0, dtype="float32"):
-    """XOR: four clusters at (+-1, +-1); class 1 where the two signs differ.
+    r"""XOR: four clusters at $(\pm1,\pm1)$; class 1 where the two signs differ.
 
-    No linear classifier through the origin (logits Z theta^T, no intercept) can
-    beat chance on it: class(z) = class(-z) while a linear score is odd. With
-    dim > 2 the extra axes carry pure noise. Returns (X (n, dim), y (n,)).
+    No linear classifier through the origin (logits $Z\theta^\top$, no intercept) can beat
+    chance on it: class($z$) = class($-z$) while a linear score is odd. With ``dim`` > 2 the
+    extra axes carry pure noise.
+
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    spread : float
+        Standard deviation of each cluster.
+    dim : int
+        Dimension, at least 2.
+    seed : int
+        Seed.
+    dtype : str
+        Floating dtype of ``X``.
+
+    Returns
+    -------
+    X : array, shape (n, dim)
+    y : array of int, shape (n,)
     """
     rng = np.random.default_rng(seed)
     signs = rng.choice([-1.0, 1.0], size=(n, 2))
@@ -565,17 +614,39 @@ def make_xor(n=800, spread=0.3, dim=2, seed=0, dtype="float32"):
 
 
 def random_spd(d, seed=0, condition=4.0):
-    """A random symmetric positive-definite d x d matrix with eigenvalues in [1, condition]."""
+    r"""A random symmetric positive-definite $d\times d$ matrix with eigenvalues in $[1,\text{condition}]$."""
     rng = np.random.default_rng(seed)
     Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
     return (Q * np.linspace(1.0, condition, d)) @ Q.T
 
 
 def make_retrieval(num_seqs=512, tokens=8, d=6, theta_star=None, seed=0, dtype="float32"):
-    """Self-attention retrieval: each token's target is the token it scores highest
-    under a hidden SPD matrix theta*: y_bi = argmax_j (Z_b theta* Z_b^T)_ij.
+    r"""Self-attention retrieval: each token's target is the token it scores highest under a hidden SPD matrix.
 
-    Returns (X (num_seqs, tokens, d), y (num_seqs, tokens), theta_star (d, d)).
+    $$
+    y_{bi}=\arg\max_j\,(Z_b\theta^\star Z_b^\top)_{ij}
+    $$
+
+    Parameters
+    ----------
+    num_seqs : int
+        Number of sequences $B$.
+    tokens : int
+        Tokens per sequence $n$.
+    d : int
+        Token dimension.
+    theta_star : array, shape (d, d), optional
+        The hidden matrix; a random SPD one by default.
+    seed : int
+        Seed.
+    dtype : str
+        Floating dtype of ``X``.
+
+    Returns
+    -------
+    X : array, shape (B, n, d)
+    y : array of int, shape (B, n)
+    theta_star : array, shape (d, d)
     """
     rng = np.random.default_rng(seed)
     if theta_star is None:

@@ -189,9 +189,19 @@ def part1_baseline(X, y, tests, yt, cfg, progress):
 
 
 def lam_max(theta):
-    """Largest eigenvalue of theta theta^T (m x m): the unit of the step size.
+    r"""Largest eigenvalue $\lambda_{\max}$ of $\theta\theta^\top$: the unit of the step size.
 
-    An Euler step of the full linear flow descends for h < 4 / lam_max (docs/math.md).
+    An Euler step of the full linear flow descends for $h<4/\lambda_{\max}$ (the mathematics,
+    section 4).
+
+    Parameters
+    ----------
+    theta : array, shape (m, d)
+        One row per class.
+
+    Returns
+    -------
+    float
     """
     xp = get_array_module(theta)
     t64 = theta.astype("float64")
@@ -226,11 +236,28 @@ def depth_metrics(net, tests, yt, C, bar):
 
 
 def true_label_network(theta, scheme, h, layers, norm="none"):
-    """Part 2's network: ``layers`` tied linear blocks fed the TRUE labels, with theta fixed.
+    r"""Part 2's network: ``layers`` tied linear blocks fed the true labels, $\theta$ fixed.
 
-    Each block is one Lie or Strang step of eq. (8) with step h (``norm='sphere'``: the
+    Each block is one Lie or Strang step of eq. (8) with step $h$ (``norm="sphere"``: the
     post-norm blocks on the sphere of part 4); ``features(Z, y)`` gives the iterates
-    Z_0..Z_L (an oracle computation: the labels y enter them).
+    $Z_0,\dots,Z_L$ (an oracle computation: the labels enter them).
+
+    Parameters
+    ----------
+    theta : array, shape (m, d)
+        The trained regression of part 1.
+    scheme : str
+        ``"lie"`` or ``"strang"``.
+    h : float
+        Step size.
+    layers : int
+        Number of blocks $L$.
+    norm : str
+        ``"none"`` or ``"sphere"``.
+
+    Returns
+    -------
+    Network
     """
     block = BlockConfig(model="linear", scheme=scheme, targets="labels", h=h, norm=norm)
     config = NetworkConfig(n_inputs=theta.shape[1], n_classes=theta.shape[0], layers=layers,
@@ -311,9 +338,11 @@ def part3_label_free(X, y, tests, yt, cfg, progress):
 
 
 def checks(results, cfg):
-    """The claims the numbers should show (docs/results.md), evaluated on this run, for the parts
-    that ran: part 2's monotone cross-entropy and accuracy gain, part 3's learned oracle against
-    L = 0 and the seed spread, part 4's (experiment_norm.part4_checks)."""
+    """The claims the numbers should show (docs/results.md), evaluated on this run, for the parts that ran.
+
+    Part 2's monotone cross-entropy and accuracy gain, part 3's learned oracle against $L=0$
+    and the seed spread, part 4's (`experiment_norm.part4_checks`).
+    """
     out = {}
     if "part2" in results:
         out.update(part2_checks(results["part2"]))

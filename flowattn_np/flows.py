@@ -42,40 +42,125 @@ def _linear_rhs(theta, C, heads):
 
 
 def linear_field(theta, C=None, heads=None):
-    """The vector field of eq. (6), checked once: f(Z) = C theta - CA(Z, theta).
+    r"""The vector field of the linear gradient flow (eq. 6), its arguments checked once.
 
-    With C None, the attention part alone: f(Z) = -CA(Z, theta). theta: m x d,
-    C: n x m. Returns the function f, which trusts its argument Z (n x d).
+    $$
+    f(Z)=C\theta-\operatorname{CA}(Z,\theta)\qquad\big(f(Z)=-\operatorname{CA}(Z,\theta)\text{ when } C \text{ is None}\big)
+    $$
+
+    Parameters
+    ----------
+    theta : array, shape (m, d)
+        One row per class.
+    C : array, shape (n, m), optional
+        Targets; None for the attention part alone.
+    heads : tuple of int, optional
+        Class counts per head.
+
+    Returns
+    -------
+    callable
+        $f$, which trusts its argument $Z$ of shape (n, d).
     """
     heads = validate.linear_inputs(None, theta, C, heads)
     return _linear_rhs(theta, C, heads)
 
 
 def linear_flow(Z, theta, C, heads=None):
-    """Right-hand side of the gradient flow (eq. 6): C theta - CA(Z, theta). Returns n x d."""
+    r"""Right-hand side of the gradient flow of the linear model (eq. 6).
+
+    $$
+    \frac{dZ}{dt}=-\nabla_Z\ell=C\theta-\operatorname{CA}(Z,\theta)
+    $$
+
+    Parameters
+    ----------
+    Z : array, shape (n, d)
+        Features.
+    theta : array, shape (m, d)
+        One row per class.
+    C : array, shape (n, m)
+        Targets.
+    heads : tuple of int, optional
+        Class counts per head.
+
+    Returns
+    -------
+    array, shape (n, d)
+        $dZ/dt$.
+    """
     heads = validate.linear_inputs(Z, theta, C, heads)
     return _linear_rhs(theta, C, heads)(Z)
 
 
 def linear_flow_A(Z, theta, heads=None):
-    """Attention part of eq. (6): -CA(Z, theta) = -sigma(Z theta^T) theta. Returns n x d."""
+    r"""Attention part A of the linear flow (eq. 6): $-\operatorname{CA}(Z,\theta)=-\sigma(Z\theta^\top)\,\theta$.
+
+    Parameters
+    ----------
+    Z : array, shape (n, d)
+        Features.
+    theta : array, shape (m, d)
+        One row per class.
+    heads : tuple of int, optional
+        Class counts per head.
+
+    Returns
+    -------
+    array, shape (n, d)
+        $dZ/dt$ of the A sub-flow.
+    """
     heads = validate.linear_inputs(Z, theta, None, heads)
     return _linear_rhs(theta, None, heads)(Z)
 
 
 def linear_flow_B(Z, theta, C, heads=None):
-    """Label part of eq. (6): C theta (constant in Z). Returns n x d.
+    r"""Label part B of the linear flow (eq. 6): $C\theta$, constant in $Z$.
 
-    ``heads``: C holds one distribution per head in each row (multi-head labels).
+    Parameters
+    ----------
+    Z : array, shape (n, d)
+        Features (only their shape matters).
+    theta : array, shape (m, d)
+        One row per class.
+    C : array, shape (n, m)
+        Targets; with ``heads``, one distribution per head in each row.
+    heads : tuple of int, optional
+        Class counts per head (multi-head labels).
+
+    Returns
+    -------
+    array, shape (n, d)
+        $dZ/dt$ of the B sub-flow.
     """
     validate.linear_inputs(Z, theta, C, heads)
     return C @ theta
 
 
 def linear_B_exact(Z, theta, C, t, heads=None):
-    """Exact solution of dZ/dt = C theta after time t: Z + t C theta (second line of eq. 8).
+    r"""Exact solution of the B sub-flow $dZ/dt=C\theta$ after time $t$ (second line of eq. 8).
 
-    ``heads``: C holds one distribution per head in each row (multi-head labels).
+    $$
+    Z(t)=Z+t\,C\theta
+    $$
+
+    Parameters
+    ----------
+    Z : array, shape (n, d)
+        Features at time 0.
+    theta : array, shape (m, d)
+        One row per class.
+    C : array, shape (n, m)
+        Targets; with ``heads``, one distribution per head in each row.
+    t : float
+        Time.
+    heads : tuple of int, optional
+        Class counts per head (multi-head labels).
+
+    Returns
+    -------
+    array, shape (n, d)
+        $Z(t)$.
     """
     validate.linear_inputs(Z, theta, C, heads)
     t = validate.check_step("t", t)
@@ -91,36 +176,102 @@ def _quadratic_rhs(theta, C):
 
 
 def quadratic_field(theta, C=None):
-    """The quadratic model's gradient flow, checked once: f(Z) = M Z theta - SA - SA*.
+    r"""The quadratic model's gradient flow, its arguments checked once.
 
-    M = C + C^T; with C None, the attention part alone: f(Z) = -(SA + SA*)(Z, theta).
-    theta: d x d symmetric, C: (..., n, n). Returns f, which trusts Z ((..., n, d)).
+    $$
+    f(Z)=MZ\theta-\operatorname{SA}(Z,\theta)-\operatorname{SA}^*(Z,\theta),\qquad M=C+C^\top
+    $$
+
+    With ``C`` None, the attention part alone: $f(Z)=-(\operatorname{SA}+\operatorname{SA}^*)(Z,\theta)$.
+
+    Parameters
+    ----------
+    theta : array, shape (d, d)
+        Symmetric.
+    C : array, shape (..., n, n), optional
+        Targets; None for the attention part alone.
+
+    Returns
+    -------
+    callable
+        $f$, which trusts its argument $Z$ of shape (..., n, d).
     """
     validate.quadratic_inputs(None, theta, C)
     return _quadratic_rhs(theta, C)
 
 
 def quadratic_flow(Z, theta, C):
-    """Gradient flow of the quadratic model: (C + C^T) Z theta - SA - SA*. Returns (..., n, d)."""
+    r"""Right-hand side of the gradient flow of the quadratic model.
+
+    $$
+    \frac{dZ}{dt}=(C+C^\top)Z\theta-\operatorname{SA}(Z,\theta)-\operatorname{SA}^*(Z,\theta)
+    $$
+
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+        Tokens.
+    theta : array, shape (d, d)
+        Symmetric.
+    C : array, shape (..., n, n)
+        Targets.
+
+    Returns
+    -------
+    array, shape (..., n, d)
+        $dZ/dt$.
+    """
     validate.quadratic_inputs(Z, theta, C)
     return _quadratic_rhs(theta, C)(Z)
 
 
 def quadratic_flow_A(Z, theta):
-    """Attention part of the quadratic flow: -(SA + SA*)(Z, theta). Returns (..., n, d)."""
+    r"""Attention part A of the quadratic flow: $-(\operatorname{SA}+\operatorname{SA}^*)(Z,\theta)$.
+
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+        Tokens.
+    theta : array, shape (d, d)
+        Symmetric.
+
+    Returns
+    -------
+    array, shape (..., n, d)
+        $dZ/dt$ of the A sub-flow.
+    """
     validate.quadratic_inputs(Z, theta)
     return _quadratic_rhs(theta, None)(Z)
 
 
 def quadratic_flow_B(Z, theta, C):
-    """Label part of the quadratic flow: M Z theta with M = C + C^T. Returns (..., n, d)."""
+    r"""Label part B of the quadratic flow: $MZ\theta$ with $M=C+C^\top$.
+
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+        Tokens.
+    theta : array, shape (d, d)
+        Symmetric.
+    C : array, shape (..., n, n)
+        Targets.
+
+    Returns
+    -------
+    array, shape (..., n, d)
+        $dZ/dt$ of the B sub-flow.
+    """
     validate.quadratic_inputs(Z, theta, C)
     return (C + swap_last(C)) @ Z @ theta
 
 
 class QuadraticBCache(NamedTuple):
-    """What quadratic_B_exact_vjp needs: the eigenbases M = U diag(lam) U^T and
-    theta = V diag(mu) V^T, Zt = U^T Z V, E = exp(t lam mu^T), and the time t."""
+    r"""What `quadratic_B_exact_vjp` needs from the forward sub-flow.
+
+    The eigenbases $M=U\operatorname{diag}(\lambda)U^\top$ and
+    $\theta=V\operatorname{diag}(\mu)V^\top$, $\tilde Z=U^\top ZV$,
+    $E=\exp(t\lambda\mu^\top)$ and the time $t$.
+    """
 
     U: Any
     lam: Any
@@ -132,13 +283,32 @@ class QuadraticBCache(NamedTuple):
 
 
 def quadratic_B_exact(Z, theta, C, t):
-    """Exact solution of the quadratic B sub-flow dZ/dt = M Z theta, M = C + C^T, after time t.
+    r"""Exact solution of the quadratic B sub-flow $dZ/dt=MZ\theta$, $M=C+C^\top$, after time $t$.
 
-    (The second line of eq. (10) is one Euler step of this sub-flow: Z + t M Z theta.)
+    With $M=U\operatorname{diag}(\lambda)U^\top$ and $\theta=V\operatorname{diag}(\mu)V^\top$,
 
-    With M = U diag(lam) U^T and theta = V diag(mu) V^T (eigh),
-        Z(t) = U [exp(t lam mu^T) * (U^T Z V)] V^T        (* element-wise).
-    This is NOT expm(tM) Z expm(t theta), which solves dZ/dt = M Z + Z theta.
+    $$
+    Z(t)=U\big[e^{t\lambda\mu^\top}\odot(U^\top ZV)\big]V^\top .
+    $$
+
+    This is not $e^{tM}Ze^{t\theta}$, which solves $dZ/dt=MZ+Z\theta$. The second line of
+    eq. (10) is one Euler step of this sub-flow, $Z+tMZ\theta$.
+
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+        Tokens at time 0.
+    theta : array, shape (d, d)
+        Symmetric.
+    C : array, shape (..., n, n)
+        Targets.
+    t : float
+        Time.
+
+    Returns
+    -------
+    array, shape (..., n, d)
+        $Z(t)$.
     """
     validate.quadratic_inputs(Z, theta, C)
     t = validate.check_step("t", t)
@@ -146,11 +316,28 @@ def quadratic_B_exact(Z, theta, C, t):
 
 
 def quadratic_B_exact_forward(Z, theta, M, t, theta_eigh=None):
-    """The exact quadratic B sub-flow for a given M = C + C^T, without input checks.
+    r"""The exact quadratic B sub-flow for a given $M=C+C^\top$, without input checks.
 
-    ``theta_eigh``: (mu, V) = eigh(theta) when the caller has it (tied weights: once per
-    pass for every block). Trusts its inputs. Returns (Z(t), QuadraticBCache) for
-    quadratic_B_exact_vjp.
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+        Tokens (trusted: not checked).
+    theta : array, shape (d, d)
+        Symmetric.
+    M : array, shape (..., n, n)
+        Symmetric.
+    t : float
+        Time.
+    theta_eigh : tuple of array, optional
+        $(\mu, V)$ = ``eigh(theta)`` when the caller has it (tied weights: once per pass
+        for every block).
+
+    Returns
+    -------
+    Z_t : array, shape (..., n, d)
+        $Z(t)$.
+    cache : QuadraticBCache
+        For `quadratic_B_exact_vjp`.
     """
     xp = get_array_module(Z)
     lam, U = xp.linalg.eigh(M)
@@ -161,18 +348,37 @@ def quadratic_B_exact_forward(Z, theta, M, t, theta_eigh=None):
 
 
 def divided_difference_products(A, B, E, c, x):
-    """K_ab = sum_r A_ra B_rb D_rab with the divided differences of exp,
+    r"""$K_{ab}=\sum_rA_{ra}B_{rb}D_{rab}$ with the divided differences of the exponential, as matrix products.
 
-        D_rab = (E_ra - E_rb) / (x_a - x_b),  E_ra = exp(c_r x_a),  D_raa = c_r E_ra,
+    $$
+    D_{rab}=\frac{E_{ra}-E_{rb}}{x_a-x_b},\qquad E_{ra}=e^{c_rx_a},\qquad D_{raa}=c_rE_{ra}
+    $$
 
-    as matrix products (the Daleckii-Krein sums of the exact B flow's VJP).
-    Pairs far apart: ((A * E)^T B - A^T (B * E)) / (x_a - x_b). Near pairs
-    (max_r |c_r| |x_a - x_b| <= tol; tol = 3e-3 in float64, 0.1 in float32), where that
-    difference cancels: with S = sqrt(E) and the midpoint expansion
-    D_rab = c_r S_ra S_rb (1 + (c_r (x_a - x_b))^2 / 24 + O(tol^4)),
-        K_ab = [(A S c)^T (B S)]_ab + (x_a - x_b)^2 / 24 [(A S c^3)^T (B S)]_ab.
-    Both errors are below 1e-13 (float64) or 1e-6 (float32) of the scale.
-    A, B, E: (..., R, k); c: (..., R); x: (..., k). Returns (..., k, k).
+    (the Daleckii-Krein sums of the exact B flow's VJP). Pairs far apart:
+    $\big((A\odot E)^\top B-A^\top(B\odot E)\big)/(x_a-x_b)$. Near pairs
+    ($\max_r|c_r|\,|x_a-x_b|\le$ tol; tol $=3\cdot10^{-3}$ in float64, $0.1$ in float32), where
+    that difference cancels: with $S=\sqrt E$ and the midpoint expansion
+    $D_{rab}=c_rS_{ra}S_{rb}\big(1+(c_r(x_a-x_b))^2/24+O(\text{tol}^4)\big)$,
+
+    $$
+    K_{ab}=\big[(A\odot S\odot c)^\top(B\odot S)\big]_{ab}+\frac{(x_a-x_b)^2}{24}\big[(A\odot S\odot c^3)^\top(B\odot S)\big]_{ab}.
+    $$
+
+    Both errors are below $10^{-13}$ (float64) or $10^{-6}$ (float32) of the scale.
+
+    Parameters
+    ----------
+    A : array, shape (..., R, k)
+    B : array, shape (..., R, k)
+    E : array, shape (..., R, k)
+        $e^{c_rx_a}$.
+    c : array, shape (..., R)
+    x : array, shape (..., k)
+
+    Returns
+    -------
+    array, shape (..., k, k)
+        $K$.
     """
     xp = get_array_module(A)
     tol = 3e-3 if A.dtype.itemsize == 8 else 0.1
@@ -192,22 +398,47 @@ def divided_difference_products(A, B, E, c, x):
 
 
 def quadratic_B_exact_vjp(Z_bar, cache, need_t=True):
-    """VJP of the exact quadratic B sub-flow Z(t) = exp(t theta (x) M) Z.
+    r"""Vector-Jacobian product of the exact quadratic B sub-flow, $Z(t)=e^{t\,\theta\otimes M}Z$.
 
-    With Y = U^T Z_bar V, Zt = U^T Z V and the divided differences of exp
-    (Daleckii-Krein), for dZ/dt = M Z theta:
-        Z_in_bar  = U (E * Y) V^T
-        theta_bar = V G^T V^T,  G_ab = sum_i Y_ia Zt_ib D_iab,
-                    D_iab = (e^{t lam_i mu_a} - e^{t lam_i mu_b}) / (mu_a - mu_b)
-        M_bar     = U H U^T,    H_ij = sum_a Y_ia Zt_ja D'_aij,
-                    D'_aij = (e^{t lam_i mu_a} - e^{t lam_j mu_a}) / (lam_i - lam_j)
-        t_bar     = sum(Y * E * Zt * lam mu^T)
-    At equal eigenvalues the divided differences take their limits (t lam_i e^{t lam_i
-    mu_a}, t mu_a e^{t lam_i mu_a}); G and H are matrix products
-    (divided_difference_products), accurate for equal and nearly equal eigenvalues.
-    Trusts its inputs (the cache of quadratic_B_exact_forward).
-    Returns (Z_bar_in, theta_bar, M_bar, t_bar); t_bar is None when ``need_t`` is False
-    (a fixed step: four passes over (B, n, d) arrays saved).
+    With $Y=U^\top\bar ZV$, $\tilde Z=U^\top ZV$, $E=e^{t\lambda\mu^\top}$ and the divided
+    differences of the exponential (Daleckii-Krein):
+
+    $$
+    \begin{aligned}
+    \bar Z_{\text{in}}&=U(E\odot Y)V^\top,\\
+    \bar\theta&=VG^\top V^\top, & G_{ab}&=\textstyle\sum_i Y_{ia}\tilde Z_{ib}D_{iab}, &
+    D_{iab}&=\frac{e^{t\lambda_i\mu_a}-e^{t\lambda_i\mu_b}}{\mu_a-\mu_b},\\
+    \bar M&=UHU^\top, & H_{ij}&=\textstyle\sum_a Y_{ia}\tilde Z_{ja}D'_{aij}, &
+    D'_{aij}&=\frac{e^{t\lambda_i\mu_a}-e^{t\lambda_j\mu_a}}{\lambda_i-\lambda_j},\\
+    \bar t&=\textstyle\sum Y\odot E\odot\tilde Z\odot\lambda\mu^\top .
+    \end{aligned}
+    $$
+
+    At equal eigenvalues the divided differences take their limits,
+    $D_{iab}\to t\lambda_ie^{t\lambda_i\mu_a}$ and $D'_{aij}\to t\mu_ae^{t\lambda_i\mu_a}$
+    (computed with exprel, so nearly equal ones stay accurate); $G$ and $H$ are formed as
+    matrix products (`divided_difference_products`).
+
+    Parameters
+    ----------
+    Z_bar : array, shape (..., n, d)
+        Upstream gradient $\bar Z$ of $Z(t)$.
+    cache : QuadraticBCache
+        From `quadratic_B_exact_forward` (trusted).
+    need_t : bool, optional
+        False for a fixed step: `t_bar` is not computed (four passes over (..., n, d)
+        arrays saved) and is returned as None.
+
+    Returns
+    -------
+    Z_bar_in : array, shape (..., n, d)
+        Gradient in $Z$.
+    theta_bar : array, shape (d, d)
+        Gradient in $\theta$.
+    M_bar : array, shape (..., n, n)
+        Gradient in $M$.
+    t_bar : array, shape (), or None
+        Gradient in $t$ (None when ``need_t`` is False).
     """
     U, lam, V, mu, Zt, E, t = cache
     d = mu.shape[0]
@@ -227,9 +458,11 @@ def quadratic_B_exact_vjp(Z_bar, cache, need_t=True):
 
 @dataclass(frozen=True)
 class Integrator:
-    """An explicit Runge-Kutta method: Butcher tableau (a, b) and its declared order.
+    r"""An explicit Runge-Kutta method: Butcher tableau $(a,b)$ and its declared order.
 
-    Y_i = Z + h sum_{j<i} a_ij k_j,  k_i = f(Y_i),  Z_new = Z + h sum_i b_i k_i.
+    $$
+    Y_i=Z+h\textstyle\sum_{j<i}a_{ij}k_j,\qquad k_i=f(Y_i),\qquad Z_{\text{new}}=Z+h\sum_ib_ik_i
+    $$
     """
 
     name: str
@@ -239,7 +472,7 @@ class Integrator:
 
     @property
     def stages(self):
-        """Number of stages s (evaluations of f per step)."""
+        """Number of stages $s$: evaluations of $f$ per step."""
         return len(self.b)
 
 
@@ -249,10 +482,21 @@ RK4 = Integrator(
     "rk4", 4, ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6)
 )
 INTEGRATORS = {"euler": EULER, "heun": HEUN, "rk2": HEUN, "rk4": RK4}
+"""The explicit Runge-Kutta methods by name: ``"euler"``, ``"heun"`` (also ``"rk2"``), ``"rk4"``."""
 
 
 def get_integrator(method):
-    """The Integrator named ``method`` ('euler', 'heun' (= 'rk2'), 'rk4'), or one passed in."""
+    """The `Integrator` named ``method``, or the one passed in.
+
+    Parameters
+    ----------
+    method : str or Integrator
+        ``"euler"``, ``"heun"`` (also ``"rk2"``) or ``"rk4"``.
+
+    Returns
+    -------
+    Integrator
+    """
     if isinstance(method, Integrator):
         return method
     try:
@@ -264,8 +508,11 @@ def get_integrator(method):
 
 
 class RKCache(NamedTuple):
-    """What rk_backward needs from one RK step: the method, the step h, the stage
-    slopes k_i = f(Y_i), the field's cache of each stage, and incr = sum_i b_i k_i."""
+    r"""What `rk_backward` needs from one Runge-Kutta step.
+
+    The method, the step $h$, the stage slopes $k_i=f(Y_i)$, the field's cache of each
+    stage, and the increment $\sum_ib_ik_i$.
+    """
 
     method: Integrator
     h: Any
@@ -275,9 +522,25 @@ class RKCache(NamedTuple):
 
 
 def rk_forward(field, Z, h, method):
-    """One explicit RK step of size h for dZ/dt = f(Z); ``field(Y) -> (f(Y), cache)``.
+    """One explicit Runge-Kutta step of size $h$ for $dZ/dt=f(Z)$, keeping the stages.
 
-    Returns (Z_new, RKCache) where the cache holds the stages for ``rk_backward``.
+    Parameters
+    ----------
+    field : callable
+        ``field(Y) -> (f(Y), cache)``.
+    Z : array
+        State at the start of the step.
+    h : float
+        Step size.
+    method : str or Integrator
+        The Runge-Kutta method.
+
+    Returns
+    -------
+    Z_new : array
+        State after the step, of the shape of ``Z``.
+    cache : RKCache
+        The stages, for `rk_backward`.
     """
     rk = get_integrator(method)
     if not hasattr(h, "shape"):  # a NumPy float64 scalar would upcast float32 features
@@ -298,12 +561,33 @@ def rk_forward(field, Z, h, method):
 
 
 def rk_backward(field_vjp, Z_bar, cache):
-    """Reverse-mode through one RK step (an RKCache); ``field_vjp(k_bar, fcache) -> (Y_bar, grads)``.
+    r"""Reverse mode through one Runge-Kutta step.
 
-    From Z_new = Z + h sum b_i k_i and Y_i = Z + h sum_{j<i} a_ij k_j, in reverse stage
-    order: k_bar_i = h b_i Z_bar + h sum_{l>i} a_li Y_bar_l, Y_bar_i = VJP_f(k_bar_i),
-    Z_bar_in = Z_bar + sum_i Y_bar_i, h_bar = <Z_bar, sum b_i k_i> + sum a_li <Y_bar_l, k_i>.
-    Returns (Z_bar_in, h_bar (0-d array), grads summed over the stages).
+    From $Z_{\text{new}}=Z+h\sum_ib_ik_i$ and $Y_i=Z+h\sum_{j<i}a_{ij}k_j$, in reverse stage order:
+
+    $$
+    \bar k_i=hb_i\bar Z+h\textstyle\sum_{l>i}a_{li}\bar Y_l,\quad \bar Y_i=\mathrm{VJP}_f(\bar k_i),\quad
+    \bar Z_{\text{in}}=\bar Z+\sum_i\bar Y_i,\quad
+    \bar h=\langle\bar Z,\sum_ib_ik_i\rangle+\sum_{l,i}a_{li}\langle\bar Y_l,k_i\rangle
+    $$
+
+    Parameters
+    ----------
+    field_vjp : callable
+        ``field_vjp(k_bar, fcache) -> (Y_bar, grads)``.
+    Z_bar : array
+        Upstream gradient of $Z_{\text{new}}$.
+    cache : RKCache
+        From `rk_forward`.
+
+    Returns
+    -------
+    Z_bar_in : array
+        Gradient in $Z$.
+    h_bar : array, shape ()
+        Gradient in $h$.
+    grads
+        The field's parameter gradients, summed over the stages.
     """
     rk, h, slopes, field_caches, incr = cache
     k_bars = [(h * b) * Z_bar for b in rk.b]
@@ -323,17 +607,53 @@ def rk_backward(field_vjp, Z_bar, cache):
 
 
 def rk_step(f, Z, h, method="rk4"):
-    """One step of size h of dZ/dt = f(Z) with an explicit method (forward only)."""
+    """One step of size $h$ of $dZ/dt=f(Z)$ with an explicit method (forward only).
+
+    Parameters
+    ----------
+    f : callable
+        The vector field, ``f(Z) -> dZ/dt``.
+    Z : array
+        State at the start of the step.
+    h : float
+        Step size.
+    method : str or Integrator
+        The Runge-Kutta method.
+
+    Returns
+    -------
+    array
+        State after the step, of the shape of ``Z``.
+    """
     return rk_forward(lambda Y: (f(Y), None), Z, h, method)[0]
 
 
 def integrate(f, Z0, T, steps, method="rk4", return_path=False):
-    """Integrate dZ/dt = f(Z) from Z0 over [0, T] with ``steps`` equal steps of ``method``.
+    r"""Integrate $dZ/dt=f(Z)$ from $Z_0$ over $[0,T]$ in ``steps`` equal steps of ``method``.
 
-    The step is explicit: h = T / steps (no silent default). f is called ``steps`` x
-    stages times: pass a field built once by ``linear_field`` / ``quadratic_field``
-    (checked once), not a function that checks its inputs on every call. Returns
-    Z(T), or the list [Z0, Z1, ..., Z(T)] with ``return_path``.
+    The step is explicit, $h=T/\text{steps}$ (no silent default). $f$ is called
+    steps × stages times: pass a field built once by `linear_field` / `quadratic_field`
+    (checked once), not a function that checks its inputs on every call.
+
+    Parameters
+    ----------
+    f : callable
+        The vector field.
+    Z0 : array
+        Initial state.
+    T : float
+        Final time.
+    steps : int
+        Number of steps.
+    method : str or Integrator
+        The Runge-Kutta method.
+    return_path : bool
+        Return every iterate, not only the last.
+
+    Returns
+    -------
+    array or list of array
+        $Z(T)$, or $[Z_0, Z_1, \dots, Z(T)]$ with ``return_path``.
     """
     if isinstance(steps, bool) or not float(steps).is_integer() or int(steps) < 1:
         raise ValueError(f"steps: expected a positive whole number of steps, got {steps!r}")
@@ -351,15 +671,44 @@ def integrate(f, Z0, T, steps, method="rk4", return_path=False):
 
 
 def lie_step(step_A, step_B, Z, h):
-    """Lie-Trotter splitting, first order: B(h) o A(h) (eq. 8). step_X(Z, t) -> Z."""
+    r"""Lie-Trotter splitting, first order: $\mathcal B_h\circ\mathcal A_h$ (eq. 8).
+
+    Parameters
+    ----------
+    step_A, step_B : callable
+        Sub-flow steps, ``step_X(Z, t) -> Z``.
+    Z : array
+        State.
+    h : float
+        Step size.
+
+    Returns
+    -------
+    array
+        State after the step.
+    """
     return step_B(step_A(Z, h), h)
 
 
 def strang_step(step_A, step_B, Z, h):
-    """Strang splitting A(h/2) o B(h) o A(h/2); step_X(Z, t) -> Z.
+    r"""Strang splitting $\mathcal A_{h/2}\circ\mathcal B_h\circ\mathcal A_{h/2}$.
 
-    Second order when both sub-steps are at least second order (exact B and Heun or
-    RK4 for A); with one Euler step for A it is first order, like Lie.
+    Second order when both sub-steps are at least second order (exact B, and Heun or RK4
+    for A); with one Euler step for A it is first order, like Lie.
+
+    Parameters
+    ----------
+    step_A, step_B : callable
+        Sub-flow steps, ``step_X(Z, t) -> Z``.
+    Z : array
+        State.
+    h : float
+        Step size.
+
+    Returns
+    -------
+    array
+        State after the step.
     """
     return step_A(step_B(step_A(Z, 0.5 * h), h), 0.5 * h)
 

@@ -19,10 +19,27 @@ from .backend import get_array_module, to_float
 
 
 def numerical_gradient(f, x, eps=1e-6):
-    """Gradient of the scalar function f at x by central differences.
+    r"""Gradient of the scalar function $f$ at $x$ by central differences.
 
-    g_i = (f(x + eps e_i) - f(x - eps e_i)) / (2 eps), one entry at a time (2 x.size
-    calls of f). x is not modified. Returns an array of x's shape.
+    $$
+    g_i=\frac{f(x+\varepsilon e_i)-f(x-\varepsilon e_i)}{2\varepsilon}
+    $$
+
+    One entry at a time ($2\,\text{x.size}$ calls of $f$); ``x`` is not modified.
+
+    Parameters
+    ----------
+    f : callable
+        Scalar function of an array.
+    x : array
+        Where to differentiate.
+    eps : float
+        Step $\varepsilon$.
+
+    Returns
+    -------
+    array
+        $g$, of the shape of ``x``.
     """
     xp = get_array_module(x)
     x = x.copy()
@@ -41,9 +58,13 @@ def numerical_gradient(f, x, eps=1e-6):
 
 @dataclass(frozen=True)
 class GradcheckResult:
-    """Outcome of a gradient check.
+    r"""Outcome of a gradient check, with ``.passed``.
 
-    rel_error = ||g - g_fd|| / max(||g||, ||g_fd||, floor), with the 2-norm over all entries.
+    $$
+    \text{rel\_error}=\frac{\lVert g-g_{\text{fd}}\rVert}{\max(\lVert g\rVert,\lVert g_{\text{fd}}\rVert,\text{floor})},
+    $$
+
+    the 2-norm over all entries.
     """
 
     passed: bool
@@ -62,10 +83,26 @@ class GradcheckResult:
 
 
 def gradcheck(f, x, grad, eps=1e-6, rtol=1e-6, floor=1e-12):
-    """Compare an analytic gradient ``grad`` of the scalar function ``f`` at ``x``
-    with central finite differences; returns a GradcheckResult (``.passed``).
+    """Compare an analytic gradient of a scalar function with central finite differences.
 
-    ``grad`` is an array of x's shape, or a callable ``grad(x)``.
+    Parameters
+    ----------
+    f : callable
+        Scalar function of an array.
+    x : array
+        Where to check.
+    grad : array or callable
+        The analytic gradient at ``x`` (of x's shape), or ``grad(x)``.
+    eps : float
+        Finite-difference step.
+    rtol : float
+        Largest relative error that passes.
+    floor : float
+        Smallest norm in the denominator of the relative error.
+
+    Returns
+    -------
+    GradcheckResult
     """
     xp = get_array_module(x)
     if callable(grad):
@@ -83,8 +120,25 @@ def gradcheck(f, x, grad, eps=1e-6, rtol=1e-6, floor=1e-12):
 
 
 def check_vjp(fun, x, out_bar, vjp, eps=1e-6, rtol=1e-6):
-    """Check a vector-Jacobian product: ``vjp`` should equal grad_x <out_bar, fun(x)>.
+    r"""Check a vector-Jacobian product: ``vjp`` must equal $\nabla_x\langle\bar y, \text{fun}(x)\rangle$.
 
-    fun maps an array to an array; out_bar has fun(x)'s shape. Returns a GradcheckResult.
+    Parameters
+    ----------
+    fun : callable
+        Maps an array to an array.
+    x : array
+        Where to check.
+    out_bar : array
+        $\bar y$, of the shape of ``fun(x)``.
+    vjp : array or callable
+        The VJP at ``x`` to check.
+    eps : float
+        Finite-difference step.
+    rtol : float
+        Largest relative error that passes.
+
+    Returns
+    -------
+    GradcheckResult
     """
     return gradcheck(lambda y: (out_bar * fun(y)).sum(), x, vjp, eps=eps, rtol=rtol)

@@ -115,32 +115,49 @@ TARGET_TITLES = {
 
 @dataclass(frozen=True)
 class BlockConfig:
-    """What one block computes.
+    r"""What one block computes.
 
-    model:      'linear' (cross-attention block, eq. 8), 'quadratic' (self-attention
-                block, eq. 10) or 'memory' (Z + h softmax(Z K^T) V with s learned
-                key/value slots: beyond the theory).
-    scheme:     'lie' (A(h) then B(h)) or 'strang' (A(h/2) B(h) A(h/2)).
-    integrator: one-step method for the A sub-flow: 'euler' (the transformer block),
-                'heun' (order 2) or 'rk4' (order 4).
-    b_flow:     'exact' or 'euler' for the B sub-flow of the quadratic model. The
-                linear model's flat B sub-flow Z + t C theta is exact in one Euler step,
-                so only 'exact' is accepted there, except in a post-norm block, where
-                'exact' is the rotation on the manifold and 'euler' its Euler step + R.
-                A post-norm quadratic block takes 'euler' (no exact form on a manifold).
-    targets:    source of C: 'labels', 'none', 'learned' or 'mlp' (see the module docstring).
-    h:          the step (its initial value when learn_h).
-    learn_h:    whether h is a trained parameter.
-    heads:      class counts per head (linear model): one softmax per head.
-    slots:      number of key/value slots s of a 'memory' block.
-    norm:       'none' (flat blocks), 'sphere' (rows held on |z| = sqrt(d): RMS
-                normalisation) or 'layer' (LayerNorm: mean 0, |z| = sqrt(d)).
-    norm_place: 'post': every sub-step is a step of the projected field followed by the
-                retraction R (the Riemannian reading; the linear B sub-step is the exact
-                rotation on the manifold); 'pre': Z + step(R(Z)), the GPT-2 layout, a
-                variant that is not a flow on the manifold.
-    mlp_hidden: hidden width k of the MLP oracle (targets='mlp').
-    activation: the MLP oracle's activation, 'gelu' (tanh form) or 'relu'.
+    Parameters
+    ----------
+    model : str
+        ``"linear"`` (cross-attention block, eq. 8), ``"quadratic"`` (self-attention block,
+        eq. 10) or ``"memory"`` ($Z+h\,\sigma(ZK^\top)V$ with $s$ learned key/value slots:
+        beyond the theory).
+    scheme : str
+        ``"lie"`` ($\mathcal A_h$ then $\mathcal B_h$) or ``"strang"``
+        ($\mathcal A_{h/2}\mathcal B_h\mathcal A_{h/2}$).
+    integrator : str
+        One-step method for the A sub-flow: ``"euler"`` (the transformer block), ``"heun"``
+        (order 2) or ``"rk4"`` (order 4).
+    b_flow : str
+        ``"exact"`` or ``"euler"`` for the B sub-flow of the quadratic model. The linear
+        model's flat B sub-flow $Z+tC\theta$ is exact in one Euler step, so only ``"exact"``
+        is accepted there, except in a post-norm block, where ``"exact"`` is the rotation on
+        the manifold and ``"euler"`` its Euler step followed by $R$. A post-norm quadratic
+        block takes ``"euler"`` (no exact form on a manifold).
+    targets : str
+        Source of $C$: ``"labels"``, ``"none"``, ``"learned"`` or ``"mlp"`` (see the module
+        docstring).
+    h : float
+        The step (its initial value when ``learn_h``).
+    learn_h : bool
+        Whether $h$ is a trained parameter.
+    heads : tuple of int, optional
+        Class counts per head (linear model): one softmax per head.
+    slots : int
+        Number of key/value slots $s$ of a ``"memory"`` block.
+    norm : str
+        ``"none"`` (flat blocks), ``"sphere"`` (rows held on $\lVert z\rVert=\sqrt d$: RMS
+        normalisation) or ``"layer"`` (LayerNorm: mean 0, $\lVert z\rVert=\sqrt d$).
+    norm_place : str
+        ``"post"``: every sub-step is a step of the projected field followed by the
+        retraction $R$ (the Riemannian reading; the linear B sub-step is the exact rotation
+        on the manifold); ``"pre"``: $Z+\text{step}(R(Z))$, the GPT-2 layout, a variant that
+        is not a flow on the manifold.
+    mlp_hidden : int
+        Hidden width $k$ of the MLP oracle (``targets="mlp"``).
+    activation : str
+        The MLP oracle's activation, ``"gelu"`` (tanh form) or ``"relu"``.
     """
 
     model: str = "linear"
@@ -285,8 +302,8 @@ class SubStep(NamedTuple):
 
 
 class SplitCache(NamedTuple):
-    """Cache of SplitBlock.forward: params, theta, the targets C, the oracle's cache
-    (targets='learned', else None) and the sub-steps in the order they ran."""
+    r"""Cache of `SplitBlock.forward`: params, $\theta$, the targets $C$, the oracle's cache (``targets="learned"``, else None) and the sub-steps in the order they ran.
+    """
 
     params: dict
     theta: Any
@@ -296,9 +313,8 @@ class SplitCache(NamedTuple):
 
 
 class Eq8Cache(NamedTuple):
-    """Cache of the fused eq. (8) block: input Z, theta, targets C, P = sigma(Z theta^T),
-    R = C - P, the step h, and keys = [W; theta] of oracle and attention (learned
-    targets) or None."""
+    r"""Cache of the fused eq. (8) block: input $Z$, $\theta$, targets $C$, $P=\sigma(Z\theta^\top)$, $R=C-P$, the step $h$, and the keys $[W;\theta]$ of oracle and attention (learned targets) or None.
+    """
 
     Z: Any
     theta: Any
@@ -310,7 +326,7 @@ class Eq8Cache(NamedTuple):
 
 
 class CrossAttentionCache(NamedTuple):
-    """Cache of the linear A field at a stage Y: theta and P = sigma(Y theta^T)."""
+    r"""Cache of the linear A field at a stage $Y$: $\theta$ and $P=\sigma(Y\theta^\top)$."""
 
     Y: Any
     theta: Any
@@ -318,7 +334,7 @@ class CrossAttentionCache(NamedTuple):
 
 
 class SelfAttentionCache(NamedTuple):
-    """Cache of the quadratic A field at a stage Y: theta, P = sigma(Y theta Y^T), Y theta."""
+    r"""Cache of the quadratic A field at a stage $Y$: $\theta$, $P=\sigma(Y\theta Y^\top)$ and $Y\theta$."""
 
     Y: Any
     theta: Any
@@ -327,7 +343,7 @@ class SelfAttentionCache(NamedTuple):
 
 
 class LinearBCache(NamedTuple):
-    """Cache of the linear B sub-flow Z + t C theta."""
+    r"""Cache of the linear B sub-flow $Z+tC\theta$."""
 
     theta: Any
     C: Any
@@ -336,7 +352,7 @@ class LinearBCache(NamedTuple):
 
 
 class QuadraticBEulerCache(NamedTuple):
-    """Cache of one Euler step Z + t M Z theta of the quadratic B sub-flow, M = C + C^T."""
+    r"""Cache of one Euler step $Z+tMZ\theta$ of the quadratic B sub-flow, $M=C+C^\top$."""
 
     Z: Any
     theta: Any
@@ -346,7 +362,7 @@ class QuadraticBEulerCache(NamedTuple):
 
 
 class OracleCache(NamedTuple):
-    """Cache of a learned oracle: its input Z, its output C_hat, and Z W (quadratic) or None."""
+    r"""Cache of a learned oracle: its input $Z$, its output $\hat C$, and $ZW$ (quadratic) or None."""
 
     Z: Any
     C: Any
@@ -362,7 +378,7 @@ class MLPBCache(NamedTuple):
 
 
 class MemoryCache(NamedTuple):
-    """Cache of the memory block: input Z, P = softmax(Z K^T), the step h, the params."""
+    r"""Cache of the memory block: input $Z$, $P=\sigma(ZK^\top)$, the step $h$, the params."""
 
     Z: Any
     P: Any
@@ -466,10 +482,28 @@ class SplitBlock:
 
     # -- forward --------------------------------------------------------------
     def forward(self, Z, params, C=None, out=None, check=True):
-        """Advance Z by one block; returns (Z_out, SplitCache). C is needed iff targets='labels'.
+        """Advance $Z$ by one block.
 
-        ``out`` (a buffer for Z_out) is a hint that the fused paths use; this one ignores it.
-        ``check=False`` skips ``check_inputs`` (a Network validates its input once).
+        Parameters
+        ----------
+        Z : array
+            Features .
+        params : dict
+            The block's parameters (see the class).
+        C : array, optional
+            Targets ; needed if and only if ``targets="labels"``.
+        out : array, optional
+            A buffer for the output (a hint for the fused paths; this general path ignores it).
+        check : bool
+            Validate ``Z``, ``params`` and ``C`` first (`check_inputs`); False on the training
+            path, whose inputs were validated once.
+
+        Returns
+        -------
+        Z_out : array
+            Of the shape of ``Z``.
+        cache
+            What `backward` needs.
         """
         if check:
             self.check_inputs(Z, params, C)
@@ -491,7 +525,24 @@ class SplitBlock:
 
     # -- backward -------------------------------------------------------------
     def backward(self, Z_bar, cache, out=None):
-        """VJP of the block: returns (Z_in_bar, grads) with grads keyed like params."""
+        """Vector-Jacobian product of the block.
+
+        Parameters
+        ----------
+        Z_bar : array
+            Upstream gradient, of the shape of the block's output.
+        cache
+            From `forward`.
+        out : array, optional
+            A buffer for ``Z_in_bar`` (ignored by this general path).
+
+        Returns
+        -------
+        Z_in_bar : array
+            Gradient in the input $Z$.
+        grads : dict
+            Gradients keyed like the block's params.
+        """
         cfg = self.config
         xp = get_array_module(Z_bar)
         theta_bar = xp.zeros_like(cache.theta)
@@ -608,16 +659,20 @@ class SplitBlock:
 
 
 class CrossAttentionBlock(SplitBlock):
-    """Block of the linear model N = Z theta^T (eq. 8): cross-attention + label forcing.
+    r"""Block of the linear model $N=Z\theta^\top$ (eq. 8): cross-attention and label forcing.
 
-    params: 'theta' (m x d), 'h' (0-d, if learn_h), 'W' (m x d) and 'b' (m,) (if
-    targets='learned'), 'W1' (k x d), 'b1' (k,), 'W2' (m x k), 'b2' (m,) (if targets='mlp').
-    Z: n x d, C: n x m.
+    $$
+    Z_{l+\frac12}=Z_l-h\operatorname{CA}(Z_l,\theta),\qquad Z_{l+1}=Z_{l+\frac12}+h\,C\theta
+    $$
 
-    With Lie splitting and Euler for A (the transformer block) ``forward`` takes the
-    fused eq. (8) path; ``fused=False`` takes the general SplitBlock path instead (the
-    readable reference, to which tests/test_fast_path.py compares the fused one). With
-    the MLP oracle, evaluated after the attention sub-step, there is no fused path.
+    Params: ``"theta"`` (m, d); ``"h"`` (0-d, if ``learn_h``); ``"W"`` (m, d) and ``"b"``
+    (m,) if ``targets="learned"``; ``"W1"`` (k, d), ``"b1"`` (k,), ``"W2"`` (m, k), ``"b2"``
+    (m,) if ``targets="mlp"``. Shapes: $Z$ (n, d), $C$ (n, m).
+
+    With Lie splitting and Euler for A (the transformer block) `forward` takes the fused
+    eq. (8) path; ``fused=False`` takes the general `SplitBlock` path instead (the readable
+    reference, to which tests/test_fast_path.py compares the fused one). With the MLP oracle,
+    evaluated after the attention sub-step, there is no fused path.
     """
 
     def __init__(self, config, fused=True):
@@ -626,10 +681,28 @@ class CrossAttentionBlock(SplitBlock):
                       and not config.normalised and config.targets != "mlp")
 
     def forward(self, Z, params, C=None, out=None, check=True):
-        """Advance Z by one block; returns (Z_out, cache). C is needed iff targets='labels'.
+        """Advance $Z$ by one block.
 
-        ``out``: a buffer for Z_out (used by the fused eq. (8) path). ``check=False``
-        skips ``check_inputs`` (a Network validates its input once).
+        Parameters
+        ----------
+        Z : array
+            Features , shape (n, d).
+        params : dict
+            The block's parameters (see the class).
+        C : array, optional
+            Targets , shape (n, m); needed if and only if ``targets="labels"``.
+        out : array, optional
+            A buffer for the output (used by the fused eq. (8) path).
+        check : bool
+            Validate ``Z``, ``params`` and ``C`` first (`check_inputs`); False on the training
+            path, whose inputs were validated once.
+
+        Returns
+        -------
+        Z_out : array
+            Of the shape of ``Z``.
+        cache
+            What `backward` needs.
         """
         if check:
             self.check_inputs(Z, params, C)
@@ -647,9 +720,23 @@ class CrossAttentionBlock(SplitBlock):
         linear_inputs(Z, theta, C if self.config.uses_labels else None, self.config.heads)
 
     def backward(self, Z_bar, cache, out=None):
-        """VJP of the block: returns (Z_in_bar, grads) with grads keyed like params.
+        """Vector-Jacobian product of the block.
 
-        ``out``: a buffer for Z_in_bar, which must not be Z_bar (fused path only).
+        Parameters
+        ----------
+        Z_bar : array
+            Upstream gradient, of the shape of the block's output.
+        cache
+            From `forward`.
+        out : array, optional
+            A buffer for ``Z_in_bar``; must not be ``Z_bar`` (fused path only).
+
+        Returns
+        -------
+        Z_in_bar : array
+            Gradient in the input $Z$.
+        grads : dict
+            Gradients keyed like the block's params.
         """
         if isinstance(cache, Eq8Cache):
             return self._eq8_backward(Z_bar, cache, out)
@@ -723,31 +810,31 @@ class CrossAttentionBlock(SplitBlock):
         return Z_in_bar, grads
 
     def theta_of(self, params):
-        """The model parameter theta (m x d) from the params dict."""
+        r"""The model parameter $\theta$, shape (m, d), from the params dict."""
         return params["theta"]
 
     def param_grads(self, theta_bar, params):
-        """Parameter gradients from theta_bar: {"theta": theta_bar}."""
+        r"""Parameter gradients from $\bar\theta$: ``{"theta": theta_bar}``."""
         return {"theta": theta_bar}
 
     def field_A(self, Y, theta):
-        """A sub-flow -CA(Y, theta); returns (-CA, CrossAttentionCache)."""
+        r"""A sub-flow field $-\operatorname{CA}(Y,\theta)$; returns ``(-CA, CrossAttentionCache)``."""
         CA, P = cross_attention_forward(Y, theta, self.config.heads)
         return -CA, CrossAttentionCache(Y, theta, P)
 
     def field_A_vjp(self, k_bar, fcache):
-        """VJP of the A vector field -CA(Y, theta): returns (Y_bar, {"theta": theta_bar})."""
+        r"""VJP of the A field $-\operatorname{CA}(Y,\theta)$: returns ``(Y_bar, {"theta": theta_bar})``."""
         Y, theta, P = fcache
         Y_bar, theta_bar = cross_attention_vjp(Y, theta, P, -k_bar, self.config.heads)
         return Y_bar, {"theta": theta_bar}
 
     def B_forward(self, Z, theta, C, t):
-        """B sub-flow Z + t C theta: exact, and identical to one Euler step (B is constant)."""
+        r"""B sub-flow $Z+tC\theta$: exact, and identical to one Euler step (B is constant in $Z$)."""
         C_theta = C @ theta
         return Z + t * C_theta, LinearBCache(theta, C, C_theta, t)
 
     def B_vjp(self, Z_bar, cache):
-        """VJP of Z + t C theta: returns (Z_bar, theta_bar, C_bar, t_bar)."""
+        r"""VJP of $Z+tC\theta$: returns ``(Z_bar, theta_bar, C_bar, t_bar)``."""
         theta, C, C_theta, t = cache
         return Z_bar, t * (C.T @ Z_bar), t * (Z_bar @ theta.T), (Z_bar * C_theta).sum()
 
@@ -771,12 +858,12 @@ class CrossAttentionBlock(SplitBlock):
         return Z_bar, t_bar, cache.C.T @ F_bar, F_bar @ cache.theta.T
 
     def oracle(self, Z, params):
-        """Learned targets C_hat = softmax(Z W^T + b) (per head); returns (C_hat, OracleCache)."""
+        r"""Learned targets $\hat C=\sigma(ZW^\top+b)$ (per head); returns ``(C_hat, OracleCache)``."""
         C = softmax(Z @ params["W"].T + params["b"], self.config.heads)
         return C, OracleCache(Z, C, None)
 
     def oracle_vjp(self, C_bar, oracle_cache, params):
-        """VJP of C_hat = softmax(Z W^T + b): returns (Z_bar, {"W": ..., "b": ...})."""
+        r"""VJP of $\hat C=\sigma(ZW^\top+b)$: returns ``(Z_bar, {"W": W_bar, "b": b_bar})``."""
         Z, C, _ = oracle_cache
         S_bar = softmax_vjp_heads(C, C_bar, self.config.heads)
         return S_bar @ params["W"], {"W": S_bar.T @ Z, "b": S_bar.sum(axis=0)}
@@ -793,15 +880,20 @@ class CrossAttentionBlock(SplitBlock):
 
 
 class SelfAttentionBlock(SplitBlock):
-    """Block of the quadratic model N = Z theta Z^T, theta = phi phi^T (eq. 10).
+    r"""Block of the quadratic model $N=Z\theta Z^\top$, $\theta=\phi\phi^\top$ (eq. 10).
 
-    params: 'phi' (d x d, lower-triangular), 'h' (0-d, if learn_h), 'W' (d x d, if
-    targets='learned'), 'W1' (k x d), 'b1' (k,), 'W2' (d x k), 'b2' (d,) (if targets='mlp').
-    Z: (..., n, d), C: (..., n, n).
+    $$
+    Z_{l+\frac12}=Z_l-h\big(\operatorname{SA}+\operatorname{SA}^*\big)(Z_l,\theta),\qquad
+    Z_{l+1}=\text{B sub-flow of } \tfrac{dZ}{dt}=(C+C^\top)Z\theta \text{ over time } h
+    $$
+
+    Params: ``"phi"`` (d, d), lower-triangular; ``"h"`` (0-d, if ``learn_h``); ``"W"``
+    (d, d) if ``targets="learned"``; ``"W1"`` (k, d), ``"b1"`` (k,), ``"W2"`` (d, k), ``"b2"``
+    (d,) if ``targets="mlp"``. Shapes: $Z$ (..., n, d), $C$ (..., n, n).
     """
 
     def theta_of(self, params):
-        """theta = phi phi^T from the params dict."""
+        r"""$\theta=\phi\phi^\top$, shape (d, d), from the params dict."""
         return theta_from_phi(params["phi"], check=False)  # checked by check_inputs, or trusted
 
     def check_inputs(self, Z, params, C=None):
@@ -814,22 +906,25 @@ class SelfAttentionBlock(SplitBlock):
         quadratic_phi_inputs(Z, params["phi"], C if self.config.uses_labels else None)
 
     def param_grads(self, theta_bar, params):
-        """phi_bar = tril((theta_bar + theta_bar^T) phi) from the gradient in theta."""
+        r"""$\bar\phi=\operatorname{tril}\big((\bar\theta+\bar\theta^\top)\phi\big)$ from the gradient in $\theta$.
+        """
         return {"phi": phi_grad(theta_bar, params["phi"])}
 
     def field_A(self, Y, theta):
-        """A sub-flow -(SA + SA*)(Y, theta); returns (-(SA + SA*), SelfAttentionCache)."""
+        r"""A sub-flow field $-(\operatorname{SA}+\operatorname{SA}^*)(Y,\theta)$; returns it with a ``SelfAttentionCache``.
+        """
         F, P, Y_theta = self_attention_sum_forward(Y, theta)
         return -F, SelfAttentionCache(Y, theta, P, Y_theta)
 
     def field_A_vjp(self, k_bar, fcache):
-        """VJP of the A vector field -(SA + SA*)(Y, theta): returns (Y_bar, {"theta": theta_bar})."""
+        r"""VJP of the A field $-(\operatorname{SA}+\operatorname{SA}^*)(Y,\theta)$: returns ``(Y_bar, {"theta": theta_bar})``.
+        """
         Y, theta, P, Y_theta = fcache
         Y_bar, theta_bar = self_attention_sum_vjp(Y, theta, P, Y_theta, -k_bar)
         return Y_bar, {"theta": theta_bar}
 
     def B_forward(self, Z, theta, C, t):
-        """B sub-flow dZ/dt = M Z theta, M = C + C^T: exact (eigenbases) or one Euler step."""
+        r"""B sub-flow $dZ/dt=MZ\theta$, $M=C+C^\top$, over time $t$: exact (eigenbases) or one Euler step."""
         M = C + swap_last(C)
         if self.config.b_flow == "exact":
             return quadratic_B_exact_forward(Z, theta, M, t)
@@ -837,7 +932,7 @@ class SelfAttentionBlock(SplitBlock):
         return Z + t * MZ_theta, QuadraticBEulerCache(Z, theta, M, MZ_theta, t)
 
     def B_vjp(self, Z_bar, cache):
-        """VJP of the B sub-step (exact or Euler): returns (Z_bar, theta_bar, C_bar, t_bar)."""
+        """VJP of the B sub-step (exact or Euler): returns ``(Z_bar, theta_bar, C_bar, t_bar)``."""
         if isinstance(cache, QuadraticBCache):
             Z_in_bar, theta_bar, M_bar, t_bar = quadratic_B_exact_vjp(Z_bar, cache)
         else:
@@ -849,13 +944,13 @@ class SelfAttentionBlock(SplitBlock):
         return Z_in_bar, theta_bar, M_bar + swap_last(M_bar), t_bar
 
     def oracle(self, Z, params):
-        """Learned targets C_hat = softmax(Z W Z^T): each token picks a token."""
+        r"""Learned targets $\hat C=\sigma(ZWZ^\top)$: each token picks a token."""
         ZW = Z @ params["W"]
         C = softmax(ZW @ swap_last(Z))
         return C, OracleCache(Z, C, ZW)
 
     def oracle_vjp(self, C_bar, oracle_cache, params):
-        """VJP of C_hat = softmax(Z W Z^T): returns (Z_bar, {"W": W_bar})."""
+        r"""VJP of $\hat C=\sigma(ZWZ^\top)$: returns ``(Z_bar, {"W": W_bar})``."""
         Z, C, ZW = oracle_cache
         S_bar = softmax_vjp(C, C_bar)
         Z_bar = S_bar @ Z @ params["W"].T + swap_last(S_bar) @ ZW
@@ -872,21 +967,42 @@ class SelfAttentionBlock(SplitBlock):
 
 
 class MemoryBlock:
-    """Key/value memory block Z + h softmax(Z K^T) V with s learned slots.
+    r"""Key/value memory block with $s$ learned slots, beyond the theory.
 
-    Beyond the theory: keys K and values V (s x d) are separate parameters, where the
-    gradient flow ties both to theta. params: 'K', 'V', 'h' (if learn_h).
+    $$
+    Z_{\text{out}}=Z+h\,\sigma(ZK^\top)\,V
+    $$
+
+    Keys $K$ and values $V$, each (s, d), are separate parameters, where the gradient flow
+    ties both to $\theta$. Params: ``"K"``, ``"V"``, ``"h"`` (if ``learn_h``).
     """
 
     def __init__(self, config):
         self.config = config
 
     def forward(self, Z, params, C=None, out=None, check=True):
-        """Z + h softmax(Z K^T) V, normalised as the config says; returns (Z_out, cache).
+        r"""$Z+h\,\sigma(ZK^\top)V$, normalised as the config says.
 
-        C is ignored (no label sub-flow). Post-norm: R(Z + h P_Z softmax(Z K^T) V);
-        pre-norm: Z + h softmax(R(Z) K^T) V. ``out``: a buffer for Z_out (flat block only).
-        ``check=False`` skips ``check_inputs``.
+        Post-norm: $R\big(Z+h\,P_Z\,\sigma(ZK^\top)V\big)$; pre-norm: $Z+h\,\sigma(R(Z)K^\top)V$.
+
+        Parameters
+        ----------
+        Z : array, shape (n, d)
+            Features.
+        params : dict
+            ``"K"``, ``"V"`` (s, d) and ``"h"`` if learned.
+        C : array, optional
+            Ignored: no label sub-flow.
+        out : array, optional
+            A buffer for the output (flat block only).
+        check : bool
+            Validate ``Z``, ``params`` and ``C`` first (`check_inputs`); False on the training
+            path, whose inputs were validated once.
+
+        Returns
+        -------
+        Z_out : array, shape (n, d)
+        cache : MemoryCache
         """
         if check:
             self.check_inputs(Z, params, C)
@@ -899,7 +1015,28 @@ class MemoryBlock:
         return post_norm_forward(step, Z, cfg.norm)
 
     def backward(self, Z_bar, cache, out=None):
-        """VJP of the block: returns (Z_in_bar, grads); ``out`` as in flat_backward."""
+        r"""Vector-Jacobian product of the memory block.
+
+        $$
+        G=\bar ZV^\top,\quad \bar P=hG,\quad \bar S=P\odot(\bar P-\operatorname{rowsum}(P\odot\bar P)),\quad
+        \bar Z_{\text{in}}=\bar Z+\bar SK,\quad \bar K=\bar S^\top Z,\quad \bar V=hP^\top\bar Z,\quad \bar h=\langle G,P\rangle
+        $$
+
+        Parameters
+        ----------
+        Z_bar : array, shape (n, d)
+            Upstream gradient.
+        cache : MemoryCache
+            From `forward`.
+        out : array, optional
+            A buffer for ``Z_bar_in``; must not be ``Z_bar``.
+
+        Returns
+        -------
+        Z_bar_in : array, shape (n, d)
+        grads : dict
+            ``"K"``, ``"V"`` and ``"h"`` if learned.
+        """
         if isinstance(cache, PreNormCache):
             return pre_norm_vjp(self.flat_backward, Z_bar, cache, self.config.norm)
         if isinstance(cache, PostNormCache):
@@ -941,7 +1078,17 @@ class MemoryBlock:
 
 
 def make_block(config):
-    """The block class for ``config.model``."""
+    """The block for ``config.model``.
+
+    Parameters
+    ----------
+    config : BlockConfig
+        What the block computes.
+
+    Returns
+    -------
+    CrossAttentionBlock or SelfAttentionBlock or MemoryBlock
+    """
     return {"linear": CrossAttentionBlock, "quadratic": SelfAttentionBlock,
             "memory": MemoryBlock}[config.model](config)
 
@@ -1026,7 +1173,33 @@ def init_block_param(config, name, shape, d, rng, dtype, scale=None):
 
 
 def init_block_params(config, d, m, rng, dtype, with_theta=True, scale=None):
-    """Initial parameters of one block (``init_block_param`` for each of
-    ``block_param_shapes``, in that order)."""
+    r"""Initial parameters of one block on the active backend (host RNG, then moved).
+
+    $\theta\sim\mathcal N(0,\text{scale}^2)$ with scale $=1/\sqrt d$ (linear);
+    $\phi=I/d^{1/4}$ so that $\theta=I/\sqrt d$ (quadratic); $W\sim\mathcal N(0,1/d)$, $b=0$;
+    $K,V\sim\mathcal N(0,1/d)$.
+
+    Parameters
+    ----------
+    config : BlockConfig
+        The block.
+    d : int
+        Feature dimension.
+    m : int
+        Number of classes.
+    rng : numpy.random.Generator
+        Host random generator.
+    dtype : str or dtype
+        Floating dtype of the parameters.
+    with_theta : bool
+        Include $\theta$ (False when the network ties it to the head).
+    scale : float, optional
+        Standard deviation of $\theta$; $1/\sqrt d$ by default.
+
+    Returns
+    -------
+    dict
+        The params, keyed as the block expects.
+    """
     return {name: init_block_param(config, name, shape, d, rng, dtype, scale)
             for name, shape in block_param_shapes(config, d, m, with_theta).items()}

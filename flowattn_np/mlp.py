@@ -75,6 +75,7 @@ def relu_grad(x):
 
 
 ACTIVATIONS = {"gelu": (gelu, gelu_grad), "relu": (relu, relu_grad)}
+"""The MLP oracle's activations by name: ``(function, derivative)`` for ``"gelu"`` (tanh form) and ``"relu"``."""
 
 
 def check_activation(activation):

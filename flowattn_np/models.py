@@ -18,16 +18,47 @@ from .ops import cross_entropy, softmax, sum_leading, swap_last
 
 
 def linear_logits(Z, theta):
-    """Logits of the linear model N = Z theta^T. Z: n x d, theta: m x d -> n x m."""
+    r"""Logits of the linear model, $N=Z\theta^\top$.
+
+    Parameters
+    ----------
+    Z : array, shape (n, d)
+        Features.
+    theta : array, shape (m, d)
+        One row per class.
+
+    Returns
+    -------
+    array, shape (n, m)
+        $Z\theta^\top$.
+    """
     validate.linear_inputs(Z, theta)
     return Z @ theta.T
 
 
 def linear_loss(Z, theta, C, heads=None):
-    """Point-wise cross-entropy of the linear model, summed over rows (eqs. 1-3).
+    r"""Point-wise cross-entropy of the linear model, summed over rows (eqs. 1-3).
 
-    l(Z) = -<C, log sigma(Z theta^T)> = -<C, Z theta^T> + sum_i LSE(Z theta^T)_i.
-    Z: n x d, theta: m x d, C: n x m (rows are distributions). Returns a 0-d array.
+    $$
+    \ell(Z)=-\langle C,\log\sigma(Z\theta^\top)\rangle
+    =-\langle C,Z\theta^\top\rangle+\textstyle\sum_i\operatorname{LSE}(Z\theta^\top)_i
+    $$
+
+    Parameters
+    ----------
+    Z : array, shape (n, d)
+        Features.
+    theta : array, shape (m, d)
+        One row per class.
+    C : array, shape (n, m)
+        Targets, each row a distribution over the classes.
+    heads : tuple of int, optional
+        Class counts $(m_1,\dots,m_H)$ summing to $m$: a softmax per block of columns.
+
+    Returns
+    -------
+    array, shape ()
+        $\ell(Z)$, a 0-d array (no host synchronisation).
     """
     heads = validate.linear_inputs(Z, theta, C, heads)
     return cross_entropy(Z @ theta.T, C, heads, check=False)
@@ -40,16 +71,55 @@ def _linear_residual(Z, theta, C, heads=None):
 
 
 def linear_grad_Z(Z, theta, C, heads=None):
-    """Feature gradient (eq. 4): grad_Z l = CA(Z, theta) - C theta = (sigma(Z theta^T) - C) theta.
+    r"""Feature gradient of the linear model's cross-entropy (eq. 4).
 
-    Z: n x d, theta: m x d, C: n x m. Returns n x d.
+    $$
+    \nabla_Z\ell=\operatorname{CA}(Z,\theta)-C\theta=\big(\sigma(Z\theta^\top)-C\big)\,\theta
+    $$
+
+    Parameters
+    ----------
+    Z : array, shape (n, d)
+        Features, one row per token.
+    theta : array, shape (m, d)
+        The fixed regression: one row per class, the keys and values of the attention.
+    C : array, shape (n, m)
+        Targets, each row a distribution over the classes.
+    heads : tuple of int, optional
+        Class counts $(m_1,\dots,m_H)$ summing to $m$: a softmax per block of columns.
+
+    Returns
+    -------
+    array, shape (n, d)
+        The gradient $\nabla_Z\ell$.
     """
     heads = validate.linear_inputs(Z, theta, C, heads)
     return _linear_residual(Z, theta, C, heads)[0] @ theta
 
 
 def linear_grad_theta(Z, theta, C, heads=None):
-    """Parameter gradient grad_theta l = G^T Z = (sigma(Z theta^T) - C)^T Z. Returns m x d."""
+    r"""Parameter gradient of the linear model's cross-entropy.
+
+    $$
+    \nabla_\theta\ell=G^\top Z=\big(\sigma(Z\theta^\top)-C\big)^\top Z
+    $$
+
+    Parameters
+    ----------
+    Z : array, shape (n, d)
+        Features.
+    theta : array, shape (m, d)
+        One row per class.
+    C : array, shape (n, m)
+        Targets.
+    heads : tuple of int, optional
+        Class counts per head.
+
+    Returns
+    -------
+    array, shape (m, d)
+        The gradient $\nabla_\theta\ell$.
+    """
     heads = validate.linear_inputs(Z, theta, C, heads)
     return _linear_residual(Z, theta, C, heads)[0].T @ Z
 
@@ -58,10 +128,19 @@ def linear_grad_theta(Z, theta, C, heads=None):
 
 
 def theta_from_phi(phi, check=True):
-    """theta = phi phi^T: symmetric positive (semi-)definite from its factor phi (d x d).
+    r"""The symmetric positive (semi-)definite $\theta=\phi\phi^\top$ from its factor.
 
-    ``check=False`` skips the validation of phi (finite, square, floating), for callers
-    on the training path whose phi was validated once.
+    Parameters
+    ----------
+    phi : array, shape (d, d)
+        Lower-triangular factor.
+    check : bool
+        Validate ``phi`` (finite, square, floating); False for a ``phi`` validated once.
+
+    Returns
+    -------
+    array, shape (d, d)
+        $\phi\phi^\top$.
     """
     if check:
         validate.check_array("phi", phi, ndim=2)
@@ -70,28 +149,67 @@ def theta_from_phi(phi, check=True):
 
 
 def phi_grad(theta_bar, phi):
-    """Gradient in the factor phi from the gradient theta_bar in theta = phi phi^T.
+    r"""Gradient in the factor $\phi$ from the gradient $\bar\theta$ in $\theta=\phi\phi^\top$.
 
-        phi_bar = tril((theta_bar + theta_bar^T) phi)
+    $$
+    \bar\phi=\operatorname{tril}\big((\bar\theta+\bar\theta^\top)\,\phi\big)
+    $$
 
-    theta_bar: d x d over all matrices (need not be symmetric); phi: d x d
-    lower-triangular, so only its lower triangle is a parameter. Returns d x d.
+    Parameters
+    ----------
+    theta_bar : array, shape (d, d)
+        Gradient over all matrices (need not be symmetric).
+    phi : array, shape (d, d)
+        Lower-triangular: only its lower triangle is a parameter.
+
+    Returns
+    -------
+    array, shape (d, d)
+        $\bar\phi$, lower-triangular.
     """
     xp = get_array_module(phi)
     return xp.tril((theta_bar + theta_bar.T) @ phi)
 
 
 def quadratic_logits(Z, theta):
-    """Logits of the quadratic model N = Z theta Z^T. Z: (..., n, d) -> (..., n, n)."""
+    r"""Logits of the quadratic model, $N=Z\theta Z^\top$.
+
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+        Tokens; leading axes are a batch of sequences.
+    theta : array, shape (d, d)
+        Symmetric.
+
+    Returns
+    -------
+    array, shape (..., n, n)
+        $Z\theta Z^\top$.
+    """
     validate.quadratic_inputs(Z, theta, symmetric=False)  # the logits need no symmetry
     return Z @ theta @ swap_last(Z)
 
 
 def quadratic_loss(Z, theta, C):
-    """Point-wise cross-entropy of the quadratic model, summed over rows (eq. 3).
+    r"""Point-wise cross-entropy of the quadratic model, summed over rows (eq. 3).
 
-    l(Z) = -<C, log sigma(Z theta Z^T)>. Z: (..., n, d), theta: d x d symmetric,
-    C: (..., n, n) with distribution rows. Returns a 0-d array.
+    $$
+    \ell(Z)=-\langle C,\log\sigma(Z\theta Z^\top)\rangle
+    $$
+
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+        Tokens.
+    theta : array, shape (d, d)
+        Symmetric.
+    C : array, shape (..., n, n)
+        Targets, each row a distribution over the tokens.
+
+    Returns
+    -------
+    array, shape ()
+        $\ell(Z)$, a 0-d array.
     """
     validate.quadratic_inputs(Z, theta, C)
     return cross_entropy(Z @ theta @ swap_last(Z), C, check=False)
@@ -104,11 +222,26 @@ def _quadratic_residual(Z, theta, C):
 
 
 def quadratic_grad_Z(Z, theta, C):
-    """Feature gradient (eq. 9), theta symmetric:
+    r"""Feature gradient of the quadratic model's cross-entropy (eq. 9), $\theta$ symmetric.
 
-        grad_Z l = SA(Z, theta) + SA*(Z, theta) - (C + C^T) Z theta = (G + G^T) Z theta.
+    $$
+    \nabla_Z\ell=\operatorname{SA}(Z,\theta)+\operatorname{SA}^*(Z,\theta)-(C+C^\top)Z\theta
+    =(G+G^\top)\,Z\theta
+    $$
 
-    Returns (..., n, d).
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+        Tokens.
+    theta : array, shape (d, d)
+        Symmetric.
+    C : array, shape (..., n, n)
+        Targets.
+
+    Returns
+    -------
+    array, shape (..., n, d)
+        The gradient $\nabla_Z\ell$.
     """
     validate.quadratic_inputs(Z, theta, C)
     G, Y = _quadratic_residual(Z, theta, C)
@@ -116,10 +249,28 @@ def quadratic_grad_Z(Z, theta, C):
 
 
 def quadratic_grad_theta(Z, theta, C):
-    """Gradient for the symmetric parameter: grad_theta l = sym(Z^T G Z), sym(A) = (A + A^T)/2.
+    r"""Gradient for the symmetric parameter, summed over a batch of sequences.
 
-    (The gradient over all d x d matrices is Z^T G Z; on symmetric matrices only
-    its symmetric part acts.) Summed over a batch of sequences. Returns d x d.
+    $$
+    \nabla_\theta\ell=\operatorname{sym}(Z^\top G Z),\qquad \operatorname{sym}(A)=\tfrac12(A+A^\top)
+    $$
+
+    The gradient over all $d\times d$ matrices is $Z^\top GZ$; on symmetric matrices only its
+    symmetric part acts.
+
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+        Tokens.
+    theta : array, shape (d, d)
+        Symmetric.
+    C : array, shape (..., n, n)
+        Targets.
+
+    Returns
+    -------
+    array, shape (d, d)
+        $\nabla_\theta\ell$, symmetric.
     """
     validate.quadratic_inputs(Z, theta, C)
     G, _ = _quadratic_residual(Z, theta, C)
@@ -128,10 +279,27 @@ def quadratic_grad_theta(Z, theta, C):
 
 
 def quadratic_grad_phi(Z, phi, C):
-    """Gradient through the Cholesky factor: grad_phi l = tril((Z^T G Z + Z^T G^T Z) phi).
+    r"""Gradient through the Cholesky factor of $\theta=\phi\phi^\top$.
 
-    theta = phi phi^T; only the lower triangle of phi is a parameter, so the
-    gradient is kept lower-triangular. Z: (..., n, d), phi: d x d. Returns d x d.
+    $$
+    \nabla_\phi\ell=\operatorname{tril}\big((Z^\top GZ+Z^\top G^\top Z)\,\phi\big)
+    $$
+
+    Only the lower triangle of $\phi$ is a parameter, so the gradient is lower-triangular.
+
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+        Tokens.
+    phi : array, shape (d, d)
+        Lower-triangular factor.
+    C : array, shape (..., n, n)
+        Targets.
+
+    Returns
+    -------
+    array, shape (d, d)
+        $\nabla_\phi\ell$.
     """
     validate.quadratic_phi_inputs(Z, phi, C)
     G, _ = _quadratic_residual(Z, theta_from_phi(phi, check=False), C)
@@ -142,7 +310,15 @@ def quadratic_grad_phi(Z, phi, C):
 
 
 class LinearModel:
-    """Multinomial regression N = Z theta^T with its parameter theta (m x d)."""
+    r"""Multinomial regression $N=Z\theta^\top$ with its parameter $\theta$.
+
+    Parameters
+    ----------
+    theta : array, shape (m, d)
+        One row per class.
+    heads : tuple of int, optional
+        Class counts $(m_1,\dots,m_H)$ summing to $m$: a softmax per block of columns.
+    """
 
     def __init__(self, theta, heads=None):
         validate.check_array("theta", theta, ndim=2)
@@ -150,28 +326,35 @@ class LinearModel:
         self.heads = validate.check_heads("heads", heads, theta.shape[0])
 
     def logits(self, Z):
-        """Logits Z theta^T (n x m)."""
+        r"""Logits $Z\theta^\top$, shape (n, m), of features `Z` of shape (n, d)."""
         return linear_logits(Z, self.theta)
 
     def loss(self, Z, C):
-        """Point-wise cross-entropy, summed over rows (eq. 3)."""
+        r"""Point-wise cross-entropy $-\langle C,\log\sigma(Z\theta^\top)\rangle$ (eq. 3), summed over rows: a 0-d array.
+        """
         return linear_loss(Z, self.theta, C, self.heads)
 
     def grad_Z(self, Z, C):
-        """Feature gradient CA(Z, theta) - C theta (eq. 4)."""
+        r"""Feature gradient $\operatorname{CA}(Z,\theta)-C\theta$ (eq. 4), shape (n, d)."""
         return linear_grad_Z(Z, self.theta, C, self.heads)
 
     def grad_theta(self, Z, C):
-        """Parameter gradient (sigma(Z theta^T) - C)^T Z."""
+        r"""Parameter gradient $(\sigma(Z\theta^\top)-C)^\top Z$, shape (m, d)."""
         return linear_grad_theta(Z, self.theta, C, self.heads)
 
     def predict(self, Z):
-        """Predicted class of each row: argmax of Z theta^T."""
+        r"""Predicted class of each row, $\arg\max_k (Z\theta^\top)_{ik}$: integers, shape (n,)."""
         return (Z @ self.theta.T).argmax(axis=-1)
 
 
 class QuadraticModel:
-    """Quadratic model N = Z theta Z^T, theta = phi phi^T, phi lower-triangular (d x d)."""
+    r"""Quadratic model $N=Z\theta Z^\top$ with $\theta=\phi\phi^\top$, $\phi$ lower-triangular.
+
+    Parameters
+    ----------
+    phi : array, shape (d, d)
+        Factor of $\theta$; only its lower triangle is kept.
+    """
 
     def __init__(self, phi):
         validate.check_array("phi", phi, ndim=2)
@@ -179,25 +362,27 @@ class QuadraticModel:
 
     @property
     def theta(self):
-        """theta = phi phi^T (d x d, symmetric positive semi-definite)."""
+        r"""$\theta=\phi\phi^\top$, shape (d, d), symmetric positive semi-definite."""
         return theta_from_phi(self.phi, check=False)  # phi was checked by __init__
 
     def logits(self, Z):
-        """Logits Z theta Z^T ((..., n, n))."""
+        r"""Logits $Z\theta Z^\top$, shape (..., n, n), of tokens `Z` of shape (..., n, d)."""
         return quadratic_logits(Z, self.theta)
 
     def loss(self, Z, C):
-        """Point-wise cross-entropy, summed over rows (eq. 3)."""
+        r"""Point-wise cross-entropy $-\langle C,\log\sigma(Z\theta Z^\top)\rangle$ (eq. 3), summed over rows: a 0-d array.
+        """
         return quadratic_loss(Z, self.theta, C)
 
     def grad_Z(self, Z, C):
-        """Feature gradient SA + SA* - (C + C^T) Z theta (eq. 9)."""
+        r"""Feature gradient $\operatorname{SA}+\operatorname{SA}^*-(C+C^\top)Z\theta$ (eq. 9), shape (..., n, d).
+        """
         return quadratic_grad_Z(Z, self.theta, C)
 
     def grad_phi(self, Z, C):
-        """Gradient with respect to the lower-triangular factor phi."""
+        r"""Gradient in the lower-triangular factor $\phi$, shape (d, d)."""
         return quadratic_grad_phi(Z, self.phi, C)
 
     def predict(self, Z):
-        """For each token, the token it scores highest: argmax_j (Z theta Z^T)_ij."""
+        r"""For each token the token it scores highest, $\arg\max_j (Z\theta Z^\top)_{ij}$: shape (..., n)."""
         return self.logits(Z).argmax(axis=-1)

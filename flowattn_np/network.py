@@ -56,19 +56,29 @@ ENCODINGS = ("identity", "linear")
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """Architecture of a Network.
+    r"""Architecture of a `Network`.
 
-    n_inputs:  input features p per row (784 for Fashion-MNIST images).
-    n_classes: m classes of the linear head (ignored by the quadratic model, whose
-               targets are tokens).
-    layers:    number of blocks L (0 = multinomial regression).
-    block:     BlockConfig of every block; its ``model`` also picks the head:
-               'linear' and 'memory' -> Z theta^T, 'quadratic' -> Z theta Z^T.
-    tied:      one set of block weights shared by all blocks (and theta shared with
-               the head), as in the paper; False gives per-block weights (a variant).
-    encoding:  'identity' (Z_0 = X, d = p) or 'linear' (Z_0 = X E^T, E: d x p).
-    d:         latent width for the linear encoding.
-    dtype:     'float32' (fast path) or 'float64' (gradient checks).
+    Parameters
+    ----------
+    n_inputs : int
+        Input features $p$ per row (784 for Fashion-MNIST images).
+    n_classes : int
+        Classes $m$ of the linear head (ignored by the quadratic model, whose targets are
+        tokens).
+    layers : int
+        Number of blocks $L$ (0 = multinomial regression).
+    block : BlockConfig
+        Every block's configuration; its ``model`` also picks the head: ``"linear"`` and
+        ``"memory"`` give $Z\theta^\top$, ``"quadratic"`` gives $Z\theta Z^\top$.
+    tied : bool
+        One set of block weights shared by all blocks (and $\theta$ shared with the head),
+        as in the paper; False gives per-block weights (a variant).
+    encoding : str
+        ``"identity"`` ($Z_0=X$, $d=p$) or ``"linear"`` ($Z_0=XE^\top$, $E$ of shape (d, p)).
+    d : int, optional
+        Latent width for the linear encoding.
+    dtype : str
+        ``"float32"`` (fast path) or ``"float64"`` (gradient checks).
     """
 
     n_inputs: int
@@ -103,7 +113,7 @@ class NetworkConfig:
 
     @property
     def width(self):
-        """Latent width d of the features Z."""
+        """Latent width $d$ of the features $Z$."""
         return self.n_inputs if self.encoding == "identity" else int(self.d)
 
     @property
@@ -113,7 +123,7 @@ class NetworkConfig:
 
     @property
     def head_model(self):
-        """The head's model: 'linear' (Z theta^T) or 'quadratic' (Z theta Z^T)."""
+        r"""The head's model: ``"linear"`` ($Z\theta^\top$) or ``"quadratic"`` ($Z\theta Z^\top$)."""
         return "quadratic" if self.block.model == "quadratic" else "linear"
 
     @property
@@ -208,8 +218,8 @@ class NetworkConfig:
 
 
 class NetworkCache(NamedTuple):
-    """Cache of Network.forward: the input X, the last features Z_L, the head's theta,
-    and the cache of each block (in order)."""
+    r"""Cache of `Network.forward`: the input $X$, the last features $Z_L$, the head's $\theta$, and the cache of each block, in order.
+    """
 
     X: Any
     Z: Any
@@ -219,11 +229,24 @@ class NetworkCache(NamedTuple):
 
 
 class Network:
-    """Encoding, L blocks and a multinomial-regression head, with a hand-derived backward.
+    r"""Encoding, $L$ blocks and a multinomial-regression head, with a hand-derived backward.
 
-    ``params`` is a dict of arrays on the active backend; ``grads`` from ``backward``
-    has the same keys. Labels ``y`` are integer class indices (n,), or (n, H) with
-    multi-head labels, or (B, n) target-token indices for the quadratic model.
+    $$
+    Z_0=E(X),\qquad Z_{l+1}=\text{block}(Z_l),\qquad \text{logits}=Z_L\theta^\top \ \text{ or } \ Z_L\theta Z_L^\top
+    $$
+
+    ``params`` is a dict of arrays on the active backend; the ``grads`` of `backward` have
+    the same keys. Labels ``y`` are integer class indices, shape (n,); or (n, H) with
+    multi-head labels; or (B, n) target-token indices for the quadratic model.
+
+    Parameters
+    ----------
+    config : NetworkConfig
+        The architecture.
+    seed : int
+        Seed of the initial parameters (drawn on the host: the same on every backend).
+    params : dict of array, optional
+        Parameters to use instead (checked against the architecture).
     """
 
     def __init__(self, config, seed=0, params=None, fused=True):
@@ -300,9 +323,21 @@ class Network:
         return y
 
     def target_matrix(self, y, dtype, check=True):
-        """One-hot targets C from integer labels y: (n, m), (n, sum heads) or (B, n, n).
+        """One-hot targets $C$ from integer labels.
 
-        ``check=False`` skips the range check of y (validated once before a loop).
+        Parameters
+        ----------
+        y : array of int
+            Labels, shape (n,), (n, H) or (B, n).
+        dtype : str or dtype
+            Floating dtype of $C$.
+        check : bool
+            Check the labels' range and shape first; False for labels validated once.
+
+        Returns
+        -------
+        array
+            $C$, shape (n, m), (n, sum of heads) or (B, n, n).
         """
         cfg = self.config
         xp = get_array_module(y)
@@ -357,8 +392,8 @@ class Network:
         validate.check_labels("C", C, self._heads())
 
     def encode(self, X):
-        """Z_0 = X (identity encoding) or X E^T (linear encoding), followed by the blocks'
-        normalisation R when they use one (so that Z_0 lies on their manifold)."""
+        r"""$Z_0=X$ (identity encoding) or $XE^\top$ (linear encoding), followed by the blocks' normalisation $R$ when they use one (so that $Z_0$ lies on their manifold).
+        """
         return self._encode(X)[0]
 
     def _encode(self, X):
@@ -370,14 +405,30 @@ class Network:
 
     # -- forward / backward ---------------------------------------------------
     def forward(self, X, y=None, C=None, workspace=None, check=True):
-        """Logits of a batch; returns (logits, NetworkCache). y (or C) is needed iff the
-        blocks use the true labels (targets='labels').
+        """Logits of a batch.
 
-        With ``check`` (the default) X, y and C are validated first (``check_input``;
-        X in another float dtype is cast to the network's). ``check=False`` is the
-        training path: inputs validated once, no per-step pass over the data. With a
-        ``workspace`` (training), block outputs go to reused buffers that stay valid
-        until the next call with the same workspace.
+        Parameters
+        ----------
+        X : array, shape (n, p)
+            Inputs (or (B, n, p) sequences for the quadratic model).
+        y : array of int, optional
+            Labels; ``y`` or ``C`` is needed if and only if the blocks use the true labels
+            (``targets="labels"``).
+        C : array, optional
+            Targets, instead of ``y``.
+        workspace : Workspace, optional
+            When training: block outputs go to reused buffers that stay valid until the next
+            call with the same workspace.
+        check : bool
+            Validate ``X``, ``y`` and ``C`` first (``X`` in another floating dtype is cast to the
+            network's); False on the training path, whose inputs were validated once.
+
+        Returns
+        -------
+        logits : array
+            Shape (n, m), or (B, n, n) for the quadratic model.
+        cache : NetworkCache
+            What `backward` needs.
         """
         cfg = self.config
         self.check_inputs_backend(X=X, y=y, C=C)  # types only: no sync, also when check=False
@@ -423,9 +474,21 @@ class Network:
         return Z_bar, {"phi": phi_grad(theta_bar, self.params["phi"])}
 
     def backward(self, logits_bar, cache, workspace=None):
-        """Gradients of all parameters for upstream logits_bar = d loss / d logits.
+        r"""Gradients of all parameters for the upstream gradient of the logits.
 
-        With a ``workspace``, the feature gradients alternate between two reused buffers.
+        Parameters
+        ----------
+        logits_bar : array
+            $\partial\,\text{loss}/\partial\,\text{logits}$, of the logits' shape.
+        cache : NetworkCache
+            From `forward`.
+        workspace : Workspace, optional
+            The feature gradients alternate between two reused buffers.
+
+        Returns
+        -------
+        dict
+            Gradients keyed like ``params``.
         """
         if isinstance(cache, fused_quadratic.FusedQuadraticCache):
             return fused_quadratic.backward(self, logits_bar, cache, workspace)
@@ -455,17 +518,18 @@ class Network:
         return self.config.block.heads if self.config.head_model == "linear" else None
 
     def loss_from_logits(self, logits, C, check=False):
-        """Batch-mean cross-entropy -(1/rows) <C, log sigma(logits)> (0-d array).
-
-        Unchecked by default (logits and C come from this network's own forward).
+        r"""Batch-mean cross-entropy $-\frac{1}{\text{rows}}\langle C,\log\sigma(\text{logits})\rangle$, a 0-d array.
         """
         return mean_cross_entropy(logits, C, self._heads(), check=check)
 
     def loss_and_grads(self, X, y):
-        """Batch-mean cross-entropy, its gradients, and the logits: (loss, grads, logits).
+        r"""Batch-mean cross-entropy, its gradients and the logits: ``(loss, grads, logits)``.
 
-        d loss / d logits = (sigma(logits) - C) / rows, then ``backward``. The training
-        step: X and y are trusted here (``fit`` validates them once, before the loop).
+        $$
+        \frac{\partial\,\text{loss}}{\partial\,\text{logits}}=\frac{\sigma(\text{logits})-C}{\text{rows}},
+        $$
+
+        then `backward`.
         """
         self.check_inputs_backend(X=X, y=y)
         if self.fused:  # token targets: the one-hot (B, n, n) matrix only if the blocks use it
@@ -509,7 +573,7 @@ class Network:
         return self.predictions(self.logits(X, y))
 
     def features(self, X, y=None):
-        """The iterates [Z_0, Z_1, ..., Z_L] of a batch (for Figure 1)."""
+        r"""The iterates $[Z_0, Z_1, \dots, Z_L]$ of a batch (for Figure 1)."""
         self.check_inputs_backend(X=X, y=y)
         X = self.check_input(X)
         C = self._block_targets(X, y, None)

@@ -20,20 +20,54 @@ from .backend import get_array_module
 
 
 def swap_last(A):
-    """Transpose of the last two axes, A^T for a matrix (works for stacks of matrices)."""
+    r"""Transpose of the last two axes: $A^\top$ for a matrix, and for each matrix of a stack.
+
+    Parameters
+    ----------
+    A : array, shape (..., p, q)
+        A matrix or a stack of matrices.
+
+    Returns
+    -------
+    array, shape (..., q, p)
+        A view.
+    """
     return A.swapaxes(-1, -2)
 
 
 def sum_leading(A):
-    """Sum a stack (..., p, q) over its leading axes: parameter gradients of a batch."""
+    """Sum a stack over its leading axes: the parameter gradient of a batch.
+
+    Parameters
+    ----------
+    A : array, shape (..., p, q)
+        A matrix (returned as it is) or a stack of matrices.
+
+    Returns
+    -------
+    array, shape (p, q)
+    """
     return A if A.ndim == 2 else A.reshape((-1,) + A.shape[-2:]).sum(axis=0)
 
 
 def matmul_rows(A, W, out=None):
-    """A W for a stack A (..., k) and one matrix W (k, q), as ONE 2-D product over all rows.
+    """$AW$ for a stack $A$ and one matrix $W$, as one 2-D product over all rows.
 
-    A product sharing a weight: the rows of every matrix in the stack go to BLAS in one
-    GEMM instead of one small product per matrix. Returns (..., q) (into ``out`` if given).
+    A product sharing a weight: the rows of every matrix in the stack go to BLAS in one GEMM
+    instead of one small product per matrix.
+
+    Parameters
+    ----------
+    A : array, shape (..., k)
+        A stack of rows.
+    W : array, shape (k, q)
+        The shared matrix.
+    out : array, optional
+        A buffer for the result.
+
+    Returns
+    -------
+    array, shape (..., q)
     """
     xp = get_array_module(A)
     rows = A.reshape(-1, A.shape[-1])
@@ -44,13 +78,36 @@ def matmul_rows(A, W, out=None):
 
 
 def gram_sum(A, B):
-    """sum over the stack of A_s^T B_s for stacks A (..., n, p), B (..., n, q), as ONE 2-D
-    product (the gradient of a weight shared by every matrix of a batch). Returns p x q."""
+    r"""$\sum_sA_s^\top B_s$ over a stack, as one 2-D product: the gradient of a weight shared by every matrix of a batch.
+
+    Parameters
+    ----------
+    A : array, shape (..., n, p)
+        A stack of matrices.
+    B : array, shape (..., n, q)
+        A stack of matrices.
+
+    Returns
+    -------
+    array, shape (p, q)
+    """
     return A.reshape(-1, A.shape[-1]).T @ B.reshape(-1, B.shape[-1])
 
 
 def head_slices(m, heads):
-    """Column slices of the heads; one slice over all m columns when heads is None."""
+    r"""Column slices of the heads; one slice over all $m$ columns when ``heads`` is None.
+
+    Parameters
+    ----------
+    m : int
+        Number of columns.
+    heads : tuple of int or None
+        Class counts $(m_1,\dots,m_H)$ summing to $m$.
+
+    Returns
+    -------
+    tuple of slice
+    """
     if heads is None:
         return (slice(0, m),)
     heads = validate.check_heads("heads", heads, m)  # a few Python ints: no pass over data
@@ -71,33 +128,65 @@ def _softmax_rows(S, out, shift=None):
 
 
 def symmetric_row_max(S):
-    """Row maxima (..., m, 1) of a symmetric S (..., m, m), read as its column maxima.
+    r"""Row maxima of a symmetric $S$, read as its column maxima (NumPy reduces across rows
+    at about half the cost of along each short row).
 
-    NumPy reduces across rows at about half the cost of along each short row. For an S
-    symmetric only up to round-off (Z theta Z^T from a matrix product) the result is
-    within round-off of the row maxima: good as softmax's shift.
+    For an $S$ symmetric only up to round-off ($Z\theta Z^\top$ from a matrix product) the
+    result is within round-off of the row maxima: good as softmax's shift.
+
+    Parameters
+    ----------
+    S : array, shape (..., m, m)
+        A symmetric matrix (or a stack of them).
+
+    Returns
+    -------
+    array, shape (..., m, 1)
     """
     return swap_last(S.max(axis=-2, keepdims=True))
 
 
 def row_sums(A):
-    """sum_j A_ij of every row, as a product with a vector of ones: (..., m) -> (...).
+    r"""$\sum_j A_{ij}$ of every row, as a product with a vector of ones (a BLAS
+    matrix-vector product; NumPy's reduction over a short last axis costs about five
+    times as much for rows of 16 to 128 entries).
 
-    A BLAS matrix-vector product; NumPy's reduction over a short last axis costs about
-    five times as much for rows of 16 to 128 entries.
+    Parameters
+    ----------
+    A : array, shape (..., m)
+
+    Returns
+    -------
+    array, shape (...)
     """
     xp = get_array_module(A)
     return A @ xp.ones(A.shape[-1], dtype=A.dtype)
 
 
 def softmax(S, heads=None, out=None, shift=None):
-    """Row-wise softmax sigma(S)_ij = exp(S_ij) / sum_k exp(S_ik), max-shifted.
+    r"""Row-wise softmax, max-shifted so that no exponential overflows.
 
-    S: (..., m). With ``heads`` the softmax is taken within each head's columns.
-    ``shift`` (..., 1), without heads: the row maxima when the caller has them more cheaply (for a
-    symmetric S, its column maxima, transposed); a value within round-off of the row
-    maximum keeps exp from overflowing. Returns an array of S's shape and dtype (written
-    into ``out`` if given).
+    $$
+    \sigma(S)_{ij}=\frac{e^{S_{ij}}}{\sum_ke^{S_{ik}}}
+    $$
+
+    Parameters
+    ----------
+    S : array, shape (..., m)
+        Logits.
+    heads : tuple of int, optional
+        Class counts per head: the softmax is taken within each head's columns.
+    out : array, optional
+        A buffer for the result.
+    shift : array, shape (..., 1), optional
+        Without heads: the row maxima when the caller has them more cheaply (for a
+        symmetric $S$, its column maxima, `symmetric_row_max`); a value within round-off
+        of the row maximum keeps exp from overflowing.
+
+    Returns
+    -------
+    array, shape (..., m)
+        $\sigma(S)$, in the dtype of ``S``.
     """
     xp = get_array_module(S)
     if out is None:
@@ -110,9 +199,23 @@ def softmax(S, heads=None, out=None, shift=None):
 
 
 def logsumexp(S, heads=None):
-    """Row-wise LSE(S)_i = max_k S_ik + log sum_k exp(S_ik - max_k S_ik).
+    r"""Row-wise log-sum-exp, max-shifted.
 
-    S: (..., m). Returns (...,) or, with ``heads``, (..., H).
+    $$
+    \operatorname{LSE}(S)_i=\max_kS_{ik}+\log\textstyle\sum_ke^{S_{ik}-\max_kS_{ik}}
+    $$
+
+    Parameters
+    ----------
+    S : array, shape (..., m)
+        Logits.
+    heads : tuple of int, optional
+        Class counts per head.
+
+    Returns
+    -------
+    array, shape (...) or (..., H)
+        One value per row (per head with ``heads``).
     """
     xp = get_array_module(S)
     parts = []
@@ -124,7 +227,19 @@ def logsumexp(S, heads=None):
 
 
 def log_softmax(S, heads=None):
-    """Row-wise log sigma(S) = S - LSE(S), max-shifted. S: (..., m) -> (..., m)."""
+    r"""Row-wise $\log\sigma(S)=S-\operatorname{LSE}(S)$, max-shifted.
+
+    Parameters
+    ----------
+    S : array, shape (..., m)
+        Logits.
+    heads : tuple of int, optional
+        Class counts per head.
+
+    Returns
+    -------
+    array, shape (..., m)
+    """
     xp = get_array_module(S)
     if heads is None:
         return S - logsumexp(S)[..., None]
@@ -135,10 +250,23 @@ def log_softmax(S, heads=None):
 
 
 def one_hot(y, m, dtype="float64", check=True):
-    """One-hot rows: C_ik = 1 if y_i == k else 0. y: (n,) integers in [0, m) -> (n, m).
+    """One-hot rows: $C_{ik}=1$ if $y_i=k$, else $0$.
 
-    ``check=False`` skips the range check of y (a pass over y; a device sync on CuPy)
-    for labels validated once before a loop.
+    Parameters
+    ----------
+    y : array of int, shape (n,)
+        Labels in $[0, m)$.
+    m : int
+        Number of classes.
+    dtype : str or dtype
+        Floating dtype of the result.
+    check : bool
+        Check that the labels lie in $[0,m)$ (a pass over ``y``: a device synchronisation on
+        CuPy); False for labels validated once before a loop.
+
+    Returns
+    -------
+    array, shape (n, m)
     """
     if check:
         m = validate.check_count("m", m, minimum=1)
@@ -158,8 +286,20 @@ def _rows(logits):
 
 
 def check_cross_entropy_inputs(logits, C, heads=None):
-    """Validate (logits, C) of the cross-entropy: finite floating arrays of one shape and
-    dtype, the rows of C (per head) probability distributions."""
+    """Validate the inputs of the cross-entropy, with an error naming the argument.
+
+    Finite floating arrays of one shape and dtype; the rows of $C$ (per head) probability
+    distributions.
+
+    Parameters
+    ----------
+    logits : array, shape (..., m)
+        $N$.
+    C : array, shape (..., m)
+        Targets.
+    heads : tuple of int, optional
+        Class counts per head.
+    """
     validate.check_same_backend(logits=logits, C=C)
     validate.check_array("logits", logits, min_ndim=1)
     validate.check_array("C", C)
@@ -171,10 +311,28 @@ def check_cross_entropy_inputs(logits, C, heads=None):
 
 
 def cross_entropy(logits, C, heads=None, check=True):
-    """Point-wise cross-entropy l = -<C, log sigma(N)> (eq. 3), summed over all rows.
+    r"""Point-wise cross-entropy (eq. 3), summed over all rows.
 
-    logits N and targets C: same shape (..., m). Returns a 0-d array (no host sync
-    with ``check=False``; the checks read the data).
+    $$
+    \ell=-\langle C,\log\sigma(N)\rangle
+    $$
+
+    Parameters
+    ----------
+    logits : array, shape (..., m)
+        $N$.
+    C : array, shape (..., m)
+        Targets, each row a distribution.
+    heads : tuple of int, optional
+        Class counts per head.
+    check : bool
+        Validate the inputs first (this reads the data: a host synchronisation on CuPy);
+        False on a path whose inputs were validated once.
+
+    Returns
+    -------
+    array, shape ()
+        $\ell$, a 0-d array.
     """
     if check:
         check_cross_entropy_inputs(logits, C, heads)
@@ -182,16 +340,48 @@ def cross_entropy(logits, C, heads=None, check=True):
 
 
 def mean_cross_entropy(logits, C, heads=None, check=True):
-    """Batch mean of the cross-entropy: cross_entropy / (number of rows)."""
+    """Batch mean of the cross-entropy: `cross_entropy` divided by the number of rows.
+
+    Parameters
+    ----------
+    logits : array, shape (..., m)
+        $N$.
+    C : array, shape (..., m)
+        Targets.
+    heads : tuple of int, optional
+        Class counts per head.
+    check : bool
+        Validate the inputs first (this reads the data: a host synchronisation on CuPy);
+        False on a path whose inputs were validated once.
+
+    Returns
+    -------
+    array, shape ()
+    """
     return cross_entropy(logits, C, heads, check) / _rows(logits)
 
 
 def mean_cross_entropy_and_grad(logits, C, heads=None):
-    """mean_cross_entropy and its gradient in the logits, from one log-softmax.
+    r"""`mean_cross_entropy` and its gradient in the logits, from one log-softmax.
 
-        loss = -<C, log sigma(N)> / rows,   dloss/dN = (sigma(N) - C) / rows
+    $$
+    \text{loss}=-\frac{\langle C,\log\sigma(N)\rangle}{\text{rows}},\qquad
+    \frac{\partial\,\text{loss}}{\partial N}=\frac{\sigma(N)-C}{\text{rows}}
+    $$
 
-    Returns (loss (0-d array), gradient of the logits' shape).
+    Parameters
+    ----------
+    logits : array, shape (..., m)
+        $N$.
+    C : array, shape (..., m)
+        Targets.
+    heads : tuple of int, optional
+        Class counts per head.
+
+    Returns
+    -------
+    loss : array, shape ()
+    gradient : array, shape (..., m)
     """
     xp = get_array_module(logits)
     # a shape comparison costs nothing and stops a (n, 1) target broadcasting silently
@@ -206,14 +396,30 @@ def mean_cross_entropy_and_grad(logits, C, heads=None):
 
 
 def label_cross_entropy_and_grad(logits, y, out=None, shift=None):
-    """mean_cross_entropy_and_grad for integer targets y, without building the one-hot C.
+    r"""`mean_cross_entropy_and_grad` for integer targets, without building the one-hot $C$.
 
-        loss = mean_i (LSE(N_i) - N_{i, y_i}),   dloss/dN = (sigma(N) - onehot(y)) / rows
+    $$
+    \text{loss}=\operatorname{mean}_i\big(\operatorname{LSE}(N_i)-N_{i,y_i}\big),\qquad
+    \frac{\partial\,\text{loss}}{\partial N}=\frac{\sigma(N)-\operatorname{onehot}(y)}{\text{rows}}
+    $$
 
-    logits: (..., m); y: (...) integers in [0, m). One max-shifted exp pass gives both.
-    ``shift``: the row maxima (..., 1) when the caller has them more cheaply (see
-    softmax). Returns (loss (0-d array), gradient of the logits' shape, into ``out`` if
-    given).
+    One max-shifted exponential pass gives both.
+
+    Parameters
+    ----------
+    logits : array, shape (..., m)
+        $N$.
+    y : array of int, shape (...)
+        Labels in $[0,m)$.
+    out : array, optional
+        A buffer for the gradient.
+    shift : array, shape (..., 1), optional
+        The row maxima when the caller has them more cheaply (see `softmax`).
+
+    Returns
+    -------
+    loss : array, shape ()
+    gradient : array, shape (..., m)
     """
     xp = get_array_module(logits)
     m = logits.shape[-1]
@@ -232,11 +438,27 @@ def label_cross_entropy_and_grad(logits, y, out=None, shift=None):
 
 
 def softmax_vjp(P, P_bar, out=None):
-    """Vector-Jacobian product of the row-wise softmax P = sigma(S).
+    r"""Vector-Jacobian product of the row-wise softmax $P=\sigma(S)$.
 
-    S_bar = P * (P_bar - rowsum(P * P_bar)); P, P_bar: (..., m). For a softmax taken
-    per head, ops.softmax_vjp_heads applies this within each head's columns. ``out``
-    may be P_bar itself (in place, no temporary) or P (through one temporary).
+    $$
+    \bar S=P\odot\big(\bar P-\operatorname{rowsum}(P\odot\bar P)\big)
+    $$
+
+    For a softmax taken per head, `softmax_vjp_heads` applies this within each head's columns.
+
+    Parameters
+    ----------
+    P : array, shape (..., m)
+        $\sigma(S)$.
+    P_bar : array, shape (..., m)
+        Upstream gradient $\bar P$.
+    out : array, optional
+        A buffer for the result.
+
+    Returns
+    -------
+    array, shape (..., m)
+        $\bar S$.
     """
     xp = get_array_module(P)
     if out is None:
@@ -255,7 +477,21 @@ def softmax_vjp(P, P_bar, out=None):
 
 
 def softmax_vjp_heads(P, P_bar, heads=None):
-    """softmax_vjp applied within each head's columns (the plain one when heads is None)."""
+    r"""`softmax_vjp` within each head's columns (the plain one when ``heads`` is None).
+
+    Parameters
+    ----------
+    P : array, shape (..., m)
+        $\sigma(S)$, per head.
+    P_bar : array, shape (..., m)
+        Upstream gradient.
+    heads : tuple of int, optional
+        Class counts per head.
+
+    Returns
+    -------
+    array, shape (..., m)
+    """
     if heads is None:
         return softmax_vjp(P, P_bar)
     xp = get_array_module(P)

@@ -15,7 +15,7 @@ from .backend import get_array_module
 
 
 class Schedule:
-    """Learning-rate multiplier as a function of the step count t = 0, 1, 2, ..."""
+    r"""Learning-rate multiplier as a function of the step count $t=0,1,2,\dots$"""
 
     def __call__(self, t):
         raise NotImplementedError
@@ -32,7 +32,17 @@ class Constant(Schedule):
 
 
 class Cosine(Schedule):
-    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` at ``total``."""
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` at ``total``.
+
+    Parameters
+    ----------
+    total : int
+        Step at which the multiplier reaches ``floor``.
+    warmup : int
+        Steps of linear warm-up from 0 to 1.
+    floor : float
+        Final multiplier.
+    """
 
     def __init__(self, total, warmup=0, floor=0.0):
         if int(total) < 1:
@@ -50,7 +60,15 @@ class Cosine(Schedule):
 
 
 class StepDecay(Schedule):
-    """Multiply the rate by ``gamma`` every ``every`` steps."""
+    """Multiply the rate by ``gamma`` every ``every`` steps.
+
+    Parameters
+    ----------
+    every : int
+        Steps between decays.
+    gamma : float
+        Factor of each decay.
+    """
 
     def __init__(self, every, gamma=0.1):
         if int(every) < 1:
@@ -90,7 +108,7 @@ class Optimizer:
 
     @property
     def current_lr(self):
-        """The learning rate of the next step: lr * schedule(t)."""
+        r"""The learning rate of the next step, $\text{lr}\cdot\text{schedule}(t)$."""
         return self.lr * self.schedule(self.t)
 
     def _grad(self, name, g):
@@ -108,9 +126,27 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """SGD with (heavy-ball or Nesterov) momentum and decoupled-from-h weight decay.
+    r"""SGD with heavy-ball or Nesterov momentum and weight decay.
 
-        g <- grad + wd * p;  v <- mu v + g;  p <- p - lr * (g + mu v if nesterov else v)
+    $$
+    g\leftarrow\nabla+\text{wd}\,p,\qquad v\leftarrow\mu v+g,\qquad
+    p\leftarrow p-\text{lr}\cdot\begin{cases}g+\mu v&\text{Nesterov}\\ v&\text{else}\end{cases}
+    $$
+
+    Parameters
+    ----------
+    params : dict of array
+        Updated in place by `step`.
+    lr : float
+        Learning rate.
+    momentum : float
+        $\mu\in[0,1)$.
+    weight_decay : float
+        $\text{wd}$.
+    nesterov : bool
+        Nesterov momentum instead of heavy ball.
+    schedule : Schedule, optional
+        Learning-rate multiplier; constant by default.
     """
 
     def __init__(self, params, lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False,
@@ -151,10 +187,27 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with bias correction; weight decay added to the gradient.
+    r"""Adam (Kingma & Ba) with bias correction; weight decay added to the gradient.
 
-        m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
-        p <- p - lr * m_hat / (sqrt(v_hat) + eps)
+    $$
+    m\leftarrow\beta_1m+(1-\beta_1)g,\qquad v\leftarrow\beta_2v+(1-\beta_2)g^2,\qquad
+    p\leftarrow p-\text{lr}\,\frac{\hat m}{\sqrt{\hat v}+\varepsilon}
+    $$
+
+    Parameters
+    ----------
+    params : dict of array
+        Updated in place by `step`.
+    lr : float
+        Learning rate.
+    betas : tuple of float
+        $(\beta_1,\beta_2)$.
+    eps : float
+        $\varepsilon$.
+    weight_decay : float
+        Added to the gradient as $\text{wd}\,p$.
+    schedule : Schedule, optional
+        Learning-rate multiplier; constant by default.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
@@ -201,7 +254,21 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam}
 
 
 def make_optimizer(name, params, **kwargs):
-    """An optimiser by name ('sgd' or 'adam')."""
+    """An optimiser by name.
+
+    Parameters
+    ----------
+    name : str
+        ``"sgd"`` or ``"adam"``.
+    params : dict of array
+        The parameters it updates.
+    **kwargs
+        Passed to `SGD` or `Adam`.
+
+    Returns
+    -------
+    Optimizer
+    """
     try:
         cls = OPTIMIZERS[name]
     except KeyError:

@@ -127,14 +127,33 @@ def _figure1_panel(sub, x, panel, label, class_names, sigma):
 
 
 def figure1(x, panels, label, class_names, sigma, path=None, title=None):
-    """Figure 1: a sample Z^(l) evolving through the blocks.
+    r"""Figure 1: a sample $Z^{(l)}$ evolving through the blocks.
 
-    For each panel (dict with 'title', 'iterates' [Z^(0), ..., Z^(L)] and
-    'predictions', the head's class for each iterate), the top row shows the clean
-    image X with its label, Z^(0) (noisy) and the iterates, each with the predicted
-    class and whether it is right; the bottom row the changes Z^(l) - Z^(0), l >= 1,
-    on a diverging colour map centred at 0. Panels are drawn side by side, under
-    ``title`` (say which image was chosen, and how) when given.
+    For each panel the top row shows the clean image $X$, $Z^{(0)}$ (noisy) and the
+    iterates; the bottom row $Z^{(l)}-Z^{(0)}$ on a diverging colour map centred at 0.
+    Panels are drawn side by side.
+
+    Parameters
+    ----------
+    x : array, shape (p,)
+        The clean image, flattened (a square: 784 pixels for Fashion-MNIST).
+    panels : list of dict
+        Each with ``"title"``, ``"iterates"`` $[Z^{(0)},\dots,Z^{(L)}]$ and ``"predictions"``
+        (the class index of each iterate).
+    label : int
+        The image's true class.
+    class_names : sequence of str
+        Names of the classes.
+    sigma : float
+        The noise level of $Z^{(0)}$.
+    path : str or Path, optional
+        Where to save the PNG.
+    title : str, optional
+        A title for the figure (say which image was chosen, and how).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
     plt = _plt()
     widths = [len(p["iterates"]) + 1.6 for p in panels]
@@ -156,7 +175,19 @@ def _integer_ticks(ax):
 
 
 def accuracy_vs_layers(part2, path=None):
-    """Accuracy and cross-entropy against L: colour by scheme, line style by noise level."""
+    """Accuracy and cross-entropy against $L$, one line per noise level, per scheme.
+
+    Parameters
+    ----------
+    part2 : dict
+        Part 2 of the results.
+    path : str or Path, optional
+        Where to save the PNG.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8), layout="constrained")
     for scheme, per in part2["schemes"].items():
@@ -174,10 +205,18 @@ def accuracy_vs_layers(part2, path=None):
 
 
 def training_curves(curves, path=None):
-    """Training loss and accuracy per epoch; ``curves`` maps a label to a History dict.
+    """Training loss and accuracy per epoch.
 
-    A label naming a method of METHOD_COLORS gets its colour; the curves of one method
-    (depths, settings) differ by line style and marker.
+    Parameters
+    ----------
+    curves : dict
+        Maps a label to a `History` dict.
+    path : str or Path, optional
+        Where to save the PNG.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")

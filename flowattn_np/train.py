@@ -47,14 +47,30 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def train_step(net, optimizer, X, y, before_update=None):
-    """One step of minibatch gradient descent on the batch (X, y).
+    """One step of minibatch gradient descent on the batch ``(X, y)``.
 
-    The batch-mean cross-entropy and its gradients (hand-written backward pass),
-    then the optimiser's in-place update of ``net.params``. ``before_update(loss,
-    logits)``, if given, runs between the two (``fit`` counts correct predictions
-    there and stops on a NaN loss before it reaches the parameters).
+    The batch-mean cross-entropy and its gradients (hand-written backward pass), then the
+    optimiser's in-place update of ``net.params``.
 
-    Returns the loss as a 0-d array on the device: reading it (``float``) is a host sync.
+    Parameters
+    ----------
+    net : Network
+        Its ``params`` are updated in place.
+    optimizer : Optimizer
+        Holds the same ``params``.
+    X : array
+        The batch's inputs.
+    y : array of int
+        The batch's labels.
+    before_update : callable, optional
+        ``before_update(loss, logits)`` runs between the gradients and the update (``fit``
+        counts correct predictions there and stops on a NaN loss before it reaches the
+        parameters).
+
+    Returns
+    -------
+    array, shape ()
+        The loss on the device: reading it (``float``) is a host synchronisation.
     """
     loss, grads, logits = net.loss_and_grads(X, y)
     if before_update is not None:
@@ -64,12 +80,30 @@ def train_step(net, optimizer, X, y, before_update=None):
 
 
 def minibatches(n, batch_size, rng=None, shuffle=True, drop_last=False, on_device=False):
-    """Yield index arrays (slices when not shuffled) covering range(n) in batches.
+    """Index arrays covering ``range(n)`` in batches (slices when not shuffled).
 
-    The order is a permutation drawn on the host from ``rng`` (a seed or a NumPy
-    Generator), so the same seed gives the same batches on every backend. With
-    ``on_device`` the permutation is moved to the active backend once and the
-    batches are views of it (no host-device copy per batch).
+    The order is a permutation drawn on the host, so the same seed gives the same batches on
+    every backend.
+
+    Parameters
+    ----------
+    n : int
+        Number of rows.
+    batch_size : int
+        Rows per batch.
+    rng : int or numpy.random.Generator, optional
+        Seed or generator of the permutation.
+    shuffle : bool
+        Permute the rows.
+    drop_last : bool
+        Drop a last, smaller batch.
+    on_device : bool
+        Move the permutation to the active backend once; the batches are views of it (no
+        host-device copy per batch).
+
+    Yields
+    ------
+    array of int or slice
     """
     if int(batch_size) < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
@@ -87,10 +121,30 @@ def minibatches(n, batch_size, rng=None, shuffle=True, drop_last=False, on_devic
 
 
 def gather_batch(X, y, idx, workspace, noise=0.0, noise_rng=None):
-    """The rows ``idx`` of (X, y), plus ``noise * eps`` (eps ~ N(0, 1) from ``noise_rng``) if noise > 0.
+    r"""The rows ``idx`` of ``(X, y)``, plus $\sigma\varepsilon$ with $\varepsilon\sim\mathcal N(0,1)$ if ``noise`` $=\sigma>0$.
 
-    The batch is gathered (and noised) in place into buffers of ``workspace``: no
-    fresh batch arrays per step. It is valid until the next call with the same workspace.
+    The batch is gathered (and noised) in place into buffers of ``workspace``: no fresh
+    arrays per step. It is valid until the next call with the same workspace.
+
+    Parameters
+    ----------
+    X : array
+        All inputs.
+    y : array of int
+        All labels.
+    idx : array of int or slice
+        The batch's rows.
+    workspace : Workspace
+        Owner of the reused buffers.
+    noise : float
+        $\sigma$.
+    noise_rng : RNG, optional
+        Source of $\varepsilon$.
+
+    Returns
+    -------
+    X_batch : array
+    y_batch : array
     """
     xp = get_array_module(X)
     shape = (idx.shape[0],) + X.shape[1:]
@@ -108,13 +162,30 @@ def _accuracy_sum(net, logits, y):
 
 
 def evaluate(net, X, y, batch_size=2048, check=True):
-    """Mean cross-entropy and accuracy of ``net`` on (X, y), as Python floats.
+    """Mean cross-entropy and accuracy of ``net`` on ``(X, y)``, as Python floats.
 
-    X and y are validated once (``Network.check_input``/``check_labels``; ``check=False``
-    skips that for data already validated, as ``fit`` does every epoch), then the
-    batches run unchecked. For a network whose blocks use the true labels
-    (targets='labels') this is an oracle computation: the labels enter the features
-    before the prediction.
+    For a network whose blocks use the true labels (``targets="labels"``) this is an oracle
+    computation: the labels enter the features before the prediction.
+
+    Parameters
+    ----------
+    net : Network
+        The model.
+    X : array
+        Inputs.
+    y : array of int
+        Labels.
+    batch_size : int
+        Rows per forward pass.
+    check : bool
+        Validate ``X`` and ``y`` once first (`Network.check_input`, `Network.check_labels`);
+        False for data already validated, as `fit` does every epoch. The batches run
+        unchecked.
+
+    Returns
+    -------
+    loss : float
+    accuracy : float
     """
     X, y = asarray(X), asarray(y)
     if check:
@@ -134,8 +205,8 @@ def evaluate(net, X, y, batch_size=2048, check=True):
 
 @dataclass
 class History:
-    """Per-epoch records of ``fit``: a list of dicts (train_loss, train_accuracy,
-    val_loss, val_accuracy, lr, seconds, samples_per_s, h)."""
+    """Per-epoch records of `fit`: a list of dicts with ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``, ``lr``, ``seconds``, ``samples_per_s`` and ``h``.
+    """
 
     epochs: list = field(default_factory=list)
 
@@ -153,18 +224,33 @@ class History:
 
 @dataclass(frozen=True)
 class FitConfig:
-    """Options of the ``fit`` loop (the keyword arguments of ``fit`` of the same names).
+    r"""Options of the `fit` loop (the keyword arguments of `fit` of the same names).
 
-    epochs, batch_size: passes over the data and rows per step.
-    lr:           learning rate of the default optimiser, SGD(lr, momentum 0.9).
-    seed:         seeds the minibatch order (and, as seed + 1, the noise).
-    noise:        sigma > 0 adds seeded Gaussian noise sigma * eps to every training batch.
-    progress:     show a progress bar; log_every: steps between its loss/accuracy updates.
-    check_every:  steps between NaN/inf checks of the loss (None: every step on NumPy,
-                  every ``log_every`` steps on CuPy, where a check is a device sync).
-    checkpoint:   a path written atomically after every epoch, or None.
-    desc:         the progress bar's label; check_inputs: validate X (finite, floating) and the
-                  labels y (their range) once, before the first step.
+    Parameters
+    ----------
+    epochs : int
+        Passes over the data.
+    batch_size : int
+        Rows per step.
+    lr : float
+        Learning rate of the default optimiser, SGD(lr, momentum 0.9).
+    seed : int
+        Seeds the minibatch order (and, as seed + 1, the noise).
+    noise : float
+        $\sigma>0$ adds seeded Gaussian noise $\sigma\varepsilon$ to every training batch.
+    progress : bool
+        Show a progress bar.
+    log_every : int
+        Steps between the bar's loss/accuracy updates.
+    check_every : int, optional
+        Steps between NaN/inf checks of the loss (None: every step on NumPy, every
+        ``log_every`` steps on CuPy, where a check is a device synchronisation).
+    checkpoint : str, optional
+        A path written atomically after every epoch.
+    desc : str
+        The progress bar's label.
+    check_inputs : bool
+        Validate ``X`` (finite, floating).
     """
 
     epochs: int = 5
@@ -393,12 +479,29 @@ def fit(net, X, y, epochs=5, batch_size=256, optimizer=None, lr=0.1, X_val=None,
         desc="train", check_inputs=True, config=None):
     """Train ``net`` by minibatch gradient descent on the batch-mean cross-entropy.
 
-    X: (N, p) (or (N, n, p) for the quadratic model), y: integer labels. The loop's
-    options are the keywords or, instead, a ``FitConfig`` as ``config`` (see there).
-    ``optimizer``: None (SGD(lr, momentum 0.9)), a name 'sgd' or 'adam' (built with
-    ``lr``), or an optimiser built on ``net.params``. On a NaN/inf loss the parameters
-    are restored to their last finite state and NonFiniteLossError is raised
-    (``NonFiniteGuard``). Returns a History, one record per epoch.
+    On a NaN/inf loss the parameters are restored to their last finite state and
+    `NonFiniteLossError` is raised (`NonFiniteGuard`). The loop's options (``epochs``,
+    ``batch_size``, ``lr``, ``seed``, ``noise``, ``progress``, ``log_every``, ``check_every``,
+    ``checkpoint``, ``desc``, ``check_inputs``) are keywords, or one `FitConfig` as ``config``:
+    see `FitConfig` for each.
+
+    Parameters
+    ----------
+    net : Network
+        Trained in place.
+    X : array, shape (N, p)
+        Inputs, or (N, n, p) for the quadratic model.
+    y : array of int
+        Labels.
+    optimizer : Optimizer, optional
+        SGD(lr, momentum 0.9) by default.
+    X_val, y_val : array, optional
+        A validation set (both or neither), evaluated after every epoch.
+
+    Returns
+    -------
+    History
+        One record per epoch.
     """
     cfg = _fit_config(config, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, noise=noise,
                       progress=progress, log_every=log_every, check_every=check_every,

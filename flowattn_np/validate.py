@@ -97,6 +97,7 @@ def check_shape(name, a, expected, meaning):
 
 
 def check_same_dtype(**named):
+    """Raise a TypeError naming each array's dtype when the named arrays (None ignored) mix dtypes."""
     dtypes = {n: a.dtype for n, a in named.items() if a is not None}
     if len(set(dtypes.values())) > 1:
         parts = ", ".join(f"{n} is {d}" for n, d in dtypes.items())
@@ -108,9 +109,7 @@ def _label_tol(dtype):
 
 
 def check_labels(name, C, heads=None, checks=None):
-    """Rows of C are probability distributions: C >= 0 and C 1 = 1 (per head).
-
-    With ``checks`` (a ValueChecks) the checks are only queued there.
+    r"""Rows of $C$ are probability distributions, $C\ge0$ and $C\mathbf 1=\mathbf 1$ (per head), up to round-off.
     """
     xp = get_array_module(C)
     run = checks is None
@@ -135,10 +134,7 @@ def check_labels(name, C, heads=None, checks=None):
 
 
 def check_symmetric(name, theta, checks=None):
-    """theta == theta^T up to round-off (the quadratic model's parameter).
-
-    With ``checks`` (a ValueChecks) the check is only queued there.
-    """
+    r"""$\theta=\theta^\top$ up to round-off (the quadratic model's parameter)."""
     if not theta.size:
         return
     xp = get_array_module(theta)
@@ -158,6 +154,8 @@ def check_symmetric(name, theta, checks=None):
 
 
 def check_heads(name, heads, m):
+    """The head sizes as a tuple of ints, or None; a clear error naming ``name`` unless they are positive whole numbers summing to ``m``.
+    """
     if heads is None:
         return None
     try:
@@ -223,10 +221,9 @@ def check_class_indices(name, y, m, ndim=None):
 
 
 def linear_inputs(Z, theta, C=None, heads=None):
-    """Validate (Z, theta, C) of the linear model N = Z theta^T; returns heads.
+    r"""Validate $(Z,\theta,C)$ of the linear model $N=Z\theta^\top$; returns ``heads``.
 
-    Z=None checks theta and C alone (a vector field built once, before Z is known). One
-    device read for all value checks (see the module docstring).
+    ``Z=None`` checks $\theta$ and $C$ alone (a vector field built once, before $Z$ is known).
     """
     check_same_backend(Z=Z, theta=theta, C=C)
     check_array("theta", theta, ndim=2, finite=False)
@@ -248,11 +245,10 @@ def linear_inputs(Z, theta, C=None, heads=None):
 
 
 def quadratic_inputs(Z, theta, C=None, symmetric=True):
-    """Validate (Z, theta, C) of the quadratic model N = Z theta Z^T.
+    r"""Validate $(Z,\theta,C)$ of the quadratic model $N=Z\theta Z^\top$.
 
-    Z may carry leading batch axes: (..., n, d); C is then (..., n, n). Z=None checks
-    theta and C alone (a vector field built once, before Z is known). One device read for
-    all value checks (see the module docstring).
+    $Z$ may carry leading batch axes, (..., n, d); $C$ is then (..., n, n). ``Z=None`` checks
+    $\theta$ and $C$ alone (a vector field built once, before $Z$ is known).
     """
     check_same_backend(Z=Z, theta=theta, C=C)
     check_array("theta", theta, ndim=2, finite=False)
@@ -275,11 +271,7 @@ def quadratic_inputs(Z, theta, C=None, symmetric=True):
 
 
 def quadratic_phi_inputs(Z, phi, C=None):
-    """Validate (Z, phi, C) with theta = phi phi^T and phi lower-triangular.
-
-    Two device reads: phi's own values first (finite, lower-triangular), then the value
-    checks of quadratic_inputs (phi in theta's place: same shape and dtype).
-    """
+    r"""Validate $(Z,\phi,C)$ with $\theta=\phi\phi^\top$ and $\phi$ lower-triangular."""
     check_same_backend(Z=Z, phi=phi, C=C)
     check_array("phi", phi, ndim=2, finite=False)
     xp = get_array_module(phi)
