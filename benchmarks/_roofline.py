@@ -49,13 +49,13 @@ class Ops:
         return flops, sum(r[3] for r in self.rows) * itemsize
 
 
-def quadratic_ops(B, n, d, layers, targets, learn_h=False, first_input_grad=False):
-    """Operations of one step of the tied quadratic network (see module docstring)."""
+def quadratic_ops(B, n, d, layers, targets, learn_h=False, first_input_grad=False, taylor_terms=5):
+    """Operations of one step of the tied quadratic network (see module docstring); with the
+    learned oracle, the exact B step by ``taylor_terms`` terms of its series per block."""
     o, N, nn = Ops(), B * n, B * n * n
     learned = targets == "learned"
     o.gemm("theta = phi phi^T", d, d, d)
     if learned:
-        o.eigh("eigh(theta), once per step", d)
         o.ew("W beside theta [theta | W]", d * d)
     for layer in range(layers):
         o.gemm("Z [theta | W]" if learned else "Y = Z theta", N, d, 2 * d if learned else d)
@@ -77,21 +77,23 @@ def quadratic_ops(B, n, d, layers, targets, learn_h=False, first_input_grad=Fals
         if learn_h:
             o.ew("h_bar", N * d, flops=2, arrays=2)
         if learned:
+            m = taylor_terms
             o.gemm("oracle scores ZW Z^T", n, d, n, B)
             o.ew("softmax C, M = C + C^T", nn, flops=6, arrays=4)
-            o.eigh("eigh(M)", n, B)
-            o.gemm("U^T Z, U (E * Zt)", n, n, d, B, count=2)
-            o.gemm("(.) V, (.) V^T", N, d, d, count=2)
-            o.ew("E = exp(h lam mu^T), E * Zt", N * d, flops=3, arrays=3)
-            # backward of the exact B step (divided differences as products) and the oracle
-            o.gemm("U^T Zb, U (E * Yb)", n, n, d, B, count=2)
-            o.gemm("(.) V, (.) V^T", N, d, d, count=2)
-            o.ew("E * Yb, sqrt(E), scaled copies", N * d, flops=8, arrays=8)
-            o.gemm("theta side: 4 products over (B n)", d, N, d, count=4)
-            o.gemm("V G V^T", d, d, d, count=2)
-            o.gemm("M side: 4 batched products", n, d, n, B, count=4)
-            o.ew("near/far select, 1/dx", nn, flops=6, arrays=5)
-            o.gemm("U H U^T", n, n, n, B, count=2)
+            o.ew("rho: |M| row sums", nn, flops=2, arrays=1)
+            o.eigh("eigvalsh(theta) for rho", d)
+            # the exact B step by its Taylor series, m terms (flows.quadratic_B_taylor_*)
+            o.gemm("Taylor R_k = M X_{k-1}", n, n, d, B, count=m)
+            o.gemm("Taylor X_k = R_k theta_k", N, d, d, count=m)
+            o.ew("Taylor sum of the terms", N * d, arrays=3, count=m)
+            o.ew("h_bar: sum of R_k", N * d, arrays=3, count=m if learn_h else 0)
+            o.gemm("theta_bar += R_k^T X_bar", d, N, d, count=m)
+            o.gemm("T_k = X_bar theta_k", N, d, d, count=m)
+            o.gemm("M_bar += T_k X_{k-1}^T", n, d, n, B, count=m)
+            o.ew("M_bar accumulation", nn, arrays=3, count=m)
+            o.gemm("M T_k", n, n, d, B, count=m)
+            o.ew("X_bar = Z_bar + M T_k", N * d, arrays=3, count=m)
+            o.ew("C_bar = M_bar + M_bar^T", nn, arrays=3)
             o.ew("softmax VJP of C", nn, flops=4, arrays=3)
             o.gemm("S_C Z", n, n, d, B)
             o.gemm("W_bar", d, N, d)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from flowattn_np.flows import taylor_terms
+
 F = torch.nn.functional
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -144,8 +146,11 @@ class QuadraticEager(Reference):
                                                        theta = V mu V^T)
         logits = Z theta Z^T;  loss = mean cross-entropy over tokens
 
-    theta = tril(phi) tril(phi)^T. PyTorch differentiates eigh through its eigenvector
-    formula, which divides by eigenvalue gaps: theta must have distinct eigenvalues.
+    theta = tril(phi) tril(phi)^T. The exact B step is written as its closed form reads, in
+    eigenbases (NumPy's host path evaluates the same exponential by its Taylor series; the
+    ``fused`` reference does the same in PyTorch). PyTorch differentiates eigh through its
+    eigenvector formula, which divides by eigenvalue gaps: theta must have distinct
+    eigenvalues.
     """
 
     keys = ("phi", "W", "h")
@@ -174,28 +179,12 @@ class QuadraticEager(Reference):
         return F.cross_entropy(logits.reshape(-1, n), y.reshape(-1))
 
 
-def divided_difference_contract(A, B, E, S, c, x, x0):
-    """sum_r A_ra B_rb (E_ra - E_rb) / (x_a - x_b) for every pair (a, b), E_ra = exp(c_r x_a),
-    S = sqrt(E) (torch twin of the package's GEMM form, see flows.py).
-
-    Far pairs: the difference of two products divided by x_a - x_b. Near pairs
-    (max|c| |x_a - x_b| <= x0): c e^{mid} (1 + (c dx)^2 / 24), two products.
-    A, B, E, S: (..., R, K); c: (..., R); x: (..., K). Returns (..., K, K).
-    """
-    dx = x[..., :, None] - x[..., None, :]
-    cmax = c.abs().amax(dim=-1, keepdim=True)[..., None]
-    near = (cmax * dx.abs()) <= x0
-    far = ((A * E).mT @ B - A.mT @ (B * E)) / torch.where(near, torch.ones_like(dx), dx)
-    AS, BS = A * S * c[..., None], B * S
-    mid = AS.mT @ BS + (dx * dx / 24) * ((AS * (c * c)[..., None]).mT @ BS)
-    return torch.where(near, mid, far)
-
-
 class QuadraticFused(QuadraticEager):
     """The same network with a hand-written forward and backward in the package's
     arrangement: products sharing a weight as one 2-D GEMM over (B*n, d), Z theta
-    computed once and shared by forward, backward and the head, eigh(theta) once per
-    pass, theta's gradient accumulated symmetrised and pushed to phi once."""
+    computed once and shared by forward, backward and the head, the exact B step by its
+    Taylor series (matrix products, the package's host method and number of terms),
+    theta's gradient accumulated symmetrised and pushed to phi once."""
 
     def loss_and_grads(self, X, y):
         with torch.no_grad():
@@ -209,9 +198,7 @@ class QuadraticFused(QuadraticEager):
         h = self._h()
         h = h.detach() if torch.is_tensor(h) else h
         Bsz, n, d = X.shape
-        x0 = 3e-3 if X.dtype == torch.float64 else 0.1
         K = torch.cat([theta, self.p["W"].detach()], dim=1) if learned else theta
-        mu, V = torch.linalg.eigh(theta) if learned else (None, None)
         Z, caches = X, []
         for _ in range(spec["layers"]):
             YW = (Z.reshape(-1, d) @ K).view(Bsz, n, -1)
@@ -224,12 +211,8 @@ class QuadraticFused(QuadraticEager):
             if learned:
                 ZW = YW[..., d:]
                 C = torch.softmax(ZW @ Z.mT, dim=-1)
-                lam, U = torch.linalg.eigh(C + C.mT)
-                Zt = ((U.mT @ Zh).reshape(-1, d) @ V).view(Bsz, n, d)
-                E = torch.exp(h * lam[..., :, None] * mu)
-                Zn = ((U @ (E * Zt)).reshape(-1, d) @ V.T).view(Bsz, n, d)
-                c.update(ZW=ZW, C=C, lam=lam, U=U, Zt=Zt, E=E)
-                Z = Zn
+                Z = self._B_taylor(Zh, C, theta, h, c)
+                c.update(ZW=ZW, C=C)
             else:
                 Z = Zh
             caches.append(c)
@@ -248,7 +231,7 @@ class QuadraticFused(QuadraticEager):
         for layer in reversed(range(spec["layers"])):
             c = caches[layer]
             if learned:
-                Zb, Cb, th = self._B_vjp(Zb, c, mu, V, h, x0, grads)
+                Zb, Cb, th = self._B_vjp(Zb, c, theta, h, grads)
                 Ssym += th
             Zb, th = self._A_vjp(Zb, c, theta, h, need_Z=layer > 0, grads=grads)
             Ssym += th
@@ -272,21 +255,40 @@ class QuadraticFused(QuadraticEager):
         Zin = Zb - h * ((T.reshape(-1, d) @ theta).view(Bsz, n, d) + Sb.mT @ Y)
         return Zin, th
 
-    def _B_vjp(self, Zb, c, mu, V, h, x0, grads):
-        U, lam, Zt, E = c["U"], c["lam"], c["Zt"], c["E"]
+    @staticmethod
+    def _B_taylor(Z, C, theta, h, c):
+        """The exact B step as the package takes it on the host: the Taylor series of
+        exp(h theta (x) M) Z, M = C + C^T, with the package's number of terms."""
+        Bsz, n, d = Z.shape
+        M = C + C.mT
+        rho = abs(float(h)) * float(torch.linalg.eigvalsh(theta).abs().max()) * float(M.abs().sum(-1).max())
+        m = taylor_terms(rho, np.dtype(str(Z.dtype).replace("torch.", "")))
+        if m is None:
+            raise ValueError(f"the B step's generator norm {rho:.3g} is beyond the Taylor series' range")
+        thetas = [theta * (h / k) for k in range(1, m + 1)]
+        X, Zn, Xs, Rs = Z, Z.clone(), [], []
+        for theta_k in thetas:
+            Xs.append(X)
+            Rs.append(M @ X)
+            X = (Rs[-1].reshape(-1, d) @ theta_k).view(Bsz, n, d)
+            Zn += X
+        c.update(M=M, thetas=thetas, Xs=Xs, Rs=Rs)
+        return Zn
+
+    def _B_vjp(self, Zb, c, theta, h, grads):
+        M, thetas, Xs, Rs = c["M"], c["thetas"], c["Xs"], c["Rs"]
         Bsz, n, d = Zb.shape
-        Yb = ((U.mT @ Zb).reshape(-1, d) @ V).view(Bsz, n, d)
-        Zhb = ((U @ (E * Yb)).reshape(-1, d) @ V.T).view(Bsz, n, d)
         if "h" in grads:
-            grads["h"] += (Yb * E * Zt * (lam[..., :, None] * mu)).sum()
-        S = torch.sqrt(E)
-        G = divided_difference_contract(Yb.reshape(-1, d), Zt.reshape(-1, d), E.reshape(-1, d),
-                                        S.reshape(-1, d), h * lam.reshape(-1), mu, x0)
-        th = V @ (G + G.T) @ V.T
-        H = divided_difference_contract(Yb.mT, Zt.mT, E.mT, S.mT, h * mu.expand(Bsz, d), lam, x0)
-        Hs = H + H.mT
-        Cb = U @ Hs @ U.mT  # M_bar + M_bar^T, the gradient in C
-        return Zhb, Cb, th
+            grads["h"] += ((Zb.reshape(-1, d) @ theta).view(Bsz, n, d) * sum(Rs)).sum()
+        Mb = torch.zeros_like(M)
+        th = torch.zeros_like(theta)
+        Xb = Zb
+        for k in reversed(range(len(thetas))):
+            th += (h / (k + 1)) * (Rs[k].reshape(-1, d).T @ Xb.reshape(-1, d))
+            T = (Xb.reshape(-1, d) @ thetas[k]).view(Bsz, n, d)
+            Mb += T @ Xs[k].mT
+            Xb = Zb + M.mT @ T
+        return Xb, Mb + Mb.mT, th + th.T
 
     def _oracle_vjp(self, Zb, Cb, c, grads, need_Z):
         Z, ZW, C = c["Z"], c["ZW"], c["C"]

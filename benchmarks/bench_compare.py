@@ -56,6 +56,8 @@ from _common import (  # noqa: E402
 )
 from _roofline import bound, linear_ops, measure_peaks, quadratic_ops  # noqa: E402
 
+from flowattn_np.flows import QuadraticBTaylorCache  # noqa: E402
+from flowattn_np.fused_quadratic import forward as fused_forward  # noqa: E402
 from flowattn_np.layers import BlockConfig  # noqa: E402
 from flowattn_np.network import Network, NetworkConfig  # noqa: E402
 from flowattn_np.optim import SGD  # noqa: E402
@@ -114,6 +116,16 @@ def build(w, seed=0, fused=True):
     X = rng.normal(size=(B, n, d)).astype(w["dtype"])
     y = rng.integers(0, n, size=(B, n))
     return net, X, y
+
+
+def taylor_terms_of(w, seed=0):
+    """Terms of the exact B step's Taylor series that NumPy's step takes (the most over its
+    blocks, at the workload's start), for the roofline count; 0 without a B step."""
+    if w["model"] != "quadratic" or w["targets"] == "none":
+        return 0
+    net, X, y = build(w, seed)
+    _, cache = fused_forward(net, X)
+    return max(len(c.B.thetas) if isinstance(c.B, QuadraticBTaylorCache) else 0 for c in cache.blocks)
 
 
 def make_impl(impl, w, seed=0):
@@ -350,7 +362,8 @@ def report(args, workloads, runs, peaks):
             rec[f"ratio_{i}"] = {"of_medians": npr["median_ms"] / rec[i]["median_ms"], "per_round": per}
             cells.append(" " + f"{npr['median_ms'] / rec[i]['median_ms']:.2f} ({min(per):.2f}-{max(per):.2f})".rjust(17))
         ops = (linear_ops(w["batch"], w["d"], w["m"], w["layers"]) if w["model"] == "linear"
-               else quadratic_ops(w["B"], w["n"], w["d"], w["layers"], w["targets"]))
+               else quadratic_ops(w["B"], w["n"], w["d"], w["layers"], w["targets"],
+                                  taylor_terms=taylor_terms_of(w)))
         size = np.dtype(w["dtype"]).itemsize
         flops, nbytes = ops.totals(size)
         t_bound = bound(ops, size, peak[f"gemm_{w['dtype']}_flops"], peak["bandwidth_bytes"])

@@ -5,7 +5,8 @@ Linear model (eq. 6):    dZ/dt = C theta - CA(Z, theta)
     B (label forcing):   dZ/dt = C theta               (exact: Z + t C theta)
 Quadratic model:         dZ/dt = (C + C^T) Z theta - SA(Z, theta) - SA*(Z, theta)
     A:                   dZ/dt = -(SA + SA*)(Z)
-    B:                   dZ/dt = M Z theta, M = C + C^T (exact in the eigenbases of M, theta)
+    B:                   dZ/dt = M Z theta, M = C + C^T (exact: eigenbases of M, theta,
+                         or the Taylor series of exp(t theta (x) M) to the unit roundoff)
 
 Splittings of one step of size h: Lie-Trotter ``B(h) o A(h)`` (first order) and
 Strang ``A(h/2) o B(h) o A(h/2)`` (second order with sub-flows of order >= 2).
@@ -17,13 +18,14 @@ them, which is how the blocks in ``layers`` get their backward passes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import validate
 from .attention import cross_attention_forward, self_attention_sum_forward
-from .backend import get_array_module
-from .ops import matmul_rows, swap_last
+from .backend import backend_of, get_array_module
+from .ops import gram_sum, matmul_rows, swap_last
 
 # ---------------------------------------------------------------- vector fields
 #
@@ -315,8 +317,17 @@ def quadratic_B_exact(Z, theta, C, t):
     return quadratic_B_exact_forward(Z, theta, C + swap_last(C), t)[0]
 
 
-def quadratic_B_exact_forward(Z, theta, M, t, theta_eigh=None):
+def quadratic_B_exact_forward(Z, theta, M, t, theta_eigh=None, method="auto"):
     r"""The exact quadratic B sub-flow for a given $M=C+C^\top$, without input checks.
+
+    Two ways to the same $Z(t)=e^{t\,\theta\otimes M}Z$ (both exact to the working
+    precision): ``"eigh"`` in the eigenbases of $M$ and $\theta$
+    (`quadratic_B_eigh_forward`), ``"taylor"`` by the truncated Taylor series, matrix
+    products only (`quadratic_B_taylor_forward`; its number of terms is read from the
+    norm of $t\,\theta\otimes M$, and where that norm is too large for the series,
+    `taylor_terms` gives None and the eigenbases are used). ``"auto"``: Taylor on the
+    host, where NumPy's ``eigh`` runs in double precision whatever the input and the norm
+    costs no transfer; eigh on a device, where reading that norm would synchronise.
 
     Parameters
     ----------
@@ -330,14 +341,51 @@ def quadratic_B_exact_forward(Z, theta, M, t, theta_eigh=None):
         Time.
     theta_eigh : tuple of array, optional
         $(\mu, V)$ = ``eigh(theta)`` when the caller has it (tied weights: once per pass
-        for every block).
+        for every block); used by the eigh method only.
+    method : {"auto", "taylor", "eigh"}
+        How to evaluate the exponential.
 
     Returns
     -------
     Z_t : array, shape (..., n, d)
         $Z(t)$.
-    cache : QuadraticBCache
+    cache : QuadraticBCache or QuadraticBTaylorCache
         For `quadratic_B_exact_vjp`.
+    """
+    if method not in ("auto", "taylor", "eigh"):
+        raise ValueError(f"method: expected 'auto', 'taylor' or 'eigh', got {method!r}")
+    if method == "auto":
+        method = "taylor" if backend_of(Z) == "numpy" else "eigh"
+    if method == "taylor":
+        m = taylor_terms(kronecker_norm_bound(theta, M, t), Z.dtype)
+        if m is not None:
+            return quadratic_B_taylor_forward(Z, theta, M, t, m)
+    return quadratic_B_eigh_forward(Z, theta, M, t, theta_eigh)
+
+
+def quadratic_B_eigh_forward(Z, theta, M, t, theta_eigh=None):
+    r"""The exact quadratic B sub-flow in the eigenbases of $M$ and $\theta$.
+
+    $$
+    Z(t)=U\big[e^{t\lambda\mu^\top}\odot(U^\top ZV)\big]V^\top,\qquad
+    M=U\operatorname{diag}(\lambda)U^\top,\quad\theta=V\operatorname{diag}(\mu)V^\top .
+    $$
+
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+    theta : array, shape (d, d)
+        Symmetric.
+    M : array, shape (..., n, n)
+        Symmetric.
+    t : float
+    theta_eigh : tuple of array, optional
+        $(\mu, V)$ = ``eigh(theta)`` when the caller has it.
+
+    Returns
+    -------
+    Z_t : array, shape (..., n, d)
+    cache : QuadraticBCache
     """
     xp = get_array_module(Z)
     lam, U = xp.linalg.eigh(M)
@@ -345,6 +393,166 @@ def quadratic_B_exact_forward(Z, theta, M, t, theta_eigh=None):
     Zt = matmul_rows(swap_last(U) @ Z, V)  # V is shared by every sequence: one product
     E = xp.exp(t * lam[..., :, None] * mu)
     return matmul_rows(U @ (E * Zt), V.T), QuadraticBCache(U, lam, V, mu, Zt, E, t)
+
+
+# Largest generator the Taylor method takes: |t| ||theta|| ||M|| <= 4 keeps the rounding of
+# the alternating terms (negative eigenvalues) within about e^8 u of the input, as in the
+# eigenbasis form, whose exponentials reach e^{rho} before the back-rotation.
+TAYLOR_MAX_NORM = 4.0
+# At most this many products M X theta; beyond, the eigenbasis method is cheaper.
+TAYLOR_MAX_TERMS = 32
+
+
+def _exp_tail(r, m):
+    """An upper bound of sum_{k > m} r^k / k! (r >= 0): the Taylor remainder of exp."""
+    term = r ** (m + 1) / math.factorial(m + 1)
+    return term / (1.0 - r / (m + 2)) if r < m + 2 else math.inf
+
+
+def taylor_terms(rho, dtype):
+    r"""The fewest Taylor terms $m$ with $\sum_{k>m}\rho^k/k!\le u$, for $\|t\,\theta\otimes M\|_2\le\rho$.
+
+    $u$ is the unit roundoff of ``dtype`` ($2^{-24}$, $2^{-53}$): the truncated series is
+    $e^{t\,\theta\otimes M}Z$ to the working precision, relative to $\|Z\|$. None when
+    $\rho>$ ``TAYLOR_MAX_NORM`` or $m>$ ``TAYLOR_MAX_TERMS``.
+
+    Parameters
+    ----------
+    rho : float
+        A bound of the norm of the generator times the time.
+    dtype : dtype
+        float32 or float64.
+
+    Returns
+    -------
+    int or None
+        $m$.
+    """
+    if not rho <= TAYLOR_MAX_NORM:  # also NaN
+        return None
+    u = 2.0 ** -24 if dtype.itemsize <= 4 else 2.0 ** -53
+    m = 1
+    while _exp_tail(rho, m) > u:
+        m += 1
+    return m if m <= TAYLOR_MAX_TERMS else None
+
+
+def kronecker_norm_bound(theta, M, t):
+    r"""$\rho=|t|\,\|\theta\|_2\max_b\|M_b\|_\infty\ge\|t\,\theta\otimes M_b\|_2$ for symmetric $M_b$, $\theta$, as a Python float.
+
+    $\|\theta\|_2$ is the largest $|\mu|$ of the small $d\times d$ matrix; for a symmetric
+    $M$, $\|M\|_2\le\|M\|_\infty$ (the largest absolute row sum). A read of the array's
+    memory: meant for the host.
+
+    Parameters
+    ----------
+    theta : array, shape (d, d)
+        Symmetric.
+    M : array, shape (..., n, n)
+        Symmetric.
+    t : float or array, shape ()
+        Time.
+
+    Returns
+    -------
+    float
+        $\rho$.
+    """
+    xp = get_array_module(theta)
+    theta_norm = float(xp.abs(xp.linalg.eigvalsh(theta)).max())
+    M_norm = float(xp.abs(M).sum(axis=-1).max())
+    return abs(float(t)) * theta_norm * M_norm
+
+
+class QuadraticBTaylorCache(NamedTuple):
+    r"""What `quadratic_B_taylor_vjp` needs: $M$, $\theta$, the scaled weights
+    $\theta_k=(t/k)\theta$, the terms $X_0..X_{m-1}$ and the products $R_k=MX_{k-1}$,
+    $k=1..m$, and $t$."""
+
+    M: Any
+    theta: Any
+    thetas: tuple
+    X: tuple
+    R: tuple
+    t: Any
+
+
+def quadratic_B_taylor_forward(Z, theta, M, t, m):
+    r"""The exact quadratic B sub-flow by its Taylor series, truncated after $m$ terms.
+
+    $$
+    Z(t)=\sum_{k=0}^{m}X_k,\qquad X_0=Z,\quad X_k=MX_{k-1}\theta_k,\quad \theta_k=\tfrac{t}{k}\theta
+    $$
+
+    ($X_k=\frac{t^k}{k!}M^kZ\theta^k$: the series of $e^{t\,\theta\otimes M}Z$), with $m$
+    from `taylor_terms`: the remainder is below the unit roundoff. Two products per term:
+    $MX$ per sequence and $(MX)\theta_k$ over all rows at once.
+
+    Parameters
+    ----------
+    Z : array, shape (..., n, d)
+    theta : array, shape (d, d)
+        Symmetric.
+    M : array, shape (..., n, n)
+        Symmetric.
+    t : float or array, shape ()
+    m : int
+        Terms.
+
+    Returns
+    -------
+    Z_t : array, shape (..., n, d)
+    cache : QuadraticBTaylorCache
+    """
+    thetas = tuple(theta * (t / k) for k in range(1, m + 1))
+    X, terms, products = Z, [], []
+    Z = Z.copy()
+    for theta_k in thetas:
+        terms.append(X)
+        products.append(M @ X)
+        X = matmul_rows(products[-1], theta_k)
+        Z += X
+    return Z, QuadraticBTaylorCache(M, theta, thetas, tuple(terms), tuple(products), t)
+
+
+def quadratic_B_taylor_vjp(Z_bar, cache, need_t=True):
+    r"""Vector-Jacobian product of `quadratic_B_taylor_forward` (of the polynomial it evaluates).
+
+    From $\bar X_m=\bar Z$, for $k=m..1$:
+
+    $$
+    T_k=\bar X_k\theta_k,\quad \bar X_{k-1}=\bar Z+MT_k,\quad
+    \bar M\mathrel{+}=T_kX_{k-1}^\top,\quad \bar\theta\mathrel{+}=\tfrac{t}{k}\textstyle\sum_bR_k^\top\bar X_k,
+    $$
+
+    the input's gradient is $\bar X_0$, and $\bar t=\langle\bar Z\theta,\sum_kR_k\rangle$ (the
+    series' derivative in $t$ is $\sum_kMX_{k-1}\theta$).
+
+    Parameters
+    ----------
+    Z_bar : array, shape (..., n, d)
+        Upstream gradient of $Z(t)$.
+    cache : QuadraticBTaylorCache
+    need_t : bool, optional
+        False: `t_bar` is not computed and is None.
+
+    Returns
+    -------
+    Z_bar_in, theta_bar, M_bar, t_bar
+        As `quadratic_B_exact_vjp`.
+    """
+    xp = get_array_module(Z_bar)
+    M, theta, thetas, X, R, t = cache
+    t_bar = xp.vdot(matmul_rows(Z_bar, theta).reshape(-1), sum(R).reshape(-1)) if need_t else None
+    M_bar = xp.zeros_like(M)
+    theta_bar = xp.zeros_like(theta)
+    X_bar = Z_bar
+    for k in reversed(range(len(thetas))):
+        theta_bar += gram_sum(R[k], X_bar) * (t / (k + 1))
+        T = matmul_rows(X_bar, thetas[k])
+        M_bar += T @ swap_last(X[k])
+        X_bar = Z_bar + swap_last(M) @ T
+    return X_bar, theta_bar, M_bar, t_bar
 
 
 def divided_difference_products(A, B, E, c, x):
@@ -398,7 +606,35 @@ def divided_difference_products(A, B, E, c, x):
 
 
 def quadratic_B_exact_vjp(Z_bar, cache, need_t=True):
-    r"""Vector-Jacobian product of the exact quadratic B sub-flow, $Z(t)=e^{t\,\theta\otimes M}Z$.
+    r"""Vector-Jacobian product of the exact quadratic B sub-flow, by the method its forward took.
+
+    Parameters
+    ----------
+    Z_bar : array, shape (..., n, d)
+        Upstream gradient $\bar Z$ of $Z(t)$.
+    cache : QuadraticBCache or QuadraticBTaylorCache
+        From `quadratic_B_exact_forward` (trusted).
+    need_t : bool, optional
+        False for a fixed step: `t_bar` is not computed and is None.
+
+    Returns
+    -------
+    Z_bar_in : array, shape (..., n, d)
+        Gradient in $Z$.
+    theta_bar : array, shape (d, d)
+        Gradient in $\theta$.
+    M_bar : array, shape (..., n, n)
+        Gradient in $M$.
+    t_bar : array, shape (), or None
+        Gradient in $t$.
+    """
+    if isinstance(cache, QuadraticBTaylorCache):
+        return quadratic_B_taylor_vjp(Z_bar, cache, need_t)
+    return quadratic_B_eigh_vjp(Z_bar, cache, need_t)
+
+
+def quadratic_B_eigh_vjp(Z_bar, cache, need_t=True):
+    r"""Vector-Jacobian product of `quadratic_B_eigh_forward`, $Z(t)=e^{t\,\theta\otimes M}Z$ in eigenbases.
 
     With $Y=U^\top\bar ZV$, $\tilde Z=U^\top ZV$, $E=e^{t\lambda\mu^\top}$ and the divided
     differences of the exponential (Daleckii-Krein):
@@ -424,7 +660,7 @@ def quadratic_B_exact_vjp(Z_bar, cache, need_t=True):
     Z_bar : array, shape (..., n, d)
         Upstream gradient $\bar Z$ of $Z(t)$.
     cache : QuadraticBCache
-        From `quadratic_B_exact_forward` (trusted).
+        From `quadratic_B_eigh_forward` (trusted).
     need_t : bool, optional
         False for a fixed step: `t_bar` is not computed (four passes over (..., n, d)
         arrays saved) and is returned as None.

@@ -49,7 +49,6 @@ from .attention import (
 )
 from .backend import check_same_backend, get_array_module
 from .flows import (
-    QuadraticBCache,
     RKCache,
     get_integrator,
     quadratic_B_exact_forward,
@@ -924,7 +923,7 @@ class SelfAttentionBlock(SplitBlock):
         return Y_bar, {"theta": theta_bar}
 
     def B_forward(self, Z, theta, C, t):
-        r"""B sub-flow $dZ/dt=MZ\theta$, $M=C+C^\top$, over time $t$: exact (eigenbases) or one Euler step."""
+        r"""B sub-flow $dZ/dt=MZ\theta$, $M=C+C^\top$, over time $t$: exact (`flows.quadratic_B_exact_forward`) or one Euler step."""
         M = C + swap_last(C)
         if self.config.b_flow == "exact":
             return quadratic_B_exact_forward(Z, theta, M, t)
@@ -933,7 +932,7 @@ class SelfAttentionBlock(SplitBlock):
 
     def B_vjp(self, Z_bar, cache):
         """VJP of the B sub-step (exact or Euler): returns ``(Z_bar, theta_bar, C_bar, t_bar)``."""
-        if isinstance(cache, QuadraticBCache):
+        if not isinstance(cache, QuadraticBEulerCache):
             Z_in_bar, theta_bar, M_bar, t_bar = quadratic_B_exact_vjp(Z_bar, cache)
         else:
             Z, theta, M, MZ_theta, t = cache
