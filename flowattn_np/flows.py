@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from . import validate
 from .attention import cross_attention_forward, self_attention_sum_forward
 from .backend import backend_of, get_array_module
-from .ops import gram_sum, matmul_rows, swap_last
+from .ops import gram_sum, matmul_rows, row_sums, swap_last
 
 # ---------------------------------------------------------------- vector fields
 #
@@ -438,11 +438,11 @@ def taylor_terms(rho, dtype):
 
 
 def kronecker_norm_bound(theta, M, t):
-    r"""$\rho=|t|\,\|\theta\|_2\max_b\|M_b\|_\infty\ge\|t\,\theta\otimes M_b\|_2$ for symmetric $M_b$, $\theta$, as a Python float.
+    r"""$\rho=|t|\,\|\theta\|_2\max_b\min(\|M_b\|_\infty,\|M_b\|_F)\ge\|t\,\theta\otimes M_b\|_2$ for symmetric $M_b$, $\theta$, as a Python float.
 
     $\|\theta\|_2$ is the largest $|\mu|$ of the small $d\times d$ matrix; for a symmetric
-    $M$, $\|M\|_2\le\|M\|_\infty$ (the largest absolute row sum). A read of the array's
-    memory: meant for the host.
+    $M$, both the largest absolute row sum $\|M\|_\infty$ and the Frobenius norm bound
+    $\|M\|_2$. A read of the array's memory: meant for the host.
 
     Parameters
     ----------
@@ -460,8 +460,9 @@ def kronecker_norm_bound(theta, M, t):
     """
     xp = get_array_module(theta)
     theta_norm = float(xp.abs(xp.linalg.eigvalsh(theta)).max())
-    M_norm = float(xp.abs(M).sum(axis=-1).max())
-    return abs(float(t)) * theta_norm * M_norm
+    inf_norm = row_sums(xp.abs(M)).max(axis=-1)
+    frobenius = xp.sqrt(xp.einsum("...ij,...ij->...", M, M))  # also >= ||M||_2, often smaller
+    return abs(float(t)) * theta_norm * float(xp.minimum(inf_norm, frobenius).max())
 
 
 class QuadraticBTaylorCache(NamedTuple):
@@ -506,13 +507,13 @@ def quadratic_B_taylor_forward(Z, theta, M, t, m):
     """
     thetas = tuple(theta * (t / k) for k in range(1, m + 1))
     X, terms, products = Z, [], []
-    Z = Z.copy()
+    Z_t = Z.copy()
     for theta_k in thetas:
         terms.append(X)
         products.append(M @ X)
         X = matmul_rows(products[-1], theta_k)
-        Z += X
-    return Z, QuadraticBTaylorCache(M, theta, thetas, tuple(terms), tuple(products), t)
+        Z_t += X
+    return Z_t, QuadraticBTaylorCache(M, theta, thetas, tuple(terms), tuple(products), t)
 
 
 def quadratic_B_taylor_vjp(Z_bar, cache, need_t=True):

