@@ -325,9 +325,10 @@ def quadratic_B_exact_forward(Z, theta, M, t, theta_eigh=None, method="auto"):
     (`quadratic_B_eigh_forward`), ``"taylor"`` by the truncated Taylor series, matrix
     products only (`quadratic_B_taylor_forward`; its number of terms is read from the
     norm of $t\,\theta\otimes M$, and where that norm is too large for the series,
-    `taylor_terms` gives None and the eigenbases are used). ``"auto"``: Taylor on the
-    host, where NumPy's ``eigh`` runs in double precision whatever the input and the norm
-    costs no transfer; eigh on a device, where reading that norm would synchronise.
+    `taylor_terms` gives None and the eigenbases are used). ``"auto"``: on the host, the
+    series where `taylor_is_cheaper` says so (NumPy's ``eigh`` runs in double precision
+    whatever the input, and the norm costs no transfer); the eigenbases on a device, where
+    reading that norm would synchronise.
 
     Parameters
     ----------
@@ -354,13 +355,44 @@ def quadratic_B_exact_forward(Z, theta, M, t, theta_eigh=None, method="auto"):
     """
     if method not in ("auto", "taylor", "eigh"):
         raise ValueError(f"method: expected 'auto', 'taylor' or 'eigh', got {method!r}")
+    explicit = method == "taylor"
     if method == "auto":
         method = "taylor" if backend_of(Z) == "numpy" else "eigh"
     if method == "taylor":
         m = taylor_terms(kronecker_norm_bound(theta, M, t), Z.dtype)
-        if m is not None:
+        n, d = Z.shape[-2:]
+        if m is not None and (explicit or taylor_is_cheaper(m, n, d, Z.dtype)):
             return quadratic_B_taylor_forward(Z, theta, M, t, m)
     return quadratic_B_eigh_forward(Z, theta, M, t, theta_eigh)
+
+
+def taylor_is_cheaper(m, n, d, dtype):
+    r"""Whether $m$ Taylor terms cost less on the host than the eigenbasis method, by a cost model.
+
+    In units of matrix-product FLOPs per sequence: the series takes $6m(n^2d+nd^2)$; the
+    eigenbases $16(n^2d+nd^2)+4n^3$ of products plus NumPy's ``eigh`` of $M$, which runs in
+    float64 whatever the input at about $\max(22n^3, 3200n^2)$ (LAPACK's reduction to
+    tridiagonal form runs far below the product rate for small $n$; doubled for float32
+    data, whose products run at twice the float64 rate). The constants were measured on
+    the benchmark machine (OpenBLAS, one thread, $n$ 16..256, $d$ 16..128); they decide
+    speed only, never the result beyond round-off.
+
+    Parameters
+    ----------
+    m : int
+        Terms of the series.
+    n, d : int
+        Tokens per sequence and features.
+    dtype : dtype
+        Of the tokens.
+
+    Returns
+    -------
+    bool
+    """
+    products = n * n * d + n * d * d
+    eigh = max(22.0 * n ** 3, 3200.0 * n * n) * (2 if dtype.itemsize <= 4 else 1)
+    return 6 * m * products <= 16 * products + 4 * n ** 3 + eigh
 
 
 def quadratic_B_eigh_forward(Z, theta, M, t, theta_eigh=None):

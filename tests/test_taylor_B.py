@@ -128,6 +128,22 @@ def test_auto_takes_taylor_on_the_host_and_falls_back_to_eigh_for_a_large_genera
     np.testing.assert_allclose(got, kron_reference(Z, theta, M, t), rtol=0, atol=1e-11 * np.abs(got).max())
 
 
+def test_auto_weighs_the_cost_and_an_explicit_taylor_is_obeyed():
+    """n = 16 tokens of d = 64 features: in float64 the cost model prefers the eigenbases
+    (9-10 terms of 6 (n^2 d + n d^2) against an eigh of 16 x 16), in float32 the series
+    (5 terms, and NumPy's eigh would upcast)."""
+    assert not flows.taylor_is_cheaper(10, 128, 64, np.dtype("float64"))
+    assert flows.taylor_is_cheaper(5, 128, 64, np.dtype("float32"))
+    Z, theta, M = problem(11, n=16, d=64)
+    t = 0.1 / flows.kronecker_norm_bound(theta, M, 1.0)
+    m = flows.taylor_terms(0.1, np.dtype("float64"))
+    assert not flows.taylor_is_cheaper(m, 16, 64, np.dtype("float64"))
+    assert isinstance(solve(Z, theta, M, t, "auto")[1], flows.QuadraticBCache)
+    assert isinstance(solve(Z, theta, M, t, "taylor")[1], flows.QuadraticBTaylorCache)
+    Z32, theta32, M32 = (a.astype("float32") for a in (Z, theta, M))
+    assert isinstance(solve(Z32, theta32, M32, t, "auto")[1], flows.QuadraticBTaylorCache)
+
+
 def test_a_device_array_takes_the_eigenbases(backend):
     """On a device the Taylor plan would read the norm back (a sync): auto takes eigh."""
     Z, theta, M = problem(9)
