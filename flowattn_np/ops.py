@@ -123,7 +123,8 @@ def _softmax_rows(S, out, shift=None):
     xp = get_array_module(S)
     xp.subtract(S, S.max(axis=-1, keepdims=True) if shift is None else shift, out=out)
     xp.exp(out, out=out)
-    out /= row_sums(out)[..., None]
+    inverse = row_sums(out)
+    out *= xp.reciprocal(inverse, out=inverse)[..., None]  # a product pass: cheaper than dividing
     return out
 
 

@@ -26,7 +26,7 @@ FUNCTIONS = [
     "sum", "mean", "max", "min", "amax", "amin", "argmax", "argmin", "all", "any",
     "transpose", "swapaxes", "reshape", "broadcast_to", "diag", "trace", "cumsum",
     "logical_not", "logical_and", "logical_or", "equal", "not_equal", "less", "greater",
-    "allclose", "array_equal", "sort", "argsort", "prod", "exp2", "power",
+    "allclose", "array_equal", "sort", "argsort", "prod", "exp2", "power", "reciprocal",
 ]
 
 CONSTANTS = ["float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool_",
