@@ -77,22 +77,15 @@ def quadratic_ops(B, n, d, layers, targets, learn_h=False, first_input_grad=Fals
         if learn_h:
             o.ew("h_bar", N * d, flops=2, arrays=2)
         if learned:
-            m = taylor_terms
+            m = taylor_terms  # 0: the eigenbasis method (flows.quadratic_B_eigh_*)
             o.gemm("oracle scores ZW Z^T", n, d, n, B)
             o.ew("softmax C, M = C + C^T", nn, flops=6, arrays=4)
-            o.ew("rho: |M| row sums", nn, flops=2, arrays=1)
+            o.ew("rho: |M| row sums, Frobenius", nn, flops=3, arrays=2)
             o.eigh("eigvalsh(theta) for rho", d)
-            # the exact B step by its Taylor series, m terms (flows.quadratic_B_taylor_*)
-            o.gemm("Taylor R_k = M X_{k-1}", n, n, d, B, count=m)
-            o.gemm("Taylor X_k = R_k theta_k", N, d, d, count=m)
-            o.ew("Taylor sum of the terms", N * d, arrays=3, count=m)
-            o.ew("h_bar: sum of R_k", N * d, arrays=3, count=m if learn_h else 0)
-            o.gemm("theta_bar += R_k^T X_bar", d, N, d, count=m)
-            o.gemm("T_k = X_bar theta_k", N, d, d, count=m)
-            o.gemm("M_bar += T_k X_{k-1}^T", n, d, n, B, count=m)
-            o.ew("M_bar accumulation", nn, arrays=3, count=m)
-            o.gemm("M T_k", n, n, d, B, count=m)
-            o.ew("X_bar = Z_bar + M T_k", N * d, arrays=3, count=m)
+            if m:
+                _taylor_B_ops(o, B, n, d, m, learn_h)
+            else:
+                _eigh_B_ops(o, B, n, d)
             o.ew("C_bar = M_bar + M_bar^T", nn, arrays=3)
             o.ew("softmax VJP of C", nn, flops=4, arrays=3)
             o.gemm("S_C Z", n, n, d, B)
@@ -111,6 +104,39 @@ def quadratic_ops(B, n, d, layers, targets, learn_h=False, first_input_grad=Fals
     params = d * d * (2 if learned else 1)
     o.ew("SGD momentum update", params, flops=4, arrays=5)
     return o
+
+
+def _taylor_B_ops(o, B, n, d, m, learn_h):
+    """The exact B step by m terms of its series (flows.quadratic_B_taylor_*)."""
+    N, nn = B * n, B * n * n
+    o.gemm("Taylor R_k = M X_{k-1}", n, n, d, B, count=m)
+    o.gemm("Taylor X_k = R_k theta_k", N, d, d, count=m)
+    o.ew("Taylor sum of the terms", N * d, arrays=3, count=m)
+    o.ew("h_bar: sum of R_k", N * d, arrays=3, count=m if learn_h else 0)
+    o.gemm("theta_bar += R_k^T X_bar", d, N, d, count=m)
+    o.gemm("T_k = X_bar theta_k", N, d, d, count=m)
+    o.gemm("M_bar += T_k X_{k-1}^T", n, d, n, B, count=m)
+    o.ew("M_bar accumulation", nn, arrays=3, count=m)
+    o.gemm("M T_k", n, n, d, B, count=m)
+    o.ew("X_bar = Z_bar + M T_k", N * d, arrays=3, count=m)
+
+
+def _eigh_B_ops(o, B, n, d):
+    """The exact B step in eigenbases (flows.quadratic_B_eigh_*), divided differences as products."""
+    N, nn = B * n, B * n * n
+    o.eigh("eigh(theta)", d)
+    o.eigh("eigh(M)", n, B)
+    o.gemm("U^T Z, U (E * Zt)", n, n, d, B, count=2)
+    o.gemm("(.) V, (.) V^T", N, d, d, count=2)
+    o.ew("E = exp(h lam mu^T), E * Zt", N * d, flops=3, arrays=3)
+    o.gemm("U^T Zb, U (E * Yb)", n, n, d, B, count=2)
+    o.gemm("(.) V, (.) V^T", N, d, d, count=2)
+    o.ew("E * Yb, sqrt(E), scaled copies", N * d, flops=8, arrays=8)
+    o.gemm("theta side: 4 products over (B n)", d, N, d, count=4)
+    o.gemm("V G V^T", d, d, d, count=2)
+    o.gemm("M side: 4 batched products", n, d, n, B, count=4)
+    o.ew("near/far select, 1/dx", nn, flops=6, arrays=5)
+    o.gemm("U H U^T", n, n, n, B, count=2)
 
 
 def linear_ops(n, d, m, layers):

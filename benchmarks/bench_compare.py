@@ -120,7 +120,8 @@ def build(w, seed=0, fused=True):
 
 def taylor_terms_of(w, seed=0):
     """Terms of the exact B step's Taylor series that NumPy's step takes (the most over its
-    blocks, at the workload's start), for the roofline count; 0 without a B step."""
+    blocks, at the workload's start), for the roofline count; 0 without a B step or where
+    the step takes the eigenbases."""
     if w["model"] != "quadratic" or w["targets"] == "none":
         return 0
     net, X, y = build(w, seed)
