@@ -30,7 +30,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import environment, print_environment  # noqa: E402
+from _common import environment, limit_blas_threads, print_environment  # noqa: E402
 from bench_compare import make_impl, name_of  # noqa: E402
 
 LAPACK = ("syev", "sytrd", "stedc", "ormtr", "orgtr", "steqr", "sterf", "larf", "lasr", "laed")
@@ -82,7 +82,7 @@ def blas_share(args):
         cmd = [spy, "record", "--native", "--rate", "250", "--format", "raw", "--output", raw, "--",
                sys.executable, os.path.abspath(__file__), "--child", "--shape", args.shape,
                "--targets", args.targets, "--layers", str(args.layers), "--dtype", args.dtype,
-               "--steps", str(args.steps)]
+               "--steps", str(args.steps), "--threads", str(args.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not os.path.exists(raw):
             return f"py-spy failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"
@@ -106,8 +106,11 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--steps", type=int, default=20, help="profiled steps")
     p.add_argument("--top", type=int, default=15, help="rows of the cProfile table")
+    p.add_argument("--threads", type=int, default=1,
+                   help="NumPy BLAS threads (threadpoolctl), as bench_compare.py --threads")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    limiter = limit_blas_threads(args.threads)  # noqa: F841  (kept: the limit lasts while it lives)
     if args.child:
         step = loop(args)
         for _ in range(args.steps):
