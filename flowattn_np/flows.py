@@ -700,14 +700,8 @@ def quadratic_B_eigh_vjp(Z_bar, cache, need_t=True):
 
     Returns
     -------
-    Z_bar_in : array, shape (..., n, d)
-        Gradient in $Z$.
-    theta_bar : array, shape (d, d)
-        Gradient in $\theta$.
-    M_bar : array, shape (..., n, n)
-        Gradient in $M$.
-    t_bar : array, shape (), or None
-        Gradient in $t$ (None when ``need_t`` is False).
+    Z_bar_in, theta_bar, M_bar, t_bar
+        As `quadratic_B_exact_vjp`.
     """
     U, lam, V, mu, Zt, E, t = cache
     d = mu.shape[0]
