@@ -357,13 +357,30 @@ def quadratic_B_exact_forward(Z, theta, M, t, theta_eigh=None, method="auto"):
         raise ValueError(f"method: expected 'auto', 'taylor' or 'eigh', got {method!r}")
     explicit = method == "taylor"
     if method == "auto":
-        method = "taylor" if backend_of(Z) == "numpy" else "eigh"
+        method = default_B_method(Z)
     if method == "taylor":
         m = taylor_terms(kronecker_norm_bound(theta, M, t), Z.dtype)
         n, d = Z.shape[-2:]
         if m is not None and (explicit or taylor_is_cheaper(m, n, d, Z.dtype)):
             return quadratic_B_taylor_forward(Z, theta, M, t, m)
     return quadratic_B_eigh_forward(Z, theta, M, t, theta_eigh)
+
+
+def default_B_method(Z):
+    """The exact B step's method for ``method="auto"``: ``"taylor"`` for host arrays (with
+    the cost model of `taylor_is_cheaper` and the range of `taylor_terms` deciding each call),
+    ``"eigh"`` for device arrays, where choosing the series' terms would read the device.
+
+    Parameters
+    ----------
+    Z : array
+        The tokens (their backend decides).
+
+    Returns
+    -------
+    str
+    """
+    return "taylor" if backend_of(Z) == "numpy" else "eigh"
 
 
 def taylor_is_cheaper(m, n, d, dtype):

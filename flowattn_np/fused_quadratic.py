@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .backend import Workspace, backend_of, get_array_module
-from .flows import quadratic_B_exact_forward, quadratic_B_exact_vjp
+from .backend import Workspace, get_array_module
+from .flows import default_B_method, quadratic_B_exact_forward, quadratic_B_exact_vjp
 from .models import phi_grad, theta_from_phi
 from .ops import gram_sum, matmul_rows, softmax, softmax_vjp, swap_last, symmetric_row_max
 
@@ -94,9 +94,9 @@ def _weights(net, layer, theta=None):
     xp = get_array_module(theta)
     W = p.get(prefix + "W") if cfg.targets == "learned" else None
     keys = theta if W is None else xp.concatenate([theta, W], axis=1)
-    # the exact B step takes its eigenbases on a device only (flows.quadratic_B_exact_forward)
+    # eigh(theta) once per pass where the exact B step takes the eigenbases
     exact = cfg.targets != "none" and cfg.b_flow == "exact"
-    eig = xp.linalg.eigh(theta) if exact and backend_of(theta) != "numpy" else None
+    eig = xp.linalg.eigh(theta) if exact and default_B_method(theta) == "eigh" else None
     return QuadraticWeights(theta, keys, W, eig, cfg.step_size(p if not prefix else net.block_params(layer)),
                             (prefix + "phi", prefix + "W", prefix + "h"))
 
