@@ -18,6 +18,10 @@ What the arrangement changes:
   head's Z_L theta once for the logits and their backward;
 * the (B, n, n) scores, attention matrices and their VJPs live in Workspace buffers
   reused from step to step; softmax and its VJP run in place;
+* every score matrix is a Gram matrix (theta = phi phi^T): where its diagonal allows,
+  exp(S) is taken without a shift and P + P^T, its VJP and the head's G + G^T come from
+  outer sums with no (n, n) transpose (gram_softmax); the backward uses only the
+  symmetrised S_bar + S_bar^T, which saves one batched product per block;
 * theta = phi phi^T and, for the exact B flow, eigh(theta) once per pass (tied
   weights); theta's gradient is summed over the blocks and the head and turned into
   phi's (tril, symmetrised) once;
@@ -29,9 +33,12 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .backend import Workspace, get_array_module
+from .gram_softmax import attention_sum, attention_sum_vjp, exp_is_safe, symmetric_softmax
+from .gram_softmax import label_cross_entropy_and_grad as gram_label_cross_entropy_and_grad
 from .flows import default_B_method, quadratic_B_exact_forward, quadratic_B_exact_vjp
 from .models import phi_grad, theta_from_phi
-from .ops import gram_sum, matmul_rows, softmax, softmax_vjp, swap_last, symmetric_row_max
+from .ops import (gram_sum, label_cross_entropy_and_grad, matmul_rows, softmax, softmax_vjp, swap_last,
+                  symmetric_row_max)
 
 
 def supports(config):
@@ -58,7 +65,8 @@ class QuadraticWeights(NamedTuple):
 
 class FusedBlockCache(NamedTuple):
     """What a fused block keeps for its backward: input Z, Y = Z theta, Z W (learned
-    oracle, else None), P, Q = P + P^T, F = Q Y, the targets C, the B cache
+    oracle, else None), P = sigma(Y Z^T) or, where r is not None, E = exp(Y Z^T) with
+    sigma = diag(r) E (gram_softmax), Q = P + P^T, F = Q Y, the targets C, the B cache
     (QuadraticBCache, Euler (M, M Z_half, M Z_half theta) with M = C + C^T, or None) and
     Z_half."""
 
@@ -66,6 +74,7 @@ class FusedBlockCache(NamedTuple):
     Y: Any
     ZW: Any
     P: Any
+    r: Any
     Q: Any
     F: Any
     C: Any
@@ -136,9 +145,13 @@ def _block_forward(Z, w, C, cfg, ws, layer):
     YK = matmul_rows(Z, w.keys, out=_buf(ws, f"YK{layer}", Z, Z.shape[:-1] + (w.keys.shape[1],)))
     Y = YK[..., :d]
     Zt = swap_last(Z)
-    S = xp.matmul(Y, Zt, out=_buf(ws, f"P{layer}", Z, nn))
-    P = softmax(S, out=S, shift=symmetric_row_max(S))  # S = Z theta Z^T, theta symmetric
-    Q = xp.add(P, swap_last(P), out=_buf(ws, f"Q{layer}", Z, nn))
+    S = xp.matmul(Y, Zt, out=_buf(ws, f"P{layer}", Z, nn))  # S = Z theta Z^T, a Gram matrix
+    if exp_is_safe(S, Z, w.theta):  # sigma(S) = diag(r) E, E = exp(S) symmetric
+        P, r = symmetric_softmax(S)
+        Q = attention_sum(P, r, out=_buf(ws, f"Q{layer}", Z, nn))
+    else:
+        P, r = softmax(S, out=S, shift=symmetric_row_max(S)), None
+        Q = xp.add(P, swap_last(P), out=_buf(ws, f"Q{layer}", Z, nn))
     F = xp.matmul(Q, Y, out=_buf(ws, f"F{layer}", Z))
     last = cfg.targets == "none"
     Z_half = xp.multiply(F, -w.h, out=_buf(ws, f"Z{layer + 1}" if last else f"Zh{layer}", Z))
@@ -157,21 +170,24 @@ def _block_forward(Z, w, C, cfg, ws, layer):
             Z_out = xp.multiply(MZt, w.h, out=_buf(ws, f"Z{layer + 1}", Z))
             Z_out += Z_half
             Bc = (M, MZ, MZt)
-    return Z_out, FusedBlockCache(Z, Y, ZW, P, Q, F, C, Bc, Z_half)
+    return Z_out, FusedBlockCache(Z, Y, ZW, P, r, Q, F, C, Bc, Z_half)
 
 
-def backward(net, logits_bar, cache, workspace=None):
-    """Gradients of every parameter for upstream logits_bar (B, n, n), keyed like params."""
+def backward(net, logits_bar, cache, workspace=None, symmetrised=False):
+    """Gradients of every parameter for upstream logits_bar G (B, n, n), keyed like params
+    (``symmetrised``: logits_bar holds G + G^T, which is all the head needs)."""
     ws = Workspace() if workspace is None else workspace
     cfg = net.config
-    Z, Y = cache.Z, cache.Y
+    Z = cache.Z
     xp = get_array_module(Z)
     bufs = tuple(_buf(ws, name, Z) for name in ("Z_bar_a", "Z_bar_b"))
-    # head: logits = Y Z^T with Y = Z theta: Z_bar = G^T Y + (G Z) theta, theta_bar = Z^T G Z
-    GZ = xp.matmul(logits_bar, Z, out=_buf(ws, "b_tmp", Z))
-    theta_bars = {"phi": gram_sum(Z, GZ)}
-    Z_bar = xp.matmul(swap_last(logits_bar), Y, out=bufs[0])
-    Z_bar += matmul_rows(GZ, cache.theta, out=_buf(ws, "b_T", Z))
+    # head: logits = Z theta Z^T, theta symmetric: Z_bar = (G + G^T) Z theta and
+    # theta_bar ~ Z^T (G + G^T) Z / 2 (phi_grad keeps only the symmetric part)
+    G_sym = logits_bar if symmetrised else xp.add(
+        logits_bar, swap_last(logits_bar), out=_buf(ws, "b_UY", logits_bar))
+    GZ = xp.matmul(G_sym, Z, out=_buf(ws, "b_tmp", Z))
+    theta_bars = {"phi": 0.5 * gram_sum(Z, GZ)}
+    Z_bar = matmul_rows(GZ, cache.theta, out=bufs[0])
     grads = {}
     for layer in reversed(range(cfg.layers)):
         need_input = layer > 0 or cfg.encoding == "linear"
@@ -209,16 +225,26 @@ def _block_backward(Z_bar, c, w, cfg, ws, need_input, out, theta_bars, grads):
     if learn_h:
         _add(grads, h_name, -xp.asarray(xp.vdot(Z_half_bar.reshape(-1), c.F.reshape(-1))).reshape(()))
     # A step Z_half = Z - h F, F = Q Y, P = sigma(Y Z^T): the VJP with upstream -h Z_half_bar
-    S_bar = xp.matmul(Z_half_bar, swap_last(c.Y), out=_buf(ws, "b_UY", c.P))
-    P_bar = xp.add(S_bar, swap_last(S_bar), out=_buf(ws, "b_Pbar", c.P))
-    S_bar = softmax_vjp(c.P, P_bar, out=P_bar)
+    # (Q_bar = -h U with U = Z_half_bar Y^T; the factor -h is applied to T below)
+    U = xp.matmul(Z_half_bar, swap_last(c.Y), out=_buf(ws, "b_UY", c.P))
+    P_bar = xp.add(U, swap_last(U), out=_buf(ws, "b_Pbar", c.P))
+    if c.r is not None:
+        S_sym = attention_sum_vjp(c.P, c.r, c.Q, P_bar, tmp=U)
+    else:
+        S_hat = softmax_vjp(c.P, P_bar, out=P_bar)
+        S_sym = xp.add(S_hat, swap_last(S_hat), out=U)
+    # S = Z theta Z^T, theta symmetric: Z_bar = S_sym Z theta, theta_bar ~ Z^T S_sym Z / 2
+    # (phi_grad keeps only the symmetric part); with F = Q Z theta:
+    # Z_in = Z_half_bar - h (Q Z_half_bar + S_sym Z) theta, theta_bar = -h Z^T (Q Z_half_bar + S_sym Z / 2)
     T = xp.matmul(c.Q, Z_half_bar, out=_buf(ws, "b_T", c.Z))
-    T += xp.matmul(S_bar, c.Z, out=_buf(ws, "b_tmp", c.Z))
+    T2 = xp.matmul(S_sym, c.Z, out=_buf(ws, "b_tmp", c.Z))
+    T2 *= 0.5
+    T += T2
     _add(theta_bars, phi_name, -h * gram_sum(c.Z, T))
     Z_in = None
     if need_input:
+        T += T2
         Z_in = matmul_rows(T, w.theta, out=out)
-        Z_in += xp.matmul(swap_last(S_bar), c.Y, out=_buf(ws, "b_tmp", c.Z))
         Z_in *= -h
         Z_in += Z_half_bar
     if C_bar is not None:  # the learned oracle C = sigma(Z W Z^T), evaluated at the block input
@@ -244,3 +270,19 @@ def _B_vjp(Z_bar, c, w, cfg):
     M_bar = Z_bar @ swap_last(matmul_rows(c.Z_half, w.theta))
     M_bar *= h
     return Z_half_bar, h * gram_sum(MZ, Z_bar), M_bar, (Z_bar * MZt).sum() if cfg.learn_h else None
+
+
+def loss_and_grads(net, X, y, workspace):
+    """Mean cross-entropy of integer token labels y (B, n), the gradients and the logits:
+    the fused forward, the loss, and the backward from G + G^T (gram_softmax where the
+    unshifted exponential is safe, else the max-shifted loss)."""
+    logits, cache = forward(net, X, net._block_targets(X, y, None, False), workspace)
+    xp = get_array_module(logits)
+    G_sym = workspace.get("logits_bar", logits.shape, logits.dtype, xp)
+    if exp_is_safe(logits, cache.Z, cache.theta):
+        E = workspace.get("logits_exp", logits.shape, logits.dtype, xp)
+        loss, G_sym = gram_label_cross_entropy_and_grad(logits, y, E, G_sym)
+    else:
+        loss, G = label_cross_entropy_and_grad(logits, y, out=G_sym, shift=symmetric_row_max(logits))
+        G_sym = xp.add(G, swap_last(G), out=workspace.get("logits_exp", logits.shape, logits.dtype, xp))
+    return loss, backward(net, G_sym, cache, workspace, symmetrised=True), logits

@@ -533,12 +533,7 @@ class Network:
         """
         self.check_inputs_backend(X=X, y=y)
         if self.fused:  # token targets: the one-hot (B, n, n) matrix only if the blocks use it
-            ws = self._workspace
-            logits, cache = fused_quadratic.forward(self, X, self._block_targets(X, y, None, False), ws)
-            loss, logits_bar = label_cross_entropy_and_grad(  # logits Z theta Z^T: symmetric
-                logits, y, out=ws.get("logits_bar", logits.shape, logits.dtype, get_array_module(logits)),
-                shift=symmetric_row_max(logits))
-            return loss, self.backward(logits_bar, cache, workspace=ws), logits
+            return fused_quadratic.loss_and_grads(self, X, y, self._workspace)
         C = self.target_matrix(y, X.dtype, check=False)
         logits, cache = self.forward(X, C=C, workspace=self._workspace, check=False)
         loss, logits_bar = mean_cross_entropy_and_grad(logits, C, self._heads())

@@ -15,7 +15,7 @@ import itertools
 import numpy as np
 import pytest
 
-from flowattn_np import fused_quadratic
+from flowattn_np import fused_quadratic, gram_softmax
 from flowattn_np.flows import divided_difference_products
 from flowattn_np.layers import BlockConfig
 from flowattn_np.network import Network, NetworkConfig
@@ -57,8 +57,23 @@ def _close(a, b):
     return np.abs(a - b).max() <= TOL * max(np.abs(b).max(), 1.0)
 
 
+def _softmax_path(monkeypatch, path):
+    """Make the fused pass take the Gram softmax ('gram': checked to be taken) or the
+    max-shifted one ('shifted', as for large scores or on a device); returns the spy's calls."""
+    calls = []
+
+    def spy(S, Z, theta):
+        calls.append(path == "gram" and gram_softmax.exp_is_safe(S, Z, theta))
+        return calls[-1]
+
+    monkeypatch.setattr(fused_quadratic, "exp_is_safe", spy)
+    return calls
+
+
+@pytest.mark.parametrize("path", ["gram", "shifted"])
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_fused_pass_takes_the_fused_path_and_equals_the_blocks(case):
+def test_fused_pass_takes_the_fused_path_and_equals_the_blocks(case, path, monkeypatch):
+    calls = _softmax_path(monkeypatch, path)
     fused, ref, X, y = _pair(case)
     assert fused.fused and not ref.fused
     C = fused.target_matrix(y, X.dtype)
@@ -72,6 +87,28 @@ def test_fused_pass_takes_the_fused_path_and_equals_the_blocks(case):
     for name in g_r:
         assert g_f[name].shape == g_r[name].shape, name
         assert _close(g_f[name], g_r[name]), (name, np.abs(g_f[name] - g_r[name]).max())
+    assert calls and all(calls) == (path == "gram")
+
+
+@pytest.mark.parametrize("case", [CASES[0], ("learned", "exact", False, True, "linear")], ids=_ids)
+def test_scores_of_1e4_take_the_shifted_path_and_stay_finite(case, monkeypatch):
+    """Inputs scaled so that the first block's scores pass 1e4: its exponential is not
+    safe unshifted; loss and gradients are finite and equal the blocks'."""
+    fused, ref, X, y = _pair(case)
+    X = 60.0 * X
+    seen = []
+
+    def spy(S, Z, theta):
+        seen.append((float(np.abs(S).max()), gram_softmax.exp_is_safe(S, Z, theta)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(fused_quadratic, "exp_is_safe", spy)
+    loss_f, g_f, _ = fused.loss_and_grads(X, y)
+    assert seen[0][0] > 1e4 and not seen[0][1]
+    loss_r, g_r, _ = ref.loss_and_grads(X, y)
+    assert np.isfinite(float(loss_f)) and abs(float(loss_f) - float(loss_r)) <= TOL * abs(float(loss_r))
+    for name in g_r:
+        assert np.isfinite(g_f[name]).all() and _close(g_f[name], g_r[name]), name
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[-1], ("learned", "exact", True, True, "identity")],
