@@ -97,7 +97,7 @@ def name_of(w):
     return f"quad ({w['B']},{w['n']},{w['d']}) {w['targets']:7s} L={w['layers']} {w['dtype']}"
 
 
-def build(w, seed=0, fused=True):
+def build(w, seed=0, fused=True, threads=1):
     """(network, X, y) of a workload: the NumPy side; PyTorch starts from net.params.
 
     Quadratic: X ~ N(0, 1) of shape (B, n, d), target tokens uniform in [0, n); phi gets
@@ -105,11 +105,11 @@ def build(w, seed=0, fused=True):
     backward divides by eigenvalue gaps)."""
     if w["model"] == "linear":
         X, y = random_batch(w["batch"], seed=seed)
-        return Network(fashion_config(w["layers"], w["dtype"])), X, y
+        return Network(fashion_config(w["layers"], w["dtype"]), threads=threads), X, y
     B, n, d = w["B"], w["n"], w["d"]
     cfg = NetworkConfig(n_inputs=d, layers=w["layers"], dtype=w["dtype"],
                         block=BlockConfig(model="quadratic", targets=w["targets"], h=w["h"]))
-    net = Network(cfg, seed=seed) if fused else Network(cfg, seed=seed, fused=False)
+    net = Network(cfg, seed=seed, fused=fused, threads=threads)
     rng = np.random.default_rng(seed + 1)
     phi = net.params["phi"] + np.tril(rng.normal(0, 0.3 * d ** -0.75, (d, d)))
     net.params["phi"][...] = phi.astype(w["dtype"])
@@ -129,9 +129,10 @@ def taylor_terms_of(w, seed=0):
     return max(len(c.B.thetas) if isinstance(c.B, QuadraticBTaylorCache) else 0 for c in cache.blocks)
 
 
-def make_impl(impl, w, seed=0):
-    """(step, loss, loss_and_grads) closures of one implementation of a workload."""
-    net, X, y = build(w, seed, fused=impl != "blocks")
+def make_impl(impl, w, seed=0, threads=1):
+    """(step, loss, loss_and_grads) closures of one implementation of a workload (NumPy's
+    network with ``threads`` host threads sharing the batch)."""
+    net, X, y = build(w, seed, fused=impl != "blocks", threads=threads)
     if impl in ("numpy", "blocks"):
         opt = SGD(net.params, lr=w["lr"], momentum=0.9)
 
@@ -175,7 +176,9 @@ def compare(a, b, dtype):
 
 def worker(args):
     """Time one implementation on every workload in this fresh process; JSON on stdout."""
-    _limit = limit_blas_threads(args.threads) if args.threads else None  # noqa: F841
+    split = args.worker in ("numpy", "blocks") and batch_split(args)
+    # batch split: each host thread's products on one BLAS thread, not competing for cores
+    _limit = limit_blas_threads(1 if split else args.threads) if split or args.threads else None  # noqa: F841
     workloads = json.loads(args.specs)
     if args.worker == "peaks":
         print(json.dumps(measure_peaks(args.gemm_n, args.copy_mib)))
@@ -190,7 +193,7 @@ def worker(args):
             out[w["name"]] = {"error": "not compiled (--compile-scope light)", "skipped": True}
             continue
         try:
-            step, loss_fn, lg = make_impl(args.worker, w, args.seed)
+            step, loss_fn, lg = make_impl(args.worker, w, args.seed, args.torch_threads if split else 1)
             if args.worker == "compile":  # equal work of the compiled model, before timing
                 ok, diffs = compare(lg(), make_impl("eager", w, args.seed)[2](), w["dtype"])
                 if not ok:
@@ -211,13 +214,19 @@ def worker(args):
 
 # ---------------------------------------------------------------- checks
 
-def check_all(workloads, impls, seed):
-    """Loss and gradients of NumPy and 'fused' against eager, every workload; list of rows."""
+def batch_split(args):
+    """Whether NumPy uses its cores by host threads sharing the batch (else by BLAS threads)."""
+    return args.numpy_parallel == "batch" and args.torch_threads > 1
+
+
+def check_all(workloads, impls, seed, threads=1):
+    """Loss and gradients of NumPy (with ``threads`` sharing the batch) and 'fused' against
+    eager, every workload; list of rows."""
     rows = []
     for w in workloads:
         ref = make_impl("eager", w, seed)[2]()
         for impl in [i for i in impls if i in ("numpy", "fused", "blocks")]:
-            ok, diffs = compare(make_impl(impl, w, seed)[2](), ref, w["dtype"])
+            ok, diffs = compare(make_impl(impl, w, seed, threads if impl != "fused" else 1)[2](), ref, w["dtype"])
             rows.append((w["name"], impl, ok, diffs))
     return rows
 
@@ -252,8 +261,12 @@ def parse_args(argv=None):
     p.add_argument("--pause", type=float, default=2.0, help="idle seconds between processes")
     p.add_argument("--lr", type=float, default=0.05, help="quadratic SGD learning rate")
     p.add_argument("--threads", type=int, default=None,
-                   help="NumPy BLAS threads (threadpoolctl) and torch.set_num_threads; "
-                        "default: what NumPy's BLAS uses")
+                   help="cores for each implementation: torch.set_num_threads, and for NumPy "
+                        "see --numpy-parallel; default: what NumPy's BLAS uses")
+    p.add_argument("--numpy-parallel", choices=("batch", "blas"), default="batch",
+                   help="how NumPy uses more than one thread: 'batch' = Network(threads=T), T host "
+                        "threads sharing the batch, each with one BLAS thread; 'blas' = one host "
+                        "thread calling BLAS with T threads")
     p.add_argument("--gemm-n", type=int, default=2048, help="square matmul size of the GEMM peak")
     p.add_argument("--copy-mib", type=int, default=256, help="MiB copied for the bandwidth")
     p.add_argument("--seed", type=int, default=0)
@@ -290,6 +303,7 @@ def run_rounds(args, workloads, threads):
     script = os.path.abspath(__file__)
     common = ["--specs", json.dumps(workloads), "--steps", str(args.steps), "--warmup", str(args.warmup),
               "--seed", str(args.seed), "--torch-threads", str(threads),
+              "--numpy-parallel", args.numpy_parallel,
               "--gemm-n", str(args.gemm_n), "--copy-mib", str(args.copy_mib)]
     if args.threads:
         common += ["--threads", str(args.threads)]
@@ -392,9 +406,14 @@ def main(argv=None):
     env = environment()
     threads = args.threads or numpy_blas_threads() or os.cpu_count()
     env["threads"] = threads
+    env["numpy_parallel"] = args.numpy_parallel if threads > 1 else "none"
     print_environment(env)
-    blas = f"{args.threads} in every worker (threadpoolctl)" if args.threads else numpy_blas_threads() or "unknown"
-    print(f"threads: NumPy BLAS {blas}, torch.set_num_threads({threads})")
+    if args.numpy_parallel == "batch" and threads > 1:
+        numpy_side = f"Network(threads={threads}) sharing each batch, BLAS 1 thread (threadpoolctl)"
+    else:
+        blas = f"{args.threads} in every worker (threadpoolctl)" if args.threads else numpy_blas_threads() or "unknown"
+        numpy_side = f"one host thread, BLAS {blas}"
+    print(f"threads: NumPy {numpy_side}; torch.set_num_threads({threads})")
     note = load_note(env)
     if note:
         print(note)
@@ -409,7 +428,7 @@ def main(argv=None):
         return 2
     workloads = workload_list(args)
     print(f"\n{len(workloads)} workloads; implementations: " + ", ".join(LABELS[i] for i in args.impls))
-    checks = check_all(workloads, args.impls, args.seed)
+    checks = check_all(workloads, args.impls, args.seed, threads if args.numpy_parallel == "batch" else 1)
     print_checks(checks)
     bad = [c for c in checks if not c[2]]
     if bad:
