@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from flowattn_np.flows import taylor_terms
+from flowattn_np.gram_softmax import exp_is_safe
 
 F = torch.nn.functional
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -131,6 +132,37 @@ class LinearFused(LinearEager):
 
 # ---------------------------------------------------------------- quadratic (self-attention)
 
+def _exp_is_safe(S, Z, theta):
+    """The package's test for the unshifted exponential of Gram scores, on the tensors'
+    memory (CPU tensors share it with NumPy: no copy)."""
+    return exp_is_safe(S.numpy(), Z.numpy(), theta.numpy())
+
+
+def _loss_and_symmetrised_grad(logits, y, unshifted):
+    """Mean token cross-entropy and G + G^T of its gradient G = (softmax - onehot) / rows,
+    as the package forms them (gram_softmax.label_cross_entropy_and_grad where unshifted)."""
+    Bsz, n, _ = logits.shape
+    rows = Bsz * n
+    labels = y.reshape(-1)
+    if not unshifted:
+        loss = F.cross_entropy(logits.reshape(-1, n), labels)
+        G = torch.softmax(logits, dim=-1).reshape(-1, n)
+        G[torch.arange(rows), labels] -= 1
+        G = (G / rows).view(Bsz, n, n)
+        return loss, G + G.mT
+    E = logits.exp()
+    s = E.sum(-1)
+    loss = (s.log().reshape(-1) - logits.reshape(-1, n)[torch.arange(rows), labels]).sum() / rows
+    r = 1 / (s * rows)
+    Gs = E * (r[..., :, None] + r[..., None, :])
+    first = torch.arange(0, rows * n, n)
+    within = first % (n * n)
+    flat = Gs.view(-1)
+    flat[first + labels] -= 1.0 / rows
+    flat[first - within + within // n + labels * n] -= 1.0 / rows
+    return loss, Gs
+
+
 def _sym_softmax_vjp(P, Pb):
     """Softmax VJP, in place on Pb: P * (Pb - rowsum(P * Pb))."""
     s = (P * Pb).sum(-1, keepdim=True)
@@ -184,7 +216,9 @@ class QuadraticFused(QuadraticEager):
     arrangement: products sharing a weight as one 2-D GEMM over (B*n, d), Z theta
     computed once and shared by forward, backward and the head, the exact B step by its
     Taylor series (matrix products, the package's host method and number of terms),
-    theta's gradient accumulated symmetrised and pushed to phi once."""
+    the Gram softmax where the package takes it (unshifted exp, Q = E (r 1^T + 1 r^T), the
+    backward through S_bar + S_bar^T and the head through G + G^T), theta's gradient
+    accumulated symmetrised and pushed to phi once."""
 
     def loss_and_grads(self, X, y):
         with torch.no_grad():
@@ -203,11 +237,17 @@ class QuadraticFused(QuadraticEager):
         for _ in range(spec["layers"]):
             YW = (Z.reshape(-1, d) @ K).view(Bsz, n, -1)
             Y = YW[..., :d]
-            P = torch.softmax(Y @ Z.mT, dim=-1)
-            Q = P + P.mT
+            S = Y @ Z.mT
+            if _exp_is_safe(S, Z, theta):  # the package's Gram softmax (gram_softmax.py)
+                E = S.exp_()
+                r = 1 / E.sum(-1)
+                P, Q = None, E * (r[..., :, None] + r[..., None, :])
+            else:
+                E, r, P = None, None, torch.softmax(S, dim=-1)
+                Q = P + P.mT
             Fq = Q @ Y
             Zh = Z - h * Fq
-            c = {"Z": Z, "Y": Y, "P": P, "Q": Q, "F": Fq}
+            c = {"Z": Z, "Y": Y, "P": P, "E": E, "r": r, "Q": Q, "F": Fq}
             if learned:
                 ZW = YW[..., d:]
                 C = torch.softmax(ZW @ Z.mT, dim=-1)
@@ -218,15 +258,11 @@ class QuadraticFused(QuadraticEager):
             caches.append(c)
         YL = (Z.reshape(-1, d) @ theta).view(Bsz, n, d)
         logits = YL @ Z.mT
-        rows = Bsz * n
-        loss = F.cross_entropy(logits.reshape(-1, n), y.reshape(-1))
-        G = torch.softmax(logits, dim=-1).reshape(-1, n)
-        G[torch.arange(rows), y.reshape(-1)] -= 1
-        G = (G / rows).view(Bsz, n, n)
-        GZ = G @ Z
-        Ssym = Z.reshape(-1, d).T @ GZ.reshape(-1, d)
+        loss, Gs = _loss_and_symmetrised_grad(logits, y, _exp_is_safe(logits, Z, theta))
+        GZ = Gs @ Z  # theta symmetric: Z_bar = (G + G^T) Z theta, theta_bar ~ Z^T (G + G^T) Z / 2
+        Ssym = 0.5 * (Z.reshape(-1, d).T @ GZ.reshape(-1, d))
         Ssym = Ssym + Ssym.T  # theta_bar + theta_bar^T
-        Zb = G.mT @ YL + (GZ.reshape(-1, d) @ theta).view(Bsz, n, d)
+        Zb = (GZ.reshape(-1, d) @ theta).view(Bsz, n, d)
         grads = {k: torch.zeros_like(v) for k, v in self.p.items()}
         for layer in reversed(range(spec["layers"])):
             c = caches[layer]
@@ -241,18 +277,26 @@ class QuadraticFused(QuadraticEager):
         return loss, grads
 
     def _A_vjp(self, Zb, c, theta, h, need_Z, grads):
-        Z, Y, P, Q = c["Z"], c["Y"], c["P"], c["Q"]
+        Z, Y, Q = c["Z"], c["Y"], c["Q"]
         Bsz, n, d = Z.shape
         if "h" in grads:
             grads["h"] -= (Zb * c["F"]).sum()
         UYt = Zb @ Y.mT
-        Sb = _sym_softmax_vjp(P, UYt + UYt.mT)
-        T = Q @ Zb + Sb @ Z
-        th = Z.reshape(-1, d).T @ T.reshape(-1, d)
+        Pb = UYt + UYt.mT
+        if c["E"] is not None:  # S_bar + S_bar^T = Q Pb - E (a 1^T + 1 a^T), a = r^2 rowsum(E Pb)
+            E, r = c["E"], c["r"]
+            a = (E * Pb).sum(-1) * r * r
+            Ssym = Q * Pb - E * (a[..., :, None] + a[..., None, :])
+        else:
+            Sb = _sym_softmax_vjp(c["P"], Pb)
+            Ssym = Sb + Sb.mT
+        T = Q @ Zb
+        T2 = Ssym @ Z
+        th = Z.reshape(-1, d).T @ (T + 0.5 * T2).reshape(-1, d)
         th = -h * (th + th.T)
         if not need_Z:
             return None, th
-        Zin = Zb - h * ((T.reshape(-1, d) @ theta).view(Bsz, n, d) + Sb.mT @ Y)
+        Zin = Zb - h * ((T + T2).reshape(-1, d) @ theta).view(Bsz, n, d)
         return Zin, th
 
     @staticmethod
