@@ -584,11 +584,14 @@ class Network:
         (smaller parts cost more in thread hand-offs than they save), else the whole batch.
 
         The work is X's size times the logits' width (n tokens for the quadratic model, the
-        classes for the linear one), in proportion to the products of a step.
+        classes for the linear one), in proportion to the products of a step. The quadratic
+        model's tokens attend to each other, so only its sequences are parts: a single
+        sequence (n, p) is never cut.
         """
-        width = X.shape[-2] if self.config.head_model == "quadratic" else self.config.n_classes
+        quadratic = self.config.head_model == "quadratic"
+        width = X.shape[-2] if quadratic else self.config.n_classes
         count = min(self.threads, X.shape[0], X.size * width // THREAD_MIN_PART)
-        if count < 2 or backend_of(X) != "numpy":
+        if count < 2 or (quadratic and X.ndim < 3) or backend_of(X) != "numpy":
             return [slice(0, X.shape[0])]
         bounds = [round(k * X.shape[0] / count) for k in range(count + 1)]
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]

@@ -101,6 +101,17 @@ def test_small_batches_and_one_thread_are_not_split():
     assert len(Network(linear, threads=2).batch_parts(np.zeros((1024, 784)))) == 2
 
 
+def test_a_single_sequence_is_not_cut_between_its_tokens(small_parts):
+    """Tokens of one sequence attend to each other: (n, p) input to the quadratic model runs whole."""
+    cfg = NetworkConfig(n_inputs=4, layers=1, block=BlockConfig(model="quadratic", targets="none", h=0.2))
+    one = randomise(Network(cfg, seed=2))
+    many = Network(cfg, params=dict(one.params), threads=2)
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(6, 4)), rng.integers(0, 6, 6)
+    assert many.batch_parts(X) == [slice(0, 6)]
+    assert float(many.loss_and_grads(X, y)[0]) == float(one.loss_and_grads(X, y)[0])
+
+
 def test_device_batches_are_not_split(backend, small_parts):
     cfg = NetworkConfig(n_inputs=4, layers=1, block=BlockConfig(model="quadratic", targets="none"))
     net = Network(cfg, threads=2)
