@@ -14,8 +14,8 @@ What the arrangement changes:
 * products that share a weight run as ONE 2-D product over the (B*n, d) rows:
   Z [theta | W], T theta and every weight gradient sum_b Z_b^T T_b (ops.matmul_rows,
   ops.gram_sum), not B small products;
-* Y = Z theta of each block's input is computed once for its forward and backward, the
-  head's Z_L theta once for the logits and their backward;
+* Y = Z theta of each block's input is computed once for its forward and backward; the
+  head's backward needs no Z_L theta (it is (G + G^T) Z_L theta, one product);
 * the (B, n, n) scores, attention matrices and their VJPs live in Workspace buffers
   reused from step to step; softmax and its VJP run in place;
 * every score matrix is a Gram matrix (theta = phi phi^T): where its diagonal allows,
@@ -83,13 +83,12 @@ class FusedBlockCache(NamedTuple):
 
 
 class FusedQuadraticCache(NamedTuple):
-    """Cache of the fused network pass: X, Z_0, Z_L, Y_L = Z_L theta, the head's theta,
-    the weights of each block and each block's cache."""
+    """Cache of the fused network pass: X, Z_0, Z_L, the head's theta, the weights of each
+    block and each block's cache."""
 
     X: Any
     Z0: Any
     Z: Any
-    Y: Any
     theta: Any
     weights: tuple
     blocks: tuple
@@ -130,7 +129,7 @@ def forward(net, X, C=None, workspace=None):
     xp = get_array_module(Z)
     Y = matmul_rows(Z, theta, out=ws.get("Y_head", Z.shape, Z.dtype, xp))
     logits = Y @ swap_last(Z)
-    return logits, FusedQuadraticCache(X, Z0, Z, Y, theta, tuple(weights), tuple(caches))
+    return logits, FusedQuadraticCache(X, Z0, Z, theta, tuple(weights), tuple(caches))
 
 
 def _buf(ws, name, like, shape=None):
