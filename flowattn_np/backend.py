@@ -168,6 +168,13 @@ def backend_of(a):
     return "cupy" if is_cupy_array(a) else "numpy"
 
 
+def on_host(a):
+    """Whether ``a`` is in host memory: where a training step may read a number from it
+    for free (to choose a method) or share it between host threads. On a device either
+    would synchronise, so device arrays always take the general path."""
+    return not is_cupy_array(a)
+
+
 def get_array_module(*arrays):
     """numpy or cupy, chosen from the arguments (as ``cupy.get_array_module``).
 

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from . import validate
 from .attention import cross_attention_forward, self_attention_sum_forward
-from .backend import backend_of, get_array_module
+from .backend import get_array_module, on_host
 from .ops import gram_sum, matmul_rows, row_sums, swap_last
 
 # ---------------------------------------------------------------- vector fields
@@ -380,7 +380,7 @@ def default_B_method(Z):
     -------
     str
     """
-    return "taylor" if backend_of(Z) == "numpy" else "eigh"
+    return "taylor" if on_host(Z) else "eigh"
 
 
 def taylor_is_cheaper(m, n, d, dtype):

@@ -28,6 +28,7 @@ from .backend import (
     check_on_backend,
     check_same_backend,
     get_array_module,
+    on_host,
 )
 from . import validate
 from .layers import (
@@ -591,7 +592,7 @@ class Network:
         quadratic = self.config.head_model == "quadratic"
         width = X.shape[-2] if quadratic else self.config.n_classes
         count = min(self.threads, X.shape[0], X.size * width // THREAD_MIN_PART)
-        if count < 2 or (quadratic and X.ndim < 3) or backend_of(X) != "numpy":
+        if count < 2 or (quadratic and X.ndim < 3) or not on_host(X):
             return [slice(0, X.shape[0])]
         bounds = [round(k * X.shape[0] / count) for k in range(count + 1)]
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
