@@ -60,12 +60,7 @@ def quadratic_ops(B, n, d, layers, targets, learn_h=False, first_input_grad=Fals
     for layer in range(layers):
         o.gemm("Z [theta | W]" if learned else "Y = Z theta", N, d, 2 * d if learned else d)
         o.gemm("scores Y Z^T", n, d, n, B)
-        # the Gram softmax (gram_softmax): exp_is_safe reads |z_i|^2, then the unshifted
-        # exp and Q = E (r 1^T + 1 r^T)
-        o.ew("exp_is_safe: row norms of Z", N * d, flops=2, arrays=1)
-        o.ew("E = exp(S), row sums", nn, flops=2, arrays=3)
-        o.gemm("outer sum r 1^T + 1 r^T (rank 2)", n, 2, n, B)
-        o.ew("Q = E (outer sum)", nn, arrays=3)
+        _gram_softmax_ops(o, B, n, d, "S", "Q = E (outer sum)")
         o.gemm("Q Y", n, n, d, B)
         o.ew("Z - h Q Y", N * d, flops=2, arrays=3)
         # backward of the A step: S_sym = S_bar + S_bar^T, no S_bar^T Y
@@ -103,10 +98,7 @@ def quadratic_ops(B, n, d, layers, targets, learn_h=False, first_input_grad=Fals
                 o.ew("oracle Z_bar", N * d, flops=2, arrays=3)
     o.gemm("head Y = Z theta", N, d, d)
     o.gemm("logits Y Z^T", n, d, n, B)
-    o.ew("exp_is_safe: row norms of Z", N * d, flops=2, arrays=1)
-    o.ew("E = exp(logits), row sums, loss", nn, flops=2, arrays=3)
-    o.gemm("outer sum r 1^T + 1 r^T (rank 2)", n, 2, n, B)
-    o.ew("G + G^T = E (outer sum) - O - O^T", nn, arrays=3)
+    _gram_softmax_ops(o, B, n, d, "logits", "G + G^T = E (outer sum) - O - O^T")
     o.gemm("head Gs Z", n, n, d, B)
     o.gemm("head theta_bar Z^T (Gs Z)", d, N, d)
     o.gemm("head Z_bar = (Gs Z) theta", N, d, d)
@@ -114,6 +106,16 @@ def quadratic_ops(B, n, d, layers, targets, learn_h=False, first_input_grad=Fals
     params = d * d * (2 if learned else 1)
     o.ew("SGD momentum update", params, flops=4, arrays=5)
     return o
+
+
+def _gram_softmax_ops(o, B, n, d, scores, product):
+    """The Gram softmax of a (B, n, n) score array (gram_softmax): exp_is_safe's read of the
+    tokens' norms, the unshifted exponential and its row sums, and E times the outer sum
+    r 1^T + 1 r^T (a rank-2 product, then one multiplication)."""
+    o.ew("exp_is_safe: row norms of Z", B * n * d, flops=2, arrays=1)
+    o.ew(f"E = exp({scores}), row sums", B * n * n, flops=2, arrays=3)
+    o.gemm("outer sum r 1^T + 1 r^T (rank 2)", n, 2, n, B)
+    o.ew(product, B * n * n, arrays=3)
 
 
 def _taylor_B_ops(o, B, n, d, m, learn_h):
