@@ -486,11 +486,11 @@ class SplitBlock:
         Parameters
         ----------
         Z : array
-            Features .
+            Features.
         params : dict
             The block's parameters (see the class).
         C : array, optional
-            Targets ; needed if and only if ``targets="labels"``.
+            Targets; needed if and only if ``targets="labels"``.
         out : array, optional
             A buffer for the output (a hint for the fused paths; this general path ignores it).
         check : bool
@@ -685,11 +685,11 @@ class CrossAttentionBlock(SplitBlock):
         Parameters
         ----------
         Z : array
-            Features , shape (n, d).
+            Features, shape (n, d).
         params : dict
             The block's parameters (see the class).
         C : array, optional
-            Targets , shape (n, m); needed if and only if ``targets="labels"``.
+            Targets, shape (n, m); needed if and only if ``targets="labels"``.
         out : array, optional
             A buffer for the output (used by the fused eq. (8) path).
         check : bool
