@@ -28,14 +28,18 @@ import numpy as np
 
 
 class Ops:
-    """A list of (kind, name, flops, elements moved) for one step."""
+    """A list of (kind, name, flops, elements moved) for one step, and of its products with
+    their shapes: (name, batch, M, K, N, layout), layout 'NN', 'NT' (A @ B^T with B stored
+    (N, K)) or 'TN' (A^T @ B with A stored (K, M)), as the package calls them."""
 
     def __init__(self):
         self.rows = []
+        self.products = []
 
-    def gemm(self, name, M, K, N, batch=1, count=1):
+    def gemm(self, name, M, K, N, batch=1, count=1, layout="NN"):
         for _ in range(count):
             self.rows.append(("gemm", name, 2.0 * batch * M * K * N, batch * (M * K + K * N + M * N)))
+            self.products.append((name, batch, M, K, N, layout))
 
     def ew(self, name, elements, flops=1, arrays=2, count=1):
         for _ in range(count):
@@ -54,24 +58,24 @@ def quadratic_ops(B, n, d, layers, targets, learn_h=False, first_input_grad=Fals
     learned oracle, the exact B step by ``taylor_terms`` terms of its series per block."""
     o, N, nn = Ops(), B * n, B * n * n
     learned = targets == "learned"
-    o.gemm("theta = phi phi^T", d, d, d)
+    o.gemm("theta = phi phi^T", d, d, d, layout="NT")
     if learned:
         o.ew("W beside theta [theta | W]", d * d)
     for layer in range(layers):
         o.gemm("Z [theta | W]" if learned else "Y = Z theta", N, d, 2 * d if learned else d)
-        o.gemm("scores Y Z^T", n, d, n, B)
+        o.gemm("scores Y Z^T", n, d, n, B, layout="NT")
         _gram_softmax_ops(o, B, n, d, "S", "Q = E (outer sum)")
         o.gemm("Q Y", n, n, d, B)
         o.ew("Z - h Q Y", N * d, flops=2, arrays=3)
         # backward of the A step: S_sym = S_bar + S_bar^T, no S_bar^T Y
-        o.gemm("Zb Y^T", n, d, n, B)
+        o.gemm("Zb Y^T", n, d, n, B, layout="NT")
         o.ew("P_bar = U + U^T", nn, arrays=3)
         o.ew("a = r^2 rowsum(E P_bar)", nn, flops=2, arrays=2)
         o.gemm("outer sum a 1^T + 1 a^T (rank 2)", n, 2, n, B)
         o.ew("S_sym = Q P_bar - E (outer sum)", nn, flops=3, arrays=9)
         o.gemm("Q Zb, S_sym Z", n, n, d, B, count=2)
         o.ew("T = Q Zb + S_sym Z / 2", N * d, flops=2, arrays=5)
-        o.gemm("theta_bar Z^T T", d, N, d)
+        o.gemm("theta_bar Z^T T", d, N, d, layout="TN")
         if layer > 0 or first_input_grad:
             o.ew("T + S_sym Z / 2", N * d, arrays=3)
             o.gemm("(Q Zb + S_sym Z) theta", N, d, d)
@@ -80,7 +84,7 @@ def quadratic_ops(B, n, d, layers, targets, learn_h=False, first_input_grad=Fals
             o.ew("h_bar", N * d, flops=2, arrays=2)
         if learned:
             m = taylor_terms  # 0: the eigenbasis method (flows.quadratic_B_eigh_*)
-            o.gemm("oracle scores ZW Z^T", n, d, n, B)
+            o.gemm("oracle scores ZW Z^T", n, d, n, B, layout="NT")
             o.ew("softmax C, M = C + C^T", nn, flops=6, arrays=4)
             o.ew("rho: |M| row sums, Frobenius", nn, flops=3, arrays=2)
             o.eigh("eigvalsh(theta) for rho", d)
@@ -91,16 +95,16 @@ def quadratic_ops(B, n, d, layers, targets, learn_h=False, first_input_grad=Fals
             o.ew("C_bar = M_bar + M_bar^T", nn, arrays=3)
             o.ew("softmax VJP of C", nn, flops=4, arrays=3)
             o.gemm("S_C Z", n, n, d, B)
-            o.gemm("W_bar", d, N, d)
+            o.gemm("W_bar", d, N, d, layout="TN")
             if layer > 0:
-                o.gemm("(S_C Z) W^T", N, d, d)
-                o.gemm("S_C^T ZW", n, n, d, B)
+                o.gemm("(S_C Z) W^T", N, d, d, layout="NT")
+                o.gemm("S_C^T ZW", n, n, d, B, layout="TN")
                 o.ew("oracle Z_bar", N * d, flops=2, arrays=3)
     o.gemm("head Y = Z theta", N, d, d)
-    o.gemm("logits Y Z^T", n, d, n, B)
+    o.gemm("logits Y Z^T", n, d, n, B, layout="NT")
     _gram_softmax_ops(o, B, n, d, "logits", "G + G^T = E (outer sum) - O - O^T")
     o.gemm("head Gs Z", n, n, d, B)
-    o.gemm("head theta_bar Z^T (Gs Z)", d, N, d)
+    o.gemm("head theta_bar Z^T (Gs Z)", d, N, d, layout="TN")
     o.gemm("head Z_bar = (Gs Z) theta", N, d, d)
     o.gemm("phi_bar = tril(S phi)", d, d, d)
     params = d * d * (2 if learned else 1)
@@ -125,11 +129,11 @@ def _taylor_B_ops(o, B, n, d, m, learn_h):
     o.gemm("Taylor X_k = R_k theta_k", N, d, d, count=m)
     o.ew("Taylor sum of the terms", N * d, arrays=3, count=m)
     o.ew("h_bar: sum of R_k", N * d, arrays=3, count=m if learn_h else 0)
-    o.gemm("theta_bar += R_k^T X_bar", d, N, d, count=m)
+    o.gemm("theta_bar += R_k^T X_bar", d, N, d, count=m, layout="TN")
     o.gemm("T_k = X_bar theta_k", N, d, d, count=m)
-    o.gemm("M_bar += T_k X_{k-1}^T", n, d, n, B, count=m)
+    o.gemm("M_bar += T_k X_{k-1}^T", n, d, n, B, count=m, layout="NT")
     o.ew("M_bar accumulation", nn, arrays=3, count=m)
-    o.gemm("M T_k", n, n, d, B, count=m)
+    o.gemm("M T_k", n, n, d, B, count=m, layout="TN")
     o.ew("X_bar = Z_bar + M T_k", N * d, arrays=3, count=m)
 
 
@@ -138,17 +142,23 @@ def _eigh_B_ops(o, B, n, d):
     N, nn = B * n, B * n * n
     o.eigh("eigh(theta)", d)
     o.eigh("eigh(M)", n, B)
-    o.gemm("U^T Z, U (E * Zt)", n, n, d, B, count=2)
-    o.gemm("(.) V, (.) V^T", N, d, d, count=2)
+    o.gemm("U^T Z", n, n, d, B, layout="TN")
+    o.gemm("U (E * Zt)", n, n, d, B)
+    o.gemm("(.) V", N, d, d)
+    o.gemm("(.) V^T", N, d, d, layout="NT")
     o.ew("E = exp(h lam mu^T), E * Zt", N * d, flops=3, arrays=3)
-    o.gemm("U^T Zb, U (E * Yb)", n, n, d, B, count=2)
-    o.gemm("(.) V, (.) V^T", N, d, d, count=2)
+    o.gemm("U^T Zb", n, n, d, B, layout="TN")
+    o.gemm("U (E * Yb)", n, n, d, B)
+    o.gemm("(.) V", N, d, d)
+    o.gemm("(.) V^T", N, d, d, layout="NT")
     o.ew("E * Yb, sqrt(E), scaled copies", N * d, flops=8, arrays=8)
-    o.gemm("theta side: 4 products over (B n)", d, N, d, count=4)
-    o.gemm("V G V^T", d, d, d, count=2)
-    o.gemm("M side: 4 batched products", n, d, n, B, count=4)
+    o.gemm("theta side: 4 products over (B n)", d, N, d, count=4, layout="TN")
+    o.gemm("V G^T", d, d, d, layout="NT")
+    o.gemm("(V G^T) V^T", d, d, d, layout="NT")
+    o.gemm("M side: 4 batched products", n, d, n, B, count=4, layout="TN")
     o.ew("near/far select, 1/dx", nn, flops=6, arrays=5)
-    o.gemm("U H U^T", n, n, n, B, count=2)
+    o.gemm("U H", n, n, n, B)
+    o.gemm("(U H) U^T", n, n, n, B, layout="NT")
 
 
 def linear_ops(n, d, m, layers):
