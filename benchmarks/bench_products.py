@@ -231,9 +231,12 @@ def report(work, runs):
                          "numpy_ms": [v * 1e3 for v in per["numpy"]], "torch_ms": [v * 1e3 for v in per["torch"]]})
         tot = {lib: statistics.median(v) for lib, v in total.items()}
         ratios = [a / b for a, b in zip(total["numpy"], total["torch"])]
+        best = {lib: min(v) for lib, v in total.items()}
         print(f"  all {sum(r['count'] for r in products.values())} products of the step: NumPy "
               f"{tot['numpy'] * 1e3:.2f} ms, PyTorch {tot['torch'] * 1e3:.2f} ms, NumPy / PyTorch "
-              f"{tot['numpy'] / tot['torch']:.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
+              f"{tot['numpy'] / tot['torch']:.2f} ({min(ratios):.2f}-{max(ratios):.2f}); fastest rounds "
+              f"(a machine that slows down in phases slows both): {best['numpy'] * 1e3:.2f} against "
+              f"{best['torch'] * 1e3:.2f} ms, {best['numpy'] / best['torch']:.2f}")
         results[name] = {"products": rows, "sum_ms": {lib: [v * 1e3 for v in total[lib]] for lib in total}}
     return results
 
