@@ -133,23 +133,28 @@ def product_fn(lib, key, dtype):
     return (lambda: torch.matmul(At, Bt, out=out)), out
 
 
-def check_equal(work):
-    """max|numpy - torch| / max|torch| of every distinct product; list of failures."""
-    fails, seen = [], set()
-    for name, dt, products in work:
+def distinct(work):
+    """[(id, key, dtype)] of every distinct product of the workloads, in first-seen order."""
+    out = {}
+    for _, dt, products in work:
         for key in products:
-            if (key, dt) in seen:
-                continue
-            seen.add((key, dt))
-            fn_np, out_np = product_fn("numpy", key, dt)
-            fn_t, out_t = product_fn("torch", key, dt)
-            fn_np()
-            fn_t()
-            ref = out_t.numpy().astype(np.float64)
-            err = float(np.abs(out_np.astype(np.float64) - ref).max() / np.abs(ref).max())
-            if not err <= TOL[dt]:
-                fails.append(f"{dt} product {key}: NumPy and PyTorch differ by {err:.1e} of the largest entry")
-    return fails, len(seen)
+            out.setdefault(product_id(key, dt), (key, dt))
+    return [(pid, key, dt) for pid, (key, dt) in out.items()]
+
+
+def check_equal(items):
+    """max|numpy - torch| / max|torch| of every distinct product; list of failures."""
+    fails = []
+    for _, key, dt in items:
+        fn_np, out_np = product_fn("numpy", key, dt)
+        fn_t, out_t = product_fn("torch", key, dt)
+        fn_np()
+        fn_t()
+        ref = out_t.numpy().astype(np.float64)
+        err = float(np.abs(out_np.astype(np.float64) - ref).max() / np.abs(ref).max())
+        if not err <= TOL[dt]:
+            fails.append(f"{dt} product {key}: NumPy and PyTorch differ by {err:.1e} of the largest entry")
+    return fails
 
 
 def worker(args):
@@ -181,15 +186,9 @@ def product_id(key, dt):
     return f"{dt} {batch}x({M},{K})@({K},{N}) {layout}"
 
 
-def run_rounds(args, work):
-    items, seen = [], set()
-    for _, dt, products in work:
-        for key in products:
-            pid = product_id(key, dt)
-            if pid not in seen:
-                seen.add(pid)
-                items.append({"id": pid, "key": list(key), "dtype": dt})
-    specs = json.dumps({"products": items, "reps": args.reps})
+def run_rounds(args, items):
+    specs = json.dumps({"products": [{"id": pid, "key": list(key), "dtype": dt} for pid, key, dt in items],
+                        "reps": args.reps})
     script = os.path.abspath(__file__)
     runs = {"numpy": [], "torch": []}
     order = [lib for _ in range(args.rounds) for lib in runs]
@@ -255,8 +254,9 @@ def main(argv=None):
     print(f"threads: NumPy's BLAS {args.threads} (threadpoolctl); torch.set_num_threads({args.threads}); "
           f"torch {torch.__version__}, MKL {'yes' if torch.backends.mkl.is_available() else 'no'}")
     work = workloads(args)
-    fails, distinct = check_equal(work)
-    print(f"\nequal-work check before timing: {distinct} distinct products, NumPy against PyTorch on the "
+    items = distinct(work)
+    fails = check_equal(items)
+    print(f"\nequal-work check before timing: {len(items)} distinct products, NumPy against PyTorch on the "
           f"same operands, max|a - b| <= {TOL['float32']:g} (float32) / {TOL['float64']:g} (float64) "
           "of the largest entry: " + ("all agree" if not fails else f"{len(fails)} disagree"))
     if fails:
@@ -265,7 +265,7 @@ def main(argv=None):
         return 1
     print(f"\ntiming (each library in its own process, in turn; {args.pause:g} s idle between processes; "
           f"{args.reps} calls of each product, median):")
-    runs, load = run_rounds(args, work)
+    runs, load = run_rounds(args, items)
     results = report(work, runs)
     print("  " + load.line())
     if args.json:
