@@ -66,7 +66,7 @@ from flowattn_np.fused_quadratic import forward as fused_forward  # noqa: E402
 from flowattn_np.layers import BlockConfig  # noqa: E402
 from flowattn_np.network import Network, NetworkConfig  # noqa: E402
 from flowattn_np.optim import SGD  # noqa: E402
-from flowattn_np.threads import available_cpus, cpu_report, policy  # noqa: E402
+from flowattn_np.threads import available_cpus, policy  # noqa: E402
 
 SHAPES = ((16, 16, 32), (64, 64, 32), (32, 128, 64))
 IMPLS = ("numpy", "eager", "compile", "fused", "blocks")
@@ -433,7 +433,6 @@ def main(argv=None):
     threads = args.threads or available_cpus()
     env["threads"] = threads
     env["numpy_parallel"] = args.numpy_parallel
-    env["cpus_usable"] = cpu_report()
     print_environment(env)
     if args.numpy_parallel == "package":
         numpy_side = f"the package's defaults ({policy().describe()})"
