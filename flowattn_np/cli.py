@@ -112,6 +112,20 @@ def _add_threads_option(command):
                               "this process may use)")
 
 
+def _apply_threads(args):
+    """--threads sets the thread policy for this process (over $FLOWATTN_THREADS); without it,
+    an unusable $FLOWATTN_THREADS is one error line before a command that computes."""
+    from .threads import check_env, set_threads
+
+    if getattr(args, "threads", None) is not None:
+        set_threads(args.threads)
+    elif args.command == "reproduce":
+        try:
+            check_env()
+        except ValueError as exc:
+            args.parser.error(str(exc))
+
+
 def build_parser():
     parser = _Parser(
         prog="flowattn-np",
@@ -287,17 +301,7 @@ def main(argv=None):
         problem = _preflight_reproduce(args)
         if problem:
             args.parser.error(problem)  # argparse's form and exit status 2, before any work
-    if getattr(args, "threads", None) is not None:
-        from .threads import set_threads
-
-        set_threads(args.threads)  # the thread policy for this process: over $FLOWATTN_THREADS
-    elif args.command == "reproduce":
-        from .threads import check_env
-
-        try:
-            check_env()
-        except ValueError as exc:
-            args.parser.error(str(exc))
+    _apply_threads(args)
     try:
         if args.command == "coursework":
             from .coursework import main as coursework_main
