@@ -202,37 +202,63 @@ class Policy:
                 f"BLAS at {self.blas_threads} thread inside the package ({self.source})")
 
 
+@functools.lru_cache(maxsize=64)
+def _policy_of(setting, source):
+    """One Policy object per setting (a step asks for it more than once)."""
+    return Policy(1, None, source) if setting == OFF else Policy(setting, 1, source)
+
+
 def policy(threads=None):
     """The policy in force, given an explicit ``threads`` argument (None: none given).
 
     Precedence: the argument, then `set_threads`, then ``FLOWATTN_THREADS``, then the CPUs
     this process may use (`available_cpus`)."""
     if threads is not None:
-        setting, source = check_setting(threads), "argument"
-    elif _state["setting"] is not None:
-        setting, source = _state["setting"], "set_threads"
-    elif os.environ.get(ENV_VAR, "").strip():
-        setting, source = _env_setting(os.environ[ENV_VAR].strip()), ENV_VAR
-    else:
-        setting, source = available_cpus(), "default: the CPUs this process may use"
-    if setting == OFF:
-        return Policy(1, None, source)
-    return Policy(setting, 1, source)
+        return _policy_of(check_setting(threads), "argument")
+    if _state["setting"] is not None:
+        return _policy_of(_state["setting"], "set_threads")
+    env = os.environ.get(ENV_VAR)
+    if env and env.strip():
+        return _policy_of(_env_setting(env.strip()), ENV_VAR)
+    return _policy_of(available_cpus(), "default: the CPUs this process may use")
 
 
 # ---------------------------------------------------------------- BLAS inside the package
 
 _lock = threading.Lock()
-_active = {"depth": 0, "limiter": None}
+_active = {"depth": 0, "saved": ()}
 
 
 @functools.lru_cache(maxsize=1)
-def _controller():
-    """threadpoolctl's controller, made once: making one lists the loaded libraries
-    (about 0.3 ms), limiting through a kept one costs about 10 microseconds."""
+def _blas_controllers():
+    """threadpoolctl's controllers of the loaded BLAS libraries, found once: listing the
+    loaded libraries (what ``threadpool_limits`` does on every entry) costs about 0.3 ms,
+    setting a kept controller's threads a few microseconds."""
     from threadpoolctl import ThreadpoolController
 
-    return ThreadpoolController()
+    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+
+
+def _enter(blas):
+    with _lock:
+        if _active["depth"] == 0:
+            saved = []
+            for lib in _blas_controllers():
+                before = lib.get_num_threads()
+                if before is not None and before != blas:
+                    lib.set_num_threads(blas)
+                    saved.append((lib, before))
+            _active["saved"] = tuple(saved)
+        _active["depth"] += 1
+
+
+def _exit():
+    with _lock:
+        _active["depth"] -= 1
+        if _active["depth"] == 0:
+            for lib, before in _active["saved"]:
+                lib.set_num_threads(before)
+            _active["saved"] = ()
 
 
 @contextlib.contextmanager
@@ -240,38 +266,41 @@ def package_compute():
     """Context: BLAS at the policy's thread count (one) for the block, restored on exit.
 
     Re-entrant and shared by threads: the outermost block sets the limit and restores what
-    was there before; blocks inside it (a ``forward`` inside ``fit``) cost a lock and a
-    counter. With the policy off it does nothing."""
+    was there before; blocks inside it (a ``forward`` inside ``fit``, the batch parts' threads)
+    cost a counter. With the policy off it does nothing."""
     blas = policy().blas_threads
     if blas is None:
         yield
         return
-    with _lock:
-        if _active["depth"] == 0:
-            _active["limiter"] = _controller().limit(limits=blas, user_api="blas")
-        _active["depth"] += 1
+    _enter(blas)
     try:
         yield
     finally:
-        with _lock:
-            _active["depth"] -= 1
-            if _active["depth"] == 0:
-                limiter, _active["limiter"] = _active["limiter"], None
-                limiter.restore_original_limits()
+        _exit()
 
 
 def compute(fn):
     """Decorator: ``fn`` runs inside `package_compute` (the package's entry points)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with package_compute():
+        if _active["depth"]:  # inside the package already (fit's steps, a forward in a step)
             return fn(*args, **kwargs)
+        blas = policy().blas_threads
+        if blas is None:
+            return fn(*args, **kwargs)
+        _enter(blas)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _exit()
     return wrapper
 
 
 def blas_info():
     """threadpoolctl's description of the BLAS libraries loaded (list of dicts)."""
-    return [lib for lib in _controller().info() if lib.get("user_api") == "blas"]
+    from threadpoolctl import threadpool_info
+
+    return [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
 
 
 def describe():
