@@ -105,11 +105,13 @@ def _threads(text):
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or 'off', got {text!r}") from None
 
 
-def _add_threads_option(command):
-    command.add_argument("--threads", type=_threads, metavar="K|off",
-                         help="host threads sharing a batch, BLAS at one thread inside the package; "
-                              "'off': BLAS's own threads (default: $FLOWATTN_THREADS, else the CPUs "
-                              "this process may use)")
+def _add_threads_option(*commands):
+    """--threads on the commands that compute (and on info, which shows the policy)."""
+    for command in commands:
+        command.add_argument("--threads", type=_threads, metavar="K|off",
+                             help="host threads sharing a batch, BLAS at one thread inside the package; "
+                                  "'off': BLAS's own threads (default: $FLOWATTN_THREADS, else the CPUs "
+                                  "this process may use)")
 
 
 def _apply_threads(args):
@@ -180,8 +182,7 @@ def build_parser():
     for command in (rep, dat, info):
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the full traceback of an error")
-    for command in (rep, info):  # the commands that compute, and the one that shows the policy
-        _add_threads_option(command)
+    _add_threads_option(rep, info)
     from .coursework import add_parser as add_coursework_parser
 
     add_coursework_parser(sub)
