@@ -35,6 +35,8 @@ import numpy as np  # noqa: E402
 
 from _common import environment, fashion_config, load_note, print_environment, random_batch, write_json  # noqa: E402
 
+from flowattn_np.cli import _ints as positive_ints, _non_negative_float as non_negative_float  # noqa: E402
+from flowattn_np.cli import _positive as positive_int  # noqa: E402  (the command line's own checks)
 from flowattn_np.layers import BlockConfig  # noqa: E402
 from flowattn_np.network import Network, NetworkConfig  # noqa: E402
 from flowattn_np.threads import ENV_VAR, available_cpus  # noqa: E402
@@ -108,16 +110,6 @@ def run_job(args, setting, busy):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _count_list(text):
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers >= 1, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers >= 1, got {text!r}")
-    return sorted(set(values))
-
-
 def _settings(text):
     values = [v.strip() for v in text.split(",") if v.strip()]
     if not values or any(v not in SETTINGS for v in values):
@@ -125,43 +117,22 @@ def _settings(text):
     return values
 
 
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def _non_negative(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", choices=("linear", "quadratic"), default="linear", help="the job's network")
-    p.add_argument("--rows", type=_positive, default=12000,
+    p.add_argument("--rows", type=positive_int, default=12000,
                    help="training rows of the job (quadratic: rows / 50 sequences)")
-    p.add_argument("--epochs", type=_positive, default=5, help="epochs of the job")
-    p.add_argument("--busy", type=_count_list, default=None,
+    p.add_argument("--epochs", type=positive_int, default=5, help="epochs of the job")
+    p.add_argument("--busy", type=positive_ints, default=None,
                    help="busy process counts to run beside, e.g. 1,2 (default: 1 and the usable CPUs)")
     p.add_argument("--settings", type=_settings, default=list(SETTINGS), help="comma list: package, blas")
-    p.add_argument("--rounds", type=_positive, default=3, help="rounds; each runs every case in turn")
-    p.add_argument("--pause", type=_non_negative, default=1.0, help="idle seconds between jobs")
+    p.add_argument("--rounds", type=positive_int, default=3, help="rounds; each runs every case in turn")
+    p.add_argument("--pause", type=non_negative_float, default=1.0, help="idle seconds between jobs")
     p.add_argument("--json", metavar="PATH", help="write every figure to this JSON file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.busy is None:
-        args.busy = sorted({1, available_cpus()})
+    args.busy = sorted(set(args.busy or (1, available_cpus())))
     return args
 
 
@@ -192,16 +163,19 @@ def report(args, runs, cpus):
     return summary
 
 
+def machine():
+    """Print the machine (CPU, usable CPUs, BLAS, load) and return its facts."""
+    env = environment()
+    print_environment(env)
+    print(load_note(env) or "")
+    return env
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker(args)
-    env = environment()
-    print_environment(env)
-    note = load_note(env)
-    if note:
-        print(note)
-    cpus = available_cpus()
+    env, cpus = machine(), available_cpus()
     print(f"job: {args.model} network, {args.rows} rows, {args.epochs} epochs, then evaluate; settings: "
           + "; ".join(f"{s} = {SETTINGS[s]}" for s in args.settings)
           + f"; beside k = {', '.join(map(str, args.busy))} busy processes")
