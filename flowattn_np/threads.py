@@ -296,6 +296,14 @@ def compute(fn):
     return wrapper
 
 
+def policy_line(backend="numpy"):
+    """The policy in one line for a run on ``backend`` (results.json): on CuPy the device
+    work is never split between host threads."""
+    if backend != "numpy":
+        return f"{backend}: each batch runs whole on the device, in the calling thread"
+    return policy().describe()
+
+
 def blas_info():
     """threadpoolctl's description of the BLAS libraries loaded (list of dicts)."""
     from threadpoolctl import threadpool_info
@@ -327,5 +335,5 @@ def check_env():
 
 
 __all__ = ["ENV_VAR", "OFF", "Policy", "available_cpus", "cgroup_cpu_quota", "check_setting", "compute",
-           "cpu_report", "describe", "package_compute", "policy", "set_threads"]
+           "cpu_report", "describe", "package_compute", "policy", "policy_line", "set_threads"]
 

@@ -352,3 +352,9 @@ def test_bad_environment_setting_is_one_error_line_for_reproduce(clean_policy, m
     assert err.splitlines()[-1] == ("flowattn-np reproduce: error: environment variable FLOWATTN_THREADS: "
                                     "expected a whole number >= 1 or 'off', got 'many'")
     assert os.listdir(tmp_path) == []
+
+
+def test_the_policy_line_of_a_device_run_has_no_host_threads(clean_policy):
+    fa.set_threads(4)
+    assert policy_module.policy_line("numpy").startswith("4 host threads")
+    assert "host thread" not in policy_module.policy_line("cupy").replace("calling thread", "")
