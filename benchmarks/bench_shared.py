@@ -5,7 +5,7 @@ The job: ``fit`` of the Fashion-MNIST network (linear model, learned-oracle bloc
 L = 4, float32, batch 256) on random rows of image size for a few epochs, then
 ``evaluate`` (``--model quadratic``: the label-free self-attention network, L = 2, at
 (B, n, d) = (32, 128, 64)). It runs in a fresh process, timed inside it (imports and data
-excluded), alone and beside k busy processes (``python -c "while True: pass"``), k = 1 and
+excluded), alone and beside k busy processes (Python spinning in a loop), k = 1 and
 the usable CPU count by default, each in turn, for ``--rounds`` rounds, under two settings:
 
 * ``package``: the package's defaults, nothing set (its thread policy: BLAS at one thread
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -44,7 +45,8 @@ from flowattn_np.train import evaluate, fit  # noqa: E402
 
 SETTINGS = {"package": "the package's defaults (nothing set)",
             "blas": f"{ENV_VAR}=off: BLAS at its own default threads"}
-SPIN = "while True: pass"
+# a busy process that ends when the driver does, even if the driver is killed
+SPIN = "import os\nparent = {pid}\nwhile os.getppid() == parent: pass"
 
 
 # ---------------------------------------------------------------- the job (a fresh process)
@@ -95,7 +97,7 @@ def run_job(args, setting, busy):
     env.pop(ENV_VAR, None)
     if setting == "blas":
         env[ENV_VAR] = "off"
-    spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(busy)]
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN.format(pid=os.getpid())]) for _ in range(busy)]
     try:
         time.sleep(0.3 if busy else 0)  # the spinners are running before the job starts
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", "--model", args.model,
@@ -123,7 +125,7 @@ def parse_args(argv=None):
     p.add_argument("--model", choices=("linear", "quadratic"), default="linear", help="the job's network")
     p.add_argument("--rows", type=positive_int, default=12000,
                    help="training rows of the job (quadratic: rows / 50 sequences)")
-    p.add_argument("--epochs", type=positive_int, default=5, help="epochs of the job")
+    p.add_argument("--epochs", type=positive_int, default=8, help="epochs of the job")
     p.add_argument("--busy", type=positive_ints, default=None,
                    help="busy process counts to run beside, e.g. 1,2 (default: 1 and the usable CPUs)")
     p.add_argument("--settings", type=_settings, default=list(SETTINGS), help="comma list: package, blas")
@@ -175,6 +177,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run_job's finally stops the spinners
     env, cpus = machine(), available_cpus()
     print(f"job: {args.model} network, {args.rows} rows, {args.epochs} epochs, then evaluate; settings: "
           + "; ".join(f"{s} = {SETTINGS[s]}" for s in args.settings)
