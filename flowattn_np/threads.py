@@ -315,7 +315,11 @@ def describe():
     """Lines for ``flowattn-np info``: the policy, the CPUs counted, BLAS and its threads."""
     cpus = _cached_report()
     quota = cpus["cgroup_quota"]
-    lines = [f"threads: {policy().describe()}",
+    try:
+        line = policy().describe()
+    except ValueError as exc:  # an unusable FLOWATTN_THREADS: say so, and report the rest
+        line = f"problem: {exc}"
+    lines = [f"threads: {line}",
              f"CPUs: {cpus['available']} usable (limited by the {cpus['limited_by']}); os.cpu_count() "
              f"{cpus['os_cpu_count']}, affinity mask {cpus['affinity'] or 'unknown'}, cgroup quota "
              + ("none" if quota is None else f"{quota:g} CPUs")]

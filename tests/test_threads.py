@@ -358,3 +358,11 @@ def test_the_policy_line_of_a_device_run_has_no_host_threads(clean_policy):
     fa.set_threads(4)
     assert policy_module.policy_line("numpy").startswith("4 host threads")
     assert "host thread" not in policy_module.policy_line("cupy").replace("calling thread", "")
+
+
+def test_info_reports_a_bad_threads_variable_and_prints_the_rest(clean_policy, monkeypatch, capsys):
+    monkeypatch.setenv("FLOWATTN_THREADS", "0")
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "threads: problem: environment variable FLOWATTN_THREADS: expected a whole number >= 1" in out
+    assert "CPUs: " in out and "BLAS: " in out
