@@ -239,16 +239,24 @@ def _blas_controllers():
     return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
 
 
+def _set_threads(settings):
+    """Set (library controller, threads) pairs, then give up control of the library: a
+    process-wide OpenBLAS pool (pthreads) is set only by one controlling thread in
+    threadpoolctl >= 3.8, the first to set it, until it lets go; holding on would make
+    every other thread's limit, the user's included, a silent no-op."""
+    for lib, threads in settings:
+        lib.set_num_threads(threads)
+        if hasattr(lib, "clear_controlling_thread"):
+            lib.clear_controlling_thread()
+
+
 def _enter(blas):
     with _lock:
         if _active["depth"] == 0:
-            saved = []
-            for lib in _blas_controllers():
-                before = lib.get_num_threads()
-                if before is not None and before != blas:
-                    lib.set_num_threads(blas)
-                    saved.append((lib, before))
-            _active["saved"] = tuple(saved)
+            saved = [(lib, lib.get_num_threads()) for lib in _blas_controllers()]
+            saved = tuple((lib, n) for lib, n in saved if n is not None and n != blas)
+            _set_threads((lib, blas) for lib, _ in saved)
+            _active["saved"] = saved
         _active["depth"] += 1
 
 
@@ -256,8 +264,7 @@ def _exit():
     with _lock:
         _active["depth"] -= 1
         if _active["depth"] == 0:
-            for lib, before in _active["saved"]:
-                lib.set_num_threads(before)
+            _set_threads(_active["saved"])
             _active["saved"] = ()
 
 

@@ -366,3 +366,56 @@ def test_info_reports_a_bad_threads_variable_and_prints_the_rest(clean_policy, m
     out = capsys.readouterr().out
     assert "threads: problem: environment variable FLOWATTN_THREADS: expected a whole number >= 1" in out
     assert "CPUs: " in out and "BLAS: " in out
+
+
+def test_a_package_call_from_a_live_thread_leaves_blas_control_to_others(clean_policy):
+    """OpenBLAS's process-wide pool (pthreads) is set by one controlling thread at a time
+    (threadpoolctl >= 3.8): a package call in a thread that stays alive must let go, or the
+    user's own limits in any other thread would silently do nothing."""
+    import threading
+
+    import threadpoolctl
+
+    clear = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
+    if clear is not None:  # whatever an earlier test left: no thread controls OpenBLAS now
+        clear(force=True)
+    done, release = threading.Event(), threading.Event()
+
+    def worker():
+        with policy_module.package_compute():
+            pass
+        done.set()
+        release.wait(10)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert done.wait(10)
+        with threadpool_limits(limits=3, user_api="blas"):
+            assert set(_numpy_blas_threads()) == {3}
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_entered_in_one_thread_and_left_in_another_restores(clean_policy):
+    import threading
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _numpy_blas_threads()
+        entered, main_left, finished = threading.Event(), threading.Event(), threading.Event()
+
+        def worker():
+            with policy_module.package_compute():
+                entered.set()
+                main_left.wait(10)
+            finished.set()
+
+        with policy_module.package_compute():
+            thread = threading.Thread(target=worker)
+            thread.start()
+            assert entered.wait(10)
+        main_left.set()  # the main thread left first: the worker's exit restores
+        assert finished.wait(10)
+        thread.join()
+        assert _numpy_blas_threads() == before
