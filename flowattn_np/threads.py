@@ -158,7 +158,7 @@ def check_setting(value, name="threads"):
         text = value.strip().lower()
         if text == OFF:
             return OFF
-        if text.isdigit() and int(text) >= 1:
+        if text.isascii() and text.isdigit() and int(text) >= 1:
             return int(text)
         raise ValueError(f"{name}: expected a whole number >= 1 or 'off', got {value!r}")
     if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):

@@ -171,7 +171,7 @@ def test_network_threads_follow_the_policy_unless_given(clean_policy, monkeypatc
     assert (net.threads, fixed.threads) == (1, 2)
 
 
-@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError), ("zero", ValueError), ("1.5", ValueError),
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError), ("zero", ValueError), ("1.5", ValueError), ("\u00b2", ValueError),
                                         (1.5, TypeError), (True, TypeError), ([2], TypeError)])
 def test_bad_settings_are_refused_by_name(bad, error, clean_policy, monkeypatch):
     with pytest.raises(error, match="^threads: expected a whole number >= 1 or 'off'"):
