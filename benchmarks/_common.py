@@ -103,6 +103,13 @@ def limit_blas_threads(n):
     return threadpoolctl.threadpool_limits(limits=n, user_api="blas")
 
 
+def usable_cpus():
+    """The CPUs this process may use (the package's count: affinity mask, cgroup quota)."""
+    from flowattn_np.threads import cpu_report
+
+    return cpu_report()
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
@@ -150,6 +157,7 @@ def environment():
         "flowattn_np": getattr(flowattn_np, "__version__", "?"),
         "git": git_state(),
         "nproc": os.cpu_count(),
+        "cpus_usable": usable_cpus(),
         "cpu": cpu_model(),
         "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "env": {k: os.environ[k] for k in sorted(os.environ)
@@ -171,6 +179,10 @@ def print_environment(env):
           f"(git {env['git'] or '?'})")
     print(f"machine: nproc {env['nproc']}, CPU {env['cpu']}, load average at start "
           + (" ".join(f"{x:.2f}" for x in env["loadavg_at_start"]) if env["loadavg_at_start"] else "?"))
+    usable = env.get("cpus_usable")
+    if usable:
+        print(f"usable CPUs: {usable['available']} (limited by the {usable['limited_by']}; affinity mask "
+              f"{usable['affinity']}, cgroup quota {usable['cgroup_quota'] or 'none'})")
     print("environment: " + (" ".join(f"{k}={v}" for k, v in env["env"].items()) or "(no OPENBLAS_/OMP_/MKL_ variables)"))
     print(f"BLAS ({env['blas']['source']}):")
     for lib in env["blas"]["libraries"]:

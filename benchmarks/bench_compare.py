@@ -14,6 +14,11 @@ gradients from NumPy, eager and fused are compared on the same parameters and ba
 (the compiled model is compared with eager in its own process before it is timed); a
 disagreement stops the script with exit status 1.
 
+Threads: by default NumPy runs as the package does with no setting (its thread policy:
+``Network`` splits a large batch between host threads, one per usable CPU, BLAS at one
+thread inside the package) and PyTorch gets as many intra-op threads as there are usable
+CPUs; ``--threads`` and ``--numpy-parallel`` fix them instead (diagnostics).
+
 Timing: each implementation in its own fresh process, taken in turn (numpy, eager,
 compile, fused, numpy, ...) for ``--rounds`` rounds, with an idle pause between
 processes (OpenBLAS threads spin after NumPy's last call and take the cores PyTorch's
@@ -61,6 +66,7 @@ from flowattn_np.fused_quadratic import forward as fused_forward  # noqa: E402
 from flowattn_np.layers import BlockConfig  # noqa: E402
 from flowattn_np.network import Network, NetworkConfig  # noqa: E402
 from flowattn_np.optim import SGD  # noqa: E402
+from flowattn_np.threads import available_cpus, policy  # noqa: E402
 
 SHAPES = ((16, 16, 32), (64, 64, 32), (32, 128, 64))
 IMPLS = ("numpy", "eager", "compile", "fused", "blocks")
@@ -97,8 +103,9 @@ def name_of(w):
     return f"quad ({w['B']},{w['n']},{w['d']}) {w['targets']:7s} L={w['layers']} {w['dtype']}"
 
 
-def build(w, seed=0, fused=True, threads=1):
+def build(w, seed=0, fused=True, threads=None):
     """(network, X, y) of a workload: the NumPy side; PyTorch starts from net.params.
+    ``threads``: ``Network(threads=)``; None leaves it to the package's thread policy.
 
     Quadratic: X ~ N(0, 1) of shape (B, n, d), target tokens uniform in [0, n); phi gets
     a lower-triangular perturbation so theta has distinct eigenvalues (PyTorch's eigh
@@ -129,7 +136,7 @@ def taylor_terms_of(w, seed=0):
     return max(len(c.B.thetas) if isinstance(c.B, QuadraticBTaylorCache) else 0 for c in cache.blocks)
 
 
-def make_impl(impl, w, seed=0, threads=1):
+def make_impl(impl, w, seed=0, threads=None):
     """(step, loss, loss_and_grads) closures of one implementation of a workload (NumPy's
     network with ``threads`` host threads sharing the batch)."""
     net, X, y = build(w, seed, fused=impl != "blocks", threads=threads)
@@ -177,8 +184,13 @@ def compare(a, b, dtype):
 def worker(args):
     """Time one implementation on every workload in this fresh process; JSON on stdout."""
     split = args.worker in ("numpy", "blocks") and batch_split(args)
-    # batch split: each host thread's products on one BLAS thread, not competing for cores
-    _limit = limit_blas_threads(1 if split else args.threads) if split or args.threads else None  # noqa: F841
+    package = args.worker in ("numpy", "blocks") and args.numpy_parallel == "package"
+    # package: nothing set, the package's thread policy decides; batch split: each host
+    # thread's products on one BLAS thread; blas: one host thread, BLAS at --threads
+    if not package and args.worker in ("numpy", "blocks"):
+        os.environ["FLOWATTN_THREADS"] = "off"  # the package leaves BLAS as set here
+    _limit = (limit_blas_threads(1 if split else args.threads)  # noqa: F841
+              if not package and (split or args.threads) else None)
     workloads = json.loads(args.specs)
     if args.worker == "peaks":
         print(json.dumps(measure_peaks(args.gemm_n, args.copy_mib)))
@@ -193,7 +205,7 @@ def worker(args):
             out[w["name"]] = {"error": "not compiled (--compile-scope light)", "skipped": True}
             continue
         try:
-            step, loss_fn, lg = make_impl(args.worker, w, args.seed, args.torch_threads if split else 1)
+            step, loss_fn, lg = make_impl(args.worker, w, args.seed, numpy_threads(args, args.torch_threads))
             if args.worker == "compile":  # equal work of the compiled model, before timing
                 ok, diffs = compare(lg(), make_impl("eager", w, args.seed)[2](), w["dtype"])
                 if not ok:
@@ -215,18 +227,26 @@ def worker(args):
 # ---------------------------------------------------------------- checks
 
 def batch_split(args):
-    """Whether NumPy uses its cores by host threads sharing the batch (else by BLAS threads)."""
+    """Whether NumPy is told to use its cores by host threads sharing the batch."""
     return args.numpy_parallel == "batch" and args.torch_threads > 1
 
 
-def check_all(workloads, impls, seed, threads=1):
+def numpy_threads(args, threads):
+    """``Network(threads=)`` of the NumPy side: None (the package's policy), T host threads
+    (batch), or 1 (BLAS threads)."""
+    if args.numpy_parallel == "package":
+        return None
+    return threads if args.numpy_parallel == "batch" else 1
+
+
+def check_all(workloads, impls, seed, threads=None):
     """Loss and gradients of NumPy (with ``threads`` sharing the batch) and 'fused' against
     eager, every workload; list of rows."""
     rows = []
     for w in workloads:
         ref = make_impl("eager", w, seed)[2]()
         for impl in [i for i in impls if i in ("numpy", "fused", "blocks")]:
-            ok, diffs = compare(make_impl(impl, w, seed, threads if impl != "fused" else 1)[2](), ref, w["dtype"])
+            ok, diffs = compare(make_impl(impl, w, seed, threads if impl != "fused" else None)[2](), ref, w["dtype"])
             rows.append((w["name"], impl, ok, diffs))
     return rows
 
@@ -262,11 +282,11 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=0.05, help="quadratic SGD learning rate")
     p.add_argument("--threads", type=int, default=None,
                    help="cores for each implementation: torch.set_num_threads, and for NumPy "
-                        "see --numpy-parallel; default: what NumPy's BLAS uses")
-    p.add_argument("--numpy-parallel", choices=("batch", "blas"), default="batch",
-                   help="how NumPy uses more than one thread: 'batch' = Network(threads=T), T host "
-                        "threads sharing the batch, each with one BLAS thread; 'blas' = one host "
-                        "thread calling BLAS with T threads")
+                        "see --numpy-parallel; default: the CPUs this process may use")
+    p.add_argument("--numpy-parallel", choices=("package", "batch", "blas"), default="package",
+                   help="how NumPy uses its threads: 'package' = the package's defaults, nothing "
+                        "set; 'batch' = Network(threads=T), T host threads sharing the batch, each "
+                        "with one BLAS thread; 'blas' = one host thread calling BLAS with T threads")
     p.add_argument("--gemm-n", type=int, default=2048, help="square matmul size of the GEMM peak")
     p.add_argument("--copy-mib", type=int, default=256, help="MiB copied for the bandwidth")
     p.add_argument("--seed", type=int, default=0)
@@ -410,11 +430,13 @@ def main(argv=None):
     if args.wait_quiet > 0:
         wait_for_quiet(args.wait_quiet)
     env = environment()
-    threads = args.threads or numpy_blas_threads() or os.cpu_count()
+    threads = args.threads or available_cpus()
     env["threads"] = threads
-    env["numpy_parallel"] = args.numpy_parallel if threads > 1 else "none"
+    env["numpy_parallel"] = args.numpy_parallel
     print_environment(env)
-    if args.numpy_parallel == "batch" and threads > 1:
+    if args.numpy_parallel == "package":
+        numpy_side = f"the package's defaults ({policy().describe()})"
+    elif args.numpy_parallel == "batch" and threads > 1:
         numpy_side = f"Network(threads={threads}) sharing each batch, BLAS 1 thread (threadpoolctl)"
     else:
         blas = f"{args.threads} in every worker (threadpoolctl)" if args.threads else numpy_blas_threads() or "unknown"
@@ -434,7 +456,7 @@ def main(argv=None):
         return 2
     workloads = workload_list(args)
     print(f"\n{len(workloads)} workloads; implementations: " + ", ".join(LABELS[i] for i in args.impls))
-    checks = check_all(workloads, args.impls, args.seed, threads if args.numpy_parallel == "batch" else 1)
+    checks = check_all(workloads, args.impls, args.seed, numpy_threads(args, threads))
     print_checks(checks)
     bad = [c for c in checks if not c[2]]
     if bad:

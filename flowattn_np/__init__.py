@@ -98,6 +98,7 @@ from .layers import BlockConfig, CrossAttentionBlock, MemoryBlock, SelfAttention
 from .network import Network, NetworkConfig
 from .optim import SGD, Adam
 from .train import evaluate, fit, load_checkpoint, save_checkpoint
+from .threads import available_cpus, set_threads
 
 __all__ = [
     # backend
@@ -132,4 +133,6 @@ __all__ = [
     "BlockConfig", "CrossAttentionBlock", "MemoryBlock", "SelfAttentionBlock", "make_block",
     "Network", "NetworkConfig", "SGD", "Adam", "fit", "evaluate", "save_checkpoint",
     "load_checkpoint",
+    # the thread policy (threads.py)
+    "available_cpus", "set_threads",
 ]

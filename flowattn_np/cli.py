@@ -3,7 +3,7 @@
 ```text
 flowattn-np reproduce [--quick] [--out DIR] [--layers 1,2,4] [--noise 0,0.5,1] ...
 flowattn-np data [--download]      where the data is found (or fetch it)
-flowattn-np info                   version, backend, CuPy and data availability
+flowattn-np info                   version, backend, CuPy, data, thread policy and CPUs
 flowattn-np coursework init DIR    an nbgrader course directory with the assignments
 ```
 """
@@ -96,6 +96,38 @@ def _non_negative_int(text):
     return value
 
 
+def _threads(text):
+    from .threads import check_setting
+
+    try:
+        return check_setting(text, "--threads")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or 'off', got {text!r}") from None
+
+
+def _add_threads_option(*commands):
+    """--threads on the commands that compute (and on info, which shows the policy)."""
+    for command in commands:
+        command.add_argument("--threads", type=_threads, metavar="K|off",
+                             help="host threads sharing a batch, BLAS at one thread inside the package; "
+                                  "'off': BLAS's own threads (default: $FLOWATTN_THREADS, else the CPUs "
+                                  "this process may use)")
+
+
+def _apply_threads(args):
+    """--threads sets the thread policy for this process (over $FLOWATTN_THREADS); without it,
+    an unusable $FLOWATTN_THREADS is one error line before a command that computes."""
+    from .threads import check_env, set_threads
+
+    if getattr(args, "threads", None) is not None:
+        set_threads(args.threads)
+    elif args.command == "reproduce":
+        try:
+            check_env()
+        except ValueError as exc:
+            args.parser.error(str(exc))
+
+
 def build_parser():
     parser = _Parser(
         prog="flowattn-np",
@@ -150,6 +182,7 @@ def build_parser():
     for command in (rep, dat, info):
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show the full traceback of an error")
+    _add_threads_option(rep, info)
     from .coursework import add_parser as add_coursework_parser
 
     add_coursework_parser(sub)
@@ -245,6 +278,9 @@ def _info(args):
             print(f"CuPy: not usable here ({str(exc).split('. ')[0]})")
     found = find_fashion_mnist()
     print(f"Fashion-MNIST: {found if found else 'not found (flowattn-np data --download)'}")
+    from .threads import describe
+
+    print("\n".join(describe()))  # the thread policy (or what is wrong with it), CPUs, BLAS
     return 0
 
 
@@ -263,6 +299,7 @@ def main(argv=None):
         problem = _preflight_reproduce(args)
         if problem:
             args.parser.error(problem)  # argparse's form and exit status 2, before any work
+    _apply_threads(args)
     try:
         if args.command == "coursework":
             from .coursework import main as coursework_main

@@ -46,6 +46,7 @@ from .optim import SGD, Adam, Cosine
 from .progress import progress_bar
 from .random import host_rng
 from .train import FitConfig, evaluate, fit
+from .threads import compute as _package_compute, cpu_report, policy_line
 
 SCHEMA = "flowattn_np.reproduce/1"
 PARTS = (1, 2, 3, 4, 5)
@@ -509,6 +510,7 @@ def default_out():
     return os.path.join("runs", time.strftime("reproduce-%Y%m%d-%H%M%S"))
 
 
+@_package_compute
 def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, figures=True,
               command=None, log=print):
     """Run the experiment; write results.json, results.md and figures into ``out``.
@@ -538,7 +540,8 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
         results = {"schema": SCHEMA, "version": __version__, "command": command,
                    "backend": get_backend(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                    "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
-                               "cpus": os.cpu_count()},
+                               "cpus": os.cpu_count(), "cpus_usable": cpu_report(),
+                               "threads": policy_line(get_backend())},
                    "config": asdict(cfg),
                    "data": {"source": ds.source, "n_train": int(X.shape[0]), "n_test": int(Xt.shape[0])}}
         nets1, kept = run_parts(results, cfg, X, y, tests, yt, progress, log)

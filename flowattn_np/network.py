@@ -30,7 +30,7 @@ from .backend import (
     get_array_module,
     on_host,
 )
-from . import validate
+from . import threads as thread_policy, validate
 from .layers import (
     TARGET_TITLES,
     BlockConfig,
@@ -267,12 +267,14 @@ class Network:
     fused : bool
         Whether quadratic Lie/Euler networks train through ``fused_quadratic`` (False: the
         readable per-block path).
-    threads : int
+    threads : int, optional
         Host threads that share a training batch in `loss_and_grads` (see there); 1 runs
-        it in the calling thread.
+        it in the calling thread. Default: the package's thread policy (``threads.py``:
+        `set_threads`, ``FLOWATTN_THREADS``, or the CPUs this process may use), read at
+        every call.
     """
 
-    def __init__(self, config, seed=0, params=None, fused=True, threads=1):
+    def __init__(self, config, seed=0, params=None, fused=True, threads=None):
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config: expected a NetworkConfig, got {type(config).__name__}")
         self.config = config
@@ -284,9 +286,14 @@ class Network:
             self.params = self.init_params(seed)
         else:
             self.params = self.check_params(params)
-        self.threads = validate.check_count("threads", threads, minimum=1)
+        self._threads = None if threads is None else validate.check_count("threads", threads, minimum=1)
         self._workspace = Workspace()  # training buffers, reused from step to step
         self._part_workspaces = []  # one per batch part when threads > 1
+
+    @property
+    def threads(self):
+        """Host threads that share a large batch: the argument, else the thread policy's."""
+        return thread_policy.policy(self._threads).threads
 
     # -- parameters -----------------------------------------------------------
     def init_params(self, seed=0):
@@ -429,6 +436,7 @@ class Network:
         return retract_to(E_X, self.config.block.norm), E_X
 
     # -- forward / backward ---------------------------------------------------
+    @thread_policy.compute
     def forward(self, X, y=None, C=None, workspace=None, check=True):
         """Logits of a batch.
 
@@ -498,6 +506,7 @@ class Network:
         theta_bar = sum_leading(swap_last(Z) @ logits_bar @ Z)
         return Z_bar, {"phi": phi_grad(theta_bar, self.params["phi"])}
 
+    @thread_policy.compute
     def backward(self, logits_bar, cache, workspace=None):
         r"""Gradients of all parameters for the upstream gradient of the logits.
 
@@ -547,6 +556,7 @@ class Network:
         """
         return mean_cross_entropy(logits, C, self._heads(), check=check)
 
+    @thread_policy.compute
     def loss_and_grads(self, X, y):
         r"""Batch-mean cross-entropy, its gradients and the logits: ``(loss, grads, logits)``.
 
@@ -561,8 +571,8 @@ class Network:
         with its own buffers: NumPy releases the interpreter lock inside BLAS and its
         element-wise loops, so the parts use separate cores. The rows are independent, so
         $\text{loss}=\sum_k\frac{\text{rows}_k}{\text{rows}}\text{loss}_k$ and likewise every
-        gradient. Give NumPy's BLAS one thread then (``OPENBLAS_NUM_THREADS=1``, or
-        threadpoolctl), or the parts' products compete for the same cores.
+        gradient. BLAS runs at one thread meanwhile (the thread policy, ``threads.py``), so
+        the parts' products do not compete for the same cores.
         """
         self.check_inputs_backend(X=X, y=y)
         parts = self.batch_parts(X)
@@ -570,7 +580,7 @@ class Network:
             return self._loss_and_grads(X, y, self._workspace)
         while len(self._part_workspaces) < len(parts):
             self._part_workspaces.append(Workspace())
-        pool = _thread_pool(self.threads)
+        pool = _thread_pool(len(parts))
         results = [f.result() for f in [pool.submit(self._loss_and_grads, X[part], y[part], ws)
                                         for part, ws in zip(parts, self._part_workspaces)]]
         xp = get_array_module(X)
@@ -605,6 +615,7 @@ class Network:
         loss, logits_bar = mean_cross_entropy_and_grad(logits, C, self._heads())
         return loss, self.backward(logits_bar, cache, workspace=workspace), logits
 
+    @thread_policy.compute
     def loss(self, X, y):
         """Batch-mean cross-entropy (0-d array), computed as loss_and_grads computes it."""
         self.check_inputs_backend(X=X, y=y)
@@ -633,6 +644,7 @@ class Network:
         """Class (or target-token) predictions; y only for blocks that use the true labels."""
         return self.predictions(self.logits(X, y))
 
+    @thread_policy.compute
     def features(self, X, y=None):
         r"""The iterates $[Z_0, Z_1, \dots, Z_L]$ of a batch (for Figure 1)."""
         self.check_inputs_backend(X=X, y=y)

@@ -36,6 +36,7 @@ from .checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from .optim import SGD, make_optimizer
 from .progress import PlainProgress, progress_bar
 from .random import RNG, host_rng
+from .threads import compute as _package_compute
 
 __all__ = ["FitConfig", "History", "NonFiniteGuard", "NonFiniteLossError", "evaluate", "fit",
            "gather_batch", "load_checkpoint", "minibatches", "restore_optimizer", "save_checkpoint",
@@ -161,6 +162,7 @@ def _accuracy_sum(net, logits, y):
     return (net.predictions(logits) == y).sum()
 
 
+@_package_compute  # BLAS at the thread policy's count for the whole pass
 def evaluate(net, X, y, batch_size=2048, check=True):
     """Mean cross-entropy and accuracy of ``net`` on ``(X, y)``, as Python floats.
 
@@ -474,6 +476,7 @@ def _fit_config(config, **options):
     return config
 
 
+@_package_compute  # entered once per fit: the steps inside pay no thread switch
 def fit(net, X, y, epochs=5, batch_size=256, optimizer=None, lr=0.1, X_val=None, y_val=None,
         seed=0, noise=0.0, progress=True, log_every=25, check_every=None, checkpoint=None,
         desc="train", check_inputs=True, config=None):

@@ -28,7 +28,7 @@ import flowattn_np
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 MODULES = ("data", "train", "optim", "experiment", "experiment_mlp", "mlp", "layers", "network", "flows",
-           "sphere", "backend", "plotting", "random", "checkpoint", "files", "progress", "checks", "coursework")
+           "sphere", "backend", "plotting", "random", "checkpoint", "files", "progress", "checks", "coursework", "threads")
 CITING_DOCS = ("math.md", "backward.md")
 
 # Public names that lack a docstring today. Write the docstring, then delete the name

@@ -80,6 +80,8 @@ def test_results_json_has_the_documented_schema(quick_run):
     assert {"version", "command", "backend", "started", "seconds", "machine", "config", "data",
             "part1", "part2", "part3", "checks", "figures"} <= set(res)
     assert res["data"]["n_train"] == 4000 and res["data"]["n_test"] == 1000
+    machine = res["machine"]  # the CPUs the run could use, beside the machine's count
+    assert 1 <= machine["cpus_usable"]["available"] <= machine["cpus"] == os.cpu_count()
     assert res["data"]["source"]
     noise = ["0", "0.5", "1"]
     p1 = res["part1"]
