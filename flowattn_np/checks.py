@@ -405,7 +405,8 @@ class _Guard:
     def __init__(self, ex, who, forbidden=()):
         names = tuple(ex.allowed) if ex is not None else ()
         self.allowed = set().union(*(_codes(_resolve(n)) for n in names + FREE_NAMES))
-        self.forbidden = set().union(*(_codes(f) for f in forbidden if callable(f))) - self.allowed
+        references = [f for n, f in globals().items() if n.startswith("reference_") and callable(f)]
+        self.forbidden = set().union(*(_codes(f) for f in (*forbidden, *references) if callable(f))) - self.allowed
         self.restrict = ex is not None
         blocks = ", ".join(f"fa.{n}" for n in names)
         self.ask = f"write it from {blocks} and NumPy" if blocks else "write it in plain NumPy"
