@@ -462,7 +462,7 @@ def call_student(fn, args, guard=None, timeout=None):
     Raises ReferenceCalled if the guard saw a forbidden call (even one the student's code
     caught), StudentTimeout past the timeout, and whatever ``fn`` raised.
     """
-    box = {}
+    box, done = {}, threading.Event()
 
     def work():
         if guard is not None:
@@ -474,15 +474,17 @@ def call_student(fn, args, guard=None, timeout=None):
             box["error"] = exc
         finally:
             sys.setprofile(None)
+            done.set()
 
     worker = threading.Thread(target=work, name="flowattn_np check", daemon=True)
     worker.start()
-    try:
-        worker.join(timeout)
+    try:  # an Event, not join: a join interrupted by Ctrl-C can mark a running thread as stopped
+        done.wait(timeout)
     finally:  # also on KeyboardInterrupt: the student's code must not run on behind the notebook
-        if worker.is_alive():
+        if not done.is_set():
             _stop(worker)
-    if worker.is_alive() or isinstance(box.get("error"), _Stopped):
+            done.wait(1.0)
+    if isinstance(box.get("error"), _Stopped) or "value" not in box and "error" not in box:
         raise StudentTimeout(f"your {guard.who if guard else 'function'} did not return within {timeout:g} s "
                              "(an endless loop? a loop whose condition never changes?); it was stopped.")
     if guard is not None and guard.called is not None:

@@ -153,3 +153,12 @@ def test_the_block_backward_messages_use_the_notebooks_names():
     assert "`Z_bar`:" in r.message and "Z_out_bar (5, 3)" in r.message and "Z_bar_in" not in r.message
     assert r.diagnoses == ("missing residual path in Z_bar",)
     assert "Z_bar = Z_out_bar + S_bar theta" in r.message
+
+
+def test_numerical_gradient_differentiates_an_integer_array_as_float64_and_refuses_a_bad_step():
+    g = fa.numerical_gradient(lambda x: (x ** 2).sum(), np.array([3, -1]))
+    assert g.dtype == np.float64
+    np.testing.assert_allclose(g, [6.0, -2.0], rtol=1e-8)
+    for eps in (0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="eps: expected a positive finite step"):
+            fa.numerical_gradient(lambda x: (x ** 2).sum(), np.ones(2), eps=eps)

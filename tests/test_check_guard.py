@@ -8,6 +8,8 @@ package's own internal calls are not watched, and the checker's reference is com
 unhindered. A function that never returns is stopped with a message.
 """
 
+import os
+import signal
 import sys
 import threading
 import time
@@ -130,16 +132,12 @@ def test_a_function_that_never_returns_is_stopped_with_a_message():
         while True:
             S = S + 0.0
 
-    threads = threading.active_count()
     start = time.perf_counter()
     r = checks.check_function(softmax, fa.softmax, checks.logits_inputs, exercise="softmax", timeout=0.5,
                               raise_on_failure=False)
     assert time.perf_counter() - start < 5
     assert not r.passed and "your softmax did not return within 0.5 s" in r.message
-    deadline = time.perf_counter() + 5
-    while threading.active_count() > threads and time.perf_counter() < deadline:
-        time.sleep(0.05)
-    assert threading.active_count() == threads  # the runaway loop was stopped, not left spinning
+    assert _checking_threads() == 0  # the runaway loop was stopped, not left spinning
     with pytest.raises(ValueError, match="timeout: expected a positive finite number, got 0"):
         checks.check_function(softmax, fa.softmax, checks.logits_inputs, timeout=0)
 
@@ -150,3 +148,33 @@ def test_an_exception_of_the_students_function_reaches_the_notebook_unchanged():
 
     with pytest.raises(NotImplementedError, match="write me"):
         checks.check_function(stub, fa.softmax, checks.logits_inputs, exercise="softmax")
+
+
+def _checking_threads():
+    """How many of the checkers' worker threads still run, after waiting up to 5 s for them to end."""
+    deadline = time.perf_counter() + 5
+    while True:
+        alive = [t for t in threading.enumerate() if t.name == "flowattn_np check" and t.is_alive()]
+        if not alive or time.perf_counter() > deadline:
+            return len(alive)
+        time.sleep(0.05)
+
+
+def test_ctrl_c_during_a_check_reaches_the_notebook_and_stops_the_students_function():
+    steps = [0]
+
+    def softmax(S):
+        while True:
+            steps[0] += 1
+
+    ctrl_c = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    ctrl_c.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            checks.check_function(softmax, fa.softmax, checks.logits_inputs, exercise="softmax", timeout=60)
+    finally:
+        ctrl_c.cancel()
+    assert _checking_threads() == 0 and sys.getprofile() is None
+    before = steps[0]
+    time.sleep(0.2)
+    assert steps[0] == before > 0  # the loop ran, and runs no more
