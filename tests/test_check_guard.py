@@ -22,6 +22,7 @@ from flowattn_np import checks
 from flowattn_np import linear_grad_Z as copied_grad_Z  # as a notebook's first cell would
 from flowattn_np import quadratic_grad_Z as copied_quadratic
 from flowattn_np.checks import reference_ca_block_vjp as copied_vjp
+from test_check_terms import rk4_attention
 from test_checks import CASES
 
 LINEAR = checks.linear_inputs(np.random.default_rng(0))
@@ -89,15 +90,7 @@ def test_a_method_of_the_packages_blocks_is_out_of_reach_too():
 
 
 def test_the_building_blocks_of_an_exercise_and_the_packages_own_calls_are_allowed():
-    def rk4_attention(Z, theta, t):  # fa.cross_attention calls fa.softmax inside: not the student's call
-        def f(Y):
-            return -fa.cross_attention(Y, theta)
-        k1 = f(Z)
-        k2 = f(Z + (0.5 * t) * k1)
-        k3 = f(Z + (0.5 * t) * k2)
-        k4 = f(Z + t * k3)
-        return Z + (t / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
-
+    # rk4_attention calls fa.cross_attention, which calls fa.softmax inside: not the student's call
     reference, inputs = CASES["rk4_attention"]
     assert checks.check_function(rk4_attention, reference, inputs, exercise="rk4_attention").passed
     # the same building block where the exercise does not allow it

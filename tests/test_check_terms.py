@@ -52,14 +52,19 @@ def quadratic_label_transpose_flipped(Z, theta, C):
     return P @ Y + _T(P) @ Y - C @ Y + _T(C) @ Y
 
 
-def lie_half_label_step(Z, theta, C, h):
+def rk4_attention(Z, theta, t):
+    """A student's RK4 step of dZ/dt = -CA(Z, theta), from the building block fa.cross_attention."""
     def f(Y):
         return -fa.cross_attention(Y, theta)
     k1 = f(Z)
-    k2 = f(Z + (0.5 * h) * k1)
-    k3 = f(Z + (0.5 * h) * k2)
-    k4 = f(Z + h * k3)
-    return Z + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4) + (h / 2) * (C @ theta)
+    k2 = f(Z + (0.5 * t) * k1)
+    k3 = f(Z + (0.5 * t) * k2)
+    k4 = f(Z + t * k3)
+    return Z + (t / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+def lie_half_label_step(Z, theta, C, h):
+    return rk4_attention(Z, theta, h) + (h / 2) * (C @ theta)
 
 
 # (exercise, student, reference, inputs, output, the diagnosis names, words in the message)
