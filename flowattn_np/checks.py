@@ -137,7 +137,8 @@ class Term:
 @dataclass(frozen=True)
 class Exercise:
     """An exercise of the catalogue: the function's name, its equation, its mistakes, its
-    terms, the package functions a student may call, and how to check it on its own."""
+    terms, the package functions a student may call, how to check it on its own, and the
+    notebook's names of its arguments (used in messages in place of a test wrapper's)."""
 
     function: str
     equation: str
@@ -149,6 +150,7 @@ class Exercise:
     stress: Callable | None = None
     reference: Callable | None = None
     inputs: Callable | None = None
+    arguments: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -868,6 +870,7 @@ class _Check:
     ex: Exercise | None
     mistakes: tuple
     names: list
+    own_names: list
     guard: _Guard | None
     timeout: float | None
     raise_on_failure: bool
@@ -881,7 +884,7 @@ def _one_set(ck, student_fn, expected_fn, args, args64, dtype, tol, output, sets
         got = call_student(student_fn, args, ck.guard, ck.timeout)
     except (ReferenceCalled, StudentTimeout) as exc:
         return str(exc).rstrip("."), [], {}, None, False
-    name = _mutated(ck.names, args, saved)
+    name = _mutated(ck.own_names, args, saved)
     if name is not None:
         mk = Mistake("in-place mutation of an input", in_place_message(name))
         return f"the input `{name}` was modified", [mk], {}, None, True
@@ -946,7 +949,8 @@ def _setup(student_fn, ex, mistakes, count, forbidden, guard, timeout, uses, rai
     who = ex.function if ex else getattr(student_fn, "__name__", "function")
     title = f"{who} ({ex.equation})" if ex and ex.equation else who
     return _Check(title=title, who=who, ex=ex, mistakes=tuple(mistakes) + (ex.mistakes if ex else ()) + GENERIC,
-                  names=_param_names(student_fn, count), guard=_Guard(ex, who, forbidden) if guard else None,
+                  names=list(ex.arguments) if ex and len(ex.arguments) == count else _param_names(student_fn, count),
+                  own_names=_param_names(student_fn, count), guard=_Guard(ex, who, forbidden) if guard else None,
                   timeout=timeout, raise_on_failure=raise_on_failure, deps=_failing_uses(uses, guard, timeout))
 
 
@@ -1307,7 +1311,8 @@ EXERCISES = {
         Mistake(GLOBAL_MAX, GLOBAL_MAX_MSG.format("log 0 = -inf"),
                 make=lambda Z, th, C: -(C * (Z @ th.T)).sum() + _global_lse(Z @ th.T).sum()),
         _overflow_mistake(lambda Z, th, C: -(C * (Z @ th.T)).sum() + _naive_lse(Z @ th.T).sum()),
-    ), terms=_cross_entropy_terms, logits=_linear_logits, stress=large_linear_inputs, reference=linear_loss, inputs=linear_inputs),
+    ), terms=_cross_entropy_terms, logits=_linear_logits, stress=large_linear_inputs, reference=linear_loss,
+        inputs=linear_inputs),
     "linear_grad_Z": Exercise("grad_Z", "eq. (4): grad_Z l = CA(Z, theta) - C theta = (sigma(Z theta^T) - C) theta", (
         Mistake("missing - C theta", "the term - C theta of eq. (4) is missing: you return only the "
                 "cross-attention CA(Z, theta) = sigma(Z theta^T) theta. The derivative of -<C, Z theta^T> "
@@ -1317,7 +1322,8 @@ EXERCISES = {
                 make=lambda Z, th, C: sum(_grad_Z_terms(Z, th, C))),
         Mistake(WRONG_AXIS, WRONG_AXIS_MSG + " In eq. (4) CA(Z, theta) = sigma(Z theta^T) theta.",
                 make=lambda Z, th, C: (_softmax_cols(Z @ th.T) - C) @ th),
-    ), allowed=("softmax",), terms=_linear_grad_Z_terms, logits=_linear_logits, reference=linear_grad_Z, inputs=linear_inputs),
+    ), allowed=("softmax",), terms=_linear_grad_Z_terms, logits=_linear_logits, reference=linear_grad_Z,
+        inputs=linear_inputs),
     "linear_grad_theta": Exercise("grad_theta", "grad_theta l = (sigma(Z theta^T) - C)^T Z", (
         Mistake("missing - C", "the label term is missing: grad_theta l = (sigma(Z theta^T) - C)^T Z, "
                 "you return sigma(Z theta^T)^T Z.", make=lambda Z, th, C: ops.softmax(Z @ th.T).T @ Z),
@@ -1334,7 +1340,8 @@ EXERCISES = {
         Mistake("missing label step + h C theta", "the second line of eq. (8), Z_out = Z_half + h C theta "
                 "(the B sub-flow), is missing: you return Z_half = Z - h CA(Z, theta).",
                 make=lambda Z, th, C, h: Z - h * attention.cross_attention(Z, th)),
-    ), allowed=A2_BLOCKS, terms=_ca_block_terms, logits=_linear_logits, reference=reference_ca_block, inputs=block_inputs),
+    ), allowed=A2_BLOCKS, terms=_ca_block_terms, logits=_linear_logits, reference=reference_ca_block,
+        inputs=block_inputs),
     "ca_block_vjp": Exercise(
         "block_backward", "VJP of eq. (8): Z_out = Z + h (C - P) theta, P = sigma(Z theta^T)", (
             Mistake("missing residual path in Z_bar", "Z_bar is missing the identity term of the residual "
@@ -1353,7 +1360,8 @@ EXERCISES = {
             Mistake("sign of the softmax VJP flipped", "the softmax VJP enters with the wrong sign: P enters "
                     "eq. (8) as - h P theta, so P_bar = -h Z_out_bar theta^T.",
                     make=lambda Zb, Z, th, C, h: _vjp_variant(Zb, Z, th, C, h, sign=-1.0)),
-        ), outputs=("Z_bar", "theta_bar", "h_bar"), allowed=A2_BLOCKS, terms=_ca_block_vjp_terms, logits=lambda Zb, Z, th, *_: Z @ _swap(th),
+        ), outputs=("Z_bar", "theta_bar", "h_bar"), arguments=("Z_out_bar", "Z", "theta", "C", "h"),
+        allowed=A2_BLOCKS, terms=_ca_block_vjp_terms, logits=lambda Zb, Z, th, *_: Z @ _swap(th),
         reference=reference_ca_block_vjp, inputs=block_vjp_inputs),
     "network": Exercise(
         "network_loss_and_grads", "mean cross-entropy of Z_L theta^T after L blocks Z + h (0 - sigma(Z theta^T)) theta", (
@@ -1363,7 +1371,8 @@ EXERCISES = {
             Mistake("missing the blocks' part of theta_bar", "theta is tied: the same theta is in the head AND "
                     "in every block, so theta_bar adds the head's G^T Z_L and every block's theta_bar.",
                     make=lambda X, y, th, h, L: _head_only(X, y, th, h, L)),
-        ), outputs=("loss", "theta_bar", "h_bar"), allowed=A2_BLOCKS, reference=reference_network, inputs=network_inputs),
+        ), outputs=("loss", "theta_bar", "h_bar"), allowed=A2_BLOCKS, reference=reference_network,
+        inputs=network_inputs),
     "self_attention": Exercise("SA", "eq. (9): SA(Z, theta) = sigma(Z theta Z^T) Z theta", (
         Mistake(WRONG_AXIS, WRONG_AXIS_MSG + " For SA each token's scores over the other tokens sum to 1.",
                 make=lambda Z, th: _softmax_cols(Z @ th @ _swap(Z)) @ Z @ th),
