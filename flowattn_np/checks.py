@@ -712,6 +712,10 @@ def _describe_fit(terms, cols, fit):
     """(words, names, combination) of one exact fit, or None if it is the equation itself."""
     subset, ratios, words = fit
     chosen = {cols[j]: (r, w) for j, r, w in zip(subset, ratios, words)}
+    ref_cols = {(i, None) for i, t in enumerate(terms) if t.coefficient}
+    if len(terms) > 1 and set(chosen) == ref_cols and len(set(words)) == 1 and words[0]:
+        parts = [(r * terms[i].coefficient, terms[i].name) for (i, _), (r, _) in chosen.items()]
+        return f"the whole result is {words[0]}", (f"whole result {words[0]}",), _combination(parts)
     lines, names, parts = [], [], []
     for i, t in enumerate(terms):
         ref = _signed(t.coefficient, t.name).removeprefix("+ ") if t.coefficient else t.name
@@ -728,7 +732,7 @@ def _describe_fit(terms, cols, fit):
                 w = w.replace("halved", "taken with a step h/2 instead of h")
             if v is not None and not any(u[0] is None for u in uses):
                 lines.append(f"{ref} is computed {v}" + (f" and {w}" if w else ""))
-                names.append(f"{t.name} {v}")
+                names.append(f"{t.name} {v}" + (f", {w}" if w else ""))
             elif v is not None:
                 lines.append(f"an extra term {_signed(c, t.name)} {v}")
                 names.append(f"extra {t.name} {v}")
