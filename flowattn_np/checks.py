@@ -479,11 +479,11 @@ def call_student(fn, args, guard=None, timeout=None):
             done.set()
 
     worker = threading.Thread(target=work, name="flowattn_np check", daemon=True)
-    worker.start()
     try:  # an Event, not join: a join interrupted by Ctrl-C can mark a running thread as stopped
+        worker.start()
         done.wait(timeout)
     finally:  # also on KeyboardInterrupt: the student's code must not run on behind the notebook
-        if not done.is_set():
+        if worker.ident is not None and not done.is_set():
             _stop(worker)
             done.wait(1.0)
     if isinstance(box.get("error"), _Stopped) or "value" not in box and "error" not in box:

@@ -160,13 +160,14 @@ def test_ctrl_c_during_a_check_reaches_the_notebook_and_stops_the_students_funct
         while True:
             steps[0] += 1
 
-    ctrl_c = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
-    ctrl_c.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            checks.check_function(softmax, fa.softmax, checks.logits_inputs, exercise="softmax", timeout=60)
-    finally:
-        ctrl_c.cancel()
+    def ctrl_c_once_it_runs():
+        while steps[0] == 0:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=ctrl_c_once_it_runs, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        checks.check_function(softmax, fa.softmax, checks.logits_inputs, exercise="softmax", timeout=60)
     assert _checking_threads() == 0 and sys.getprofile() is None
     before = steps[0]
     time.sleep(0.2)
