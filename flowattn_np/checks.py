@@ -393,7 +393,8 @@ def _called_name(frame):
 
         for prefix, module in (("checks", sys.modules[__name__]), ("flowattn_np", flowattn_np)):
             for name, obj in vars(module).items():
-                if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)):
+                own = module is flowattn_np or getattr(obj, "__module__", None) == __name__
+                if own and not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)):
                     for code in _codes(obj):
                         _PUBLIC_NAMES[code] = f"{prefix}.{name}" + (
                             f".{code.co_name}" if inspect.isclass(obj) else "")
