@@ -47,14 +47,16 @@ The catalogue ``EXERCISES`` holds, per exercise (an ``Exercise``):
 * ``logits(*inputs)``: the logits, so that "missing max-shift" is said only where
   they are large enough to overflow; ``stress(rng)``: input sets at logit scale 300
   (overflow only, underflow only, both) that ``check_function`` adds by default;
-  ``reference`` and ``inputs``: what ``uses=`` checks a dependency against.
+  ``reference`` and ``inputs``: what ``uses=`` checks a dependency against;
+  ``arguments``: the notebook's names of the arguments, for the messages (a test cell's
+  wrapper may name them otherwise).
 
 A function that uses another of the student's functions names it in ``uses``:
 ``check_function(cross_entropy, fa.linear_loss, checks.linear_inputs,
 exercise="cross_entropy", uses={"logsumexp": logsumexp})``. Each dependency is checked
 first against its own exercise (a value ``(function, exercise name)`` names another
 exercise than the key); when the check fails and a dependency fails too, the message
-starts with "this uses your `logsumexp`, which fails its own test above".
+says "This uses your `logsumexp`, which fails its own test above" with that test's message.
 
 The student's function runs in a worker thread, stopped after ``timeout`` seconds
 (``TIMEOUT`` by default) with a message instead of a hang. This is a teaching (host)
@@ -809,7 +811,8 @@ def _call(fn, *args):
         return fn(*args)
 
 
-def _failure(title, context, problem, found, where, raise_on_failure, term=None, deps=(), hint=True):
+def _failure(title, context, problem, found, where, raise_on_failure, term=None, deps=(), hint=True,
+             kind=CheckFailure):
     lines = [f"{title}: wrong {context}"]
     for name, dep in deps:
         lines.append(f"  This uses your `{name}`, which fails its own test above:")
@@ -826,7 +829,7 @@ def _failure(title, context, problem, found, where, raise_on_failure, term=None,
         lines.append("  (No common mistake of this exercise matches; compare your steps with the equation.)")
     result = CheckResult(False, "\n".join(lines), tuple(names), where)
     if raise_on_failure:
-        raise CheckFailure(result.message)
+        raise kind(result.message)
     return result
 
 
@@ -888,18 +891,19 @@ def _one_set(ck, student_fn, expected_fn, args, args64, dtype, tol, output, sets
     try:
         got = call_student(student_fn, args, ck.guard, ck.timeout)
     except (ReferenceCalled, StudentTimeout) as exc:
-        return str(exc).rstrip("."), [], {}, None, False
+        return str(exc).rstrip("."), [], {}, None, False, type(exc)
     name = _mutated(ck.own_names, args, saved)
     if name is not None:
         mk = Mistake("in-place mutation of an input", in_place_message(name))
-        return f"the input `{name}` was modified", [mk], {}, None, True
+        return f"the input `{name}` was modified", [mk], {}, None, True, CheckFailure
     try:
         expected = _call(expected_fn, args, args64, dtype)
     except _NotFinite as exc:
-        return str(exc), [], {}, None, False
+        return str(exc), [], {}, None, False, CheckFailure
     pairs = _outputs(ck.ex, output, got, expected)
     if pairs is None:
-        return f"expected a tuple ({', '.join(ck.ex.outputs)}), got {type(got).__name__}", [], {}, None, True
+        return (f"expected a tuple ({', '.join(ck.ex.outputs)}), got {type(got).__name__}", [], {}, None, True,
+                CheckFailure)
     overflow = _overflow_possible(ck.ex, args)
     for oname, g, e, i in pairs:
         res = _compare_one(ck.who, oname, g, e, args, tol, dtype, ck.mistakes if i is None else
@@ -908,7 +912,7 @@ def _one_set(ck, student_fn, expected_fn, args, args64, dtype, tol, output, sets
             term = None
             if dtype == "float64" and not res[1] and res[2]:
                 term = _term_diagnosis(ck.ex, i, student_fn, sets64, tol, ck.guard, ck.timeout)
-            return (*res, term, True)
+            return (*res, term, True, CheckFailure)
     return None
 
 
@@ -922,8 +926,9 @@ def _run(student_fn, expected_fn, input_sets, *, ck, dtypes, tols, output, what,
             context = f"on input set {k + 1} of {len(input_sets)} ({dtype}; {_describe_inputs(ck.names, args)}{note})"
             res = _one_set(ck, student_fn, expected_fn, args, args64, dtype, tols[dtype], output, sets64)
             if res is not None:
-                problem, found, where, term, hint = res
-                return _failure(ck.title, context, problem, found, where, ck.raise_on_failure, term, ck.deps, hint)
+                problem, found, where, term, hint, kind = res
+                return _failure(ck.title, context, problem, found, where, ck.raise_on_failure, term, ck.deps, hint,
+                                kind)
     part = "" if output is None or not (ck.ex and output < len(ck.ex.outputs)) else f" {ck.ex.outputs[output]}"
     sets = f"{len(input_sets)} input set{'s' if len(input_sets) > 1 else ''}"
     return CheckResult(True, f"{ck.title}:{part} passed {what} on {sets} ({', '.join(dtypes)})")

@@ -172,3 +172,12 @@ def test_ctrl_c_during_a_check_reaches_the_notebook_and_stops_the_students_funct
     before = steps[0]
     time.sleep(0.2)
     assert steps[0] == before > 0  # the loop ran, and runs no more
+
+
+def test_the_guard_and_the_timeout_raise_their_own_kinds_of_check_failure():
+    with pytest.raises(checks.ReferenceCalled, match="your grad_Z called flowattn_np.linear_grad_Z"):
+        checks.check_function(lambda Z, th, C: copied_grad_Z(Z, th, C), fa.linear_grad_Z, checks.linear_inputs,
+                              exercise="linear_grad_Z")
+    with pytest.raises(checks.StudentTimeout, match="did not return within 0.2 s"):
+        checks.check_function(lambda S: time.sleep(0.6), fa.softmax, checks.logits_inputs, timeout=0.2)
+    assert issubclass(checks.ReferenceCalled, checks.CheckFailure) and issubclass(checks.StudentTimeout, AssertionError)
