@@ -2,7 +2,7 @@
 
 A gradient checker that only prints a relative error leaves the student to guess what
 is wrong. These checkers say *where* the arrays differ (row, column, expected, got)
-and *which* common mistake explains the difference, naming the equation and the term:
+and *which* mistake explains the difference, naming the equation and the term:
 
     >>> import numpy as np, flowattn_np as fa
     >>> from flowattn_np import checks
@@ -20,24 +20,69 @@ float32 (float32 in must stay float32 out), watch for inputs changed in place, a
 raise ``CheckFailure`` (an AssertionError, so a notebook test cell fails) with the
 whole story in its message.
 
-The catalogue ``EXERCISES`` holds, per exercise, the equation and the mistakes to
-look for. Each mistake either *produces* the wrong answer it stands for
-(``make(*inputs)``; the student's output is compared with it) or *detects* it from
-the outputs (``detect(got, expected, inputs)``). This is a teaching (host) module:
-it computes with NumPy directly.
+The catalogue ``EXERCISES`` holds, per exercise (an ``Exercise``):
+
+* ``mistakes``: what is not a combination of terms (overflow, underflow, a wrong
+  axis, ...). Each either *produces* the wrong answer it stands for (``make(*inputs)``;
+  the student's output is compared with it, NaN and inf positions included) or
+  *detects* it from the outputs (``detect(got, expected, inputs, tol)``).
+* ``terms(*inputs)``: the reference as a sum of named ``Term`` s (eq. (4): CA(Z, theta)
+  and - C theta), each with variants (the softmax over the other axis, ...); a tuple of
+  such lists for a function returning a tuple. A wrong answer is fitted, by least
+  squares over every input set, as a combination of the terms and variants; the
+  sparsest fit that reproduces it within the check's tolerance on EVERY input set, with
+  coefficients that are the equation's times -1, 2, 1/2, 1/n, n, ..., is reported in
+  the equation's words (a missing term, a flipped sign, a step h/2, an average where
+  the equation sums). No exact fit, or two different ones: nothing is said.
+* ``allowed``: names of ``flowattn_np`` functions the student may call (the *building
+  blocks*, e.g. ``("softmax",)``). While the student's function runs, a call from the
+  student's code into any other function of the package (``fa.linear_grad_Z``,
+  ``checks.reference_*``, the fast paths, a block's ``forward``), however it was
+  reached (an alias, ``from flowattn_np import ...``, a module attribute), fails the
+  check with a message naming what was called (``ReferenceCalled``). Calls made by
+  the package itself (inside ``fa.softmax``, say) and the checker's reference are not
+  watched. Modules in ``FREE_MODULES`` and names in ``FREE_NAMES`` are always allowed.
+  Without an exercise, only the reference functions passed to the check and
+  ``checks.reference_*`` are out of reach. ``guard=False`` turns it off (teachers).
+* ``logits(*inputs)``: the logits, so that "missing max-shift" is said only where
+  they are large enough to overflow; ``stress(rng)``: input sets at logit scale 300
+  (overflow only, underflow only, both) that ``check_function`` adds by default;
+  ``reference`` and ``inputs``: what ``uses=`` checks a dependency against;
+  ``arguments``: the notebook's names of the arguments, for the messages (a test cell's
+  wrapper may name them otherwise).
+
+A function that uses another of the student's functions names it in ``uses``:
+``check_function(cross_entropy, fa.linear_loss, checks.linear_inputs,
+exercise="cross_entropy", uses={"logsumexp": logsumexp})``. Each dependency is checked
+first against its own exercise (a value ``(function, exercise name)`` names another
+exercise than the key); when the check fails and a dependency fails too, the message
+says "This uses your `logsumexp`, which fails its own test above" with that test's message.
+
+The student's function runs in a worker thread, stopped after ``timeout`` seconds
+(``TIMEOUT`` by default) with a message instead of a hang. This is a teaching (host)
+module: it computes with NumPy directly.
 """
 
 from __future__ import annotations
 
+import ctypes
 import inspect
+import itertools
+import math
+import os
+import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from . import attention, layers, ops
+from .attention import self_attention, self_attention_adjoint
 from .flows import linear_B_exact, linear_flow_A, rk_step
 from .gradient_check import numerical_gradient
+from .models import linear_grad_theta, linear_grad_Z, linear_loss, quadratic_grad_phi, quadratic_grad_Z
+from .sphere import retract_vjp
 
 TOLERANCES = {"float64": 1e-7, "float32": 2e-4}
 """Largest allowed |got - expected|, relative to max |expected|, per dtype."""
@@ -45,9 +90,23 @@ TOLERANCES = {"float64": 1e-7, "float32": 2e-4}
 FD_TOLERANCE = 1e-6
 """Largest allowed relative error (2-norm) of a gradient against central differences."""
 
+TIMEOUT = 30.0
+"""Seconds one call of a student's function may take before the check stops it."""
+
+LARGE_LOGIT_SCALE = 300.0
+"""Logit scale of the stress input sets: exp overflows or underflows without a row max-shift."""
+
 
 class CheckFailure(AssertionError):
     """A student's function disagrees with the reference; the message says where and why."""
+
+
+class ReferenceCalled(CheckFailure):
+    """A student's function called a function of the package that holds the exercise's answer."""
+
+
+class StudentTimeout(CheckFailure):
+    """A student's function did not return within the check's timeout."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +114,7 @@ class Mistake:
     """A common mistake: its name, what to tell the student, and how to recognise it.
 
     make(*inputs) returns the output the mistake produces; detect(got, expected,
-    inputs) -> bool recognises it from the outputs. Give one of the two.
+    inputs, tol) -> bool recognises it from the outputs. Give one of the two.
     """
 
     name: str
@@ -65,13 +124,35 @@ class Mistake:
 
 
 @dataclass(frozen=True)
+class Term:
+    """A named term of an exercise's reference: its value, its coefficient in the equation,
+    its usual wrong variants ({words: value}, e.g. "with the softmax over the columns"),
+    and whether it carries the step h (so that 1/2 reads "a step h/2")."""
+
+    name: str
+    coefficient: float
+    value: object
+    variants: dict = field(default_factory=dict)
+    step: bool = False
+
+
+@dataclass(frozen=True)
 class Exercise:
-    """An exercise of the catalogue: the function's name, its equation, its mistakes."""
+    """An exercise of the catalogue: the function's name, its equation, its mistakes, its
+    terms, the package functions a student may call, how to check it on its own, and the
+    notebook's names of its arguments (used in messages in place of a test wrapper's)."""
 
     function: str
     equation: str
     mistakes: tuple = ()
     outputs: tuple = ()
+    allowed: tuple = ()
+    terms: Callable | None = None
+    logits: Callable | None = None
+    stress: Callable | None = None
+    reference: Callable | None = None
+    inputs: Callable | None = None
+    arguments: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -97,14 +178,26 @@ def _swap(a):
     return np.swapaxes(a, -1, -2) if np.ndim(a) >= 2 else a
 
 
+def _finite_scale(expected):
+    finite = np.abs(expected[np.isfinite(expected)])
+    return max(float(finite.max(initial=0.0)), 1e-30)
+
+
+def _differences(got, expected, tol):
+    """Boolean array: where got and expected differ (equal NaN / inf positions agree)."""
+    scale = _finite_scale(expected)
+    with np.errstate(invalid="ignore"):
+        same_special = (np.isnan(got) & np.isnan(expected)) | (np.isinf(expected) & (got == expected))
+        near = np.abs(got - expected) <= tol * scale
+    return ~(near | same_special)
+
+
 def _close(got, expected, tol):
-    """|got - expected| <= tol * max |expected| everywhere (NaN never close)."""
+    """|got - expected| <= tol * max |expected| everywhere (NaN / inf only where expected has them)."""
     got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
     if got.shape != expected.shape:
         return False
-    scale = max(float(np.abs(expected).max(initial=0.0)), 1e-30)
-    diff = np.abs(got - expected)
-    return bool(np.all(diff <= tol * scale))
+    return not _differences(got, expected, tol).any()
 
 
 def _is_flipped_sign(got, expected, inputs, tol):
@@ -132,9 +225,9 @@ MISSING_TRANSPOSE = Mistake(
     detect=_is_transposed)
 MISSING_MAX_SHIFT = Mistake(
     "missing max-shift (overflow at large logits)",
-    "your result has inf or NaN where the expected one is finite: exp overflows at large "
-    "logits (exp(1e4) = inf in any float). Subtract the row maximum before exp (the "
-    "max-shift): sigma(S - c 1^T) = sigma(S), and LSE(S) = c + LSE(S - c 1^T) with c = max_k S_ik.",
+    "your result has inf or NaN where the expected one is finite, at logits large enough for exp to "
+    "overflow (exp(710) = inf in float64, exp(89) in float32). Subtract each row's maximum before exp "
+    "(the max-shift): sigma(S - c 1^T) = sigma(S), and LSE(S) = c + LSE(S - c 1^T) with c = max_k S_ik.",
     detect=_overflowed)
 UPCAST = Mistake(
     "float32 upcast",
@@ -149,6 +242,17 @@ def in_place_message(name):
     return (f"your function changed its argument `{name}` "
             f"(e.g. `{name} -= ...`, `{name} /= ...` or `out=` into it), so the caller's array is "
             f"modified. Compute into a new array instead: `{name} = {name} - ...`.")
+
+
+def _overflow_possible(ex, args):
+    """Whether exp of the logits (the exercise's, or else the largest input) overflows in their dtype."""
+    arrays = [a for a in args if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
+    if not arrays:
+        return False
+    with np.errstate(all="ignore"):
+        logits = np.asarray(ex.logits(*args)) if ex is not None and ex.logits is not None else arrays[0]
+        big = logits[np.isfinite(logits)].max(initial=0.0) if logits.size else 0.0  # exp(-x) underflows
+    return bool(big > math.log(np.finfo(arrays[0].dtype).max))
 
 
 # ---------------------------------------------------------------- inputs
@@ -183,6 +287,34 @@ def logits_inputs(rng, n=4, m=5, scale=3.0):
     return (scale * rng.standard_normal((n, m)),)
 
 
+def large_logits(rng, n=4, m=5, scale=LARGE_LOGIT_SCALE):
+    """Three logit matrices S (n, m) at ``scale``: [overflow only, underflow only, both].
+
+    Overflow only: every logit near 3 scale (exp(900) = inf), rows spread little.
+    Underflow only: each row's maximum is 0 and the others lie 0.25 to 4 scale below it
+    (exp underflows to 0, nothing overflows). Both: rows centred from +4 scale to -4 scale,
+    so a shift by the global maximum underflows whole rows. A stable softmax, log-sum-exp
+    and cross-entropy are exact on all three.
+    """
+    over = scale * (3.0 + 0.02 * rng.standard_normal((n, m)))
+    under = -4.0 * scale * rng.uniform(0.25, 1.0, size=(n, m))
+    under[np.arange(n), rng.integers(0, m, size=n)] = 0.0
+    mixed = scale * (rng.standard_normal((n, m)) + 4.0 * np.linspace(1.0, -1.0, n)[:, None])
+    return [over, under, mixed]
+
+
+def large_logit_inputs(rng, n=4, m=5, scale=LARGE_LOGIT_SCALE):
+    """The ``large_logits`` regimes as input sets (S,) of softmax and log-sum-exp."""
+    return [(S,) for S in large_logits(rng, n, m, scale)]
+
+
+def large_linear_inputs(rng, n=4, m=5, scale=LARGE_LOGIT_SCALE):
+    """(Z, theta, C) whose logits Z theta^T are the ``large_logits`` regimes (theta orthogonal)."""
+    theta = np.linalg.qr(rng.standard_normal((m, m)))[0]
+    C = np.eye(m)[rng.integers(0, m, size=n)]
+    return [(S @ theta, theta, C) for S in large_logits(rng, n, m, scale)]
+
+
 def _input_sets(make_inputs, seeds, dtypes, student_fn, reference_fn):
     """The input tuples to check on, after checking the arguments of a check."""
     for name, fn in (("student_fn", student_fn), ("reference_fn", reference_fn)):
@@ -203,9 +335,168 @@ def _input_sets(make_inputs, seeds, dtypes, student_fn, reference_fn):
     return sets
 
 
+def _check_number(name, value, allow_none=True):
+    """Refuse a tolerance, step or timeout that is not a positive finite number, naming it."""
+    if value is None and allow_none:
+        return value
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(float(value)) or float(value) <= 0:
+        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+    return float(value)
+
+
 def _cast(args, dtype):
     return tuple(a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a
                  for a in args)
+
+
+# ---------------------------------------------------------------- the reference guard
+
+
+FREE_MODULES = frozenset({"flowattn_np", "backend", "data", "random", "progress", "validate", "gradient_check",
+                          "optim", "plotting", "files", "checkpoint", "coursework"})
+"""Modules of flowattn_np whose functions a student may call in any exercise (none computes an answer)."""
+
+FREE_NAMES = ("one_hot",)
+"""Functions of flowattn_np a student may call in any exercise."""
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _codes(obj):
+    """The code objects of a function, or of every method of a class."""
+    if inspect.isclass(obj):
+        return {c for v in vars(obj).values() for c in _codes(getattr(v, "__func__", v))}
+    if isinstance(obj, property):
+        return set().union(*(_codes(f) for f in (obj.fget, obj.fset) if f is not None))
+    code = getattr(inspect.unwrap(obj) if callable(obj) else obj, "__code__", None)
+    return {code} if code is not None else set()
+
+
+def _resolve(name):
+    """A building block's name (``"softmax"``, ``"ops.row_sums"``) -> the package's object."""
+    import flowattn_np
+
+    obj = flowattn_np
+    for part in name.split("."):
+        obj = getattr(obj, part, None)
+    if obj is None:
+        raise ValueError(f"allowed: flowattn_np has no {name!r}")
+    return obj
+
+
+_PUBLIC_NAMES = {}
+
+
+def _called_name(frame):
+    """How a student reaches the function of this frame: flowattn_np.name, checks.name or module.qualname."""
+    if not _PUBLIC_NAMES:
+        import flowattn_np
+
+        for prefix, module in (("checks", sys.modules[__name__]), ("flowattn_np", flowattn_np)):
+            for name, obj in vars(module).items():
+                own = module is flowattn_np or getattr(obj, "__module__", None) == __name__
+                if own and not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)):
+                    for code in _codes(obj):
+                        _PUBLIC_NAMES[code] = f"{prefix}.{name}" + (
+                            f".{code.co_name}" if inspect.isclass(obj) else "")
+    code = frame.f_code
+    return _PUBLIC_NAMES.get(code) or f"{frame.f_globals.get('__name__', '?')}.{code.co_qualname}"
+
+
+class _Guard:
+    """The profile hook that keeps the package's answers out of a student's function."""
+
+    def __init__(self, ex, who, forbidden=()):
+        names = tuple(ex.allowed) if ex is not None else ()
+        self.allowed = set().union(*(_codes(_resolve(n)) for n in names + FREE_NAMES))
+        references = [f for n, f in globals().items() if n.startswith("reference_") and callable(f)]
+        self.forbidden = set().union(*(_codes(f) for f in (*forbidden, *references) if callable(f))) - self.allowed
+        self.restrict = ex is not None
+        blocks = ", ".join(f"fa.{n}" for n in names)
+        self.ask = f"write it from {blocks} and NumPy" if blocks else "write it in plain NumPy"
+        self.who, self.called = who, None
+
+    def _forbidden(self, frame):
+        code = frame.f_code
+        if code in self.forbidden:
+            return True
+        if not self.restrict or code in self.allowed:
+            return False
+        module = frame.f_globals.get("__name__", "")
+        short = module.rpartition(".")[2]
+        if short in FREE_MODULES:
+            return False
+        if module == __name__:  # the input makers and the checkers are free; the references are not
+            top = code.co_qualname.split(".")[0]
+            return top.startswith(("reference_", "_", "<"))
+        return True
+
+    def hook(self, frame, event, arg):
+        if event != "call" or not frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            return
+        caller = frame.f_back
+        if caller is not None and caller.f_code.co_filename.startswith(_PACKAGE_DIR):
+            return  # the package's own calls (inside an allowed building block) are not watched
+        if self._forbidden(frame):
+            self.called = _called_name(frame)
+            raise ReferenceCalled(self.message())
+
+    def message(self):
+        return (f"your {self.who} called {self.called}, which computes (part of) the reference of this "
+                f"exercise, so it is out of reach while your function is checked; {self.ask}")
+
+
+class _Stopped(BaseException):
+    """Raised inside a student's function that ran past its timeout, to end its thread."""
+
+
+# The student's function is called from code outside the package, so that a package function
+# passed as the student's own (grad_Z = fa.linear_grad_Z) is seen by the guard like any call.
+_OUTSIDE = {}
+exec(compile("def call(fn, args):\n    return fn(*args)\n", "<your function>", "exec"), _OUTSIDE)
+
+
+def _stop(worker):
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(_Stopped))
+
+
+def call_student(fn, args, guard=None, timeout=None):
+    """``fn(*args)`` in a worker thread, under the guard's profile hook, stopped after ``timeout`` s.
+
+    Raises ReferenceCalled if the guard saw a forbidden call (even one the student's code
+    caught), StudentTimeout past the timeout, and whatever ``fn`` raised.
+    """
+    box, done = {}, threading.Event()
+
+    def work():
+        if guard is not None:
+            sys.setprofile(guard.hook)
+        try:
+            with np.errstate(all="ignore"):
+                box["value"] = _OUTSIDE["call"](fn, args)
+        except BaseException as exc:  # handed to the caller's thread below
+            box["error"] = exc
+        finally:
+            sys.setprofile(None)
+            done.set()
+
+    worker = threading.Thread(target=work, name="flowattn_np check", daemon=True)
+    try:  # an Event, not join: a join interrupted by Ctrl-C can mark a running thread as stopped
+        worker.start()
+        done.wait(timeout)
+    finally:  # also on KeyboardInterrupt: the student's code must not run on behind the notebook
+        if worker.ident is not None and not done.is_set():
+            _stop(worker)
+            done.wait(1.0)
+    if isinstance(box.get("error"), _Stopped) or "value" not in box and "error" not in box:
+        raise StudentTimeout(f"your {guard.who if guard else 'function'} did not return within {timeout:g} s "
+                             "(an endless loop? a loop whose condition never changes?); it was stopped.")
+    if guard is not None and guard.called is not None:
+        raise ReferenceCalled(guard.message())
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 # ---------------------------------------------------------------- reports
@@ -226,16 +517,16 @@ def _coords(index, ndim):
 def where_they_differ(got, expected, tol):
     """Where got and expected differ most: (text, dict with index, expected, got, count)."""
     got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
-    scale = max(float(np.abs(expected).max(initial=0.0)), 1e-30)
-    diff = np.abs(got - expected)
-    diff = np.where(np.isnan(diff), np.inf, diff)
-    bad = int((diff > tol * scale).sum())
+    bad = _differences(got, expected, tol)
+    with np.errstate(invalid="ignore"):
+        diff = np.where(bad, np.abs(got - expected), -1.0)
+    diff = np.where(bad & np.isnan(diff), np.inf, diff)
     index = np.unravel_index(int(np.argmax(diff)), expected.shape) if expected.ndim else ()
     index = tuple(int(i) for i in index)
     e, g = float(expected[index]), float(got[index])
-    text = (f"{bad} of {expected.size} entries differ; the largest difference is at "
+    text = (f"{int(bad.sum())} of {expected.size} entries differ; the largest difference is at "
             f"{_coords(index, expected.ndim)}: expected {e:.6g}, got {g:.6g}")
-    return text, {"index": index, "expected": e, "got": g, "count": bad}
+    return text, {"index": index, "expected": e, "got": g, "count": int(bad.sum())}
 
 
 def _describe_inputs(names, args):
@@ -254,30 +545,251 @@ def _param_names(fn, count):
     return names + [f"argument {i + 1}" for i in range(len(names), count)]
 
 
-def _diagnose(got, expected, args, tol, mistakes):
+NON_FINITE = ("underflow", MISSING_MAX_SHIFT.name)
+"""Mistakes named so are about inf and NaN; others are not diagnosed from a non-finite output."""
+
+
+def _diagnose(got, expected, args, tol, mistakes, overflow_possible):
     """The mistakes whose output matches the student's (only those that change the answer)."""
     found = []
     with np.errstate(all="ignore"):
         for mk in mistakes:
+            if any(mk.name == f.name for f in found):
+                continue
             if mk.detect is not None:
+                if mk is MISSING_MAX_SHIFT and (found or not overflow_possible):
+                    continue  # said only where the logits overflow, and when nothing else explains the result
                 if mk.detect(got, expected, args, tol):
                     found.append(mk)
                 continue
-            wrong = mk.make(*args)
+            wrong = np.asarray(mk.make(*args), dtype=np.float64)
             if _close(wrong, expected, tol):
                 continue  # on these inputs the mistake gives the right answer
+            if not mk.name.startswith(NON_FINITE) and not np.all(np.isfinite(wrong)):
+                continue  # NaN from an unrelated mistake says nothing about this one
             if _close(got, wrong, tol):
                 found.append(mk)
     return found
 
 
+def _not_an_array(got, expected):
+    """What the student returned, if it is not a real NumPy array (or a number for a scalar)."""
+    if isinstance(got, (list, tuple, dict, set, str)):
+        return f"a {type(got).__name__}"
+    if np.ndim(expected) == 0 and isinstance(got, (int, float, np.number)) and not isinstance(got, (bool, complex)):
+        return None if not np.iscomplexobj(got) else "a complex number"
+    if not isinstance(got, (np.ndarray, np.generic)):
+        return f"a {type(got).__name__}"
+    if got.dtype.kind == "c":
+        return f"a complex array ({got.dtype})"
+    if got.dtype.kind not in "fiub":
+        return f"an array of dtype {got.dtype}"
+    return None
+
+
+# ---------------------------------------------------------------- diagnosis by terms
+
+
+def _ratios(counts):
+    """(value, words) of the coefficient ratios a fit may report, count-based ones included."""
+    out = [(1.0, ""), (-1.0, "sign flipped"), (2.0, "doubled"), (-2.0, "doubled and its sign flipped"),
+           (0.5, "halved"), (-0.5, "halved and its sign flipped")]
+    for what, c in counts.items():
+        if c > 1:
+            out += [(1.0 / c, f"divided by the {what} {c} (an average where the equation sums)"),
+                    (float(c), f"multiplied by the {what} {c} (a sum where the equation averages)")]
+    return out
+
+
+def _nice(r, counts):
+    """The ratio r as one value with the words for it (several readings joined), or None."""
+    hits = [(v, w) for v, w in _ratios(counts) if abs(r - v) <= 1e-6 * max(1.0, abs(v))]
+    if not hits:
+        return None
+    return hits[0][0], " or ".join(dict.fromkeys(w for _, w in hits))
+
+
+def _counts(args):
+    """{what: count} a term may be divided by: rows of the first array input, and its batch."""
+    first = next((a for a in args if isinstance(a, np.ndarray) and a.ndim >= 2), None)
+    if first is None:
+        return {}
+    counts = {"number of rows": first.shape[-2]}
+    if first.ndim > 2:
+        counts["batch size"] = int(np.prod(first.shape[:-2]))
+    return counts
+
+
+def _columns(terms):
+    """[(term index, variant or None)]: every term and every variant of it, a column of the fit."""
+    return [(i, v) for i, t in enumerate(terms) for v in (None, *t.variants)]
+
+
+def _value(terms, col):
+    t = terms[col[0]]
+    return np.asarray(t.value if col[1] is None else t.variants[col[1]], dtype=np.float64)
+
+
+def _design(terms_per_set, outputs):
+    """The fit's matrix (one column per term/variant), target and row ranges, each set scaled to 1."""
+    cols = _columns(terms_per_set[0])
+    blocks, rhs, ranges, start = [], [], [], 0
+    for terms, out in zip(terms_per_set, outputs):
+        ref = sum(t.coefficient * np.asarray(t.value, dtype=np.float64) for t in terms)
+        out = np.asarray(out, dtype=np.float64)
+        if out.shape != np.shape(ref) or not np.all(np.isfinite(out)) or _columns(terms) != cols:
+            return None
+        scale = max(float(np.abs(ref).max(initial=0.0)), 1e-30)
+        blocks.append(np.stack([_value(terms, c).ravel() for c in cols], axis=1) / scale)
+        rhs.append(out.ravel() / scale)
+        ranges.append(slice(start, start + out.size))
+        start += out.size
+    return cols, np.concatenate(blocks), np.concatenate(rhs), ranges
+
+
+def _distinct(A, tol):
+    """Column indices, dropping a column equal to an earlier one or zero (they cannot be told apart)."""
+    keep = []
+    for j in range(A.shape[1]):
+        if np.abs(A[:, j]).max(initial=0.0) > tol and not any(
+                np.abs(A[:, j] - A[:, k]).max(initial=0.0) <= tol for k in keep):
+            keep.append(j)
+    return keep
+
+
+def _exact_fits(A, b, ranges, subsets, refs, counts, tol):
+    """[(subset, ratios, words)] of the subsets whose nice-coefficient fit is exact on every set."""
+    found = []
+    for subset in subsets:
+        coef = np.linalg.lstsq(A[:, subset], b, rcond=None)[0]
+        nice = [_nice(c / refs[j], counts) for c, j in zip(coef, subset)]
+        if any(n is None for n in nice):
+            continue
+        fitted = A[:, subset] @ np.array([v * refs[j] for (v, _), j in zip(nice, subset)])
+        if all(np.abs(fitted[r] - b[r]).max(initial=0.0) <= tol for r in ranges):
+            found.append((subset, [v for v, _ in nice], [w for _, w in nice]))
+    return found
+
+
+def fit_terms(terms_per_set, outputs, tol, counts=None):
+    """The sparsest combination of the terms (and variants) that equals ``outputs`` on every set.
+
+    terms_per_set: for each input set, the list of ``Term``; outputs: the student's
+    output on each set; tol: relative to max |reference| of each set. Returns
+    (words, names, combination) describing how the fit differs from the equation, or
+    None when no fit is exact, two different fits are, or the fit is the equation itself.
+    """
+    design = _design(terms_per_set, outputs)
+    if design is None:
+        return None
+    cols, A, b, ranges = design
+    terms = terms_per_set[0]
+    refs = [terms[i].coefficient or 1.0 for i, _ in cols]
+    keep = _distinct(A, tol)
+    n_ref = sum(1 for t in terms if t.coefficient)
+    for size in range(1, min(len(keep), n_ref + 2) + 1):
+        if A.shape[0] < size + 2:
+            break
+        fits = _exact_fits(A, b, ranges, itertools.combinations(keep, size), refs, counts or {}, tol)
+        readings = {_describe_fit(terms, cols, fit) for fit in fits}
+        readings.discard(None)
+        if len(readings) == 1:
+            return readings.pop()
+        if fits:
+            return None  # ambiguous (or the equation itself): say nothing
+    return None
+
+
+def _signed(coefficient, name):
+    mag = abs(coefficient)
+    factor = "" if mag == 1 else (f"{mag:g} " if mag >= 1 else f"(1/{1 / mag:g}) ")
+    return f"{'-' if coefficient < 0 else '+'} {factor}{name}"
+
+
+def _combination(parts):
+    text = " ".join(_signed(c, n) for c, n in parts)
+    return text[2:] if text.startswith("+ ") else text
+
+
+def _describe_fit(terms, cols, fit):
+    """(words, names, combination) of one exact fit, or None if it is the equation itself."""
+    subset, ratios, words = fit
+    chosen = {cols[j]: (r, w) for j, r, w in zip(subset, ratios, words)}
+    ref_cols = {(i, None) for i, t in enumerate(terms) if t.coefficient}
+    if len(terms) > 1 and set(chosen) == ref_cols and len(set(words)) == 1 and words[0]:
+        parts = [(r * terms[i].coefficient, terms[i].name) for (i, _), (r, _) in chosen.items()]
+        return f"the whole result is {words[0]}", (f"whole result {words[0]}",), _combination(parts)
+    lines, names, parts = [], [], []
+    for i, t in enumerate(terms):
+        ref = _signed(t.coefficient, t.name).removeprefix("+ ") if t.coefficient else t.name
+        uses = [(v, *chosen[(i, v)]) for v in (None, *t.variants) if (i, v) in chosen]
+        for v, r, w in uses:
+            c = r * (t.coefficient or 1.0)
+            parts.append((c, t.name if v is None else f"[{t.name} {v}]"))
+            if not t.coefficient:
+                lines.append(f"an extra term {_signed(c, t.name)}")
+                names.append(f"extra {t.name}")
+                continue
+            what = ref if v is None else f"{ref}, computed {v},"
+            if w and t.step and abs(r) == 0.5:
+                w = w.replace("halved", "taken with a step h/2 instead of h")
+            if v is not None and not any(u[0] is None for u in uses):
+                lines.append(f"{ref} is computed {v}" + (f" and {w}" if w else ""))
+                names.append(f"{t.name} {v}" + (f", {w}" if w else ""))
+            elif v is not None:
+                lines.append(f"an extra term {_signed(c, t.name)} {v}")
+                names.append(f"extra {t.name} {v}")
+            elif w == "sign flipped":
+                lines.append(f"the sign of the term {what} is flipped")
+                names.append(f"sign of {ref} flipped")
+            elif w:
+                lines.append(f"the term {what} is {w}")
+                names.append(f"{ref} {w}")
+        if t.coefficient and not uses:
+            lines.append(f"the term {ref} is missing")
+            names.append(f"missing {ref}")
+    if not lines:
+        return None
+    return "; ".join(lines), tuple(names), _combination(parts)
+
+
+def _term_diagnosis(ex, index, student_fn, sets, tol, guard, timeout):
+    """The term fit of the student's output ``index`` (None: the whole output) on the float64 sets."""
+    if ex is None or ex.terms is None:
+        return None
+    outputs, terms_per_set = [], []
+    for args in sets:
+        try:
+            got = call_student(student_fn, args, guard, timeout)
+        except Exception:
+            return None
+        terms = ex.terms(*args)
+        if index is not None or isinstance(terms, tuple):
+            if not isinstance(got, tuple) or not isinstance(terms, tuple):
+                return None
+            got, terms = got[index], terms[index]
+        outputs.append(got)
+        terms_per_set.append(terms)
+    counts = [_counts(a) for a in sets]
+    with np.errstate(all="ignore"):
+        return fit_terms(terms_per_set, outputs, tol, counts[0] if all(c == counts[0] for c in counts) else {})
+
+
 # ---------------------------------------------------------------- the checks
 
 
-def _compare_one(name, got, expected, args, tol, dtype, mistakes):
+class _NotFinite(Exception):
+    """The reference (a loss for finite differences) is not finite: nothing to compare with."""
+
+
+def _compare_one(who, name, got, expected, args, tol, dtype, mistakes, overflow_possible):
     """None if got matches expected, else (problem text, diagnoses, where)."""
     if got is None:
         return f"`{name}` is None: did you forget `return`?", [], {}
+    kind = _not_an_array(got, expected)
+    if kind is not None:
+        part = "" if name == "the result" else f" as `{name}`"
+        return f"your {who} returned {kind}{part}; return a NumPy array (of real floats)", [], {}
     got_arr, expected = np.asarray(got), np.asarray(expected)
     if got_arr.shape != expected.shape:
         problem = f"`{name}` has shape {got_arr.shape}, expected {expected.shape}"
@@ -291,7 +803,7 @@ def _compare_one(name, got, expected, args, tol, dtype, mistakes):
     text, where = where_they_differ(got_arr, expected, tol)
     if name != "the result":
         text = f"`{name}`: {text}"
-    return text, _diagnose(got_arr, expected, args, tol, mistakes), where
+    return text, _diagnose(got_arr, expected, args, tol, mistakes, overflow_possible), where
 
 
 def _call(fn, *args):
@@ -299,15 +811,25 @@ def _call(fn, *args):
         return fn(*args)
 
 
-def _failure(title, context, problem, found, where, raise_on_failure):
-    lines = [f"{title}: wrong {context}", f"  {problem}."]
+def _failure(title, context, problem, found, where, raise_on_failure, term=None, deps=(), hint=True,
+             kind=CheckFailure):
+    lines = [f"{title}: wrong {context}"]
+    for name, dep in deps:
+        lines.append(f"  This uses your `{name}`, which fails its own test above:")
+        lines += ["    " + line for line in dep.message.splitlines()]
+    lines.append(f"  {problem}.")
+    names = [mk.name for mk in found]
     for mk in found:
         lines.append(f"  Diagnosis - {mk.name}: {mk.message}")
-    if not found:
+    if term is not None:
+        words, term_names, combination = term
+        lines.append(f"  Diagnosis by terms - on every input set your result is exactly {combination}: {words}.")
+        names += term_names
+    if hint and not found and term is None:
         lines.append("  (No common mistake of this exercise matches; compare your steps with the equation.)")
-    result = CheckResult(False, "\n".join(lines), tuple(mk.name for mk in found), where)
+    result = CheckResult(False, "\n".join(lines), tuple(names), where)
     if raise_on_failure:
-        raise CheckFailure(result.message)
+        raise kind(result.message)
     return result
 
 
@@ -347,98 +869,201 @@ def _mutated(names, args, saved):
     return None
 
 
-def _run(student_fn, expected_fn, input_sets, *, ex, mistakes, dtypes, tols, output, what,
-         raise_on_failure):
+@dataclass(frozen=True)
+class _Check:
+    """What one check needs beyond the input sets."""
+
+    title: str
+    who: str
+    ex: Exercise | None
+    mistakes: tuple
+    names: list
+    own_names: list
+    guard: _Guard | None
+    timeout: float | None
+    raise_on_failure: bool
+    deps: tuple = ()
+
+
+def _one_set(ck, student_fn, expected_fn, args, args64, dtype, tol, output, sets64):
+    """None if the student's function is right on this set, else the failure's arguments."""
+    saved = [a.copy() if isinstance(a, np.ndarray) else None for a in args]
+    try:
+        got = call_student(student_fn, args, ck.guard, ck.timeout)
+    except (ReferenceCalled, StudentTimeout) as exc:
+        return str(exc).rstrip("."), [], {}, None, False, type(exc)
+    name = _mutated(ck.own_names, args, saved)
+    if name is not None:
+        mk = Mistake("in-place mutation of an input", in_place_message(name))
+        return f"the input `{name}` was modified", [mk], {}, None, True, CheckFailure
+    try:
+        expected = _call(expected_fn, args, args64, dtype)
+    except _NotFinite as exc:
+        return str(exc), [], {}, None, False, CheckFailure
+    pairs = _outputs(ck.ex, output, got, expected)
+    if pairs is None:
+        return (f"expected a tuple ({', '.join(ck.ex.outputs)}), got {type(got).__name__}", [], {}, None, True,
+                CheckFailure)
+    overflow = _overflow_possible(ck.ex, args)
+    for oname, g, e, i in pairs:
+        res = _compare_one(ck.who, oname, g, e, args, tol, dtype, ck.mistakes if i is None else
+                           _narrow(ck.mistakes, i), overflow)
+        if res is not None:
+            term = None
+            if dtype == "float64" and not res[1] and res[2]:
+                term = _term_diagnosis(ck.ex, i, student_fn, sets64, tol, ck.guard, ck.timeout)
+            return (*res, term, True, CheckFailure)
+    return None
+
+
+def _run(student_fn, expected_fn, input_sets, *, ck, dtypes, tols, output, what, notes=None):
     """The shared loop of check_function and check_gradient."""
-    fname = ex.function if ex else getattr(student_fn, "__name__", "your function")
-    title = f"{fname} ({ex.equation})" if ex and ex.equation else fname
-    mistakes = tuple(mistakes) + (ex.mistakes if ex else ()) + GENERIC
-    names = _param_names(student_fn, len(input_sets[0]))
+    sets64 = [_cast(a, "float64") for a in input_sets]
     for dtype in dtypes:
-        tol = tols[dtype]
         for k, args64 in enumerate(input_sets):
             args = _cast(args64, dtype)
-            context = f"on input set {k + 1} of {len(input_sets)} ({dtype}; {_describe_inputs(names, args)})"
-            saved = [a.copy() if isinstance(a, np.ndarray) else None for a in args]
-            got = _call(student_fn, *args)
-            name = _mutated(names, args, saved)
-            if name is not None:
-                mk = Mistake("in-place mutation of an input", in_place_message(name))
-                return _failure(title, context, f"the input `{name}` was modified", [mk], {}, raise_on_failure)
-            expected = _call(expected_fn, args, args64, dtype)
-            pairs = _outputs(ex, output, got, expected)
-            if pairs is None:
-                return _failure(title, context, f"expected a tuple ({', '.join(ex.outputs)}), got "
-                                f"{type(got).__name__}", [], {}, raise_on_failure)
-            for oname, g, e, i in pairs:
-                mk_i = mistakes if i is None else _narrow(mistakes, i)
-                res = _compare_one(oname, g, e, args, tol, dtype, mk_i)
-                if res is not None:
-                    return _failure(title, context, *res, raise_on_failure)
-    part = "" if output is None or not (ex and output < len(ex.outputs)) else f" {ex.outputs[output]}"
+            note = notes[k] if notes else ""
+            context = f"on input set {k + 1} of {len(input_sets)} ({dtype}; {_describe_inputs(ck.names, args)}{note})"
+            res = _one_set(ck, student_fn, expected_fn, args, args64, dtype, tols[dtype], output, sets64)
+            if res is not None:
+                problem, found, where, term, hint, kind = res
+                return _failure(ck.title, context, problem, found, where, ck.raise_on_failure, term, ck.deps, hint,
+                                kind)
+    part = "" if output is None or not (ck.ex and output < len(ck.ex.outputs)) else f" {ck.ex.outputs[output]}"
     sets = f"{len(input_sets)} input set{'s' if len(input_sets) > 1 else ''}"
-    return CheckResult(True, f"{title}:{part} passed {what} on {sets} ({', '.join(dtypes)})")
+    return CheckResult(True, f"{ck.title}:{part} passed {what} on {sets} ({', '.join(dtypes)})")
+
+
+def _failing_uses(uses, guard, timeout):
+    """[(name, failed CheckResult)] of the student's functions this check uses that fail their own check."""
+    if uses is None:
+        return ()
+    if not isinstance(uses, dict):
+        raise TypeError(f"uses: expected a dict {{name: function or (function, exercise)}}, got {type(uses).__name__}")
+    failing = []
+    for name, spec in uses.items():
+        fn, exercise = spec if isinstance(spec, tuple) else (spec, name)
+        dep = _lookup(exercise)
+        if dep.reference is None or dep.inputs is None:
+            raise ValueError(f"uses: exercise {exercise!r} has no reference and inputs to check `{name}` against")
+        r = check_function(fn, dep.reference, dep.inputs, exercise=dep, raise_on_failure=False,
+                           guard=guard, timeout=timeout)
+        if not r.passed:
+            failing.append((name, r))
+    return tuple(failing)
+
+
+def _setup(student_fn, ex, mistakes, count, forbidden, guard, timeout, uses, raise_on_failure):
+    """The _Check of one call of check_function / check_gradient, its arguments checked."""
+    timeout = _check_number("timeout", TIMEOUT if timeout is None else timeout)
+    who = ex.function if ex else getattr(student_fn, "__name__", "function")
+    title = f"{who} ({ex.equation})" if ex and ex.equation else who
+    return _Check(title=title, who=who, ex=ex, mistakes=tuple(mistakes) + (ex.mistakes if ex else ()) + GENERIC,
+                  names=list(ex.arguments) if ex and len(ex.arguments) == count else _param_names(student_fn, count),
+                  own_names=_param_names(student_fn, count), guard=_Guard(ex, who, forbidden) if guard else None,
+                  timeout=timeout, raise_on_failure=raise_on_failure, deps=_failing_uses(uses, guard, timeout))
 
 
 def check_function(student_fn, reference_fn, make_inputs, exercise=None, mistakes=(), seeds=(0, 1, 2),
-                   dtypes=("float64", "float32"), tol=None, output=None, raise_on_failure=True):
+                   dtypes=("float64", "float32"), tol=None, output=None, raise_on_failure=True, uses=None,
+                   guard=True, timeout=None, stress=True):
     """Compare ``student_fn(*inputs)`` with ``reference_fn(*inputs)`` on several input sets.
 
     make_inputs: a function rng -> tuple of inputs (called with default_rng(seed) for
     each seed), or a list of input tuples. Float inputs are cast to each dtype; the
     outputs must match to TOLERANCES[dtype] (or ``tol``) relative to max |expected|
     and keep the dtype. exercise: a name in EXERCISES (or an Exercise) giving the
-    equation and the mistakes to diagnose; ``mistakes`` adds more. output: for a
-    function returning a tuple, check only that element. Raises CheckFailure saying
-    where the arrays differ and which mistakes explain it (or returns the failed
-    CheckResult when raise_on_failure is False); returns a passed CheckResult.
+    equation, the mistakes and terms to diagnose, the building blocks the student may
+    call, and (``stress``) the large-logit input sets added to yours; ``mistakes`` adds
+    more. output: for a function returning a tuple, check only that element. uses:
+    {name: function or (function, exercise)} of the student's functions this one calls,
+    checked first. guard: keep the package's answers out of reach; timeout: seconds per
+    call (TIMEOUT). Raises CheckFailure saying where the arrays differ and which
+    mistakes explain it (or returns the failed CheckResult when raise_on_failure is
+    False); returns a passed CheckResult.
     """
     ex = _lookup(exercise)
+    tol = _check_number("tol", tol)
     sets = _input_sets(make_inputs, seeds, dtypes, student_fn, reference_fn)
-    tols = {d: tol or TOLERANCES[d] for d in dtypes}
+    notes = [""] * len(sets)
+    if stress and ex is not None and ex.stress is not None:
+        extra = ex.stress(np.random.default_rng(seeds[0] if seeds else 0))
+        sets += [tuple(a) for a in extra]
+        notes += [f"; logits at scale {LARGE_LOGIT_SCALE:g}, regime {r}" for r in ("overflow", "underflow", "both")]
+    ck = _setup(student_fn, ex, mistakes, len(sets[0]), (reference_fn,), guard, timeout, uses, raise_on_failure)
 
     def expected(args, args64, dtype):
         out = reference_fn(*args)
         return out if output is None else out[output]
 
-    return _run(student_fn, expected, sets,
-                ex=ex, mistakes=mistakes, dtypes=dtypes, tols=tols, output=output,
-                what="against the reference", raise_on_failure=raise_on_failure)
+    return _run(student_fn, expected, sets, ck=ck, dtypes=dtypes, tols={d: tol or TOLERANCES[d] for d in dtypes},
+                output=output, what="against the reference", notes=notes)
+
+
+def _float_wrt(sets, wrt):
+    """The input sets with their argument ``wrt`` as float64 when it is an integer (finite differences)."""
+    out = []
+    for args in sets:
+        if not 0 <= wrt < len(args):
+            raise ValueError(f"wrt: expected an argument number from 0 to {len(args) - 1}, got {wrt!r}")
+        a = args[wrt]
+        if isinstance(a, (int, np.integer)) or (isinstance(a, np.ndarray) and a.dtype.kind in "iub"):
+            a = np.asarray(a, dtype=np.float64)
+        out.append(args[:wrt] + (a,) + args[wrt + 1:])
+    return out
+
+
+def _fd_gradient(loss_fn, args64, wrt, eps):
+    """Central differences of loss_fn in its argument wrt, refusing a loss that is not finite."""
+    value = _call(loss_fn, *args64)
+    if not np.all(np.isfinite(value)):
+        raise _NotFinite(f"the loss is {float(np.asarray(value).ravel()[0])} at these inputs, so finite "
+                         "differences cannot check the gradient (the loss must be finite there)")
+    rest = list(args64)
+
+    def f(x):
+        rest[wrt] = x
+        return loss_fn(*rest)
+
+    with np.errstate(all="ignore"):
+        g = numerical_gradient(f, args64[wrt], eps)
+    if not np.all(np.isfinite(g)):
+        raise _NotFinite(f"the loss is not finite within eps = {eps:g} of these inputs (finite differences "
+                         "give nan or inf), so they cannot check the gradient")
+    return g
 
 
 def check_gradient(student_grad, loss_fn, make_inputs, wrt=0, reference_grad=None, exercise=None,
                    mistakes=(), seeds=(0, 1, 2), dtypes=("float64", "float32"), eps=1e-6, output=None,
-                   raise_on_failure=True):
+                   raise_on_failure=True, tol=None, uses=None, guard=True, timeout=None):
     """Compare ``student_grad(*inputs)`` with central differences of the scalar
     ``loss_fn(*inputs)`` in its argument number ``wrt``.
 
-    In float64 the reference is the finite-difference gradient (max error <=
-    FD_TOLERANCE x max |gradient|); in float32 it is ``reference_grad`` (finite
-    differences drown in round-off there), so float32 is checked only when
-    reference_grad is given. output: for a student_grad (and reference_grad) returning
-    a tuple, the element to check. Failures are reported as in ``check_function``.
+    In float64 the reference is the finite-difference gradient (max error <= ``tol``,
+    FD_TOLERANCE by default, x max |gradient|); an integer argument ``wrt`` is taken as
+    float64. In float32 it is ``reference_grad`` (finite differences drown in round-off
+    there), so float32 is checked only when reference_grad is given. output: for a
+    student_grad (and reference_grad) returning a tuple, the element to check. uses,
+    guard, timeout and failures are as in ``check_function``.
     """
     ex = _lookup(exercise)
+    eps = _check_number("eps", eps, allow_none=False)
+    tol = _check_number("tol", tol)
     if reference_grad is None:
         dtypes = tuple(d for d in dtypes if d == "float64")
+    sets = _float_wrt(_input_sets(make_inputs, seeds, dtypes, student_grad, loss_fn), wrt)
+    ck = _setup(student_grad, ex, mistakes, len(sets[0]), (loss_fn, reference_grad), guard, timeout, uses,
+                raise_on_failure)
 
     def expected(args, args64, dtype):
         if dtype != "float64":
             out = reference_grad(*args)
             return out if output is None else out[output]
-        rest = list(args64)
+        return _fd_gradient(loss_fn, args64, wrt, eps)
 
-        def f(x):
-            rest[wrt] = x
-            return loss_fn(*rest)
-
-        return numerical_gradient(f, args64[wrt], eps)
-
-    sets = _input_sets(make_inputs, seeds, dtypes, student_grad, loss_fn)
-    tols = {d: FD_TOLERANCE if d == "float64" else TOLERANCES[d] for d in dtypes}
-    return _run(student_grad, expected, sets, ex=ex, mistakes=mistakes,
-                dtypes=dtypes, tols=tols, output=output, what="against finite differences",
-                raise_on_failure=raise_on_failure)
+    tols = {d: (tol or FD_TOLERANCE) if d == "float64" else (tol or TOLERANCES[d]) for d in dtypes}
+    return _run(student_grad, expected, sets, ck=ck, dtypes=dtypes, tols=tols, output=output,
+                what="against finite differences")
 
 
 # ---------------------------------------------------------------- references
@@ -455,12 +1080,12 @@ def reference_ca_block(Z, theta, C, h):
     return block.forward(Z, {"theta": theta, "h": np.asarray(h, dtype=Z.dtype)}, C)[0]
 
 
-def reference_ca_block_vjp(Z_bar, Z, theta, C, h):
-    """VJP of reference_ca_block for the upstream Z_bar: (Z_bar_in, theta_bar, h_bar)."""
+def reference_ca_block_vjp(Z_out_bar, Z, theta, C, h):
+    """VJP of reference_ca_block for the upstream Z_out_bar: (Z_bar, theta_bar, h_bar)."""
     block = layers.CrossAttentionBlock(layers.BlockConfig(model="linear", targets="labels", learn_h=True))
     _, cache = block.forward(Z, {"theta": theta, "h": np.asarray(h, dtype=Z.dtype)}, C)
-    Z_in_bar, grads = block.backward(Z_bar, cache)
-    return Z_in_bar, grads["theta"], grads["h"]
+    Z_bar, grads = block.backward(Z_out_bar, cache)
+    return Z_bar, grads["theta"], grads["h"]
 
 
 def reference_network(X, y, theta, h, L):
@@ -501,7 +1126,7 @@ def block_inputs(rng, n=5, m=4, d=3):
 
 
 def block_vjp_inputs(rng, n=5, m=4, d=3):
-    """Random (Z_bar, Z, theta, C, h): an upstream gradient and one block's inputs."""
+    """Random (Z_out_bar, Z, theta, C, h): an upstream gradient and one block's inputs."""
     Z, theta, C, h = block_inputs(rng, n, m, d)
     return (rng.standard_normal(Z.shape), Z, theta, C, h)
 
@@ -512,10 +1137,10 @@ def network_inputs(rng, n=12, m=3, d=4, L=2):
             float(rng.uniform(-0.5, 0.5)), L)
 
 
-def _ca_block_parts(Z_bar, Z, theta, C, h):
+def _ca_block_parts(Z_out_bar, Z, theta, C, h):
     P = ops.softmax(Z @ theta.T)
     R = C - P
-    G = Z_bar @ theta.T
+    G = Z_out_bar @ theta.T
     S_bar = ops.softmax_vjp(P, -h * G)
     return P, R, G, S_bar
 
@@ -562,11 +1187,116 @@ WRONG_AXIS = "softmax over the wrong axis"
 WRONG_AXIS_MSG = ("your softmax normalises the columns (axis 0) instead of the rows: each row i "
                   "(one query) must sum to 1 over k, sigma(S)_ij = exp(S_ij) / sum_k exp(S_ik); "
                   "use axis=-1 (with keepdims=True).")
+COLUMNS = "with the softmax over the columns instead of the rows"
+
+A2_BLOCKS = ("softmax", "logsumexp", "softmax_vjp")
+"""The package functions an a2 student may call (the blocks and networks are the reference)."""
+
+A4_BLOCKS = ("softmax", "cross_attention", "linear_flow_A")
+"""The package functions an a4 student may call for the sub-flow steps (the steps are the reference)."""
+
+
+def self_attention_inputs(rng):
+    """Random (Z (2, 5, 3), theta (3, 3) SPD) for self-attention."""
+    return quadratic_inputs(rng)[:2]
+
+
+def _linear_logits(Z, theta, *_):
+    return Z @ _swap(theta)
+
+
+def _quadratic_logits(Z, theta, *_):
+    return Z @ theta @ _swap(Z)
+
+
+def _linear_grad_Z_terms(Z, theta, C):
+    S = Z @ theta.T
+    return [Term("CA(Z, theta)", 1.0, ops.softmax(S) @ theta, {COLUMNS: _softmax_cols(S) @ theta}),
+            Term("C theta", -1.0, C @ theta)]
+
+
+def _linear_grad_theta_terms(Z, theta, C):
+    S = Z @ theta.T
+    return [Term("sigma(Z theta^T)^T Z", 1.0, ops.softmax(S).T @ Z, {COLUMNS: _softmax_cols(S).T @ Z}),
+            Term("C^T Z", -1.0, C.T @ Z)]
+
+
+def _cross_entropy_terms(Z, theta, C):
+    S = Z @ theta.T
+    return [Term("<C, Z theta^T>", -1.0, (C * S).sum()),
+            Term("sum_i LSE(Z theta^T)_i", 1.0, ops.logsumexp(S).sum(),
+                 {"over the columns instead of the rows": ops.logsumexp(S.T).sum()})]
+
+
+def _ca_block_terms(Z, theta, C, h):
+    S = Z @ theta.T
+    return [Term("Z", 1.0, Z),  # the residual connection
+            Term("h CA(Z, theta)", -1.0, h * (ops.softmax(S) @ theta), {COLUMNS: h * (_softmax_cols(S) @ theta)},
+                 step=True),
+            Term("h C theta", 1.0, h * (C @ theta), step=True)]
+
+
+def _ca_block_vjp_terms(Z_out_bar, Z, theta, C, h):
+    P, R, _, S_bar = _ca_block_parts(Z_out_bar, Z, theta, C, h)
+    return ([Term("Z_out_bar", 1.0, Z_out_bar), Term("S_bar theta", 1.0, S_bar @ theta)],
+            [Term("h R^T Z_out_bar", 1.0, h * (R.T @ Z_out_bar), step=True), Term("S_bar^T Z", 1.0, S_bar.T @ Z)],
+            [Term("<Z_out_bar, C theta>", 1.0, (Z_out_bar * (C @ theta)).sum()),
+             Term("<Z_out_bar, CA(Z, theta)>", -1.0, (Z_out_bar * (P @ theta)).sum())])
+
+
+def _self_attention_terms(Z, theta):
+    return [Term("sigma(Z theta Z^T) Z theta", 1.0, ops.softmax(_quadratic_logits(Z, theta)) @ Z @ theta)]
+
+
+def _self_attention_adjoint_terms(Z, theta):
+    return [Term("sigma(Z theta Z^T)^T Z theta", 1.0, _swap(ops.softmax(_quadratic_logits(Z, theta))) @ Z @ theta)]
+
+
+def _quadratic_grad_Z_terms(Z, theta, C):
+    P, Y = ops.softmax(_quadratic_logits(Z, theta)), Z @ theta
+    return [Term("SA(Z, theta)", 1.0, P @ Y), Term("SA*(Z, theta)", 1.0, _swap(P) @ Y),
+            Term("C Z theta", -1.0, C @ Y), Term("C^T Z theta", -1.0, _swap(C) @ Y)]
+
+
+def _lie_step_terms(Z, theta, C, h):
+    return [Term("A(h) Z", 1.0, _attention_step(theta, h)(Z), {"with a step h/2": _attention_step(theta, 0.5 * h)(Z)}),
+            Term("h C theta", 1.0, h * (C @ theta), step=True)]
+
+
+def _naive_lse(S):
+    return np.log(np.exp(S).sum(-1))
+
+
+def _global_lse(S):
+    c = S.max()
+    return c + np.log(np.exp(S - c).sum(-1))
+
+
+def _global_softmax(S):
+    e = np.exp(S - S.max())
+    return e / e.sum(-1, keepdims=True)
+
+
+GLOBAL_MAX = "underflow: shifted by the global maximum"
+GLOBAL_MAX_MSG = ("you subtract the maximum of the whole array (S - S.max()), not each row's own: in a row whose "
+                  "logits all lie far below the global maximum every exp underflows to 0 (exp(-746) = 0 in "
+                  "float64, exp(-104) in float32), so the row sums to 0 and {}. Subtract each row's maximum, "
+                  "S.max(axis=-1, keepdims=True).")
+LOG_OF_SOFTMAX = "underflow: log of a softmax"
+LOG_OF_SOFTMAX_MSG = ("log sigma(S) is -inf where the softmax underflowed to 0 (a logit about 745 below its row's "
+                      "maximum in float64, 104 in float32), and 0 * -inf = NaN. Compute log sigma(S) = S - LSE(S) "
+                      "with a max-shifted LSE instead of the log of a softmax.")
+
+
+def _overflow_mistake(make):
+    return Mistake(MISSING_MAX_SHIFT.name, MISSING_MAX_SHIFT.message, make=make)
+
 
 EXERCISES = {
     "softmax": Exercise("softmax", "row-wise softmax sigma(S)_ij = exp(S_ij) / sum_k exp(S_ik), max-shifted", (
         Mistake(WRONG_AXIS, WRONG_AXIS_MSG, make=_softmax_cols),
-    )),
+        Mistake(GLOBAL_MAX, GLOBAL_MAX_MSG.format("0 / 0 = NaN"), make=_global_softmax),
+    ), logits=lambda S: S, stress=large_logit_inputs, reference=ops.softmax, inputs=logits_inputs),
     "logsumexp": Exercise("logsumexp", "LSE(S)_i = c_i + log sum_k exp(S_ik - c_i), c_i = max_k S_ik", (
         Mistake("max not added back", "you return log sum_k exp(S_ik - c_i) without the term + c_i "
                 "of LSE(S)_i = c_i + log sum_k exp(S_ik - c_i): the max-shift must be undone.",
@@ -575,7 +1305,9 @@ EXERCISES = {
                 "LSE(S)_i = log sum_k exp(S_ik); use axis=-1.",
                 make=lambda S: _swap(S).max(-1) + np.log(np.exp(_swap(S) - _swap(S).max(-1, keepdims=True)).sum(-1))
                 if S.shape[0] == S.shape[1] else np.full(S.shape[0], np.nan)),
-    )),
+        Mistake(GLOBAL_MAX, GLOBAL_MAX_MSG.format("log 0 = -inf"), make=_global_lse),
+        _overflow_mistake(_naive_lse),
+    ), logits=lambda S: S, stress=large_logit_inputs, reference=ops.logsumexp, inputs=logits_inputs),
     "cross_entropy": Exercise("cross_entropy", "eq. (3): l = -<C, log sigma(Z theta^T)>, summed over rows", (
         Mistake("mean instead of sum", "you divide by the number of rows n: the point-wise loss of "
                 "eq. (3) is the SUM over rows, l = -sum_i <C_i, log sigma(Z theta^T)_i>.",
@@ -585,7 +1317,12 @@ EXERCISES = {
         Mistake("missing minus sign", "the cross-entropy is -<C, log sigma(N)>: you dropped the minus "
                 "(your loss is negative; log-probabilities are <= 0).",
                 make=lambda Z, th, C: (C * ops.log_softmax(Z @ th.T)).sum()),
-    )),
+        Mistake(LOG_OF_SOFTMAX, LOG_OF_SOFTMAX_MSG, make=lambda Z, th, C: -(C * np.log(ops.softmax(Z @ th.T))).sum()),
+        Mistake(GLOBAL_MAX, GLOBAL_MAX_MSG.format("log 0 = -inf"),
+                make=lambda Z, th, C: -(C * (Z @ th.T)).sum() + _global_lse(Z @ th.T).sum()),
+        _overflow_mistake(lambda Z, th, C: -(C * (Z @ th.T)).sum() + _naive_lse(Z @ th.T).sum()),
+    ), terms=_cross_entropy_terms, logits=_linear_logits, stress=large_linear_inputs, reference=linear_loss,
+        inputs=linear_inputs),
     "linear_grad_Z": Exercise("grad_Z", "eq. (4): grad_Z l = CA(Z, theta) - C theta = (sigma(Z theta^T) - C) theta", (
         Mistake("missing - C theta", "the term - C theta of eq. (4) is missing: you return only the "
                 "cross-attention CA(Z, theta) = sigma(Z theta^T) theta. The derivative of -<C, Z theta^T> "
@@ -595,12 +1332,14 @@ EXERCISES = {
                 make=lambda Z, th, C: sum(_grad_Z_terms(Z, th, C))),
         Mistake(WRONG_AXIS, WRONG_AXIS_MSG + " In eq. (4) CA(Z, theta) = sigma(Z theta^T) theta.",
                 make=lambda Z, th, C: (_softmax_cols(Z @ th.T) - C) @ th),
-    )),
+    ), allowed=("softmax",), terms=_linear_grad_Z_terms, logits=_linear_logits, reference=linear_grad_Z,
+        inputs=linear_inputs),
     "linear_grad_theta": Exercise("grad_theta", "grad_theta l = (sigma(Z theta^T) - C)^T Z", (
         Mistake("missing - C", "the label term is missing: grad_theta l = (sigma(Z theta^T) - C)^T Z, "
                 "you return sigma(Z theta^T)^T Z.", make=lambda Z, th, C: ops.softmax(Z @ th.T).T @ Z),
         Mistake(WRONG_AXIS, WRONG_AXIS_MSG, make=lambda Z, th, C: (_softmax_cols(Z @ th.T) - C).T @ Z),
-    )),
+    ), allowed=("softmax",), terms=_linear_grad_theta_terms, logits=_linear_logits, reference=linear_grad_theta,
+        inputs=linear_inputs),
     "ca_block": Exercise("block_forward", "eq. (8): Z_out = Z - h CA(Z, theta) + h C theta", (
         Mistake("sign of the attention term flipped", "eq. (8) SUBTRACTS the attention: Z_half = Z - h CA(Z, "
                 "theta) (a descent step; CA is part of the gradient). You add it.",
@@ -611,26 +1350,29 @@ EXERCISES = {
         Mistake("missing label step + h C theta", "the second line of eq. (8), Z_out = Z_half + h C theta "
                 "(the B sub-flow), is missing: you return Z_half = Z - h CA(Z, theta).",
                 make=lambda Z, th, C, h: Z - h * attention.cross_attention(Z, th)),
-    )),
+    ), allowed=A2_BLOCKS, terms=_ca_block_terms, logits=_linear_logits, reference=reference_ca_block,
+        inputs=block_inputs),
     "ca_block_vjp": Exercise(
         "block_backward", "VJP of eq. (8): Z_out = Z + h (C - P) theta, P = sigma(Z theta^T)", (
-            Mistake("missing residual path in Z_bar", "Z_bar_in is missing the identity term of the residual "
-                    "connection: Z_out = Z + ..., so Z_bar_in = Z_bar + S_bar theta.",
+            Mistake("missing residual path in Z_bar", "Z_bar is missing the identity term of the residual "
+                    "connection: Z_out = Z + ..., so Z_bar = Z_out_bar + S_bar theta.",
                     make=lambda Zb, Z, th, C, h: _vjp_variant(Zb, Z, th, C, h, residual=False)),
-            Mistake("missing softmax VJP in Z_bar", "Z_bar_in misses the term S_bar theta: P = sigma(Z theta^T) "
-                    "depends on Z, so Z_bar_in = Z_bar + S_bar theta with S_bar = softmax VJP of "
-                    "P_bar = -h Z_bar theta^T.", make=lambda Zb, Z, th, C, h: _vjp_variant(Zb, Z, th, C, h,
+            Mistake("missing softmax VJP in Z_bar", "Z_bar misses the term S_bar theta: P = sigma(Z theta^T) "
+                    "depends on Z, so Z_bar = Z_out_bar + S_bar theta with S_bar = softmax VJP of "
+                    "P_bar = -h Z_out_bar theta^T.", make=lambda Zb, Z, th, C, h: _vjp_variant(Zb, Z, th, C, h,
                                                                                        z_softmax=False)),
             Mistake("missing softmax VJP in theta_bar", "theta_bar misses S_bar^T Z: the attention weights "
                     "P = sigma(Z theta^T) depend on theta too (theta is the keys AND the values).",
                     make=lambda Zb, Z, th, C, h: _vjp_variant(Zb, Z, th, C, h, th_softmax=False)),
-            Mistake("missing value term in theta_bar", "theta_bar misses h (C - P)^T Z_bar: theta also "
+            Mistake("missing value term in theta_bar", "theta_bar misses h (C - P)^T Z_out_bar: theta also "
                     "multiplies as the values in h (C - P) theta.",
                     make=lambda Zb, Z, th, C, h: _vjp_variant(Zb, Z, th, C, h, th_value=False)),
             Mistake("sign of the softmax VJP flipped", "the softmax VJP enters with the wrong sign: P enters "
-                    "eq. (8) as - h P theta, so P_bar = -h Z_bar theta^T.",
+                    "eq. (8) as - h P theta, so P_bar = -h Z_out_bar theta^T.",
                     make=lambda Zb, Z, th, C, h: _vjp_variant(Zb, Z, th, C, h, sign=-1.0)),
-        ), outputs=("Z_bar_in", "theta_bar", "h_bar")),
+        ), outputs=("Z_bar", "theta_bar", "h_bar"), arguments=("Z_out_bar", "Z", "theta", "C", "h"),
+        allowed=A2_BLOCKS, terms=_ca_block_vjp_terms, logits=lambda Zb, Z, th, *_: Z @ _swap(th),
+        reference=reference_ca_block_vjp, inputs=block_vjp_inputs),
     "network": Exercise(
         "network_loss_and_grads", "mean cross-entropy of Z_L theta^T after L blocks Z + h (0 - sigma(Z theta^T)) theta", (
             Mistake("sum instead of mean", "the network's loss is the batch MEAN of the cross-entropy: divide "
@@ -639,13 +1381,15 @@ EXERCISES = {
             Mistake("missing the blocks' part of theta_bar", "theta is tied: the same theta is in the head AND "
                     "in every block, so theta_bar adds the head's G^T Z_L and every block's theta_bar.",
                     make=lambda X, y, th, h, L: _head_only(X, y, th, h, L)),
-        ), outputs=("loss", "theta_bar", "h_bar")),
+        ), outputs=("loss", "theta_bar", "h_bar"), allowed=A2_BLOCKS, reference=reference_network,
+        inputs=network_inputs),
     "self_attention": Exercise("SA", "eq. (9): SA(Z, theta) = sigma(Z theta Z^T) Z theta", (
         Mistake(WRONG_AXIS, WRONG_AXIS_MSG + " For SA each token's scores over the other tokens sum to 1.",
                 make=lambda Z, th: _softmax_cols(Z @ th @ _swap(Z)) @ Z @ th),
         Mistake("missing theta in the values", "the values are Z theta, not Z: SA = sigma(Z theta Z^T) Z theta.",
                 make=lambda Z, th: ops.softmax(Z @ th @ _swap(Z)) @ Z),
-    )),
+    ), allowed=("softmax",), terms=_self_attention_terms, logits=_quadratic_logits, reference=self_attention,
+        inputs=self_attention_inputs),
     "self_attention_adjoint": Exercise("SA_adjoint", "eq. (9): SA*(Z, theta) = sigma(Z theta Z^T)^T Z theta", (
         Mistake("missing transpose in SA*", "you return SA(Z, theta): SA* uses the TRANSPOSED attention "
                 "matrix, sigma(Z theta Z^T)^T Z theta (the transpose of the softmax, not a softmax of the "
@@ -653,7 +1397,8 @@ EXERCISES = {
         Mistake("softmax of the transpose", "you take sigma((Z theta Z^T)^T): SA* is the transpose of the "
                 "row-wise softmax, sigma(Z theta Z^T)^T, whose columns (not rows) sum to 1.",
                 make=lambda Z, th: ops.softmax(_swap(Z @ th @ _swap(Z))) @ Z @ th),
-    )),
+    ), allowed=("softmax",), terms=_self_attention_adjoint_terms, logits=_quadratic_logits,
+        reference=self_attention_adjoint, inputs=self_attention_inputs),
     "quadratic_grad_Z": Exercise(
         "grad_Z", "eq. (9): grad_Z l = SA(Z, theta) + SA*(Z, theta) - (C + C^T) Z theta", (
             Mistake("missing - (C + C^T) Z theta", "the label term - (C + C^T) Z theta of eq. (9) is "
@@ -667,7 +1412,8 @@ EXERCISES = {
             Mistake("sign of (C + C^T) Z theta flipped", "the label term of eq. (9) must be subtracted: "
                     "- (C + C^T) Z theta; you add it.",
                     make=lambda Z, th, C: sum(_quad_terms(Z, th, C))),
-        )),
+        ), allowed=("softmax",), terms=_quadratic_grad_Z_terms, logits=_quadratic_logits, reference=quadratic_grad_Z,
+        inputs=quadratic_inputs),
     "quadratic_grad_phi": Exercise(
         "grad_phi", "grad_phi l = tril((Z^T G Z + Z^T G^T Z) phi), G = sigma(Z theta Z^T) - C, summed over sequences", (
             Mistake("missing tril", "phi is lower-triangular: only its lower triangle is a parameter, so keep "
@@ -679,7 +1425,7 @@ EXERCISES = {
             Mistake("missing - C", "G = sigma(Z theta Z^T) - C: the label term is missing.",
                     make=lambda Z, phi, C: (lambda A: np.tril((A + A.T) @ phi))(
                         _quad_A(Z, phi, C, lambda Z, th, C: ops.softmax(Z @ th @ _swap(Z))))),
-        )),
+        ), allowed=("softmax",), reference=quadratic_grad_phi, inputs=quadratic_phi_inputs),
     "rk4_attention": Exercise("rk4_attention", "one RK4 step of the attention sub-flow dZ/dt = -CA(Z, theta)", (
         Mistake("sign of the sub-flow flipped", "the attention sub-flow is dZ/dt = -CA(Z, theta) (it descends "
                 "the log-sum-exp); you integrate +CA.",
@@ -688,7 +1434,7 @@ EXERCISES = {
                 "times: k1 = f(Z), k2 = f(Z + t/2 k1), k3 = f(Z + t/2 k2), k4 = f(Z + t k3), "
                 "Z + t/6 (k1 + 2 k2 + 2 k3 + k4).",
                 make=lambda Z, th, t: Z + t * linear_flow_A(Z, th)),
-    )),
+    ), allowed=A4_BLOCKS),
     "retract": Exercise("retract", "R(z) = r z / |z|, row by row", (
         Mistake("norm over the wrong axis", "|z| is the length of each ROW (one token's features): "
                 "np.linalg.norm(Z, axis=-1, keepdims=True), not over the columns.",
@@ -704,21 +1450,21 @@ EXERCISES = {
                 "of the scaling) is missing.",
                 make=lambda Z, Yb, r: (lambda u: Yb - u * (u * Yb).sum(-1, keepdims=True))(
                     Z / np.sqrt((Z * Z).sum(axis=-1, keepdims=True)))),
-    )),
+    ), reference=retract_vjp, inputs=sphere_inputs),
     "lie_step": Exercise("lie_step", "Lie splitting B(h) o A(h): attention first (eq. 8)", (
         Mistake("sub-flows in the wrong order", "you apply B before A: eq. (8) takes the attention "
                 "sub-flow A first, then the label sub-flow B: B(h) o A(h).",
                 make=lambda Z, th, C, h: _attention_step(th, h)(linear_B_exact(Z, th, C, h))),
-    )),
+    ), allowed=A4_BLOCKS, terms=_lie_step_terms, reference=reference_lie_step, inputs=block_inputs),
     "strang_step": Exercise("strang_step", "Strang splitting A(h/2) o B(h) o A(h/2)", (
         Mistake("full steps of A", "Strang takes HALF steps of A on either side of a full step of B: "
                 "A(h/2) o B(h) o A(h/2); you take A(h) twice.",
                 make=lambda Z, th, C, h: _attention_step(th, h)(linear_B_exact(_attention_step(th, h)(Z), th, C, h))),
         Mistake("a Lie step", "you return the Lie step B(h) o A(h): Strang is symmetric, "
                 "A(h/2) o B(h) o A(h/2).", make=lambda Z, th, C, h: reference_lie_step(Z, th, C, h)),
-    )),
+    ), allowed=A4_BLOCKS, reference=reference_strang_step, inputs=block_inputs),
 }
-"""Exercise name -> Exercise: the equation and the mistakes diagnosed for it."""
+"""Exercise name -> Exercise: the equation, its mistakes and terms, and the building blocks a student may call."""
 
 
 def _vjp_variant(Z_bar, Z, theta, C, h, residual=True, z_softmax=True, th_softmax=True, th_value=True, sign=1.0):

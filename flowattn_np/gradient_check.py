@@ -13,6 +13,7 @@ Use float64: in float32 the differences are dominated by round-off.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from .backend import get_array_module, to_float
@@ -25,7 +26,8 @@ def numerical_gradient(f, x, eps=1e-6):
     g_i=\frac{f(x+\varepsilon e_i)-f(x-\varepsilon e_i)}{2\varepsilon}
     $$
 
-    One entry at a time ($2\,\text{x.size}$ calls of $f$); ``x`` is not modified.
+    One entry at a time ($2\,\text{x.size}$ calls of $f$); ``x`` is not modified. An
+    integer ``x`` is differentiated as float64 (a step of ``eps`` would round to 0).
 
     Parameters
     ----------
@@ -41,8 +43,10 @@ def numerical_gradient(f, x, eps=1e-6):
     array
         $g$, of the shape of ``x``.
     """
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < float("inf"):
+        raise ValueError(f"eps: expected a positive finite step, got {eps!r}")
     xp = get_array_module(x)
-    x = x.copy()
+    x = x.astype(xp.float64) if x.dtype.kind not in "fc" else x.copy()
     g = xp.zeros_like(x)
     flat, gflat = x.reshape(-1), g.reshape(-1)
     for i in range(flat.size):

@@ -121,6 +121,11 @@ def head_slices(m, heads):
 def _softmax_rows(S, out, shift=None):
     # max shift: exp never overflows, and the largest entry of each row is exp(0) = 1
     xp = get_array_module(S)
+    if S.ndim < 2:  # one row (0-d: one logit): row_sums would be 0-d, so go through a (1, m) view
+        flat = lambda A: A.reshape(1, -1)  # noqa: E731
+        out[...] = _softmax_rows(flat(S), xp.empty_like(flat(S)),
+                                 None if shift is None else flat(xp.asarray(shift))).reshape(S.shape)
+        return out
     xp.subtract(S, S.max(axis=-1, keepdims=True) if shift is None else shift, out=out)
     xp.exp(out, out=out)
     inverse = row_sums(out)
@@ -174,7 +179,7 @@ def softmax(S, heads=None, out=None, shift=None):
     Parameters
     ----------
     S : array, shape (..., m)
-        Logits.
+        Logits; a 1-D S is one row, a 0-d S one logit (its softmax is 1).
     heads : tuple of int, optional
         Class counts per head: the softmax is taken within each head's columns.
     out : array, optional
@@ -219,6 +224,8 @@ def logsumexp(S, heads=None):
         One value per row (per head with ``heads``).
     """
     xp = get_array_module(S)
+    if S.ndim == 0:  # one logit: LSE(s) = s
+        return logsumexp(S.reshape(1), heads)
     parts = []
     for sl in head_slices(S.shape[-1], heads):
         Sh = S[..., sl]
@@ -242,6 +249,8 @@ def log_softmax(S, heads=None):
     array, shape (..., m)
     """
     xp = get_array_module(S)
+    if S.ndim == 0:  # one logit: log sigma(s) = 0 (NaN for a NaN logit)
+        return S - logsumexp(S)
     if heads is None:
         return S - logsumexp(S)[..., None]
     out = xp.empty_like(S)

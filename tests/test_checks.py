@@ -54,7 +54,7 @@ def test_every_exercise_of_the_catalogue_has_a_case_here():
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_the_reference_passes_its_own_check_in_float64_and_float32(name):
     reference, inputs = CASES[name]
-    result = checks.check_function(reference, reference, inputs, exercise=name)
+    result = checks.check_function(reference, reference, inputs, exercise=name, guard=False)
     assert result.passed and "float32" in result.message
 
 
@@ -67,7 +67,7 @@ def test_each_catalogued_mistake_is_diagnosed_by_name(name, mistake):
         return mistake.make(*args)
 
     with pytest.raises(checks.CheckFailure) as failure:
-        checks.check_function(student, reference, inputs, exercise=name, dtypes=("float64",))
+        checks.check_function(student, reference, inputs, exercise=name, dtypes=("float64",), guard=False)
     message = str(failure.value)
     assert f"Diagnosis - {mistake.name}: {mistake.message}" in message
     assert ex.equation in message  # the equation, and the term inside the mistake's message
@@ -95,7 +95,7 @@ def test_flipped_sign_and_where_the_arrays_differ():
 
 def test_one_wrong_entry_is_located():
     def almost(Z, theta, C):
-        G = fa.linear_grad_Z(Z, theta, C)
+        G = (fa.softmax(Z @ theta.T) - C) @ theta
         G[3, 1] += 0.5
         return G
 
@@ -109,7 +109,7 @@ def test_missing_transpose_wrong_shape_and_square():
                               checks.linear_inputs, exercise="linear_grad_theta", raise_on_failure=False)
     assert r.diagnoses == ("missing transpose",) and "shape (3, 4), expected (4, 3)" in r.message
     square = lambda r: checks.linear_inputs(r, n=4, m=4, d=4)  # noqa: E731
-    r = checks.check_function(lambda Z, th, C: fa.linear_grad_theta(Z, th, C).T, fa.linear_grad_theta, square,
+    r = checks.check_function(lambda Z, th, C: Z.T @ (fa.softmax(Z @ th.T) - C), fa.linear_grad_theta, square,
                               raise_on_failure=False)
     assert r.diagnoses == ("missing transpose",)
 
@@ -175,10 +175,10 @@ def test_tuple_outputs_are_checked_one_by_one_and_named():
         return Z_in - Z_bar, th, hb
 
     r = checks.check_function(no_residual, checks.reference_ca_block_vjp, checks.block_vjp_inputs,
-                              exercise="ca_block_vjp", raise_on_failure=False)
-    assert "`Z_bar_in`" in r.message and r.diagnoses == ("missing residual path in Z_bar",)
+                              exercise="ca_block_vjp", raise_on_failure=False, guard=False)
+    assert "`Z_bar`" in r.message and r.diagnoses == ("missing residual path in Z_bar",)
     assert checks.check_function(no_residual, checks.reference_ca_block_vjp, checks.block_vjp_inputs,
-                                 exercise="ca_block_vjp", output=1).passed
+                                 exercise="ca_block_vjp", output=1, guard=False).passed
 
 
 def test_returned_none_and_unknown_exercise_and_not_implemented():
@@ -208,4 +208,4 @@ def test_bad_arguments_of_a_check_are_named():
     with pytest.raises(ValueError, match="no input sets"):
         checks.check_function(fa.softmax, fa.softmax, checks.logits_inputs, seeds=())
     fixed = [(np.array([[1.0, 2.0], [3.0, -1.0]]),)]
-    assert checks.check_function(fa.softmax, fa.softmax, fixed).passed  # a list of fixed inputs
+    assert checks.check_function(fa.softmax, fa.softmax, fixed, guard=False).passed  # a list of fixed inputs
