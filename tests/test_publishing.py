@@ -1,0 +1,97 @@
+"""Links and publishing: the README's links work wherever it is read, the site's address is
+written once (mkdocs.yml), the package's messages name the package and the site (never a
+checkout path), and the workflows that publish are valid and run the README's commands."""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flowattn_np import website
+
+yaml = pytest.importorskip("yaml")
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+PACKAGE = ROOT / "flowattn_np"
+SITE_URL = website.mkdocs_urls(ROOT / "mkdocs.yml")["site_url"]
+# what a shipped message must never say: a loopback address, a checkout's paths, a
+# checkout's install command
+CHECKOUT_ONLY = ("127.0.0.1", "localhost:8000", "docs/", '".[', "'.[", 'pip install "."', "pip install .")
+
+
+def _readme_block(lang, containing):
+    blocks = [b.strip() for b in re.findall(rf"```{lang}\n(.*?)```", README, re.S)]
+    (block,) = [b for b in blocks if containing in b]
+    return block
+
+
+def _markdown_links(text):
+    return re.findall(r"\]\(([^)\s]+)\)|<(https?://[^>\s]+)>", text)
+
+
+def test_no_loopback_address_in_the_readme_or_the_package():
+    assert "127.0.0.1" not in README and "localhost" not in README
+    for path in sorted(PACKAGE.glob("*.py")):
+        assert "127.0.0.1" not in path.read_text(encoding="utf-8"), path.name
+
+
+def test_readme_links_are_relative_files_that_exist_or_the_published_site():
+    links = [a or b for a, b in _markdown_links(README)]
+    relative = [u for u in links if not re.match(r"[a-z]+:", u)]
+    assert {u.split("#")[0] for u in relative} >= {"docs/math.md", "docs/gpu.md", "docs/teaching.md"}
+    assert sum(u.startswith("notebooks/") and u.endswith(".ipynb") for u in relative) == len(
+        list((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+    for url in relative:
+        assert (ROOT / url.split("#")[0]).exists(), f"README links to {url}, which is not in the repository"
+    # the published site through the one address, mkdocs.yml's site_url
+    assert SITE_URL.startswith("https://")
+    on_site = [u for u in links if u.startswith(SITE_URL.split("/")[0] + "//" + SITE_URL.split("/")[2])]
+    assert on_site and all(u.startswith(SITE_URL) for u in on_site), on_site
+
+
+def test_the_site_address_is_written_once_in_mkdocs_yml():
+    """The package, setup.py (the wheel's Project-URL) and the README take it from there."""
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert "urls" in project["dynamic"] and "urls" not in project  # setup.py supplies them
+    assert website.project_urls(ROOT / "mkdocs.yml")["Documentation"] == SITE_URL
+    assert website.site_url() == SITE_URL.rstrip("/") + "/"
+    assert website.page_url("gpu") == SITE_URL.rstrip("/") + "/gpu/"
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=yaml.BaseLoader)
+    assert config["site_url"] == SITE_URL  # the regex reads what MkDocs reads
+    for path in [ROOT / "README.md", *sorted(PACKAGE.glob("*.py")), ROOT / "setup.py", ROOT / "pyproject.toml"]:
+        text = path.read_text(encoding="utf-8")
+        assert text.count(SITE_URL) <= (1 if path.name == "README.md" else 0), path.name
+
+
+def _non_docstring_strings(tree):
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docstrings]
+
+
+def test_package_messages_never_name_a_checkout_path():
+    found = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        for node in _non_docstring_strings(ast.parse(path.read_text(encoding="utf-8"))):
+            found += [f"{path.name}:{node.lineno}: {bad!r} in {node.value!r}"
+                      for bad in CHECKOUT_ONLY if bad in node.value]
+    assert not found, "\n".join(found)
+
+
+def test_package_messages_name_the_package_and_the_site():
+    from flowattn_np import backend, experiment
+
+    assert 'pip install "flowattn-np[plot]"' in experiment.FIGURES_SKIPPED
+    assert website.page_url("gpu") in backend._cupy_help()
+    helped = subprocess.run([sys.executable, "-m", "flowattn_np", "coursework", "--help"], capture_output=True,
+                            text=True, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert website.page_url("teaching") in helped.stdout.split()
