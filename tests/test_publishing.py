@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 PACKAGE = ROOT / "flowattn_np"
 SITE_URL = website.mkdocs_urls(ROOT / "mkdocs.yml")["site_url"]
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 # what a shipped message must never say: a loopback address, a checkout's paths, a
 # checkout's install command
 CHECKOUT_ONLY = ("127.0.0.1", "localhost:8000", "docs/", '".[', "'.[", 'pip install "."', "pip install .")
@@ -95,3 +96,67 @@ def test_package_messages_name_the_package_and_the_site():
     helped = subprocess.run([sys.executable, "-m", "flowattn_np", "coursework", "--help"], capture_output=True,
                             text=True, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert website.page_url("teaching") in helped.stdout.split()
+
+
+# ------------------------------------------------------------------ publishing
+
+
+def _load(path):
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if True in data:  # YAML 1.1 reads the key `on` as True
+        data["on"] = data.pop(True)
+    return data
+
+
+def _commands(workflow):
+    return [step["run"].strip() for job in workflow["jobs"].values() for step in job.get("steps", [])
+            if "run" in step]
+
+
+def _check_jsonschema(*args):
+    """Exit status of ``check-jsonschema ARGS``, run in this process (one import for all calls)."""
+    from check_jsonschema import main
+
+    return main.main(args=list(args), standalone_mode=False)
+
+
+def test_workflows_and_read_the_docs_config_pass_the_schema_linter(tmp_path, capsys):
+    pytest.importorskip("check_jsonschema")
+    assert {p.name for p in WORKFLOWS} == {"tests.yml", "docs.yml"}
+    assert _check_jsonschema("--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS)) == 0, \
+        capsys.readouterr().out
+    assert _check_jsonschema("--builtin-schema", "vendor.readthedocs", str(ROOT / ".readthedocs.yaml")) == 0, \
+        capsys.readouterr().out
+    # the linter does reject a broken workflow: a job without runs-on
+    broken = tmp_path / "broken.yml"
+    broken.write_text((ROOT / ".github/workflows/tests.yml").read_text().replace("runs-on: ubuntu-latest", ""))
+    assert _check_jsonschema("--builtin-schema", "vendor.github-workflows", str(broken)) != 0
+    assert "'runs-on' is a required property" in capsys.readouterr().out
+
+
+def test_the_test_workflow_runs_ci_on_push_and_pull_request_on_the_oldest_and_newest_python():
+    wf = _load(ROOT / ".github/workflows/tests.yml")
+    assert {"push", "pull_request"} <= set(wf["on"])
+    (job,) = wf["jobs"].values()
+    assert job["runs-on"].startswith("ubuntu")
+    versions = job["strategy"]["matrix"]["python-version"]
+    assert versions[0] == "3.10"  # pyproject's requires-python
+    assert "3" in versions  # the python:3 image: the newest release
+    assert job["env"]["CI"] == "true"  # the browser tests fail rather than skip
+    # .ci/run installs what the tests need, then runs README.md's test command (test_packaging)
+    assert _commands(wf) == ["bash .ci/run"]
+
+
+def test_the_site_is_built_with_the_readme_command_and_deployed_to_pages():
+    command = _readme_block("console", "mkdocs build")
+    assert command == 'pip install ".[docs]" && mkdocs build --strict'
+    wf = _load(ROOT / ".github/workflows/docs.yml")
+    assert command in _commands(wf)
+    uses = [step.get("uses", "").split("@")[0] for job in wf["jobs"].values() for step in job["steps"]]
+    assert {"actions/configure-pages", "actions/upload-pages-artifact", "actions/deploy-pages"} <= set(uses)
+    assert wf["permissions"]["pages"] == "write" and wf["permissions"]["id-token"] == "write"
+    rtd = yaml.safe_load((ROOT / ".readthedocs.yaml").read_text(encoding="utf-8"))
+    assert rtd["build"]["commands"][0] == command
+    assert any("$READTHEDOCS_OUTPUT/html" in c for c in rtd["build"]["commands"])
+    # Read the Docs' address for this project is the one site address
+    assert SITE_URL.startswith("https://flowattn-np.readthedocs.io/")
