@@ -160,3 +160,30 @@ def test_the_site_is_built_with_the_readme_command_and_deployed_to_pages():
     assert any("$READTHEDOCS_OUTPUT/html" in c for c in rtd["build"]["commands"])
     # Read the Docs' address for this project is the one site address
     assert SITE_URL.startswith("https://flowattn-np.readthedocs.io/")
+
+
+# ------------------------------------------------------------------ the browser
+
+
+def test_browser_tests_skip_without_a_browser_and_fail_under_ci(monkeypatch, tmp_path):
+    from helpers import require_browser
+
+    monkeypatch.setenv("FLOWATTN_CHROMIUM", str(tmp_path / "no-chromium"))
+    monkeypatch.setenv("FLOWATTN_CHROMEDRIVER", str(tmp_path / "no-chromedriver"))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium chromium-driver"):
+        require_browser()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no-chromium and .*no-chromedriver not found"):
+        require_browser()
+    for name in ("chromium", "chromedriver"):
+        (tmp_path / name).write_text("")
+    monkeypatch.setenv("FLOWATTN_CHROMIUM", str(tmp_path / "chromium"))
+    monkeypatch.setenv("FLOWATTN_CHROMEDRIVER", str(tmp_path / "chromedriver"))
+    assert require_browser() == (str(tmp_path / "chromium"), str(tmp_path / "chromedriver"))
+
+
+def test_readme_says_what_the_browser_tests_need():
+    assert "sudo apt-get install chromium chromium-driver" in README
+    assert "CI=true" in README
+

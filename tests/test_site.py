@@ -9,8 +9,9 @@ visible text), every image loaded, every same-site link answering HTTP 200 (and 
 present); the results page gets the same checks but the mathematics, and must show its
 figures. A screenshot of each page is saved under test-artifacts/.
 
-These tests never skip in CI: without chromium they fail, saying that .ci/run installs
-it. Locally, ``FLOWATTN_SKIP_SITE=1`` skips them and ``FLOWATTN_SITE_PREBUILT=site`` checks
+Without a browser these tests skip, saying what to install, except under ``CI=true``,
+where they fail (``helpers.require_browser``). Locally, ``FLOWATTN_SKIP_SITE=1`` skips
+them and ``FLOWATTN_SITE_PREBUILT=site`` checks
 a site built before instead of building one (both ignored when ``CI`` is set).
 """
 
@@ -29,11 +30,10 @@ from pathlib import Path
 import pytest
 
 import flowattn_np
+from helpers import require_browser
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 BUILD_TIMEOUT = 900  # seconds; the target in CI is under 5 minutes, the build prints its time
 NOTEBOOK = "notebooks/01_cross_attention_from_multinomial_regression/"
 PAGES = {  # name: path on the site (a fragment scrolls the screenshot there)
@@ -98,25 +98,21 @@ def server(site):
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """Headless chromium driven by selenium through Debian's chromedriver."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
-    if missing:
-        pytest.fail(f"{' and '.join(missing)} not found: .ci/run installs Debian's chromium and "
-                    "chromium-driver (apt-get install -y chromium chromium-driver); locally set "
-                    "FLOWATTN_SKIP_SITE=1 to skip these tests")
+    chromium, chromedriver = require_browser()  # skips without one, fails under CI=true
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
         pytest.fail('selenium is missing: pip install -e ".[test]"')
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1280,1000",
                  f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     driver.set_page_load_timeout(60)
     driver.set_script_timeout(60)
     yield driver
