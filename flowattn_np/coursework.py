@@ -185,7 +185,7 @@ def add_parser(subparsers):
     """The ``coursework`` subcommand of the flowattn-np command line."""
     import argparse
 
-    from .website import page_url
+    from .course import page_url
 
     cw = subparsers.add_parser("coursework", help="graded assignments: create an nbgrader course directory",
                                description=f"Graded assignments (nbgrader). See\n{page_url('teaching')}",
