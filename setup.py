@@ -1,5 +1,15 @@
-"""Kept for tools that still call ``python setup.py``; all metadata lives in pyproject.toml."""
+"""Kept for tools that still call ``python setup.py``; all metadata lives in pyproject.toml,
+except the Project-URLs, which come from mkdocs.yml (the one place the site's address is set)."""
+
+import importlib.util
+from pathlib import Path
 
 from setuptools import setup
 
-setup()
+HERE = Path(__file__).resolve().parent
+# loaded by path: the package's __init__ imports NumPy, absent from the isolated build environment
+_spec = importlib.util.spec_from_file_location("_flowattn_course", HERE / "flowattn_np" / "course.py")
+course = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(course)
+
+setup(project_urls=course.project_urls(HERE / "mkdocs.yml"))

@@ -32,9 +32,15 @@ _CUPY_HELP = (
     "the [ctk] extra brings the CUDA libraries CuPy compiles its kernels with, which a machine "
     "with only the NVIDIA driver lacks (leave it out where the CUDA toolkit is installed). "
     "`pip install 'flowattn-np[gpu]'` installs the CUDA 12 one. CuPy 14 supports CUDA 12 and 13 "
-    "only; on CUDA 11 use CuPy 13 (`pip install cupy-cuda11x`). See docs/gpu.md. "
+    "only; on CUDA 11 use CuPy 13 (`pip install cupy-cuda11x`). See {gpu_page}. "
     "Use set_backend('numpy') to stay on the CPU."
 )
+
+
+def _cupy_help():
+    from .course import page_url
+
+    return _CUPY_HELP.format(gpu_page=page_url("gpu"))
 
 
 class BackendError(RuntimeError):
@@ -59,16 +65,16 @@ def _import_cupy():
         import cupy
     except Exception as exc:  # ImportError, or a broken CUDA install raising at import
         raise BackendError(
-            f"backend 'cupy' was requested but CuPy cannot be imported ({exc}). " + _CUPY_HELP
+            f"backend 'cupy' was requested but CuPy cannot be imported ({exc}). " + _cupy_help()
         ) from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
         raise BackendError(
-            f"backend 'cupy' was requested but no CUDA GPU is visible ({exc}). " + _CUPY_HELP
+            f"backend 'cupy' was requested but no CUDA GPU is visible ({exc}). " + _cupy_help()
         ) from exc
     if count < 1:
-        raise BackendError("backend 'cupy' was requested but no CUDA GPU is visible. " + _CUPY_HELP)
+        raise BackendError("backend 'cupy' was requested but no CUDA GPU is visible. " + _cupy_help())
     if _state.get("kernel_ok") is not cupy:
         _launch_probe_kernel(cupy)
         _state["kernel_ok"] = cupy
@@ -86,7 +92,7 @@ def _launch_probe_kernel(cupy):
         raise BackendError(
             f"backend 'cupy': CuPy imports and sees a GPU, but a first kernel failed to compile "
             f"or run ({type(exc).__name__}: {exc}). This usually means the CUDA toolkit libraries "
-            f"(NVRTC) are missing. " + _CUPY_HELP
+            f"(NVRTC) are missing. " + _cupy_help()
         ) from exc
 
 

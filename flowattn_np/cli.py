@@ -5,6 +5,7 @@ flowattn-np reproduce [--quick] [--out DIR] [--layers 1,2,4] [--noise 0,0.5,1] .
 flowattn-np data [--download]      where the data is found (or fetch it)
 flowattn-np info                   version, backend, CuPy, data, thread policy and CPUs
 flowattn-np coursework init DIR    an nbgrader course directory with the assignments
+flowattn-np notebooks DIR          copy the teaching notebooks into DIR
 ```
 """
 
@@ -186,7 +187,31 @@ def build_parser():
     from .coursework import add_parser as add_coursework_parser
 
     add_coursework_parser(sub)
+    _add_notebooks_parser(sub)
     return parser
+
+
+def _add_notebooks_parser(sub):
+    nbs = sub.add_parser("notebooks", help="copy the teaching notebooks into DIR",
+                         description="Copy the teaching notebooks (.ipynb) into DIR, to open with "
+                                     "Jupyter. Existing files are kept unless --overwrite.")
+    nbs.set_defaults(parser=nbs)
+    nbs.add_argument("dir", metavar="DIR", help="the folder to copy them into (made if missing)")
+    nbs.add_argument("--overwrite", action="store_true", help="replace notebooks of the same name in DIR")
+
+
+def _notebooks(args):
+    from .course import CourseError, copy_notebooks
+
+    try:
+        copied = copy_notebooks(args.dir, overwrite=args.overwrite)
+    except CourseError as exc:
+        args.parser.error(str(exc))  # one line in argparse's form, exit status 2
+    except OSError as exc:  # e.g. a folder that cannot be written
+        args.parser.error(f"DIR: {exc}")
+    print(f"Copied {len(copied)} notebooks into {args.dir}: {', '.join(p.name for p in copied)}.\n"
+          f"Open them with: jupyter lab {args.dir}  (pip install \"flowattn-np[notebooks]\")")
+    return 0
 
 
 def _preflight_reproduce(args):
@@ -305,7 +330,8 @@ def main(argv=None):
             from .coursework import main as coursework_main
 
             return coursework_main(args)
-        return {"reproduce": _reproduce, "data": _data, "info": _info}[args.command](args)
+        return {"reproduce": _reproduce, "data": _data, "info": _info,
+                "notebooks": _notebooks}[args.command](args)
     except (DataError, BackendError, ValueError, TypeError) as exc:
         if getattr(args, "debug", False):
             raise

@@ -183,8 +183,13 @@ def _print_outcomes(outcomes):
 
 def add_parser(subparsers):
     """The ``coursework`` subcommand of the flowattn-np command line."""
+    import argparse
+
+    from .course import page_url
+
     cw = subparsers.add_parser("coursework", help="graded assignments: create an nbgrader course directory",
-                               description="Graded assignments (nbgrader). See docs/teaching.md.")
+                               description=f"Graded assignments (nbgrader). See\n{page_url('teaching')}",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)  # the address unbroken
     cw.set_defaults(parser=cw)
     sub = cw.add_subparsers(dest="coursework_command", metavar="ACTION", required=True)
     init = sub.add_parser("init", help="create DIR/source/<assignment>/ and DIR/nbgrader_config.py")

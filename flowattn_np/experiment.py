@@ -51,7 +51,7 @@ from .threads import compute as _package_compute, cpu_report, policy_line
 SCHEMA = "flowattn_np.reproduce/1"
 PARTS = (1, 2, 3, 4, 5)
 FIGURES_SKIPPED = ('figures skipped: matplotlib is not installed; the numbers are in results.json and '
-                   'results.md. For the figures: pip install ".[plot]" (or pip install matplotlib)')
+                   'results.md. For the figures: pip install "flowattn-np[plot]" (or pip install matplotlib)')
 
 PART_TITLES = {
     "part1": "Part 1. Multinomial regression (L = 0), SGD: targets are used only by the loss",

@@ -51,3 +51,29 @@ def network_data(config, rows, seqs, tokens, seed=0, dtype=None, uniform=False):
         else:
             y = np.stack([rng.integers(0, m, size=rows) for m in config.block.heads], axis=1)
     return fa.asarray(X, dtype=dtype), fa.asarray(y)
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium and chromium-driver
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def require_browser():
+    """(chromium, chromedriver) for the browser tests: Debian's, or $FLOWATTN_CHROMIUM and
+    $FLOWATTN_CHROMEDRIVER. Where either is missing the test skips, saying what to install;
+    under CI=true it fails instead, since CI installs them (.ci/run)."""
+    import os
+    from pathlib import Path
+
+    import pytest
+
+    paths = (os.environ.get("FLOWATTN_CHROMIUM") or CHROMIUM,
+             os.environ.get("FLOWATTN_CHROMEDRIVER") or CHROMEDRIVER)
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        reason = (f"{' and '.join(missing)} not found: the website's tests need a browser, Debian's "
+                  "chromium and chromium-driver (sudo apt-get install chromium chromium-driver, as .ci/run "
+                  "does), or FLOWATTN_CHROMIUM and FLOWATTN_CHROMEDRIVER naming a Chromium and its chromedriver")
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(reason + " (CI=true: never skipped in CI)")
+        pytest.skip(reason)
+    return paths

@@ -131,7 +131,7 @@ def test_without_matplotlib_the_numbers_still_land(workdir, monkeypatch, capsys)
     assert results["figures"] == {} and results["part3"]["settings"]
     err = capsys.readouterr().err
     skipped = [line for line in err.splitlines() if "figures skipped" in line]
-    assert len(skipped) == 1 and 'pip install ".[plot]"' in skipped[0]
+    assert len(skipped) == 1 and 'pip install "flowattn-np[plot]"' in skipped[0]
 
 
 def test_without_matplotlib_the_library_says_so_before_computing(monkeypatch, tmp_path):
