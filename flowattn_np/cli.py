@@ -139,6 +139,27 @@ def build_parser():
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    rep = _add_reproduce_parser(sub)
+
+    dat = sub.add_parser("data", help="show where Fashion-MNIST is found, or download it")
+    dat.set_defaults(parser=dat)
+    dat.add_argument("--data-dir")
+    dat.add_argument("--download", action="store_true", help="download from the official mirror if missing")
+
+    info = sub.add_parser("info", help="version, backend, CuPy availability and data location")
+    info.set_defaults(parser=info)
+    for command in (rep, dat, info):
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the full traceback of an error")
+    _add_threads_option(rep, info)
+    from .coursework import add_parser as add_coursework_parser
+
+    add_coursework_parser(sub)
+    _add_notebooks_parser(sub)
+    return parser
+
+
+def _add_reproduce_parser(sub):
     rep = sub.add_parser(
         "reproduce", help="run the paper's Fashion-MNIST experiment (table, Figure 1, results.json)",
         description="Reproduce the paper's Fashion-MNIST experiment: (1) multinomial regression, "
@@ -172,23 +193,7 @@ def build_parser():
     rep.add_argument("--quick", action="store_true", help="a smoke-sized run (seconds)")
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
     rep.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-
-    dat = sub.add_parser("data", help="show where Fashion-MNIST is found, or download it")
-    dat.set_defaults(parser=dat)
-    dat.add_argument("--data-dir")
-    dat.add_argument("--download", action="store_true", help="download from the official mirror if missing")
-
-    info = sub.add_parser("info", help="version, backend, CuPy availability and data location")
-    info.set_defaults(parser=info)
-    for command in (rep, dat, info):
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                             help="show the full traceback of an error")
-    _add_threads_option(rep, info)
-    from .coursework import add_parser as add_coursework_parser
-
-    add_coursework_parser(sub)
-    _add_notebooks_parser(sub)
-    return parser
+    return rep
 
 
 def _add_notebooks_parser(sub):
