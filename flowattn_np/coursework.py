@@ -1,6 +1,6 @@
 """Coursework: the graded assignments and an nbgrader course directory to teach them from.
 
-The four assignments ship inside the package (``flowattn_np/assignments/*.ipynb``) as
+The five assignments ship inside the package (``flowattn_np/assignments/*.ipynb``) as
 nbgrader *source* notebooks: solutions between ``### BEGIN SOLUTION`` / ``### END
 SOLUTION``, hidden tests between ``### BEGIN HIDDEN TESTS`` / ``### END HIDDEN TESTS``,
 points in the cell metadata.
@@ -29,6 +29,7 @@ ASSIGNMENTS = (
     "a2_cross_attention_block",
     "a3_self_attention",
     "a4_splitting_and_normalisation",
+    "a5_transformer_block",
 )
 """The assignments, in course order (file stems of the source notebooks)."""
 

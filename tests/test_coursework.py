@@ -49,7 +49,7 @@ class Bug:
     diagnosis: str
 
 
-A1, A2, A3, A4 = NAMES
+A1, A2, A3, A4, A5 = NAMES
 BUGS = (
     Bug("sign_of_C_theta", A1, "residual = softmax(Z @ theta.T) - C", "residual = softmax(Z @ theta.T) + C",
         frozenset({"test_grad_Z", "test_grad_Z_finite_differences", "test_use_gradcheck"}),
@@ -68,10 +68,14 @@ BUGS = (
     Bug("grad_theta_transpose", A1, "return G.T @ Z", "return Z.T @ G",
         frozenset({"test_grad_theta"}), "missing transpose"),
     # the network's gradients use the block's backward; its training still succeeds with the
-    # wrong gradient (Adam on a 2-D problem is forgiving): why the gradient tests exist
+    # wrong gradient (Adam on a 2-D problem is forgiving), so the training test awards its
+    # points only after a finite-difference check of the network's gradients
     Bug("softmax_vjp_sign", A2, "S_bar = fa.softmax_vjp(P, -h * G)", "S_bar = fa.softmax_vjp(P, h * G)",
-        frozenset({"test_block_backward_Z", "test_block_backward_theta", "test_network"}),
+        frozenset({"test_block_backward_Z", "test_block_backward_theta", "test_network", "test_training"}),
         "sign of the softmax VJP flipped"),
+    # log of a softmax: right at ordinary logits, NaN where a probability underflows to 0
+    Bug("log_of_softmax", A1, "return -(C * logits).sum() + logsumexp(logits).sum()",
+        "return -(C * np.log(softmax(logits))).sum()", frozenset({"test_cross_entropy"}), ""),
     Bug("sa_adjoint_transpose", A3, "return scores.swapaxes(-1, -2) @ Y", "return scores @ Y",
         frozenset({"test_SA_adjoint", "test_grad_Z", "test_grad_Z_finite_differences"}),
         "missing transpose in SA*"),
@@ -81,6 +85,13 @@ BUGS = (
     Bug("retract_vjp_projection", A4,
         "return (r / norms) * (Y_bar - unit * (unit * Y_bar).sum(axis=-1, keepdims=True))",
         "return (r / norms) * Y_bar", frozenset({"test_retract_vjp"}), "missing tangent projection"),
+    # the block's backward and the network's training use the oracle's backward
+    Bug("gelu_derivative", A5, "A_bar = (Y_bar @ W2) * gelu_grad(A)", "A_bar = Y_bar @ W2",
+        frozenset({"test_oracle_backward_Z", "test_oracle_backward_weights", "test_block_backward_Z",
+                   "test_block_backward_params", "test_training"}), "missing activation derivative"),
+    Bug("oracle_at_Z", A5, "oracle_forward(Z_half, W1, b1, W2, b2)", "oracle_forward(Z, W1, b1, W2, b2)",
+        frozenset({"test_block_forward", "test_block_backward_Z", "test_block_backward_params", "test_training"}),
+        "oracle evaluated at Z"),
 )
 
 
