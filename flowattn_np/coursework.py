@@ -213,8 +213,8 @@ def read_notebook(path):
         nb = nbformat.reads(text, as_version=4)
         nbformat.validate(nb)
     except nbformat.ValidationError as exc:
-        where = "/".join(str(part) for part in exc.absolute_path) or "the top level"
-        raise CourseworkError(f"NOTEBOOK: {path} is not a valid notebook: at {where}: "
+        where = "/".join(str(part) for part in exc.absolute_path)
+        raise CourseworkError(f"NOTEBOOK: {path} is not a valid notebook: {f'at {where}: ' if where else ''}"
                               f"{exc.message.splitlines()[0][:200]}") from None
     except Exception as exc:  # nbformat's own errors (a version it does not know, ...)
         raise CourseworkError(f"NOTEBOOK: {path} is not a valid notebook: {str(exc).splitlines()[0][:200]}") from None
@@ -279,7 +279,7 @@ def _run_cells(nb, path, timeout):
                 client.execute_cell(cell, index)
             except CellTimeoutError:
                 errors[index] = f"TimeoutError: the cell ran longer than {timeout:g} s (--timeout) and was interrupted"
-                run_sync(client.km.interrupt_kernel)()  # the run goes on with the next cell
+                _interrupt_and_wait(client, run_sync)  # then the run goes on with the next cell
             except DeadKernelError:
                 dead = _cell_name(nb, index)
                 errors[index] = ("DeadKernelError: the kernel died while running this cell (a crash, os._exit "
@@ -288,7 +288,25 @@ def _run_cells(nb, path, timeout):
                 shown = [o for o in cell.get("outputs", []) if o.output_type == "error"]
                 if shown:
                     errors[index] = f"{shown[0].ename}: {shown[0].evalue}"
+                elif cell.get("execution_count") is None:  # an execute request the kernel aborted
+                    errors[index] = "not run: the kernel skipped this cell"
     return errors
+
+
+def _interrupt_and_wait(client, run_sync, seconds=30):
+    """Interrupt the kernel and wait until it answers again (the interrupted cell has ended),
+    so that the next cell is not sent into the queue the kernel aborts after the interrupt."""
+    from queue import Empty
+
+    run_sync(client.km.interrupt_kernel)()
+    msg_id = client.kc.kernel_info()
+    try:
+        while True:
+            reply = run_sync(client.kc.shell_channel.get_msg)(timeout=seconds)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return
+    except Empty:
+        return
 
 
 def check_notebook(path, timeout=CHECK_TIMEOUT):
