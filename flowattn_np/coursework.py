@@ -323,6 +323,12 @@ def check_notebook(path, timeout=CHECK_TIMEOUT):
         raise CourseworkError('running a notebook needs nbclient: pip install "flowattn-np[notebooks]"') from None
     nb = read_notebook(path)
     graded = graded_cells(nb, path)
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec("python3")
+    except NoSuchKernel:
+        raise CourseworkError("no python3 Jupyter kernel to run the notebook: pip install ipykernel") from None
     errors = _run_cells(nb, path, timeout)
     outcomes = [CellOutcome(grade_id, points, index not in errors, errors.get(index, ""))
                 for index, grade_id, points in graded]
