@@ -1474,3 +1474,185 @@ def _vjp_variant(Z_bar, Z, theta, C, h, residual=True, z_softmax=True, th_softma
     Z_in = (Z_bar if residual else 0.0) + (S_bar @ theta if z_softmax else 0.0)
     th_bar = (h * (R.T @ Z_bar) if th_value else 0.0) + (S_bar.T @ Z if th_softmax else 0.0)
     return Z_in, th_bar, (G * R).sum()
+
+
+# ---------------------------------------------------------------- assignment 4: RK4 reference
+# (appended for the fifth assignment's branch; uses only the public API above)
+
+
+def reference_rk4_attention(Z, theta, t):
+    """One RK4 step of size t of the attention sub-flow dZ/dt = -CA(Z, theta) (n x d)."""
+    return _attention_step(theta, t)(Z)
+
+
+# ---------------------------------------------------------------- assignment 5: the MLP oracle in a block
+
+
+def activation_inputs(rng, n=4, k=6, scale=3.0):
+    """Random pre-activations x (n, k), a few of them far out (|x| of 30) where tanh saturates."""
+    x = scale * rng.standard_normal((n, k))
+    x.flat[:2] = (30.0, -30.0)
+    return (x,)
+
+
+def mlp_inputs(rng, n=5, d=3, k=6, m=4, scale=1.0):
+    """Random (Z (n, d), W1 (k, d), b1 (k,), W2 (m, k), b2 (m,)) for the MLP oracle.
+
+    scale multiplies W2 and b2: the oracle's logits; scale=300 puts them far beyond exp's range.
+    """
+    return (rng.standard_normal((n, d)), rng.standard_normal((k, d)) / d ** 0.5, 0.1 * rng.standard_normal(k),
+            scale * rng.standard_normal((m, k)) / k ** 0.5, scale * rng.standard_normal(m))
+
+
+def mlp_vjp_inputs(rng, **sizes):
+    """Random (C_bar (n, m), Z, W1, b1, W2, b2): an upstream gradient and the oracle's inputs."""
+    Z, W1, b1, W2, b2 = mlp_inputs(rng, **sizes)
+    return (rng.standard_normal((Z.shape[0], W2.shape[0])), Z, W1, b1, W2, b2)
+
+
+def mlp_block_inputs(rng, n=5, d=3, k=6, m=4):
+    """Random (Z, theta (m, d), h (0-d array), W1, b1, W2, b2) for a Lie block with the MLP oracle."""
+    Z, W1, b1, W2, b2 = mlp_inputs(rng, n, d, k, m)
+    return Z, rng.standard_normal((m, d)), np.array(rng.uniform(0.1, 0.9)), W1, b1, W2, b2
+
+
+def mlp_block_vjp_inputs(rng, **sizes):
+    """Random (Z_bar, Z, theta, h, W1, b1, W2, b2): an upstream gradient and one block's inputs."""
+    args = mlp_block_inputs(rng, **sizes)
+    return (rng.standard_normal(args[0].shape),) + args
+
+
+def reference_mlp_oracle(Z, W1, b1, W2, b2):
+    """The MLP oracle C_hat(Z) = sigma(gelu(Z W1^T + b1) W2^T + b2) (n x m), from flowattn_np.mlp."""
+    from .mlp import mlp_oracle
+
+    return mlp_oracle(Z, W1, b1, W2, b2, "gelu")[0]
+
+
+def reference_mlp_oracle_vjp(C_bar, Z, W1, b1, W2, b2):
+    """VJP of reference_mlp_oracle for the upstream C_bar: (Z_bar, W1_bar, b1_bar, W2_bar, b2_bar)."""
+    from .mlp import mlp_oracle, mlp_oracle_vjp
+
+    Z_bar, g = mlp_oracle_vjp(C_bar, mlp_oracle(Z, W1, b1, W2, b2, "gelu")[1])
+    return Z_bar, g["W1"], g["b1"], g["W2"], g["b2"]
+
+
+def _mlp_block(k):
+    return layers.make_block(layers.BlockConfig(model="linear", targets="mlp", mlp_hidden=k, activation="gelu",
+                                                learn_h=True))
+
+
+def _mlp_block_params(theta, h, W1, b1, W2, b2):
+    return {"theta": theta, "h": np.asarray(h, dtype=theta.dtype), "W1": W1, "b1": b1, "W2": W2, "b2": b2}
+
+
+def reference_mlp_block(Z, theta, h, W1, b1, W2, b2):
+    """Lie block with the MLP oracle: Z_half = Z - h CA(Z, theta), Z_out = Z_half + h C_hat(Z_half) theta."""
+    return _mlp_block(W1.shape[0]).forward(Z, _mlp_block_params(theta, h, W1, b1, W2, b2))[0]
+
+
+MLP_BLOCK_OUTPUTS = ("Z_bar_in", "theta_bar", "h_bar", "W1_bar", "b1_bar", "W2_bar", "b2_bar")
+
+
+def reference_mlp_block_vjp(Z_bar, Z, theta, h, W1, b1, W2, b2):
+    """VJP of reference_mlp_block for the upstream Z_bar: (Z_bar_in, theta_bar, h_bar, W1_bar, b1_bar,
+    W2_bar, b2_bar), from the package's block."""
+    block = _mlp_block(W1.shape[0])
+    _, cache = block.forward(Z, _mlp_block_params(theta, h, W1, b1, W2, b2))
+    Z_in_bar, g = block.backward(Z_bar, cache)
+    return (Z_in_bar, g["theta"], g["h"], g["W1"], g["b1"], g["W2"], g["b2"])
+
+
+def _gelu_parts(x):
+    t = np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3))
+    return t, 0.5 * x * (1.0 + t)
+
+
+def _oracle_variant(Z, W1, b1, W2, b2, act_grad=True, softmax_vjp=True, C_bar=None):
+    """The oracle (C_bar None) or its VJP with one piece left out (mistakes of the exercise)."""
+    A = Z @ W1.T + b1
+    H = _gelu_parts(A)[1]
+    C = ops.softmax(H @ W2.T + b2)
+    if C_bar is None:
+        return C
+    Y_bar = ops.softmax_vjp(C, C_bar) if softmax_vjp else C_bar
+    A_bar = Y_bar @ W2
+    if act_grad:
+        from .mlp import gelu_grad
+
+        A_bar = A_bar * gelu_grad(A)
+    return A_bar @ W1, A_bar.T @ Z, A_bar.sum(axis=0), Y_bar.T @ H, Y_bar.sum(axis=0)
+
+
+def _block_variant(Z_bar, Z, theta, h, W1, b1, W2, b2, oracle_path=True, attention_vjp=True, oracle_at_Z=False):
+    """The VJP of the MLP-oracle block written out, with one path left out (mistakes of the exercise)."""
+    P = ops.softmax(Z @ theta.T)
+    Z_half = Z - h * (P @ theta)
+    C = _oracle_variant(Z if oracle_at_Z else Z_half, W1, b1, W2, b2)
+    Zh_bar, W1_bar, b1_bar, W2_bar, b2_bar = _oracle_variant(Z if oracle_at_Z else Z_half, W1, b1, W2, b2,
+                                                             C_bar=h * (Z_bar @ theta.T))
+    U = Z_bar + (Zh_bar if oracle_path else 0.0)
+    S_bar = ops.softmax_vjp(P, -h * (U @ theta.T))
+    Z_in = U + (S_bar @ theta if attention_vjp else 0.0)
+    theta_bar = h * (C.T @ Z_bar) - h * (P.T @ U) + (S_bar.T @ Z if attention_vjp else 0.0)
+    h_bar = (Z_bar * (C @ theta)).sum() - (U * (P @ theta)).sum()
+    return Z_in, theta_bar, np.asarray(h_bar, dtype=Z.dtype), W1_bar, b1_bar, W2_bar, b2_bar
+
+
+EXERCISES["gelu"] = Exercise("gelu", "gelu(x) = x/2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)", (
+    Mistake("ReLU instead of GELU", "you compute max(x, 0): the oracle's activation is the tanh form of GELU, "
+            "x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).", make=lambda x: np.maximum(x, 0.0)),
+))
+EXERCISES["gelu_grad"] = Exercise(
+    "gelu_grad", "gelu'(x) = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2), t = tanh(u)", (
+        Mistake("missing the derivative of tanh's argument", "the chain rule through u = sqrt(2/pi) (x + "
+                "0.044715 x^3) is missing its factor du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2).",
+                make=lambda x: (lambda t: 0.5 * (1 + t) + 0.5 * x * (1 - t * t))(_gelu_parts(x)[0])),
+        Mistake("product rule half missing", "gelu(x) = x/2 (1 + tanh(u)) is a product: its derivative has "
+                "the term (1 + t)/2 AND the term x/2 (1 - t^2) du/dx; you have only the second.",
+                make=lambda x: (lambda t: 0.5 * x * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * x * x))(
+                    _gelu_parts(x)[0])),
+    ))
+EXERCISES["mlp_oracle"] = Exercise(
+    "oracle_forward", "C_hat(Z) = sigma(gelu(Z W1^T + b1) W2^T + b2), one softmax per row", (
+        Mistake(WRONG_AXIS, WRONG_AXIS_MSG + " Each row of C_hat is one example's distribution over the m classes.",
+                make=lambda Z, W1, b1, W2, b2: _softmax_cols(_gelu_parts(Z @ W1.T + b1)[1] @ W2.T + b2)),
+        Mistake("missing softmax", "you return the oracle's logits gelu(Z W1^T + b1) W2^T + b2: the targets are "
+                "their softmax, a distribution over the classes (rows summing to 1).",
+                make=lambda Z, W1, b1, W2, b2: _gelu_parts(Z @ W1.T + b1)[1] @ W2.T + b2),
+        Mistake("missing bias", "a bias is missing: the pre-activation is Z W1^T + b1 and the logits "
+                "gelu(A) W2^T + b2.", make=lambda Z, W1, b1, W2, b2: _oracle_variant(Z, W1, 0.0 * b1, W2, b2)),
+    ))
+EXERCISES["mlp_oracle_vjp"] = Exercise(
+    "oracle_backward", "VJP of C_hat = sigma(Y), Y = gelu(A) W2^T + b2, A = Z W1^T + b1", (
+        Mistake("missing softmax VJP", "you pass C_bar on as Y_bar: C_hat = sigma(Y), so Y_bar = C_hat * (C_bar - "
+                "rowsum(C_hat * C_bar)) (fa.softmax_vjp(C_hat, C_bar)).",
+                make=lambda Cb, Z, W1, b1, W2, b2: _oracle_variant(Z, W1, b1, W2, b2, softmax_vjp=False, C_bar=Cb)),
+        Mistake("missing activation derivative", "A_bar = (Y_bar W2) * gelu'(A): the gradient through H = gelu(A) "
+                "is multiplied entry by entry by the activation's derivative, which is missing.",
+                make=lambda Cb, Z, W1, b1, W2, b2: _oracle_variant(Z, W1, b1, W2, b2, act_grad=False, C_bar=Cb)),
+    ), outputs=("Z_bar", "W1_bar", "b1_bar", "W2_bar", "b2_bar"))
+EXERCISES["mlp_block"] = Exercise(
+    "block_forward", "Lie block: Z_half = Z - h CA(Z, theta), Z_out = Z_half + h C_hat(Z_half) theta", (
+        Mistake("oracle evaluated at Z", "the MLP oracle must see the output of the attention sub-step: "
+                "C_hat(Z_half), not C_hat(Z) (B starts where A ended).",
+                make=lambda Z, th, h, W1, b1, W2, b2: Z - h * attention.cross_attention(Z, th)
+                + h * _oracle_variant(Z, W1, b1, W2, b2) @ th),
+        Mistake("sign of the attention term flipped", "the attention sub-step SUBTRACTS: Z_half = Z - h CA(Z, "
+                "theta) (a descent step); you add it.",
+                make=lambda Z, th, h, W1, b1, W2, b2: (lambda Zh: Zh + h * _oracle_variant(Zh, W1, b1, W2, b2) @ th)(
+                    Z + h * attention.cross_attention(Z, th))),
+        Mistake("missing residual", "a residual connection is missing: each sub-step adds its update to its "
+                "input (Z_half = Z - ..., Z_out = Z_half + ...).",
+                make=lambda Z, th, h, W1, b1, W2, b2: (lambda Zh: h * _oracle_variant(Zh, W1, b1, W2, b2) @ th)(
+                    Z - h * attention.cross_attention(Z, th))),
+    ))
+EXERCISES["mlp_block_vjp"] = Exercise(
+    "block_backward", "VJP of the Lie block Z_out = Z_half + h C_hat(Z_half) theta, Z_half = Z - h CA(Z, theta)", (
+        Mistake("oracle held constant", "C_hat depends on Z_half: the gradient reaching Z_half is Z_bar PLUS the "
+                "oracle's Z_bar for C_bar = h Z_bar theta^T; you treat C_hat as fixed labels.",
+                make=lambda *a: _block_variant(*a, oracle_path=False)),
+        Mistake("missing attention softmax VJP", "P = sigma(Z theta^T) depends on Z and theta: Z_bar_in and "
+                "theta_bar need the softmax VJP S_bar of P_bar = -h U theta^T (U the gradient at Z_half).",
+                make=lambda *a: _block_variant(*a, attention_vjp=False)),
+    ), outputs=MLP_BLOCK_OUTPUTS)

@@ -43,6 +43,12 @@ CASES = {
     "strang_step": (checks.reference_strang_step, checks.block_inputs),
     "retract": (fa.retract, retract_inputs),
     "retract_vjp": (fa.retract_vjp, checks.sphere_inputs),
+    "gelu": (fa.gelu, checks.activation_inputs),
+    "gelu_grad": (fa.gelu_grad, checks.activation_inputs),
+    "mlp_oracle": (checks.reference_mlp_oracle, checks.mlp_inputs),
+    "mlp_oracle_vjp": (checks.reference_mlp_oracle_vjp, checks.mlp_vjp_inputs),
+    "mlp_block": (checks.reference_mlp_block, checks.mlp_block_inputs),
+    "mlp_block_vjp": (checks.reference_mlp_block_vjp, checks.mlp_block_vjp_inputs),
 }
 CATALOGUED = [(name, mk) for name, ex in checks.EXERCISES.items() for mk in ex.mistakes]
 

@@ -17,8 +17,10 @@ Each source notebook also runs top to bottom in a kernel where nbgrader cannot b
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -49,7 +51,7 @@ class Bug:
     diagnosis: str
 
 
-A1, A2, A3, A4 = NAMES
+A1, A2, A3, A4, A5 = NAMES
 BUGS = (
     Bug("sign_of_C_theta", A1, "residual = softmax(Z @ theta.T) - C", "residual = softmax(Z @ theta.T) + C",
         frozenset({"test_grad_Z", "test_grad_Z_finite_differences", "test_use_gradcheck"}),
@@ -68,10 +70,14 @@ BUGS = (
     Bug("grad_theta_transpose", A1, "return G.T @ Z", "return Z.T @ G",
         frozenset({"test_grad_theta"}), "missing transpose"),
     # the network's gradients use the block's backward; its training still succeeds with the
-    # wrong gradient (Adam on a 2-D problem is forgiving): why the gradient tests exist
+    # wrong gradient (Adam on a 2-D problem is forgiving), so the training test awards its
+    # points only after a finite-difference check of the network's gradients
     Bug("softmax_vjp_sign", A2, "S_bar = fa.softmax_vjp(P, -h * G)", "S_bar = fa.softmax_vjp(P, h * G)",
-        frozenset({"test_block_backward_Z", "test_block_backward_theta", "test_network"}),
+        frozenset({"test_block_backward_Z", "test_block_backward_theta", "test_network", "test_training"}),
         "sign of the softmax VJP flipped"),
+    # log of a softmax: right at ordinary logits, NaN where a probability underflows to 0
+    Bug("log_of_softmax", A1, "return -(C * logits).sum() + logsumexp(logits).sum()",
+        "return -(C * np.log(softmax(logits))).sum()", frozenset({"test_cross_entropy"}), ""),
     Bug("sa_adjoint_transpose", A3, "return scores.swapaxes(-1, -2) @ Y", "return scores @ Y",
         frozenset({"test_SA_adjoint", "test_grad_Z", "test_grad_Z_finite_differences"}),
         "missing transpose in SA*"),
@@ -81,6 +87,13 @@ BUGS = (
     Bug("retract_vjp_projection", A4,
         "return (r / norms) * (Y_bar - unit * (unit * Y_bar).sum(axis=-1, keepdims=True))",
         "return (r / norms) * Y_bar", frozenset({"test_retract_vjp"}), "missing tangent projection"),
+    # the block's backward and the network's training use the oracle's backward
+    Bug("gelu_derivative", A5, "A_bar = (Y_bar @ W2) * gelu_grad(A)", "A_bar = Y_bar @ W2",
+        frozenset({"test_oracle_backward_Z", "test_oracle_backward_weights", "test_block_backward_Z",
+                   "test_block_backward_params", "test_training"}), "missing activation derivative"),
+    Bug("oracle_at_Z", A5, "oracle_forward(Z_half, W1, b1, W2, b2)", "oracle_forward(Z, W1, b1, W2, b2)",
+        frozenset({"test_block_forward", "test_block_backward_Z", "test_block_backward_params", "test_training"}),
+        "oracle evaluated at Z"),
 )
 
 
@@ -149,6 +162,18 @@ def course(tmp_path_factory):
     run_nbgrader(course, "autograde", "*")
     print(f"\nautograde of {len(NAMES) * 2 + len(BUGS)} submissions: {time.perf_counter() - start:.1f} s")
     return course
+
+
+@pytest.fixture(scope="module")
+def feedback(course):
+    """The course after one ``nbgrader generate_feedback`` of every graded submission."""
+    run_nbgrader(course, "generate_feedback", "*")
+    return course
+
+
+def html_text(path):
+    """The text a reader sees in an HTML file: tags removed, entities decoded."""
+    return html.unescape(re.sub(r"<[^>]+>", "", path.read_text(encoding="utf-8")))
 
 
 def scores(course, student, name):
@@ -302,6 +327,28 @@ def test_a_seeded_mistake_loses_exactly_its_tests_and_is_named(course, bug):
     assert "CheckFailure" in message and f"Diagnosis - {bug.diagnosis}" in message, message[:2000]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("student,name", [("blank", n) for n in NAMES] + [(b.student, b.assignment) for b in BUGS],
+                         ids=[f"blank-{n}" for n in NAMES] + [b.student for b in BUGS])
+def test_feedback_shows_the_checkers_message_and_no_hidden_test(feedback, student, name):
+    """What a student reads: each failed test's message, no line of a hidden test, no traceback."""
+    source = nbformat.read(str(SOURCES / f"{name}.ipynb"), as_version=4)
+    released = nbformat.read(str(feedback / "release" / name / f"{name}.ipynb"), as_version=4)
+    visible = {line.strip() for c in released.cells for line in c.source.splitlines()}
+    hidden = {line for c in source.cells for line in regions(c.source, "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")}
+    text = html_text(feedback / "feedback" / student / name / f"{name}.html")
+    assert hidden - visible, name
+    shown = [line for line in hidden - visible if line in text]
+    assert not shown, f"{student}/{name}: the feedback shows hidden-test lines {shown[:3]}"
+    assert "Traceback (most recent call last)" not in text and "checks.py" not in text
+    assert "HIDDEN TESTS" not in text
+    bug = next((b for b in BUGS if b.student == student), None)
+    if bug is not None:
+        assert "CheckFailure: " in text and f"Diagnosis - {bug.diagnosis}" in text
+    else:
+        assert "NotImplementedError" in text
+
+
 # ---------------------------------------------------------------- course directory
 
 
@@ -378,3 +425,118 @@ def test_a_student_checks_a_notebook_from_the_terminal(tmp_path, capsys, monkeyp
     assert f"Diagnosis - {bug.diagnosis}" in out and "11 of 18 points" in out
     assert main(["coursework", "check", str(tmp_path / "missing.ipynb")]) == 2
     assert "error: NOTEBOOK:" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- coursework check and status on small notebooks
+
+
+def tiny_notebook(path, *cells):
+    """Write a notebook of code cells; a cell given as (source, grade_id, points) is a graded test."""
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    out = []
+    for cell in cells:
+        if isinstance(cell, str):
+            out.append(new_code_cell(cell))
+            continue
+        source, grade_id, points = cell
+        graded = new_code_cell(source)
+        graded.metadata["nbgrader"] = {"grade": True, "grade_id": grade_id, "locked": True, "points": points,
+                                       "schema_version": 3, "solution": False, "task": False}
+        out.append(graded)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(nbformat.writes(new_notebook(cells=out), version=nbformat.NO_CONVERT), encoding="utf-8")
+    return path
+
+
+def run_cli(monkeypatch, capfd, *argv):
+    """(exit status, stdout, stderr) of the command line, the kernel's own output included."""
+    from flowattn_np.cli import main
+
+    for key, value in kernel_env().items():
+        monkeypatch.setenv(key, value)
+    status = main(list(argv))
+    out, err = capfd.readouterr()
+    return status, out, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stall,first", [
+    ("import time\ntime.sleep(120)\ny = 2", "cell 3 (`import time`): TimeoutError: the cell ran longer than 2 s"),
+    ("import os\nos._exit(0)\ny = 2", "cell 3 (`import os`): DeadKernelError: the kernel died"),
+    ("y = undefined_name", "cell 3 (`y = undefined_name`): NameError: name 'undefined_name' is not defined"),
+], ids=["timeout", "dead_kernel", "first_error"])
+def test_check_reports_every_test_and_the_first_error(tmp_path, monkeypatch, capfd, stall, first):
+    """A cell that never ends is interrupted after --timeout, a kernel that dies leaves the tests
+    after it reported as not run, and the first error is named where it happened (not only the
+    NameError it causes later); the kernel's own warnings (TCP transport) are not printed."""
+    path = tiny_notebook(tmp_path / "nb.ipynb", "x = 1", ("assert x == 1", "test_before", 1), stall,
+                         ("assert y == 2", "test_after", 2))
+    start = time.perf_counter()
+    status, out, err = run_cli(monkeypatch, capfd, "coursework", "check", str(path), "--timeout", "2")
+    assert time.perf_counter() - start < 60
+    assert status == 1 and err == "", err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"first error: {first}"), out
+    assert "passed  test_before (1 points)" in lines and "FAILED  test_after (2 points)" in lines
+    after = lines[lines.index("FAILED  test_after (2 points)") + 1]
+    assert ("not run: the kernel died while running cell 3" in after) == ("os._exit" in stall), after
+    assert lines[-1].startswith("1 of 3 points")
+
+
+@pytest.mark.parametrize("content,why", [
+    ('{"foo": 1}', "is not a notebook: expected the keys 'cells' and 'nbformat', found 'foo'"),
+    (bytes(range(256)), "is not a notebook: it is not UTF-8 text"),
+    ("[1, 2", "is not a notebook: it is not JSON"),
+    ('{"cells": [{"cell_type": "code"}], "nbformat": 4, "nbformat_minor": 5, "metadata": {}}',
+     "is not a valid notebook: The notebook is invalid and is missing an expected key: metadata"),
+    ('{"cells": [{"cell_type": "code", "source": 1, "metadata": {}, "outputs": [], "execution_count": null}], '
+     '"nbformat": 4, "nbformat_minor": 4, "metadata": {}}', "is not a valid notebook: at cells/0/source: 1 is not"),
+], ids=["foo", "binary", "truncated", "cell_without_keys", "bad_source"])
+def test_check_refuses_a_malformed_notebook_in_one_line_before_running(tmp_path, monkeypatch, capfd, content, why):
+    path = tmp_path / "broken.ipynb"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    status, out, err = run_cli(monkeypatch, capfd, "coursework", "check", str(path))
+    assert status == 2 and out == ""
+    assert err.splitlines() == [err.strip()] and err.startswith(f"flowattn-np coursework: error: NOTEBOOK: {path} {why}"), err
+
+
+@pytest.mark.parametrize("points", ["many", -1, True, None])
+def test_check_refuses_a_bad_points_value_naming_the_cell_before_running(tmp_path, monkeypatch, capfd, points):
+    marker = tmp_path / "ran"
+    path = tiny_notebook(tmp_path / "nb.ipynb", f"open({str(marker)!r}, 'w').close()", ("assert True", "test_ok", 1),
+                         ("assert True", "test_bad", points))
+    status, out, err = run_cli(monkeypatch, capfd, "coursework", "check", str(path))
+    assert status == 2 and out == "" and not marker.exists()
+    assert err.strip() == (f"flowattn-np coursework: error: NOTEBOOK: {path}: cell 3 (grade_id 'test_bad') has "
+                           f"points {points!r}: expected a number >= 0")
+
+
+@pytest.mark.parametrize("timeout", ["0", "-5", "nan", "soon"])
+def test_check_timeout_must_be_a_positive_number(tmp_path, monkeypatch, capfd, timeout):
+    from flowattn_np.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["coursework", "check", str(tmp_path / "nb.ipynb"), f"--timeout={timeout}"])
+    assert stop.value.code == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"--timeout: expected a number of seconds > 0, got {timeout!r}")
+    assert "Traceback" not in "".join(err)
+
+
+@pytest.mark.slow
+def test_status_prints_every_assignments_tests_in_one_table(tmp_path, monkeypatch, capfd):
+    tiny_notebook(tmp_path / f"{A1}.ipynb", "x = 1", ("assert x == 1", "test_one", 2), ("assert x == 2", "test_two", 3))
+    tiny_notebook(tmp_path / A3 / f"{A3}.ipynb", ("assert True", "test_three", 4))
+    status, out, err = run_cli(monkeypatch, capfd, "coursework", "status", str(tmp_path))
+    assert status == 1 and err == ""
+    rows = [line.split() for line in out.splitlines()]
+    assert rows[0] == ["assignment", "test", "points", "result"]
+    assert [A1, "test_one", "2", "passed"] in rows and [A1, "test_two", "3", "FAILED"] in rows
+    assert [A3, "test_three", "4", "passed"] in rows
+    assert [A1, "total", "2/5", "first", "error:", "cell", "3", "(test_two):", "AssertionError:"] in rows
+    assert [A3, "total", "4/4"] in rows and not any(r[0] in (A2, A4, A5) for r in rows[1:])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status, out, err = run_cli(monkeypatch, capfd, "coursework", "status", str(empty))
+    assert status == 2 and err.startswith("flowattn-np coursework: error: DIR:") and len(err.splitlines()) == 1

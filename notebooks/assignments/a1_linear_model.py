@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -136,6 +136,9 @@ def cross_entropy(Z, theta, C):
 
 # %% nbgrader={"grade": true, "grade_id": "test_cross_entropy", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 print(checks.check_function(cross_entropy, fa.linear_loss, checks.linear_inputs, exercise="cross_entropy"))
+# logits of a few hundred: log of a softmax that underflowed to 0 is -inf (and 0 * -inf is NaN)
+print(checks.check_function(cross_entropy, fa.linear_loss, lambda r: checks.linear_inputs(r, scale=300.0),
+                            exercise="cross_entropy"))
 ### BEGIN HIDDEN TESTS
 def soft_label_inputs(r):
     Z, theta, _ = checks.linear_inputs(r, n=6, m=3, d=2)
@@ -220,7 +223,7 @@ assert np.allclose(result.numerical, fa.linear_grad_Z(Z, theta, C), atol=1e-6)
 
 # %% nbgrader={"grade": false, "grade_id": "grad_theta", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def grad_theta(Z, theta, C):
-    """Parameter gradient (sigma(Z theta^T) - C)^T Z of the point-wise cross-entropy. Returns m x d."""
+    """Parameter gradient grad_theta l of the point-wise cross-entropy (to derive). Returns m x d."""
     ### BEGIN SOLUTION
     G = softmax(Z @ theta.T) - C
     return G.T @ Z

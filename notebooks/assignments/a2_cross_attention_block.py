@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -76,30 +76,32 @@ print(checks.check_function(forward_only, checks.reference_ca_block, lambda r: c
 # %% [markdown]
 # ## 2. Backward (9 points)
 #
-# Given the gradient $\bar Z_{\text{out}} = \partial L/\partial Z_{\text{out}}$ of some
-# downstream loss $L$, the backward pass returns $\bar Z$, $\bar\theta$ and $\bar h$. Write
+# Given the gradient $\bar Z = \partial L/\partial Z_{\text{out}}$ of some downstream loss
+# $L$ (the upstream gradient), the backward pass returns $\bar Z_{\text{in}} = \partial L/\partial Z$,
+# $\bar\theta$ and $\bar h$. Write
 # the block as $Z_{\text{out}} = Z + h R\theta$ with $R = C - P$, $P = \sigma(S)$,
-# $S = Z\theta^T$. Derive, from $dL = \langle \bar Z_{\text{out}}, dZ_{\text{out}}\rangle$:
+# $S = Z\theta^T$. Derive, from $dL = \langle \bar Z, dZ_{\text{out}}\rangle$:
 #
-# * $\bar h = \langle \bar Z_{\text{out}}, R\theta\rangle$,
-# * $\bar P = -h\,\bar Z_{\text{out}}\theta^T$ and the softmax VJP
+# * $\bar h = \langle \bar Z, R\theta\rangle$,
+# * $\bar P = -h\,\bar Z\theta^T$ and the softmax VJP
 #   $\bar S = P \odot (\bar P - \mathrm{rowsum}(P\odot\bar P))$ (this is `fa.softmax_vjp(P, P_bar)`),
-# * $\bar Z$: the residual path plus the path through the attention weights,
+# * $\bar Z_{\text{in}}$: the residual path plus the path through the attention weights,
 # * $\bar\theta$: $\theta$ is both the **values** (in $R\theta$) and the **keys** (in $S$).
 #
-# Write `block_backward(Z_out_bar, cache)` returning `(Z_bar, theta_bar, h_bar)`.
+# Write `block_backward(Z_bar, cache)` returning `(Z_bar_in, theta_bar, h_bar)` (the names the
+# test messages use).
 
 # %% nbgrader={"grade": false, "grade_id": "block_backward", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def block_backward(Z_out_bar, cache):
-    """VJP of block_forward: (Z_bar, theta_bar, h_bar) for the upstream gradient Z_out_bar."""
+def block_backward(Z_bar, cache):
+    """VJP of block_forward: (Z_bar_in, theta_bar, h_bar) for the upstream gradient Z_bar."""
     ### BEGIN SOLUTION
     Z, theta, P, R, h = cache
-    G = Z_out_bar @ theta.T
+    G = Z_bar @ theta.T
     h_bar = (G * R).sum()
     S_bar = fa.softmax_vjp(P, -h * G)
-    Z_bar = Z_out_bar + S_bar @ theta
-    theta_bar = h * (R.T @ Z_out_bar) + S_bar.T @ Z
-    return Z_bar, theta_bar, h_bar
+    Z_bar_in = Z_bar + S_bar @ theta
+    theta_bar = h * (R.T @ Z_bar) + S_bar.T @ Z
+    return Z_bar_in, theta_bar, h_bar
     ### END SOLUTION
 
 
@@ -179,6 +181,15 @@ def network_loss_and_grads(X, y, theta, h, L):
 # %% nbgrader={"grade": true, "grade_id": "test_network", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
 print(checks.check_function(network_loss_and_grads, checks.reference_network, checks.network_inputs,
                             exercise="network"))
+
+
+def large_logit_inputs(r):  # features of a few hundred: logits far beyond the range of exp
+    X, y, theta, h, L = checks.network_inputs(r)
+    return 300.0 * X, y, theta, h, L
+
+
+print(checks.check_function(network_loss_and_grads, checks.reference_network, large_logit_inputs,
+                            exercise="network", seeds=(1,)))
 ### BEGIN HIDDEN TESTS
 print(checks.check_function(network_loss_and_grads, checks.reference_network, lambda r: checks.network_inputs(r, n=9, m=4, d=3, L=3), exercise="network", seeds=(31,)))
 ### END HIDDEN TESTS
@@ -223,6 +234,19 @@ print(f"L = 2: final training loss {losses2[-1]:.3f}, validation accuracy {acc2:
       f"learned h = {float(params2['h']):+.3f}")
 
 # %% nbgrader={"grade": true, "grade_id": "test_training", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+# points for training only with gradients that agree with central differences of the loss
+def gradient_inputs(r):  # h as a 0-d array: finite differences need an array to perturb
+    X, y, theta, h, L = checks.network_inputs(r)
+    return X, y, theta, np.array(h), L
+
+
+def network_loss(X, y, theta, h, L):
+    return checks.reference_network(X, y, theta, h, L)[0]
+
+
+for wrt, output in ((2, 1), (3, 2)):  # theta_bar, then h_bar
+    print(checks.check_gradient(network_loss_and_grads, network_loss, gradient_inputs, wrt=wrt, output=output,
+                                reference_grad=checks.reference_network, exercise="network", seeds=(5,)))
 assert losses2[-1] < 0.5 * losses2[0], "the training loss should at least halve"
 assert acc2 > 0.85, f"validation accuracy {acc2:.3f}: expected above 0.85"
 assert params2["theta"].dtype == np.float32 and np.asarray(params2["h"]).dtype == np.float32

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -48,6 +48,12 @@ def sa_inputs(rng):
     return checks.quadratic_inputs(rng)[:2]
 
 
+def large_score_inputs(rng):
+    """As sa_inputs, with scores Z theta Z^T of a few hundred: exp overflows without the max-shift."""
+    Z, theta = sa_inputs(rng)
+    return 10.0 * Z, theta
+
+
 # %% [markdown]
 # ## 1. Self-attention and its adjoint (5 points)
 #
@@ -74,12 +80,14 @@ def SA_adjoint(Z, theta):
 
 # %% nbgrader={"grade": true, "grade_id": "test_SA", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 print(checks.check_function(SA, fa.self_attention, sa_inputs, exercise="self_attention"))
+print(checks.check_function(SA, fa.self_attention, large_score_inputs, exercise="self_attention"))
 ### BEGIN HIDDEN TESTS
 print(checks.check_function(SA, fa.self_attention, lambda r: checks.quadratic_inputs(r, batch=1, n=6, d=4)[:2], exercise="self_attention", seeds=(12,)))
 ### END HIDDEN TESTS
 
 # %% nbgrader={"grade": true, "grade_id": "test_SA_adjoint", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 print(checks.check_function(SA_adjoint, fa.self_attention_adjoint, sa_inputs, exercise="self_attention_adjoint"))
+print(checks.check_function(SA_adjoint, fa.self_attention_adjoint, large_score_inputs, exercise="self_attention_adjoint"))
 ### BEGIN HIDDEN TESTS
 print(checks.check_function(SA_adjoint, fa.self_attention_adjoint, lambda r: checks.quadratic_inputs(r, batch=3, n=4, d=2)[:2], exercise="self_attention_adjoint", seeds=(13,)))
 ### END HIDDEN TESTS

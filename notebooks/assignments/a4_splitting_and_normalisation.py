@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -69,18 +69,14 @@ def rk4_attention(Z, theta, t):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_rk4_attention", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-def reference_rk4(Z, theta, t):
-    return fa.rk_step(lambda Y: fa.linear_flow_A(Y, theta), Z, t, "rk4")
-
-
 def rk4_inputs(rng):
     Z, theta, _, h = step_inputs(rng)
     return Z, theta, h
 
 
-print(checks.check_function(rk4_attention, reference_rk4, rk4_inputs, exercise="rk4_attention"))
+print(checks.check_function(rk4_attention, checks.reference_rk4_attention, rk4_inputs, exercise="rk4_attention"))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(rk4_attention, reference_rk4, lambda r: checks.block_inputs(r, n=3, m=6, d=2)[:2] + (0.05,), exercise="rk4_attention", seeds=(41,)))
+print(checks.check_function(rk4_attention, checks.reference_rk4_attention, lambda r: checks.block_inputs(r, n=3, m=6, d=2)[:2] + (0.05,), exercise="rk4_attention", seeds=(41,)))
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -170,6 +166,26 @@ for name, step in [("Lie, RK4 on A", lie_step), ("Strang, RK4 on A", strang_step
     print(f"{name:20s} errors {shown} -> order {fitted_order(Ns, errors):.2f}")
 
 # %% nbgrader={"grade": true, "grade_id": "test_orders", "locked": true, "points": 5, "schema_version": 3, "solution": false, "task": false}
+# steps that record what they are given: N calls of size T / N each, from Z0
+calls = []
+
+
+def recording_step(Z, theta, C, h):
+    calls.append((h, np.array_equal(Z, Z0)))
+    return Z
+
+
+assert np.allclose(global_errors(recording_step, [2, 4]), np.linalg.norm(Z0 - Z_ref), rtol=1e-12)
+assert [h for h, _ in calls] == [T / 2] * 2 + [T / 4] * 4, "N steps of size T / N for each N"
+assert all(start for _, start in calls), "every integration starts from Z0 (and the steps do not move it here)"
+assert np.allclose(global_errors(lambda Z, theta, C, h: Z_ref + 1.0, Ns), np.sqrt(Z_ref.size), rtol=1e-12), \
+    "the error is the Frobenius norm of Z_N - Z_ref"
+assert abs(fitted_order([1, 2, 4], [1.0, 0.25, 0.0625]) - 2.0) < 1e-12
+lie_order = fitted_order(Ns, global_errors(lie_step, Ns))
+strang_order = fitted_order(Ns, global_errors(strang_step, Ns))
+assert abs(lie_order - 1) < 0.1, f"Lie splitting should be first order, measured {lie_order:.2f}"
+assert abs(strang_order - 2) < 0.1, f"Strang splitting should be second order, measured {strang_order:.2f}"
+### BEGIN HIDDEN TESTS
 def reference_errors(step):
     def final(N):
         W = Z0.copy()
@@ -181,12 +197,6 @@ def reference_errors(step):
 
 assert np.allclose(global_errors(checks.reference_lie_step, Ns), reference_errors(checks.reference_lie_step),
                    rtol=1e-8)
-assert abs(fitted_order([1, 2, 4], [1.0, 0.25, 0.0625]) - 2.0) < 1e-12
-lie_order = fitted_order(Ns, global_errors(lie_step, Ns))
-strang_order = fitted_order(Ns, global_errors(strang_step, Ns))
-assert abs(lie_order - 1) < 0.1, f"Lie splitting should be first order, measured {lie_order:.2f}"
-assert abs(strang_order - 2) < 0.1, f"Strang splitting should be second order, measured {strang_order:.2f}"
-### BEGIN HIDDEN TESTS
 assert abs(fitted_order(Ns, global_errors(strang_step_euler, Ns)) - 1) < 0.1
 ### END HIDDEN TESTS
 
