@@ -96,6 +96,22 @@ def atomic_write(path, mode="wb", encoding=None):
         raise
 
 
+def prove_writable(path):
+    """Raise OSError naming ``path`` unless a file can be written there: a probe file is created
+    and removed in its folder (or, for a folder still to be made, the nearest that exists).
+    Called before the compute whose result goes to ``path``; leaves nothing behind."""
+    path = os.fspath(path)
+    try:
+        folder = os.path.dirname(_target(path))
+        while not os.path.isdir(folder) and not os.path.lexists(folder):
+            folder = os.path.dirname(folder)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write a file here ({exc.strerror or exc})", path) from None
+
+
 def write_text(path, text):
     """Write ``text`` (UTF-8) to ``path`` atomically (see ``atomic_write``)."""
     with atomic_write(path, "w") as f:
