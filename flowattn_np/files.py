@@ -241,7 +241,11 @@ class RunFolder:
                         f"{self.need_bytes / 2 ** 20:.0f} MiB")
             except OSError as exc:
                 self.discard()
-                raise DestinationError(f"{self.path} cannot be written: {exc.strerror or exc}") from exc
+                if exc.errno == errno.ENOSPC:
+                    raise DestinationError(f"{self.path} has no room left (No space left on device); the "
+                                           f"run's files need about {self.need_bytes / 2 ** 20:.0f} MiB") from exc
+                raise DestinationError(f"{self.path} cannot be written ({exc.strerror or exc}); expected "
+                                       "a folder this user can create and write") from exc
             except BaseException:
                 self.discard()
                 raise
@@ -257,6 +261,8 @@ class RunFolder:
             return
         parent, missing = os.path.dirname(os.path.abspath(self.path)), []
         while not os.path.isdir(parent):
+            if os.path.lexists(parent):
+                raise DestinationError(f"{self.path} cannot be created: {parent} is a file, not a folder")
             missing.append(parent)
             parent = os.path.dirname(parent)
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
