@@ -277,16 +277,16 @@ def load_checkpoint(path):
 def restore_optimizer(optimizer, net):
     """Put the optimiser state saved with ``net``'s checkpoint into ``optimizer``.
 
+    The saved state must be of ``optimizer``'s kind and each array of the shape and dtype
+    of the parameter it belongs to in ``optimizer.params``; otherwise a ValueError naming
+    the checkpoint file, before ``optimizer`` changes.
+
     Parameters
     ----------
     optimizer : Optimizer
         Built on ``net.params``.
     net : Network
         Returned by `load_checkpoint`.
-
-    The saved state must be of ``optimizer``'s kind and each array of the shape and dtype
-    of the parameter it belongs to in ``optimizer.params``; otherwise a ValueError naming
-    the checkpoint file, before ``optimizer`` changes.
     """
     path = getattr(net, "checkpoint_path", "the checkpoint")
     saved = getattr(net, "checkpoint_meta", {}).get("optimizer")
