@@ -290,11 +290,16 @@ class RunFolder:
         return names
 
     def _remove_stale(self):
-        """Staging and backup folders a killed run left behind (its process is gone)."""
+        """Staging folders a killed run left behind (its process is gone), and the temporary
+        files of run outputs that runs of earlier versions, which wrote in place, left."""
+        temporary = tuple(f".{n}." for n in RUN_FILES + KNOWN_FIGURES)
         for entry in os.listdir(self.path):
-            folder = os.path.join(self.path, entry)
-            if entry.startswith(STAGING_PREFIX) and os.path.isdir(folder) and _stale(folder):
-                shutil.rmtree(folder, ignore_errors=True)
+            path = os.path.join(self.path, entry)
+            if entry.startswith(STAGING_PREFIX) and os.path.isdir(path) and _stale(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif entry.startswith(temporary) and entry.endswith(".tmp") and os.path.isfile(path):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
     # ------------------------------------------------------------ during the run
 

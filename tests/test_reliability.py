@@ -157,9 +157,11 @@ def test_a_rerun_removes_the_staging_folder_of_a_killed_run_and_keeps_a_live_one
             (tmp_path / f"{STAGING_PREFIX}{name}").mkdir()
             (tmp_path / f"{STAGING_PREFIX}{name}" / "pid").write_text(str(pid))
             (tmp_path / f"{STAGING_PREFIX}{name}" / ".figure1.png.abc.tmp").write_bytes(b"half")
+        (tmp_path / ".figure1.png.x7f3k.tmp").write_bytes(b"half")  # left by a version that wrote in place
+        (tmp_path / ".notes.txt.swp").write_bytes(b"the user's")
         with RunFolder(tmp_path) as folder:
             write_text(folder.file("results.json"), "{}")
-        assert sorted(os.listdir(tmp_path)) == [f"{STAGING_PREFIX}live", "results.json"]
+        assert sorted(os.listdir(tmp_path)) == [f"{STAGING_PREFIX}live", ".notes.txt.swp", "results.json"]
     finally:
         live.kill()
         live.wait()
