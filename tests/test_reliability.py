@@ -183,6 +183,29 @@ def test_sigterm_and_sighup_raise_like_ctrl_c_and_an_ignored_signal_stays_ignore
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_mid_run_exit_128_plus_the_signal_leaving_no_folder(sig, status, workdir,
+                                                                                monkeypatch, capsys):
+    import flowattn_np.data as data
+
+    def signalled(**kwargs):  # what `timeout` or a closed terminal does while the data loads
+        assert len(list((workdir / "runs").iterdir())) == 1  # the folder was made and proven first
+        os.kill(os.getpid(), sig)
+        time.sleep(5)
+
+    def unhandled(signum, frame):  # without the command's own handler: fail, not kill pytest
+        raise RuntimeError(f"signal {signum} was not handled by the command")
+
+    monkeypatch.setattr(data, "load_fashion_mnist", signalled)
+    previous = signal.signal(sig, unhandled)
+    try:
+        assert cli.main(["reproduce", "--quick", "--no-progress"]) == status
+    finally:
+        signal.signal(sig, previous)
+    assert capsys.readouterr().err.strip() == f"flowattn-np: terminated by signal {int(sig)}"
+    assert os.listdir(workdir) == []
+
+
 # ---------------------------------------------------------------- unwritable --out: refused at once
 
 
