@@ -206,8 +206,6 @@ def _reproduce(args):
 
     overrides = {name: getattr(args, name) for name in REPRODUCE_OPTIONS if getattr(args, name) is not None}
     cfg = ReproduceConfig.quick_run(**overrides) if args.quick else ReproduceConfig(**overrides)
-    folder = _run_folder(args, default_out)
-    out = folder.path
     prog = "python -m flowattn_np" if sys.argv[0].endswith("__main__.py") else "flowattn-np"
     command = " ".join([prog] + list(args.argv))
     log = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr))
@@ -215,12 +213,16 @@ def _reproduce(args):
     if figures and not matplotlib_available():  # one line, even with --no-progress; the numbers still land
         print(f"{args.parser.prog}: {FIGURES_SKIPPED}", file=sys.stderr)
         figures = False
+    folder = _run_folder(args, default_out)
+    out = folder.path
     try:
         results = reproduce(cfg, out=folder, backend=args.backend, data_dir=args.data_dir,
                             progress=not args.no_progress, figures=figures, command=command, log=log)
     except NonFiniteLossError as exc:  # the settings' fault: say which to change, in one line
         args.parser.exit(2, f"{args.parser.prog}: error: {exc} This run: --lr {cfg.lr:g}, "
                             f"--train-noise {cfg.train_noise:g}; nothing was written.\n")
+    finally:
+        folder.discard()  # a no-op after the files landed; else what the preparation made goes
     return _print_results(args, out, markdown_table(results) + "\n" + (
         f"Took {results['seconds']:.1f} s on backend {results['backend']}. "
         f"Wrote {os.path.join(out, 'results.json')}, results.md"
