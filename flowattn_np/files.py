@@ -36,7 +36,12 @@ _SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if 
 
 
 def _umask():
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    with contextlib.suppress(OSError, ValueError):  # Linux says it without changing it
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere reading the umask means setting it; put it straight back
     os.umask(mask)
     return mask
 
@@ -81,7 +86,8 @@ def atomic_write(path, mode="wb", encoding=None):
         folder = os.path.dirname(target)
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
-        os.fchmod(fd, _mode_for(target))
+        if hasattr(os, "fchmod"):  # mkstemp made it private (0600)
+            os.fchmod(fd, _mode_for(target))
         with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as f:
             yield f
             f.flush()
