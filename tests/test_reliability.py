@@ -139,6 +139,16 @@ def test_overwrite_replaces_the_previous_run_together_figures_it_no_longer_makes
     assert _snapshot(tmp_path) == {"notes.txt": b"mine", "results.json": b"new", "results.md": b"new"}
 
 
+def test_of_two_runs_into_one_named_folder_the_second_to_finish_does_not_write_over_the_first(tmp_path):
+    first, second = RunFolder(tmp_path / "o").prepare(), RunFolder(tmp_path / "o").prepare()
+    with first:
+        write_text(first.file("results.json"), "first")
+    with pytest.raises(DestinationError, match="another run wrote results.json while this one computed"):
+        with second:
+            write_text(second.file("results.json"), "second")
+    assert _snapshot(tmp_path / "o") == {"results.json": b"first"}
+
+
 def test_fresh_folders_of_the_same_name_get_a_suffix(tmp_path):
     a = RunFolder(tmp_path / "runs" / "r", fresh=True).prepare()
     b = RunFolder(tmp_path / "runs" / "r", fresh=True).prepare()
@@ -256,12 +266,14 @@ def test_an_out_on_a_read_only_mount_is_refused_at_once(workdir, capsys):
 
 
 AS_NOBODY = """
-import os, sys
+import os, sys, time
 from flowattn_np import cli, coursework, data, experiment, files, plotting, train  # read while readable
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
+t0 = time.perf_counter()
 try:
     cli.main(sys.argv[1:])
 except SystemExit as exc:
+    print(f"{time.perf_counter() - t0:.3f}")
     sys.exit(exc.code)
 """
 
@@ -301,6 +313,7 @@ def test_an_out_the_user_may_not_write_and_an_unreadable_data_dir_are_refused(sh
         lines = _error_lines(done.stderr)
         assert done.returncode == 2 and len(lines) == 1, done.stderr
         assert message.format(d=shared_dir) in lines[0]
+        assert float(done.stdout) < 1.0, f"refused after {done.stdout} s"
     assert os.listdir(shared_dir / "locked") == []
     assert sorted(os.listdir(shared_dir)) == ["data", "locked"]
 
