@@ -33,6 +33,7 @@ from .network import Network, NetworkConfig
 CHECKPOINT_VERSION = 1
 META_KEY = "__meta__"
 MAX_META_BYTES = 64 * 2 ** 20  # JSON metadata: configuration, history (a few KB in practice)
+MAX_META_DEPTH = 32  # nesting of the metadata JSON (the configuration nests 3 deep)
 MAX_DEFLATE_RATIO = 1032  # the most DEFLATE can expand a byte (for compressed archives)
 
 
@@ -66,6 +67,8 @@ def _regular_file(path):
         mode = os.stat(path).st_mode  # stat never blocks, where opening a FIFO would
     except FileNotFoundError:
         raise FileNotFoundError(f"path: no checkpoint at {path}") from None
+    except OSError as exc:  # a loop of symbolic links, no permission, a name too long
+        raise ValueError(f"path: {path} cannot be read as a checkpoint: {exc.strerror or exc}") from None
     if not stat.S_ISREG(mode):
         raise ValueError(f"path: {path} is not a regular file (a folder, FIFO or device), "
                          "so it cannot be a checkpoint")
@@ -105,8 +108,13 @@ def read_headers(path):
     path = _regular_file(path)
     try:
         with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            names = [i.filename for i in infos]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:  # zipfile would silently read the last copy
+                raise ValueError(f"path: {path}: members {repeated} appear more than once")
             return {info.filename[:-4] if info.filename.endswith(".npy") else info.filename:
-                    _member_header(archive, info, path) for info in archive.infolist()}
+                    _member_header(archive, info, path) for info in infos}
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ValueError(f"path: {path} is not a readable checkpoint (.npz): {exc}") from exc
     except ValueError as exc:
@@ -119,13 +127,28 @@ def _parse_meta(raw, path):
     """The metadata dict from its stored bytes; ValueError naming the file otherwise."""
     try:
         meta = json.loads(raw.tobytes().decode("utf-8"))
+    except RecursionError:
+        meta = None
     except UnicodeDecodeError as exc:
         raise ValueError(f"path: {path}: the checkpoint metadata is not UTF-8 text ({exc})") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"path: {path}: the checkpoint metadata is not JSON ({exc})") from None
+    if meta is None or _depth(meta) > MAX_META_DEPTH:
+        raise ValueError(f"path: {path}: the checkpoint metadata nests deeper than {MAX_META_DEPTH} levels")
     if not isinstance(meta, dict):
         raise ValueError(f"path: {path}: the checkpoint metadata is not a JSON object")
     return meta
+
+
+def _depth(value):
+    """How deep lists and dicts nest in a JSON value (iterative: no recursion limit)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            todo.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 def load_arrays(path, names=None):
@@ -245,6 +268,7 @@ def load_checkpoint(path):
     arrays, meta = load_arrays(path, names=check)
     params = _with_prefix(arrays, "param/")
     net = Network(found["config"], params=params)
+    net.checkpoint_path = path
     net.checkpoint_meta = meta
     net.checkpoint_optimizer_state = _with_prefix(arrays, "opt/")
     return net
@@ -253,6 +277,10 @@ def load_checkpoint(path):
 def restore_optimizer(optimizer, net):
     """Put the optimiser state saved with ``net``'s checkpoint into ``optimizer``.
 
+    The saved state must be of ``optimizer``'s kind and each array of the shape and dtype
+    of the parameter it belongs to in ``optimizer.params``; otherwise a ValueError naming
+    the checkpoint file, before ``optimizer`` changes.
+
     Parameters
     ----------
     optimizer : Optimizer
@@ -260,7 +288,25 @@ def restore_optimizer(optimizer, net):
     net : Network
         Returned by `load_checkpoint`.
     """
+    path = getattr(net, "checkpoint_path", "the checkpoint")
+    saved = getattr(net, "checkpoint_meta", {}).get("optimizer")
+    kind = type(optimizer).__name__
+    if not isinstance(saved, dict):
+        raise ValueError(f"path: {path} holds no optimiser state (it was saved without an optimizer)")
+    if saved.get("class") != kind:
+        raise ValueError(f"optimizer: {path} holds the state of {saved.get('class')!r}, got a {kind}")
+    t = saved.get("t")
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        raise ValueError(f"path: {path}: the optimiser's step count t is {t!r}, expected an integer >= 0")
     state = dict(getattr(net, "checkpoint_optimizer_state", {}))
-    state["t"] = net.checkpoint_meta.get("optimizer", {}).get("t", 0)
+    for key, array in state.items():
+        prefix, _, name = key.partition("/")
+        param = optimizer.params.get(name)
+        if prefix not in optimizer.state_prefixes or param is None:
+            raise ValueError(f"optimizer: {path} holds {key!r}, which a {kind} on these parameters has not")
+        if tuple(array.shape) != tuple(param.shape) or array.dtype != param.dtype:
+            raise ValueError(f"optimizer: {path} holds {key!r} of shape {tuple(array.shape)} "
+                             f"({array.dtype}), but the parameter {name!r} is {tuple(param.shape)} ({param.dtype})")
+    state["t"] = t
     optimizer.load_state(state)
     return optimizer

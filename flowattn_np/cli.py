@@ -46,15 +46,25 @@ def _non_negative_float(text):
     return _number(text, positive=False)
 
 
+def _distinct(values, text):
+    """``values`` if none repeats: a repeated column would only redo the same compute."""
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(
+            f"expected distinct values, got {text!r} ({', '.join(f'{v:g}' for v in repeated)} repeated)")
+    return values
+
+
 def _floats(text):
     parts = [v.strip() for v in text.split(",") if v.strip()]
     if not parts:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0, got {text!r}")
     try:
-        return tuple(_number(v, positive=False) for v in parts)
+        values = tuple(_number(v, positive=False) for v in parts)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated finite numbers >= 0, got {text!r}") from None
+    return _distinct(values, text)
 
 
 def _ints(text):
@@ -64,7 +74,7 @@ def _ints(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+    return _distinct(values, text)
 
 
 def _parts(text):
@@ -193,6 +203,8 @@ def _add_reproduce_parser(sub):
     rep.add_argument("--quick", action="store_true", help="a smoke-sized run (seconds)")
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
     rep.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    rep.add_argument("--overwrite", action="store_true",
+                     help="replace the previous run in --out (all its files, together, at the end)")
     return rep
 
 
@@ -229,6 +241,8 @@ def _preflight_reproduce(args):
     if args.data_dir is not None:
         if not os.path.isdir(args.data_dir):
             return f"--data-dir: {args.data_dir} is not a folder"
+        if not os.access(args.data_dir, os.R_OK | os.X_OK):
+            return f"--data-dir: {args.data_dir} cannot be read (permission denied); expected a readable folder"
         missing = [f for f in FILES.values() if not os.path.isfile(os.path.join(args.data_dir, f))]
         if missing:
             return (f"--data-dir: {args.data_dir} lacks {', '.join(missing)} "
@@ -251,10 +265,10 @@ REPRODUCE_OPTIONS = ("layers", "max_layers", "noise", "train_noise", "epochs", "
 def _reproduce(args):
     from .experiment import FIGURES_SKIPPED, ReproduceConfig, default_out, markdown_table, reproduce
     from .plotting import matplotlib_available
+    from .train import NonFiniteLossError
 
     overrides = {name: getattr(args, name) for name in REPRODUCE_OPTIONS if getattr(args, name) is not None}
     cfg = ReproduceConfig.quick_run(**overrides) if args.quick else ReproduceConfig(**overrides)
-    out = args.out or default_out()
     prog = "python -m flowattn_np" if sys.argv[0].endswith("__main__.py") else "flowattn-np"
     command = " ".join([prog] + list(args.argv))
     log = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr))
@@ -262,12 +276,52 @@ def _reproduce(args):
     if figures and not matplotlib_available():  # one line, even with --no-progress; the numbers still land
         print(f"{args.parser.prog}: {FIGURES_SKIPPED}", file=sys.stderr)
         figures = False
-    results = reproduce(cfg, out=out, backend=args.backend, data_dir=args.data_dir,
-                        progress=not args.no_progress, figures=figures, command=command, log=log)
-    print(markdown_table(results))
-    print(f"Took {results['seconds']:.1f} s on backend {results['backend']}. "
-          f"Wrote {os.path.join(out, 'results.json')}, results.md"
-          + "".join(f", {f}" for f in results["figures"].values()) + f" in {out}/")
+    folder = _run_folder(args, default_out)
+    out = folder.path
+    try:
+        results = reproduce(cfg, out=folder, backend=args.backend, data_dir=args.data_dir,
+                            progress=not args.no_progress, figures=figures, command=command, log=log)
+    except NonFiniteLossError as exc:  # the settings' fault: say which to change, in one line
+        args.parser.exit(2, f"{args.parser.prog}: error: {exc} This run: --lr {cfg.lr:g}, "
+                            f"--train-noise {cfg.train_noise:g}; nothing was written.\n")
+    finally:
+        folder.discard()  # a no-op after the files landed; else what the preparation made goes
+    return _print_results(args, out, markdown_table(results) + "\n" + (
+        f"Took {results['seconds']:.1f} s on backend {results['backend']}. "
+        f"Wrote {os.path.join(out, 'results.json')}, results.md"
+        + "".join(f", {f}" for f in results["figures"].values()) + f" in {out}/\n"))
+
+
+# reproduce's files: results.json and results.md (well under 1 MiB) and up to five figures
+NEED_BYTES = 1 * 2 ** 20
+NEED_BYTES_FIGURES = 8 * 2 ** 20
+
+
+def _run_folder(args, default_out):
+    """The output folder, created and proven writable with room to spare before any data is
+    read; otherwise one --out error line (exit 2) and nothing left behind."""
+    from .files import DestinationError, RunFolder
+
+    folder = RunFolder(args.out or default_out(), overwrite=args.overwrite, fresh=args.out is None,
+                       need_bytes=NEED_BYTES if args.no_figures else NEED_BYTES_FIGURES)
+    try:
+        return folder.prepare()
+    except DestinationError as exc:
+        args.parser.error(f"--out: {exc}")
+
+
+def _print_results(args, out, text):
+    """Print the table; a stdout that cannot take it (a full disk, /dev/full, a closed pipe)
+    is one error line, since the files are written already."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        with open(os.devnull, "w") as null:  # nothing more to flush into the failed stream at exit
+            os.dup2(null.fileno(), sys.stdout.fileno())
+        print(f"{args.parser.prog}: error: cannot write to standard output ({exc.strerror}); "
+              f"the results are in {out}/", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -317,6 +371,7 @@ def _info(args):
 def main(argv=None):
     from .backend import BackendError
     from .data import DataError
+    from .files import signals_as_interrupts
 
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -331,21 +386,30 @@ def main(argv=None):
             args.parser.error(problem)  # argparse's form and exit status 2, before any work
     _apply_threads(args)
     try:
-        if args.command == "coursework":
-            from .coursework import main as coursework_main
+        with signals_as_interrupts():  # SIGTERM and SIGHUP clean up like Ctrl-C
+            if args.command == "coursework":
+                from .coursework import main as coursework_main
 
-            return coursework_main(args)
-        return {"reproduce": _reproduce, "data": _data, "info": _info,
-                "notebooks": _notebooks}[args.command](args)
+                return coursework_main(args)
+            return {"reproduce": _reproduce, "data": _data, "info": _info,
+                    "notebooks": _notebooks}[args.command](args)
+    except OSError as exc:  # a file that could not be written or read: one line naming it
+        if getattr(args, "debug", False):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{args.parser.prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except (DataError, BackendError, ValueError, TypeError) as exc:
         if getattr(args, "debug", False):
             raise
         hint = "" if isinstance(exc, (DataError, BackendError)) else " (--debug shows the traceback)"
         print(f"{args.parser.prog}: error: {exc}{hint}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("flowattn-np: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (files.Terminated)
+        signum = getattr(exc, "signum", 2)
+        print(f"flowattn-np: {'interrupted' if signum == 2 else f'terminated by signal {signum}'}",
+              file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

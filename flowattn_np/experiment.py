@@ -515,11 +515,13 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
               command=None, log=print):
     """Run the experiment; write results.json, results.md and figures into ``out``.
 
-    ``out`` (default: a new folder under runs/) is created only when the results are
-    written; if the run fails or is interrupted, what it added there is removed
-    (``files.RunFolder``). Without matplotlib the figures are skipped, saying so
-    through ``log``, and the numbers are still written. Returns the results dict (the
-    content of results.json).
+    ``out`` is a folder path (default: a new folder under runs/, suffixed if the name is
+    taken) or a prepared ``files.RunFolder``. It is created and proven writable before
+    the data is loaded; a folder holding a previous run is refused (a RunFolder with
+    ``overwrite=True`` replaces it). The files land together at the end; if the run fails
+    or is interrupted, what it added is removed and the folder is as it was. Without
+    matplotlib the figures are skipped, saying so through ``log``, and the numbers are
+    still written. Returns the results dict (the content of results.json).
     """
     from . import plotting
     from .data import CLASS_NAMES, load_fashion_mnist
@@ -529,7 +531,9 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
         log(FIGURES_SKIPPED)
         figures = False
     t_start = time.perf_counter()
-    with RunFolder(out or default_out()) as folder, use_backend(backend or get_backend()):
+    if not isinstance(out, RunFolder):
+        out = RunFolder(out) if out else RunFolder(default_out(), fresh=True)
+    with out as folder, use_backend(backend or get_backend()):
         ds = load_fashion_mnist(data_dir=data_dir, progress=progress)
         train, test = slice(cfg.train_size or None), slice(cfg.test_size or None)  # None: all rows
         X, y = asarray(ds.X_train[train]), asarray(ds.y_train[train])  # host -> backend, once

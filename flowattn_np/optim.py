@@ -95,6 +95,8 @@ def _no_decay(name):
 class Optimizer:
     """Base: ``step(grads)`` updates ``params`` in place; ``lr`` follows ``schedule``."""
 
+    state_prefixes = ()  # the per-parameter state arrays, keyed "<prefix>/<parameter>"
+
     def __init__(self, params, lr, weight_decay=0.0, schedule=None):
         if not (lr > 0 and math.isfinite(lr)):
             raise ValueError(f"lr: expected a positive finite learning rate, got {lr}")
@@ -174,6 +176,8 @@ class SGD(Optimizer):
             p -= lr * g
         self.t += 1
 
+    state_prefixes = ("velocity",)
+
     def state(self):
         """Step count and velocities, for checkpoints."""
         out = {"t": self.t}
@@ -235,6 +239,8 @@ class Adam(Optimizer):
             v *= self.b2
             v += (1 - self.b2) * (g * g)
             p -= (lr / c1) * m / (xp.sqrt(v / c2) + self.eps)
+
+    state_prefixes = ("m", "v")
 
     def state(self):
         """Step count and moment estimates, for checkpoints."""

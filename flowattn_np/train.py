@@ -33,6 +33,7 @@ from .backend import (
     to_numpy,
 )
 from .checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
+from .files import prove_writable
 from .optim import SGD, make_optimizer
 from .progress import PlainProgress, progress_bar
 from .random import RNG, host_rng
@@ -511,6 +512,8 @@ def fit(net, X, y, epochs=5, batch_size=256, optimizer=None, lr=0.1, X_val=None,
                       checkpoint=checkpoint, desc=desc, check_inputs=check_inputs)
     X, y, X_val, y_val = _prepare_data(net, X, y, X_val, y_val, cfg.check_inputs)
     optimizer = _optimizer_for(net, optimizer, cfg.lr)
+    if cfg.checkpoint is not None:  # an unwritable checkpoint fails now, not after an epoch
+        prove_writable(cfg.checkpoint)
     guard = NonFiniteGuard(net.params, cfg.steps_between_checks())
     order_rng, noise_rng = host_rng(cfg.seed), (RNG(cfg.seed + 1) if cfg.noise else None)
     workspace, n = Workspace(), X.shape[0]  # the batch buffers, reused from step to step

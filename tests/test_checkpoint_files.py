@@ -225,3 +225,101 @@ def test_a_good_checkpoint_still_round_trips(tmp_path):
     assert loaded.params.keys() == net.params.keys()
     for k in net.params:
         np.testing.assert_array_equal(loaded.params[k], net.params[k])
+
+
+# ---------------------------------------------------------------- every error names the file
+
+
+def test_metadata_nested_100000_deep_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "c.npz"
+    _small_checkpoint(path)
+    _with_raw_meta(path, b'{"version": 1, "config": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    _refused_cheaply(path, f"path: {path}: the checkpoint metadata nests deeper than 32 levels")
+    _small_checkpoint(path)
+    _with_raw_meta(path, b'{"version": 1, "x": ' + b"[" * 40 + b"]" * 40 + b"}")  # under the recursion limit
+    with pytest.raises(ValueError, match="nests deeper than 32 levels"):
+        load_checkpoint(path)
+
+
+def test_a_symlink_loop_is_refused_naming_the_file(tmp_path):
+    (tmp_path / "a.npz").symlink_to(tmp_path / "b.npz")
+    (tmp_path / "b.npz").symlink_to(tmp_path / "a.npz")
+    with pytest.raises(ValueError, match=f"path: {tmp_path / 'a.npz'} cannot be read as a checkpoint: "
+                                         "Too many levels of symbolic links"):
+        load_checkpoint(tmp_path / "a.npz")
+
+
+def test_a_duplicated_zip_member_is_refused_instead_of_loading_the_last_copy(tmp_path):
+    path = tmp_path / "c.npz"
+    _small_checkpoint(path)
+    second = io.BytesIO()
+    np.lib.format.write_array(second, np.ones((3, 2), np.float32))
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(path, "a") as z:
+        z.writestr("param/theta.npy", second.getvalue())
+    with pytest.raises(ValueError, match=rf"path: {path}: members \['param/theta.npy'\] appear more than once"):
+        load_checkpoint(path)
+
+
+def _trained(opt_class, **config):
+    net = fa.Network(fa.NetworkConfig(**{"n_inputs": 2, "n_classes": 3, **config}))
+    opt = opt_class(net.params, lr=0.1)
+    opt.step({k: np.ones_like(v) for k, v in net.params.items()})
+    return net, opt
+
+
+def test_restore_optimizer_refuses_another_kind_another_shape_and_a_bad_step_count(tmp_path):
+    from flowattn_np.checkpoint import restore_optimizer
+    from flowattn_np.optim import Adam
+
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, *_trained(Adam))
+    loaded = load_checkpoint(path)
+    sgd = SGD(loaded.params, lr=0.1)
+    with pytest.raises(ValueError, match=f"optimizer: {path} holds the state of 'Adam', got a SGD"):
+        restore_optimizer(sgd, loaded)
+    assert sgd.velocity == {} and sgd.t == 0  # unchanged
+    other = fa.Network(fa.NetworkConfig(n_inputs=5, n_classes=3))  # a differently shaped network
+    with pytest.raises(ValueError, match=r"holds 'm/theta' of shape \(3, 2\).*'theta' is \(3, 5\)"):
+        restore_optimizer(Adam(other.params, lr=0.1), loaded)
+    assert restore_optimizer(Adam(loaded.params, lr=0.1), loaded).t == 1
+    _rewrite(path, lambda meta: meta["optimizer"].update(t="many"))
+    with pytest.raises(ValueError, match=f"path: {path}: the optimiser's step count t is 'many'"):
+        restore_optimizer(Adam(loaded.params, lr=0.1), load_checkpoint(path))
+    save_checkpoint(path, loaded)  # no optimiser state at all
+    with pytest.raises(ValueError, match=f"path: {path} holds no optimiser state"):
+        restore_optimizer(Adam(loaded.params, lr=0.1), load_checkpoint(path))
+
+
+def test_save_checkpoint_onto_a_symlink_writes_its_target_with_the_umask_mode(tmp_path):
+    (tmp_path / "best.npz").symlink_to("epoch3.npz")
+    old = os.umask(0o022)
+    try:
+        _small_checkpoint(tmp_path / "best.npz")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "best.npz").is_symlink() and (tmp_path / "epoch3.npz").is_file()
+    assert oct((tmp_path / "epoch3.npz").stat().st_mode & 0o777) == oct(0o644)
+    assert load_checkpoint(tmp_path / "best.npz").params.keys() == {"theta"}
+
+
+def test_fit_proves_its_checkpoint_path_before_training_and_a_full_disk_names_it(tmp_path, monkeypatch):
+    import flowattn_np.checkpoint as checkpoint
+    from flowattn_np.data import make_blobs
+    from flowattn_np.train import fit
+
+    (tmp_path / "a-file").write_text("x")
+    X, y = make_blobs(64, seed=0)
+    net = fa.Network(fa.NetworkConfig(n_inputs=2, n_classes=3))
+    before = {k: v.copy() for k, v in net.params.items()}
+    with pytest.raises(OSError, match=f"cannot write a file here .*'{tmp_path / 'a-file' / 'c.npz'}'"):
+        fit(net, X, y, epochs=1, progress=False, checkpoint=tmp_path / "a-file" / "c.npz")
+    assert all(np.array_equal(net.params[k], before[k]) for k in before)  # refused before any step
+
+    def full(f, **arrays):
+        f.write(b"PK")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.numpy, "savez", full)
+    with pytest.raises(OSError, match=f"No space left on device: '{tmp_path / 'c.npz'}'"):
+        fit(net, X, y, epochs=1, progress=False, checkpoint=tmp_path / "c.npz")
+    assert sorted(os.listdir(tmp_path)) == ["a-file"]

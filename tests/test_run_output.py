@@ -58,11 +58,13 @@ def test_a_failed_run_removes_the_folders_it_created(tmp_path):
 def test_a_failed_run_keeps_a_folder_that_existed_and_what_was_in_it(tmp_path):
     (tmp_path / "mine.txt").write_text("the user's")
     (tmp_path / "results.json").write_text("{}")
-    with pytest.raises(KeyboardInterrupt), RunFolder(tmp_path) as folder:
+    with pytest.raises(KeyboardInterrupt), RunFolder(tmp_path, overwrite=True) as folder:
+        write_text(folder.file("results.json"), "new")
         write_text(folder.file("figure1.png"), "new")
         raise KeyboardInterrupt
     assert sorted(os.listdir(tmp_path)) == ["mine.txt", "results.json"]
     assert (tmp_path / "mine.txt").read_text() == "the user's"
+    assert (tmp_path / "results.json").read_text() == "{}"  # not replaced, so not removed
 
 
 def test_a_failed_run_leaves_a_shared_parent_that_is_not_empty(tmp_path):
@@ -88,8 +90,11 @@ def test_missing_data_leaves_no_run_folder(workdir, monkeypatch, capsys):
 def test_an_exception_after_some_figures_were_written_removes_them_and_the_folder(workdir, monkeypatch, capsys):
     drawn = []
 
-    def broken(*args, **kwargs):  # the last figure fails: figure1.png and accuracy_vs_layers.png exist
-        drawn.extend(sorted(os.listdir(next((workdir / "runs").iterdir()))))
+    def broken(*args, **kwargs):  # the last figure fails: figure1.png and accuracy_vs_layers.png
+        folder = next((workdir / "runs").iterdir())  # are written, staged until the run ends
+        staging = [p for p in folder.iterdir() if p.name.startswith(".flowattn-run-")]
+        assert [p.name for p in folder.iterdir()] == [staging[0].name]
+        drawn.extend(sorted(p.name for p in staging[0].iterdir() if p.suffix == ".png"))
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(plotting, "training_curves", broken)
