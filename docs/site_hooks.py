@@ -68,6 +68,9 @@ API_ORDER = ("backend", "ops", "attention", "models", "flows", "sphere", "gradie
              "files", "random", "validate", "experiment", "experiment_mlp", "experiment_norm", "plotting", "cli",
              "checks", "coursework")
 SHIM = "javascripts/iframe-worker-shim.js"
+# The branch whose notebooks the Colab links open: the one the site is published from
+# (not MkDocs' default edit_uri, which still names "master").
+REPO_BRANCH = "main"
 log = logging.getLogger("mkdocs.hooks.flowattn_np")
 # Student versions are written here at build time (a folder .gitignore leaves out); the
 # source notebooks, with their solutions, are never a page of the site.
@@ -292,11 +295,6 @@ def colab_url(repo_url, path, branch="main"):
     return f"https://colab.research.google.com/github/{match.group(1)}/{match.group(2)}/blob/{branch}/{path}"
 
 
-def _branch(config):
-    match = re.search(r"(?:blob|edit|tree)/([^/]+)/", config.get("edit_uri") or "")
-    return match.group(1) if match else "main"
-
-
 def notebook_links(page, config):
     """HTML of the links at the top of a notebook or assignment page."""
     name = Path(page.file.abs_src_path).name
@@ -304,7 +302,7 @@ def notebook_links(page, config):
     what = "assignment" if student else "notebook"
     links = [f'<a class="md-button flowattn-download" href="{html.escape(name)}" download>'
              f'Download the {what} (.ipynb)</a>']
-    colab = None if student else colab_url(config.get("repo_url"), f"notebooks/{name}", _branch(config))
+    colab = None if student else colab_url(config.get("repo_url"), f"notebooks/{name}", REPO_BRANCH)
     if colab:
         links.append(f'<a class="md-button flowattn-colab" href="{html.escape(colab)}">Open in Colab</a>')
     hint = ("Open it in Jupyter after <code>pip install flowattn-np</code>"
