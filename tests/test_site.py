@@ -2,7 +2,7 @@
 
 The site is built once for the module (the notebooks execute during the build), served by
 ``python -m http.server`` on 127.0.0.1 and read by Debian's headless chromium through
-selenium and the system chromedriver. For the landing page, the mathematics, the API entry
+selenium and the system chromedriver. For the landing page, the start page, the mathematics, the API entry
 of ``linear_grad_Z`` and an executed notebook the tests check: no console error, no
 resource from another host, the mathematics typeset by MathJax (no raw TeX left in the
 visible text), every image loaded, every same-site link answering HTTP 200 (and its anchor
@@ -47,6 +47,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 ASSIGNMENT_SOURCES = sorted((ROOT / "notebooks" / "assignments").glob("*.ipynb"))
 PAGES = {  # name: page of the site, without ".html" (a fragment scrolls the screenshot there)
     "landing": "index",
+    "start": "start",  # links to every page of the course
     "math": "math",
     "api-linear_grad_Z": "api/models#flowattn_np.models.linear_grad_Z",
     "notebook-01": "notebooks/" + NOTEBOOKS[0].stem,
