@@ -1,12 +1,11 @@
 r"""MkDocs hooks of the course website (named in mkdocs.yml; not a page of the site).
 
-* The notebooks in ``notebooks/`` become pages ``notebooks/NAME/`` (mkdocs-jupyter
-  executes and renders them) and fill the ``Notebooks`` section of the navigation, in
-  file-name order, so a new notebook appears without editing mkdocs.yml.
+* The notebooks in ``notebooks/`` become pages ``notebooks/NAME.html`` (mkdocs-jupyter
+  executes and renders them), so a new notebook appears without editing mkdocs.yml.
 * The student versions of the graded assignments (solutions stubbed, hidden tests
-  removed; written by ``flowattn_np.coursework``) become pages ``coursework/NAME/``,
-  shown as a student receives them (not executed), after docs/teaching.md in the
-  ``Coursework`` section. The source notebooks, with the solutions, never reach the site.
+  removed; written by ``flowattn_np.coursework``) become pages ``coursework/NAME.html``,
+  shown as a student receives them (not executed). The source notebooks, with the
+  solutions, never reach the site.
 * MathJax is served from the site itself (``assets/mathjax/``), copied from the
   ``django-static-mathjax`` wheel (a pure data package with no dependencies: MathJax
   3.2.2's own files). The build stops with a clear message when it is not installed.
@@ -16,11 +15,13 @@ r"""MkDocs hooks of the course website (named in mkdocs.yml; not a page of the s
 * The kernels that execute the notebooks import this checkout's ``flowattn_np`` and draw
   their figures inline, into the page.
 * The ``The course`` section of the navigation is the course's path: start.md, then each
-  notebook followed by the assignments that build on it (``ASSIGNMENT_AFTER``).
+  notebook (file-name order) followed by the assignments that build on it
+  (``ASSIGNMENT_AFTER``); start.md's table of that path, with the time each page takes,
+  is written here too.
 * Every notebook and assignment page opens with a link to download its ``.ipynb`` (copied
   beside the page), and, when ``repo_url`` names a GitHub repository, a link that opens
   the notebook in Colab (the teaching notebooks only: the repository's assignments hold
-  the solutions). Titles and table-of-contents entries lose their TeX (``$\phi$`` -> phi):
+  the solutions). Titles and table-of-contents entries lose their TeX (``$\phi$`` -> φ):
   the navigation, the browser's title bar and the search results show plain text.
 * The API reference is one page per module, ``api/MODULE.md``, written here for every
   module of the package, with its public names only: the module's ``__all__``, else the
