@@ -275,3 +275,32 @@ def test_equation_functions_document_parameters_and_typeset_their_equation():
             if re.search(r"\beqs?\. ?\(?\d", text) and "$" not in text:
                 problems.append(f"{name}.{obj.name}: cites an equation but states no formula in TeX")
     assert not problems, "\n".join(problems)
+
+
+def test_titles_lose_their_tex():
+    plain = _site_hooks().plain_title
+    assert plain(r"3. The gradient in the factor $\phi$ (3 points)") == "3. The gradient in the factor φ (3 points)"
+    assert plain("Part 1. Multinomial regression ($L = 0$)") == "Part 1. Multinomial regression (L = 0)"
+    assert plain(r"A retrieval task with a hidden $\theta^\ast$") == "A retrieval task with a hidden θ*"
+    assert plain(r"5.3 Gradients in \(\theta\) and \(\phi\)") == "5.3 Gradients in θ and φ"
+    assert plain("Backward passes, derived") == "Backward passes, derived"
+
+
+def test_the_course_path_puts_each_assignment_after_its_notebook():
+    hooks = _site_hooks()
+    nbs = ["notebooks/01_a.ipynb", "notebooks/02_b.ipynb", "notebooks/06_c.ipynb", "notebooks/07_d.ipynb"]
+    work = ["coursework/a1_x.ipynb", "coursework/a2_y.ipynb", "coursework/a4_z.ipynb",
+            "coursework/a5_transformer_block.ipynb", "coursework/a9_new.ipynb"]
+    assert hooks.course_path(nbs, work) == [
+        "notebooks/01_a.ipynb", "coursework/a1_x.ipynb", "coursework/a2_y.ipynb", "notebooks/02_b.ipynb",
+        "notebooks/06_c.ipynb", "coursework/a4_z.ipynb", "notebooks/07_d.ipynb",
+        "coursework/a5_transformer_block.ipynb", "coursework/a9_new.ipynb"]
+
+
+def test_colab_links_only_for_a_github_repository():
+    colab = _site_hooks().colab_url
+    assert colab("https://github.com/someone/flowattn_np/", "notebooks/01_a.ipynb") == \
+        "https://colab.research.google.com/github/someone/flowattn_np/blob/main/notebooks/01_a.ipynb"
+    assert colab("https://github.com/someone/flowattn_np.git", "n.ipynb", "dev").endswith("flowattn_np/blob/dev/n.ipynb")
+    assert colab(None, "n.ipynb") is None
+    assert colab("https://gitlab.com/someone/flowattn_np", "n.ipynb") is None
