@@ -240,7 +240,7 @@ def _summary(module):
 
 def api_table():
     """The table of the API pages that docs/api.md shows in place of its marker."""
-    rows = [f"| [`flowattn_np.{m}`](api/{m}.md) | {_summary(m)} |" for m in api_modules()]
+    rows = [f"| [`{m}`](api/{m}.md) | {_summary(m)} |" for m in api_modules()]
     return "| module | what it holds |\n|---|---|\n" + "\n".join(rows) + "\n"
 
 
