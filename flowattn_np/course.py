@@ -60,7 +60,7 @@ def page_url(page):
     """Where a reader finds the docs page ``page`` (``"gpu"`` for docs/gpu.md): its address on
     the published site (where none is set, the page's title on the course website)."""
     base = site_url()
-    return f"{base}{page}/" if base else f"the '{page}' page of the course website"
+    return f"{base}{page}.html" if base else f"the '{page}' page of the course website"
 
 
 class CourseError(ValueError):

@@ -11,6 +11,10 @@ import math
 
 from .backend import get_array_module
 
+# The package exports only SGD and Adam; the schedules, the base class and the factory are
+# public too (the API reference shows a module's __all__).
+__all__ = ["Schedule", "Constant", "Cosine", "StepDecay", "Optimizer", "SGD", "Adam", "make_optimizer"]
+
 # ---------------------------------------------------------------- schedules
 
 

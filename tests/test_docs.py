@@ -4,9 +4,10 @@
   fails here. Public names: everything in ``flowattn_np.__all__`` (or, without it, the
   package's public functions and classes), plus the public functions and classes of the
   modules in ``MODULES``.
-* docs/api.md renders every module of the package with mkdocstrings (``::: module``), so
-  a new module cannot be left out of the API reference; tests/test_site.py checks in the
-  built site that every name of ``flowattn_np.__all__`` is on that page.
+* The site's hook (docs/site_hooks.py) writes one API page per module of the package
+  (``::: module`` for mkdocstrings), so a new module cannot be left out of the API
+  reference; tests/test_site.py checks in the built site that every name of
+  ``flowattn_np.__all__`` is on those pages and that the helpers are not.
 * Every function cited on a ``Code:`` line of docs/math.md and docs/backward.md exists,
   in the file the line names, and every ``tests/...py::test_name`` they cite exists.
 * Docstrings follow the numpy style that the API page renders (griffe, mkdocstrings'
@@ -18,6 +19,7 @@ second.
 """
 
 import importlib
+import importlib.util
 import inspect
 import re
 from pathlib import Path
@@ -99,12 +101,36 @@ def test_every_public_method_of_a_public_class_has_a_docstring():
     assert not missing, f"public methods without a docstring: {sorted(set(missing))}"
 
 
-def test_every_module_is_rendered_on_the_api_page():
-    """Each module of the package has its ``::: flowattn_np.NAME`` block in docs/api.md."""
+def _site_hooks():
+    spec = importlib.util.spec_from_file_location("site_hooks", DOCS / "site_hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_module_is_rendered_on_an_api_page():
+    """Each module of the package gets its page, ``::: flowattn_np.NAME`` with the
+    module's public names as members, and docs/api.md lists the pages."""
+    hooks = _site_hooks()
     modules = {p.stem for p in Path(flowattn_np.__file__).parent.glob("*.py")} - {"__init__", "__main__"}
-    rendered = set(re.findall(r"^::: flowattn_np\.(\w+)\s*$", _api_text(), re.M))
-    assert modules <= rendered, f"modules missing from docs/api.md: {sorted(modules - rendered)}"
-    assert rendered <= modules, f"docs/api.md renders modules that do not exist: {sorted(rendered - modules)}"
+    assert set(hooks.api_modules()) == modules
+    for name in modules:
+        page = hooks.api_page(name)
+        assert re.search(rf"^::: flowattn_np\.{name}\s*$", page, re.M), page
+        members = hooks.public_names(name)
+        assert members and not any(m.startswith("_") for m in members), (name, members)
+    assert "<!-- api-modules -->" in _api_text(), "docs/api.md lost the place of its table of modules"
+    table = _site_hooks().api_table()
+    assert all(f"(api/{name}.md)" in table for name in modules)
+
+
+def test_public_names_of_a_module_are_its_all_or_what_the_package_exports():
+    hooks = _site_hooks()
+    assert hooks.public_names("train") == list(importlib.import_module("flowattn_np.train").__all__)
+    ops = hooks.public_names("ops")
+    assert "softmax" in ops and "swap_last" not in ops and "matmul_rows" not in ops
+    assert "Cosine" in hooks.public_names("optim")  # public, though not exported by the package
+    assert "ASSIGNMENTS" in hooks.public_names("coursework")  # nothing exported: all it defines
 
 
 # ---------------------------------------------------------------- citations in math.md, backward.md
@@ -249,3 +275,32 @@ def test_equation_functions_document_parameters_and_typeset_their_equation():
             if re.search(r"\beqs?\. ?\(?\d", text) and "$" not in text:
                 problems.append(f"{name}.{obj.name}: cites an equation but states no formula in TeX")
     assert not problems, "\n".join(problems)
+
+
+def test_titles_lose_their_tex():
+    plain = _site_hooks().plain_title
+    assert plain(r"3. The gradient in the factor $\phi$ (3 points)") == "3. The gradient in the factor φ (3 points)"
+    assert plain("Part 1. Multinomial regression ($L = 0$)") == "Part 1. Multinomial regression (L = 0)"
+    assert plain(r"A retrieval task with a hidden $\theta^\ast$") == "A retrieval task with a hidden θ*"
+    assert plain(r"5.3 Gradients in \(\theta\) and \(\phi\)") == "5.3 Gradients in θ and φ"
+    assert plain("Backward passes, derived") == "Backward passes, derived"
+
+
+def test_the_course_path_puts_each_assignment_after_its_notebook():
+    hooks = _site_hooks()
+    nbs = ["notebooks/01_a.ipynb", "notebooks/02_b.ipynb", "notebooks/06_c.ipynb", "notebooks/07_d.ipynb"]
+    work = ["coursework/a1_x.ipynb", "coursework/a2_y.ipynb", "coursework/a4_z.ipynb",
+            "coursework/a5_transformer_block.ipynb", "coursework/a9_new.ipynb"]
+    assert hooks.course_path(nbs, work) == [
+        "notebooks/01_a.ipynb", "coursework/a1_x.ipynb", "coursework/a2_y.ipynb", "notebooks/02_b.ipynb",
+        "notebooks/06_c.ipynb", "coursework/a4_z.ipynb", "notebooks/07_d.ipynb",
+        "coursework/a5_transformer_block.ipynb", "coursework/a9_new.ipynb"]
+
+
+def test_colab_links_only_for_a_github_repository():
+    colab = _site_hooks().colab_url
+    assert colab("https://github.com/someone/flowattn_np/", "notebooks/01_a.ipynb") == \
+        "https://colab.research.google.com/github/someone/flowattn_np/blob/main/notebooks/01_a.ipynb"
+    assert colab("https://github.com/someone/flowattn_np.git", "n.ipynb", "dev").endswith("flowattn_np/blob/dev/n.ipynb")
+    assert colab(None, "n.ipynb") is None
+    assert colab("https://gitlab.com/someone/flowattn_np", "n.ipynb") is None

@@ -62,7 +62,7 @@ def test_the_site_address_is_written_once_in_mkdocs_yml():
     assert "urls" in project["dynamic"] and "urls" not in project  # setup.py supplies them
     assert course.project_urls(ROOT / "mkdocs.yml")["Documentation"] == SITE_URL
     assert course.site_url() == SITE_URL.rstrip("/") + "/"
-    assert course.page_url("gpu") == SITE_URL.rstrip("/") + "/gpu/"
+    assert course.page_url("gpu") == SITE_URL.rstrip("/") + "/gpu.html"  # use_directory_urls: false
     config = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=yaml.BaseLoader)
     assert config["site_url"] == SITE_URL  # the regex reads what MkDocs reads
     for path in [ROOT / "README.md", *sorted(PACKAGE.glob("*.py")), ROOT / "setup.py", ROOT / "pyproject.toml"]:
