@@ -224,7 +224,8 @@ def public_names(module):
 
 def api_page(module):
     """Markdown of the API page of one module (mkdocstrings renders it)."""
-    members = ", ".join(public_names(module))
+    # quoted: YAML would read a bare OFF, NO or YES as a boolean
+    members = ", ".join(f'"{name}"' for name in public_names(module))
     return (f"# flowattn_np.{module}\n\n"
             f"::: flowattn_np.{module}\n"
             f"    options:\n"
