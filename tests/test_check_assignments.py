@@ -146,3 +146,42 @@ def test_no_message_of_the_grad_theta_exercise_states_the_formula_a1_asks_to_der
         assert not r.passed and r.diagnoses, r.message
         for formula in ("C^T Z", "C)^T Z", "sigma(Z theta^T)^T Z", "G^T Z", "G.T @ Z", "^T Z"):
             assert formula not in r.message, r.message
+
+
+# ---------------------------------------------------------------- the messages docs/teaching.md shows
+
+
+def a2_block_forward_half_step(Z, theta, C, h):
+    return Z - (h / 2) * (fa.softmax(Z @ theta.T) @ theta) + h * (C @ theta)
+
+
+def a1_grad_Z_copied(Z, theta, C):
+    return fa.linear_grad_Z(Z, theta, C)
+
+
+def a1_logsumexp_global_max(S):
+    c = S.max()
+    return c + np.log(np.exp(S - c).sum(axis=-1))
+
+
+def a1_cross_entropy(Z, theta, C):
+    logits = Z @ theta.T
+    return -(C * logits).sum() + a1_logsumexp_global_max(logits).sum()
+
+
+def test_the_messages_in_the_teaching_guide_are_the_checkers_own():
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "teaching.md").read_text(encoding="utf-8")
+    results = [
+        checks.check_function(a2_block_forward_half_step, checks.reference_ca_block, checks.block_inputs,
+                              exercise="ca_block", raise_on_failure=False),
+        checks.check_function(a1_grad_Z_copied, fa.linear_grad_Z, checks.linear_inputs, exercise="linear_grad_Z",
+                              raise_on_failure=False),
+        checks.check_function(a1_cross_entropy, fa.linear_loss, checks.linear_inputs, exercise="cross_entropy",
+                              uses={"logsumexp": a1_logsumexp_global_max}, raise_on_failure=False),
+    ]
+    assert [r.diagnoses[:1] for r in results] == [
+        ("- h CA(Z, theta) taken with a step h/2 instead of h",), (), ("underflow: shifted by the global maximum",)]
+    for r in results:
+        assert f"```\n{r.message}\n```" in guide, r.message
