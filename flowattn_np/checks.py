@@ -1662,12 +1662,14 @@ EXERCISES["gelu"] = Exercise("gelu", "gelu(x) = x/2 (1 + tanh(u)), u = sqrt(2/pi
             "x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).", make=lambda x: np.maximum(x, 0.0)),
 ), reference=gelu, inputs=activation_inputs, arguments=("x",))
 EXERCISES["gelu_grad"] = Exercise(
-    "gelu_grad", "gelu'(x) = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2), t = tanh(u)", (
+    # a5 asks the student to derive gelu': the title gives the function, not its derivative
+    "gelu_grad", "the derivative gelu'(x) of gelu(x) = x/2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)", (
         Mistake("missing the derivative of tanh's argument", "the chain rule through u = sqrt(2/pi) (x + "
-                "0.044715 x^3) is missing its factor du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2).",
+                "0.044715 x^3) is missing its factor du/dx: tanh(u) is a function of u, and u of x.",
                 make=lambda x: (lambda t: 0.5 * (1 + t) + 0.5 * x * (1 - t * t))(_gelu_parts(x)[0])),
-        Mistake("product rule half missing", "gelu(x) = x/2 (1 + tanh(u)) is a product: its derivative has "
-                "the term (1 + t)/2 AND the term x/2 (1 - t^2) du/dx; you have only the second.",
+        Mistake("product rule half missing", "gelu(x) = x/2 (1 + tanh(u)) is a product: by the product rule its "
+                "derivative has a term from the derivative of x/2 AND one from the derivative of the tanh; you "
+                "have only the second.",
                 make=lambda x: (lambda t: 0.5 * x * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * x * x))(
                     _gelu_parts(x)[0])),
     ), reference=gelu_grad, inputs=activation_inputs, arguments=("x",))

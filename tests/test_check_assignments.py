@@ -4,7 +4,8 @@ The fifth assignment's exercises declare their building blocks (a student's MLP 
 call fa.softmax and fa.softmax_vjp, not the package's MLP), are diagnosed by terms, and
 trace a failure to the oracle they use; the loss a training test differentiates may call
 the checks.reference_* helpers, which stay out of reach of the student's function. An
-exercise whose point is to derive a formula (a1's grad_theta) never states it in a message.
+exercise whose point is to derive a formula (a1's grad_theta, a5's gelu_grad) never states it in
+a message.
 """
 
 import numpy as np
@@ -185,3 +186,24 @@ def test_the_messages_in_the_teaching_guide_are_the_checkers_own():
         ("- h CA(Z, theta) taken with a step h/2 instead of h",), (), ("underflow: shifted by the global maximum",)]
     for r in results:
         assert f"```\n{r.message}\n```" in guide, r.message
+
+
+def test_no_message_of_the_gelu_grad_exercise_states_the_derivative_a5_asks_to_derive():
+    def upcast(x):  # right values, wrong dtype: the message shows the title and no diagnosis of the formula
+        t = np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3))
+        return np.asarray(0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 *
+                          (1.0 + 3 * 0.044715 * x * x), dtype=np.float64)
+
+    def first_half(x):
+        return 0.5 * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))
+
+    def without_du_dx(x):
+        t = np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3))
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t)
+
+    for student in (upcast, first_half, without_du_dx):
+        r = checks.check_function(student, fa.gelu_grad, checks.activation_inputs, exercise="gelu_grad",
+                                  raise_on_failure=False)
+        assert not r.passed
+        for formula in ("(1 + t)/2", "(1 - t^2)", "1 + 3 * 0.044715 x^2"):
+            assert formula not in r.message, r.message
