@@ -31,11 +31,14 @@
 # inputs, in float64 and float32. When a test fails, read its message: it says where the
 # arrays differ (row, column, expected, got) and, for the common mistakes (a flipped sign,
 # a missing transpose, a missing term, a softmax over the wrong axis, a missing max-shift,
-# an input changed in place), names the mistake, the equation and the term. Some tests
-# are hidden and run only when your work is graded; they test the same thing on other inputs.
+# an input changed in place), names the mistake, the equation and the term. When a test
+# fails and a function of yours that it uses (your `softmax` in `grad_Z`, say) fails its own
+# test too, the message says so first: fix that one. Some tests are hidden and run only when
+# your work is graded; they test the same thing on other inputs.
 #
 # **Rules.** Write plain NumPy (`np.exp`, `np.log`, `@`, `.max`, `.sum`, ...). Do not call
-# the `flowattn_np` function you are asked to write: the tests use it as the reference.
+# the `flowattn_np` function you are asked to write: the tests use it as the reference, and a
+# test whose function calls it fails with a message naming the call.
 # Keep float32 inputs float32 (use Python floats, not `np.float64` scalars). Do not change
 # your inputs in place.
 
