@@ -81,6 +81,7 @@ from . import attention, layers, ops
 from .attention import self_attention, self_attention_adjoint
 from .flows import linear_B_exact, linear_flow_A, rk_step
 from .gradient_check import numerical_gradient
+from .mlp import gelu, gelu_grad
 from .models import linear_grad_theta, linear_grad_Z, linear_loss, quadratic_grad_phi, quadratic_grad_Z
 from .sphere import retract_vjp
 
@@ -1216,9 +1217,11 @@ def _linear_grad_Z_terms(Z, theta, C):
 
 
 def _linear_grad_theta_terms(Z, theta, C):
+    # a1 asks the student to derive grad_theta: the terms are named by where they come from,
+    # not by their formulas, so that no message states the answer
     S = Z @ theta.T
-    return [Term("sigma(Z theta^T)^T Z", 1.0, ops.softmax(S).T @ Z, {COLUMNS: _softmax_cols(S).T @ Z}),
-            Term("C^T Z", -1.0, C.T @ Z)]
+    return [Term("softmax part", 1.0, ops.softmax(S).T @ Z, {COLUMNS: _softmax_cols(S).T @ Z}),
+            Term("label part", -1.0, C.T @ Z)]
 
 
 def _cross_entropy_terms(Z, theta, C):
@@ -1334,9 +1337,11 @@ EXERCISES = {
                 make=lambda Z, th, C: (_softmax_cols(Z @ th.T) - C) @ th),
     ), allowed=("softmax",), terms=_linear_grad_Z_terms, logits=_linear_logits, reference=linear_grad_Z,
         inputs=linear_inputs),
-    "linear_grad_theta": Exercise("grad_theta", "grad_theta l = (sigma(Z theta^T) - C)^T Z", (
-        Mistake("missing - C", "the label term is missing: grad_theta l = (sigma(Z theta^T) - C)^T Z, "
-                "you return sigma(Z theta^T)^T Z.", make=lambda Z, th, C: ops.softmax(Z @ th.T).T @ Z),
+    # derived by the student from dN = Z dtheta^T: neither the title nor a message gives the formula
+    "linear_grad_theta": Exercise("grad_theta", "the gradient of eq. (3) in theta, derived from dN = Z dtheta^T", (
+        Mistake("missing - C", "the label part is missing: your result is the derivative of the sum of the "
+                "LSE(Z theta^T)_i alone; the loss also has the term -<C, Z theta^T>, whose derivative in theta "
+                "you left out.", make=lambda Z, th, C: ops.softmax(Z @ th.T).T @ Z),
         Mistake(WRONG_AXIS, WRONG_AXIS_MSG, make=lambda Z, th, C: (_softmax_cols(Z @ th.T) - C).T @ Z),
     ), allowed=("softmax",), terms=_linear_grad_theta_terms, logits=_linear_logits, reference=linear_grad_theta,
         inputs=linear_inputs),
@@ -1563,6 +1568,30 @@ def reference_mlp_block_vjp(Z_bar, Z, theta, h, W1, b1, W2, b2):
     return (Z_in_bar, g["theta"], g["h"], g["W1"], g["b1"], g["W2"], g["b2"])
 
 
+def mlp_network_inputs(rng, n=12, d=2, k=5, m=4):
+    """Random (X (n, d), y (n,), theta (m, d), h (0-d), W1, b1, W2, b2) for a network of MLP-oracle blocks."""
+    X, W1, b1, W2, b2 = mlp_inputs(rng, n, d, k, m)
+    return X, rng.integers(0, m, size=n), 0.5 * rng.standard_normal((m, d)), np.array(0.4), W1, b1, W2, b2
+
+
+def reference_mlp_network(X, y, theta, h, W1, b1, W2, b2, L=2):
+    """Gradients (theta_bar, h_bar, W1_bar, b1_bar, W2_bar, b2_bar) of the mean cross-entropy of Z_L theta^T
+    after L tied MLP-oracle blocks (reference_mlp_block), from the package's block."""
+    block, params = _mlp_block(W1.shape[0]), _mlp_block_params(theta, h, W1, b1, W2, b2)
+    Z, caches = X, []
+    for _ in range(L):
+        Z, cache = block.forward(Z, params)
+        caches.append(cache)
+    G = (ops.softmax(Z @ theta.T) - np.eye(theta.shape[0], dtype=X.dtype)[y]) / X.shape[0]
+    grads = {"theta": G.T @ Z}
+    Z_bar = G @ theta
+    for cache in reversed(caches):
+        Z_bar, g = block.backward(Z_bar, cache)
+        for name, value in g.items():
+            grads[name] = grads.get(name, 0.0) + value
+    return tuple(np.asarray(grads[name], dtype=X.dtype) for name in ("theta", "h", "W1", "b1", "W2", "b2"))
+
+
 def _gelu_parts(x):
     t = np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3))
     return t, 0.5 * x * (1.0 + t)
@@ -1599,20 +1628,51 @@ def _block_variant(Z_bar, Z, theta, h, W1, b1, W2, b2, oracle_path=True, attenti
     return Z_in, theta_bar, np.asarray(h_bar, dtype=Z.dtype), W1_bar, b1_bar, W2_bar, b2_bar
 
 
+A5_BLOCKS = ("softmax", "logsumexp", "softmax_vjp", "cross_attention")
+"""The package functions an a5 student may call (the package's MLP, GELU and blocks are the reference)."""
+
+
+def _mlp_block_terms(Z, theta, h, W1, b1, W2, b2):
+    P = ops.softmax(Z @ theta.T)
+    Z_half = Z - h * (P @ theta)
+    return [Term("Z", 1.0, Z),  # the residual connections
+            Term("h CA(Z, theta)", -1.0, h * (P @ theta), {COLUMNS: h * (_softmax_cols(Z @ theta.T) @ theta)},
+                 step=True),
+            Term("h C_hat(Z_half) theta", 1.0, h * (_oracle_variant(Z_half, W1, b1, W2, b2) @ theta), step=True)]
+
+
+def _mlp_block_vjp_terms(Z_bar, Z, theta, h, W1, b1, W2, b2):
+    P = ops.softmax(Z @ theta.T)
+    Z_half = Z - h * (P @ theta)
+    C = _oracle_variant(Z_half, W1, b1, W2, b2)
+    oracle = _oracle_variant(Z_half, W1, b1, W2, b2, C_bar=h * (Z_bar @ theta.T))
+    U = Z_bar + oracle[0]
+    S_bar = ops.softmax_vjp(P, -h * (U @ theta.T))
+    own = [[Term(f"the oracle's {name}", 1.0, g)] for name, g in zip(("W1_bar", "b1_bar", "W2_bar", "b2_bar"),
+                                                                      oracle[1:])]
+    return ([Term("Z_bar", 1.0, Z_bar), Term("the oracle's Z_bar", 1.0, oracle[0]), Term("S_bar theta", 1.0, S_bar @ theta)],
+            [Term("h C_hat^T Z_bar", 1.0, h * (C.T @ Z_bar), step=True),
+             Term("h P^T U", -1.0, h * (P.T @ U), step=True), Term("S_bar^T Z", 1.0, S_bar.T @ Z)],
+            [Term("<Z_bar, C_hat theta>", 1.0, (Z_bar * (C @ theta)).sum()),
+             Term("<U, CA(Z, theta)>", -1.0, (U * (P @ theta)).sum())], *own)
+
+
 EXERCISES["gelu"] = Exercise("gelu", "gelu(x) = x/2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)", (
     Mistake("ReLU instead of GELU", "you compute max(x, 0): the oracle's activation is the tanh form of GELU, "
             "x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).", make=lambda x: np.maximum(x, 0.0)),
-))
+), reference=gelu, inputs=activation_inputs, arguments=("x",))
 EXERCISES["gelu_grad"] = Exercise(
-    "gelu_grad", "gelu'(x) = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2), t = tanh(u)", (
+    # a5 asks the student to derive gelu': the title gives the function, not its derivative
+    "gelu_grad", "the derivative gelu'(x) of gelu(x) = x/2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)", (
         Mistake("missing the derivative of tanh's argument", "the chain rule through u = sqrt(2/pi) (x + "
-                "0.044715 x^3) is missing its factor du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2).",
+                "0.044715 x^3) is missing its factor du/dx: tanh(u) is a function of u, and u of x.",
                 make=lambda x: (lambda t: 0.5 * (1 + t) + 0.5 * x * (1 - t * t))(_gelu_parts(x)[0])),
-        Mistake("product rule half missing", "gelu(x) = x/2 (1 + tanh(u)) is a product: its derivative has "
-                "the term (1 + t)/2 AND the term x/2 (1 - t^2) du/dx; you have only the second.",
+        Mistake("product rule half missing", "gelu(x) = x/2 (1 + tanh(u)) is a product: by the product rule its "
+                "derivative has a term from the derivative of x/2 AND one from the derivative of the tanh; you "
+                "have only the second.",
                 make=lambda x: (lambda t: 0.5 * x * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * x * x))(
                     _gelu_parts(x)[0])),
-    ))
+    ), reference=gelu_grad, inputs=activation_inputs, arguments=("x",))
 EXERCISES["mlp_oracle"] = Exercise(
     "oracle_forward", "C_hat(Z) = sigma(gelu(Z W1^T + b1) W2^T + b2), one softmax per row", (
         Mistake(WRONG_AXIS, WRONG_AXIS_MSG + " Each row of C_hat is one example's distribution over the m classes.",
@@ -1622,7 +1682,7 @@ EXERCISES["mlp_oracle"] = Exercise(
                 make=lambda Z, W1, b1, W2, b2: _gelu_parts(Z @ W1.T + b1)[1] @ W2.T + b2),
         Mistake("missing bias", "a bias is missing: the pre-activation is Z W1^T + b1 and the logits "
                 "gelu(A) W2^T + b2.", make=lambda Z, W1, b1, W2, b2: _oracle_variant(Z, W1, 0.0 * b1, W2, b2)),
-    ))
+    ), allowed=A5_BLOCKS, reference=reference_mlp_oracle, inputs=mlp_inputs, arguments=("Z", "W1", "b1", "W2", "b2"))
 EXERCISES["mlp_oracle_vjp"] = Exercise(
     "oracle_backward", "VJP of C_hat = sigma(Y), Y = gelu(A) W2^T + b2, A = Z W1^T + b1", (
         Mistake("missing softmax VJP", "you pass C_bar on as Y_bar: C_hat = sigma(Y), so Y_bar = C_hat * (C_bar - "
@@ -1631,7 +1691,8 @@ EXERCISES["mlp_oracle_vjp"] = Exercise(
         Mistake("missing activation derivative", "A_bar = (Y_bar W2) * gelu'(A): the gradient through H = gelu(A) "
                 "is multiplied entry by entry by the activation's derivative, which is missing.",
                 make=lambda Cb, Z, W1, b1, W2, b2: _oracle_variant(Z, W1, b1, W2, b2, act_grad=False, C_bar=Cb)),
-    ), outputs=("Z_bar", "W1_bar", "b1_bar", "W2_bar", "b2_bar"))
+    ), outputs=("Z_bar", "W1_bar", "b1_bar", "W2_bar", "b2_bar"), allowed=A5_BLOCKS,
+    reference=reference_mlp_oracle_vjp, inputs=mlp_vjp_inputs, arguments=("C_bar", "Z", "W1", "b1", "W2", "b2"))
 EXERCISES["mlp_block"] = Exercise(
     "block_forward", "Lie block: Z_half = Z - h CA(Z, theta), Z_out = Z_half + h C_hat(Z_half) theta", (
         Mistake("oracle evaluated at Z", "the MLP oracle must see the output of the attention sub-step: "
@@ -1646,7 +1707,8 @@ EXERCISES["mlp_block"] = Exercise(
                 "input (Z_half = Z - ..., Z_out = Z_half + ...).",
                 make=lambda Z, th, h, W1, b1, W2, b2: (lambda Zh: h * _oracle_variant(Zh, W1, b1, W2, b2) @ th)(
                     Z - h * attention.cross_attention(Z, th))),
-    ))
+    ), allowed=A5_BLOCKS, terms=_mlp_block_terms, logits=_linear_logits, reference=reference_mlp_block,
+    inputs=mlp_block_inputs, arguments=("Z", "theta", "h", "W1", "b1", "W2", "b2"))
 EXERCISES["mlp_block_vjp"] = Exercise(
     "block_backward", "VJP of the Lie block Z_out = Z_half + h C_hat(Z_half) theta, Z_half = Z - h CA(Z, theta)", (
         Mistake("oracle held constant", "C_hat depends on Z_half: the gradient reaching Z_half is Z_bar PLUS the "
@@ -1655,4 +1717,9 @@ EXERCISES["mlp_block_vjp"] = Exercise(
         Mistake("missing attention softmax VJP", "P = sigma(Z theta^T) depends on Z and theta: Z_bar_in and "
                 "theta_bar need the softmax VJP S_bar of P_bar = -h U theta^T (U the gradient at Z_half).",
                 make=lambda *a: _block_variant(*a, attention_vjp=False)),
-    ), outputs=MLP_BLOCK_OUTPUTS)
+    ), outputs=MLP_BLOCK_OUTPUTS, allowed=A5_BLOCKS, terms=_mlp_block_vjp_terms, reference=reference_mlp_block_vjp,
+    inputs=mlp_block_vjp_inputs, arguments=("Z_bar", "Z", "theta", "h", "W1", "b1", "W2", "b2"))
+EXERCISES["mlp_network"] = Exercise(
+    "network_loss_and_grads", "mean cross-entropy of Z_L theta^T after L tied Lie blocks with the MLP oracle",
+    outputs=("theta_bar", "h_bar", "W1_bar", "b1_bar", "W2_bar", "b2_bar"), allowed=A5_BLOCKS,
+    reference=reference_mlp_network, inputs=mlp_network_inputs, arguments=("X", "y", "theta", "h", "W1", "b1", "W2", "b2"))

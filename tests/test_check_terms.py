@@ -72,7 +72,7 @@ MISTAKES = {
     "average where the equation sums": (
         "linear_grad_theta", grad_theta_averaged, fa.linear_grad_theta, checks.linear_inputs, None,
         ("whole result divided by the number of rows 5 (an average where the equation sums)",),
-        "exactly (1/5) sigma(Z theta^T)^T Z - (1/5) C^T Z: the whole result is divided by the number of rows 5"),
+        "exactly (1/5) softmax part - (1/5) label part: the whole result is divided by the number of rows 5"),
     "a term doubled": (
         "linear_grad_Z", grad_Z_doubled_label, fa.linear_grad_Z, checks.linear_inputs, None,
         ("- C theta doubled",), "exactly CA(Z, theta) - 2 C theta: the term - C theta is doubled"),

@@ -49,6 +49,7 @@ CASES = {
     "mlp_oracle_vjp": (checks.reference_mlp_oracle_vjp, checks.mlp_vjp_inputs),
     "mlp_block": (checks.reference_mlp_block, checks.mlp_block_inputs),
     "mlp_block_vjp": (checks.reference_mlp_block_vjp, checks.mlp_block_vjp_inputs),
+    "mlp_network": (checks.reference_mlp_network, checks.mlp_network_inputs),
 }
 CATALOGUED = [(name, mk) for name, ex in checks.EXERCISES.items() for mk in ex.mistakes]
 

@@ -77,7 +77,8 @@ BUGS = (
         "sign of the softmax VJP flipped"),
     # log of a softmax: right at ordinary logits, NaN where a probability underflows to 0
     Bug("log_of_softmax", A1, "return -(C * logits).sum() + logsumexp(logits).sum()",
-        "return -(C * np.log(softmax(logits))).sum()", frozenset({"test_cross_entropy"}), ""),
+        "return -(C * np.log(softmax(logits))).sum()", frozenset({"test_cross_entropy"}),
+        "underflow: log of a softmax"),
     Bug("sa_adjoint_transpose", A3, "return scores.swapaxes(-1, -2) @ Y", "return scores @ Y",
         frozenset({"test_SA_adjoint", "test_grad_Z", "test_grad_Z_finite_differences"}),
         "missing transpose in SA*"),
@@ -95,6 +96,66 @@ BUGS = (
         frozenset({"test_block_forward", "test_block_backward_Z", "test_block_backward_params", "test_training"}),
         "oracle evaluated at Z"),
 )
+
+
+# A "copying" submission: each function the student writes returns what a reference computes,
+# reached as a student would (fa.*, an alias imported in the function, checks.reference_*).
+# Every test that checks one of these functions must score 0 and say why; the tests that grade
+# something else (a1's use of fa.gradcheck, a3's training, a4's measured orders) keep their points.
+COPYING = {
+    A1: ({"softmax": "return fa.softmax(S)", "logsumexp": "return fa.logsumexp(S)",
+          "cross_entropy": "return fa.linear_loss(Z, theta, C)",
+          "grad_Z": "from flowattn_np import linear_grad_Z as copied\n    return copied(Z, theta, C)",
+          "grad_theta": "return fa.linear_grad_theta(Z, theta, C)"},
+         {"test_softmax", "test_softmax_large_logits", "test_logsumexp", "test_cross_entropy", "test_grad_Z",
+          "test_grad_Z_finite_differences", "test_grad_theta"}),
+    A2: ({"block_forward": "return checks.reference_ca_block(Z, theta, C, h), (Z, theta, C, h)",
+          "block_backward": "return checks.reference_ca_block_vjp(Z_bar, *cache)",
+          "network_loss_and_grads": "return checks.reference_network(X, y, theta, h, L)"},
+         {"test_block_forward", "test_block_backward_Z", "test_block_backward_theta", "test_block_backward_h",
+          "test_network", "test_training"}),
+    A3: ({"SA": "return fa.self_attention(Z, theta)", "SA_adjoint": "return fa.self_attention_adjoint(Z, theta)",
+          "grad_Z": "return fa.quadratic_grad_Z(Z, theta, C)", "grad_phi": "return fa.quadratic_grad_phi(Z, phi, C)"},
+         {"test_SA", "test_SA_adjoint", "test_grad_Z", "test_grad_Z_finite_differences", "test_grad_phi"}),
+    A4: ({"rk4_attention": "return checks.reference_rk4_attention(Z, theta, t)",
+          "lie_step": "return checks.reference_lie_step(Z, theta, C, h)",
+          "strang_step": "return checks.reference_strang_step(Z, theta, C, h)",
+          "retract": "return fa.retract(Z, r)", "retract_vjp": "return fa.retract_vjp(Z, Y_bar, r)"},
+         {"test_rk4_attention", "test_lie_step", "test_strang_step", "test_retract", "test_retract_vjp"}),
+    A5: ({"gelu": "return fa.gelu(x)", "gelu_grad": "return fa.gelu_grad(x)",
+          "oracle_forward": "return checks.reference_mlp_oracle(Z, W1, b1, W2, b2), (Z, W1, b1, W2, b2)",
+          "oracle_backward": "return checks.reference_mlp_oracle_vjp(C_bar, *cache)",
+          "block_forward": "return checks.reference_mlp_block(Z, theta, h, W1, b1, W2, b2), (Z, theta, h, W1, b1, W2, b2)",
+          "block_backward": "return checks.reference_mlp_block_vjp(Z_bar, *cache)"},
+         {"test_gelu", "test_gelu_grad", "test_oracle_forward", "test_oracle_backward_Z",
+          "test_oracle_backward_weights", "test_block_forward", "test_block_backward_Z", "test_block_backward_params",
+          "test_training"}),
+}
+
+
+def copying(name):
+    """The instructor notebook of ``name`` with each function of COPYING's solutions replaced by its copy."""
+    copies = COPYING[name][0]
+    nb = nbformat.read(str(SOURCES / f"{name}.ipynb"), as_version=4)
+    done = set()
+    for cell in nb.cells:
+        if cell.cell_type != "code" or not cell.metadata.get("nbgrader", {}).get("solution"):
+            continue
+        out, function, skipping = [], None, False
+        for line in cell.source.splitlines():
+            match = re.match(r"def (\w+)\(", line)
+            function = match.group(1) if match else function
+            if line.strip() == "### BEGIN SOLUTION" and function in copies:
+                out.append("    " + copies[function])
+                done.add(function)
+                skipping = True
+            elif line.strip() == "### END SOLUTION" and skipping:
+                skipping = False
+            elif not skipping:
+                out.append(line)
+        cell.source = "\n".join(out)
+    assert done == set(copies), f"{name}: no solution found for {set(copies) - done}"
+    return nb
 
 
 def kernel_env(extra_path=()):
@@ -158,9 +219,11 @@ def course(tmp_path_factory):
         submit(course, "blank", name, nbformat.read(str(course / "release" / name / f"{name}.ipynb"), as_version=4))
     for bug in BUGS:
         submit(course, bug.student, bug.assignment, seeded(bug))
+    for name in NAMES:
+        submit(course, "copying", name, copying(name))
     start = time.perf_counter()
     run_nbgrader(course, "autograde", "*")
-    print(f"\nautograde of {len(NAMES) * 2 + len(BUGS)} submissions: {time.perf_counter() - start:.1f} s")
+    print(f"\nautograde of {len(NAMES) * 3 + len(BUGS)} submissions: {time.perf_counter() - start:.1f} s")
     return course
 
 
@@ -325,6 +388,25 @@ def test_a_seeded_mistake_loses_exactly_its_tests_and_is_named(course, bug):
                  if k in bug.failing)
     message = graded_output(course, bug.student, bug.assignment, first)
     assert "CheckFailure" in message and f"Diagnosis - {bug.diagnosis}" in message, message[:2000]
+    if bug.diagnosis.startswith("underflow"):
+        assert "missing max-shift" not in message, message[:2000]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_a_copying_submission_scores_zero_on_the_tests_of_what_it_copied_and_is_told_why(feedback, name):
+    """Functions that call the package's references (the answer key) score 0 on their tests under
+    nbgrader autograde; the graded notebook and the feedback page say what was called."""
+    grades = scores(feedback, "copying", name)
+    lost = {k for k, (score, top, _, kind) in grades.items() if kind == "code" and score < top}
+    assert lost == COPYING[name][1]
+    assert all(grades[k][0] == 0 for k in lost), grades
+    for grade_id in lost:
+        message = graded_output(feedback, "copying", name, grade_id)
+        assert "ReferenceCalled" in message and "out of reach while your function is checked" in message, \
+            (grade_id, message[:2000])
+    text = html_text(feedback / "feedback" / "copying" / name / f"{name}.html")
+    assert "ReferenceCalled: " in text and "which computes (part of) the reference of this exercise" in text
 
 
 @pytest.mark.slow

@@ -31,11 +31,14 @@
 # inputs, in float64 and float32. When a test fails, read its message: it says where the
 # arrays differ (row, column, expected, got) and, for the common mistakes (a flipped sign,
 # a missing transpose, a missing term, a softmax over the wrong axis, a missing max-shift,
-# an input changed in place), names the mistake, the equation and the term. Some tests
-# are hidden and run only when your work is graded; they test the same thing on other inputs.
+# an input changed in place), names the mistake, the equation and the term. When a test
+# fails and a function of yours that it uses (your `softmax` in `grad_Z`, say) fails its own
+# test too, the message says so first: fix that one. Some tests are hidden and run only when
+# your work is graded; they test the same thing on other inputs.
 #
 # **Rules.** Write plain NumPy (`np.exp`, `np.log`, `@`, `.max`, `.sum`, ...). Do not call
-# the `flowattn_np` function you are asked to write: the tests use it as the reference.
+# the `flowattn_np` function you are asked to write: the tests use it as the reference, and a
+# test whose function calls it fails with a message naming the call.
 # Keep float32 inputs float32 (use Python floats, not `np.float64` scalars). Do not change
 # your inputs in place.
 
@@ -72,15 +75,17 @@ def softmax(S):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_softmax", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-print(checks.check_function(softmax, fa.softmax, checks.logits_inputs, exercise="softmax"))
+# ordinary logits here; large logits have their own test below
+print(checks.check_function(softmax, fa.softmax, checks.logits_inputs, exercise="softmax", stress=False))
 P = softmax(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]))
 assert np.allclose(P.sum(axis=1), 1.0) and np.allclose(P[1], 1 / 3)
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(softmax, fa.softmax, lambda r: (r.standard_normal((2, 3, 7)),), exercise="softmax"))
+print(checks.check_function(softmax, fa.softmax, lambda r: (r.standard_normal((2, 3, 7)),), exercise="softmax", stress=False))
 ### END HIDDEN TESTS
 
 # %% nbgrader={"grade": true, "grade_id": "test_softmax_large_logits", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-# logits of +-1e4: the max-shift keeps every entry finite, in float64 and float32
+# logits of +-1e4 (and of a few hundred, where exp overflows or underflows): the max-shift keeps
+# every entry finite, in float64 and float32
 print(checks.check_function(softmax, fa.softmax, lambda r: checks.logits_inputs(r, scale=1e4),
                             exercise="softmax"))
 ### BEGIN HIDDEN TESTS
@@ -135,7 +140,8 @@ def cross_entropy(Z, theta, C):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_cross_entropy", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-print(checks.check_function(cross_entropy, fa.linear_loss, checks.linear_inputs, exercise="cross_entropy"))
+print(checks.check_function(cross_entropy, fa.linear_loss, checks.linear_inputs, exercise="cross_entropy",
+                            uses={"logsumexp": logsumexp}))
 # logits of a few hundred: log of a softmax that underflowed to 0 is -inf (and 0 * -inf is NaN)
 print(checks.check_function(cross_entropy, fa.linear_loss, lambda r: checks.linear_inputs(r, scale=300.0),
                             exercise="cross_entropy"))
@@ -179,7 +185,8 @@ def grad_Z(Z, theta, C):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_grad_Z", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-print(checks.check_function(grad_Z, fa.linear_grad_Z, checks.linear_inputs, exercise="linear_grad_Z"))
+print(checks.check_function(grad_Z, fa.linear_grad_Z, checks.linear_inputs, exercise="linear_grad_Z",
+                            uses={"softmax": softmax}))
 ### BEGIN HIDDEN TESTS
 print(checks.check_function(grad_Z, fa.linear_grad_Z, lambda r: checks.linear_inputs(r, n=9, m=6, d=6), exercise="linear_grad_Z", seeds=(7, 8)))
 ### END HIDDEN TESTS
@@ -187,7 +194,7 @@ print(checks.check_function(grad_Z, fa.linear_grad_Z, lambda r: checks.linear_in
 # %% nbgrader={"grade": true, "grade_id": "test_grad_Z_finite_differences", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 # against central finite differences of the package's loss (float64), and the reference in float32
 print(checks.check_gradient(grad_Z, fa.linear_loss, checks.linear_inputs, wrt=0,
-                            reference_grad=fa.linear_grad_Z, exercise="linear_grad_Z"))
+                            reference_grad=fa.linear_grad_Z, exercise="linear_grad_Z", uses={"softmax": softmax}))
 
 # %% [markdown]
 # **Exercise 4c (2 points).** Check your `grad_Z` yourself with the package's gradient
@@ -231,7 +238,8 @@ def grad_theta(Z, theta, C):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_grad_theta", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-print(checks.check_function(grad_theta, fa.linear_grad_theta, checks.linear_inputs, exercise="linear_grad_theta"))
+print(checks.check_function(grad_theta, fa.linear_grad_theta, checks.linear_inputs, exercise="linear_grad_theta",
+                            uses={"softmax": softmax}))
 print(checks.check_gradient(grad_theta, fa.linear_loss, checks.linear_inputs, wrt=1,
                             reference_grad=fa.linear_grad_theta, exercise="linear_grad_theta", seeds=(3,)))
 ### BEGIN HIDDEN TESTS

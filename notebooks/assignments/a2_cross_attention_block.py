@@ -115,7 +115,7 @@ def pairing(Z_bar, Z, theta, C, h):  # L = <Z_bar, Z_out>: its gradients are the
 
 
 print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, checks.block_vjp_inputs,
-                            exercise="ca_block_vjp", output=0))
+                            exercise="ca_block_vjp", output=0, uses={"block_forward": (forward_only, "ca_block")}))
 print(checks.check_gradient(student_vjp, pairing, checks.block_vjp_inputs, wrt=1, output=0,
                             reference_grad=checks.reference_ca_block_vjp, exercise="ca_block_vjp", seeds=(3,)))
 ### BEGIN HIDDEN TESTS
@@ -124,7 +124,7 @@ print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, lambda r
 
 # %% nbgrader={"grade": true, "grade_id": "test_block_backward_theta", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
 print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, checks.block_vjp_inputs,
-                            exercise="ca_block_vjp", output=1))
+                            exercise="ca_block_vjp", output=1, uses={"block_forward": (forward_only, "ca_block")}))
 print(checks.check_gradient(student_vjp, pairing, checks.block_vjp_inputs, wrt=2, output=1,
                             reference_grad=checks.reference_ca_block_vjp, exercise="ca_block_vjp", seeds=(4,)))
 ### BEGIN HIDDEN TESTS
@@ -133,7 +133,7 @@ print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, lambda r
 
 # %% nbgrader={"grade": true, "grade_id": "test_block_backward_h", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, checks.block_vjp_inputs,
-                            exercise="ca_block_vjp", output=2))
+                            exercise="ca_block_vjp", output=2, uses={"block_forward": (forward_only, "ca_block")}))
 ### BEGIN HIDDEN TESTS
 print(checks.check_gradient(lambda Zb, Z, th, C, h: student_vjp(Zb, Z, th, C, float(h))[2], lambda Zb, Z, th, C, h: pairing(Zb, Z, th, C, float(h)), lambda r: (lambda a: a[:4] + (np.array(a[4]),))(checks.block_vjp_inputs(r)), wrt=4, dtypes=("float64",), seeds=(23,)))
 ### END HIDDEN TESTS
@@ -179,8 +179,10 @@ def network_loss_and_grads(X, y, theta, h, L):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_network", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
+# the network uses your block: when one of its tests fails, the message says so
+blocks = {"block_forward": (forward_only, "ca_block"), "block_backward": (student_vjp, "ca_block_vjp")}
 print(checks.check_function(network_loss_and_grads, checks.reference_network, checks.network_inputs,
-                            exercise="network"))
+                            exercise="network", uses=blocks))
 
 
 def large_logit_inputs(r):  # features of a few hundred: logits far beyond the range of exp
@@ -246,7 +248,8 @@ def network_loss(X, y, theta, h, L):
 
 for wrt, output in ((2, 1), (3, 2)):  # theta_bar, then h_bar
     print(checks.check_gradient(network_loss_and_grads, network_loss, gradient_inputs, wrt=wrt, output=output,
-                                reference_grad=checks.reference_network, exercise="network", seeds=(5,)))
+                                reference_grad=checks.reference_network, exercise="network", seeds=(5,),
+                                uses=blocks if wrt == 2 else None))
 assert losses2[-1] < 0.5 * losses2[0], "the training loss should at least halve"
 assert acc2 > 0.85, f"validation accuracy {acc2:.3f}: expected above 0.85"
 assert params2["theta"].dtype == np.float32 and np.asarray(params2["h"]).dtype == np.float32

@@ -109,7 +109,8 @@ def grad_Z(Z, theta, C):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_grad_Z", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-print(checks.check_function(grad_Z, fa.quadratic_grad_Z, checks.quadratic_inputs, exercise="quadratic_grad_Z"))
+print(checks.check_function(grad_Z, fa.quadratic_grad_Z, checks.quadratic_inputs, exercise="quadratic_grad_Z",
+                            uses={"SA": (SA, "self_attention"), "SA_adjoint": (SA_adjoint, "self_attention_adjoint")}))
 ### BEGIN HIDDEN TESTS
 print(checks.check_function(grad_Z, fa.quadratic_grad_Z, lambda r: checks.quadratic_inputs(r, batch=1, n=7, d=3), exercise="quadratic_grad_Z", seeds=(14,)))
 ### END HIDDEN TESTS

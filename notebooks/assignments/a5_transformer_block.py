@@ -120,7 +120,8 @@ def oracle_only(Z, W1, b1, W2, b2):
     return oracle_forward(Z, W1, b1, W2, b2)[0]
 
 
-print(checks.check_function(oracle_only, checks.reference_mlp_oracle, checks.mlp_inputs, exercise="mlp_oracle"))
+print(checks.check_function(oracle_only, checks.reference_mlp_oracle, checks.mlp_inputs, exercise="mlp_oracle",
+                            uses={"gelu": gelu}))
 # logits of a few hundred: the softmax must stay finite
 print(checks.check_function(oracle_only, checks.reference_mlp_oracle, lambda r: checks.mlp_inputs(r, scale=300.0),
                             exercise="mlp_oracle"))
@@ -162,15 +163,16 @@ def oracle_pairing(C_bar, Z, W1, b1, W2, b2):  # L = <C_bar, C_hat(Z)>: its grad
     return (C_bar * checks.reference_mlp_oracle(Z, W1, b1, W2, b2)).sum()
 
 
+uses = {"gelu_grad": gelu_grad, "oracle_forward": (oracle_only, "mlp_oracle")}
 print(checks.check_function(student_oracle_vjp, checks.reference_mlp_oracle_vjp, checks.mlp_vjp_inputs,
-                            exercise="mlp_oracle_vjp", output=0))
+                            exercise="mlp_oracle_vjp", output=0, uses=uses))
 print(checks.check_gradient(student_oracle_vjp, oracle_pairing, checks.mlp_vjp_inputs, wrt=1, output=0,
                             reference_grad=checks.reference_mlp_oracle_vjp, exercise="mlp_oracle_vjp", seeds=(3,)))
 
 # %% nbgrader={"grade": true, "grade_id": "test_oracle_backward_weights", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
 for output in (1, 2, 3, 4):  # W1_bar, b1_bar, W2_bar, b2_bar
     print(checks.check_function(student_oracle_vjp, checks.reference_mlp_oracle_vjp, checks.mlp_vjp_inputs,
-                                exercise="mlp_oracle_vjp", output=output))
+                                exercise="mlp_oracle_vjp", output=output, uses=uses if output == 1 else None))
 print(checks.check_gradient(student_oracle_vjp, oracle_pairing, checks.mlp_vjp_inputs, wrt=2, output=1,
                             reference_grad=checks.reference_mlp_oracle_vjp, exercise="mlp_oracle_vjp", seeds=(4,)))
 ### BEGIN HIDDEN TESTS
@@ -205,7 +207,8 @@ def forward_only(Z, theta, h, W1, b1, W2, b2):
     return block_forward(Z, theta, h, W1, b1, W2, b2)[0]
 
 
-print(checks.check_function(forward_only, checks.reference_mlp_block, checks.mlp_block_inputs, exercise="mlp_block"))
+print(checks.check_function(forward_only, checks.reference_mlp_block, checks.mlp_block_inputs, exercise="mlp_block",
+                            uses={"oracle_forward": (oracle_only, "mlp_oracle")}))
 ### BEGIN HIDDEN TESTS
 print(checks.check_function(forward_only, checks.reference_mlp_block, lambda r: checks.mlp_block_inputs(r, n=7, d=4, k=3, m=2), exercise="mlp_block", seeds=(54,)))
 ### END HIDDEN TESTS
@@ -245,15 +248,16 @@ def block_pairing(Z_bar, Z, theta, h, W1, b1, W2, b2):  # L = <Z_bar, Z_out>: it
 
 
 # against central differences in float64, and the reference in float32
+uses = {"oracle_backward": (student_oracle_vjp, "mlp_oracle_vjp"), "block_forward": (forward_only, "mlp_block")}
 print(checks.check_gradient(student_block_vjp, block_pairing, checks.mlp_block_vjp_inputs, wrt=1, output=0,
-                            reference_grad=checks.reference_mlp_block_vjp, exercise="mlp_block_vjp"))
+                            reference_grad=checks.reference_mlp_block_vjp, exercise="mlp_block_vjp", uses=uses))
 
 # %% nbgrader={"grade": true, "grade_id": "test_block_backward_params", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
 # theta_bar, h_bar, W1_bar, b1_bar, W2_bar, b2_bar: the inputs 2 to 7 of block_pairing
 for wrt in range(2, 8):
     print(checks.check_gradient(student_block_vjp, block_pairing, checks.mlp_block_vjp_inputs, wrt=wrt,
                                 output=wrt - 1, reference_grad=checks.reference_mlp_block_vjp,
-                                exercise="mlp_block_vjp", seeds=(wrt,)))
+                                exercise="mlp_block_vjp", seeds=(wrt,), uses=uses if wrt == 2 else None))
 ### BEGIN HIDDEN TESTS
 for output in range(7):
     print(checks.check_function(student_block_vjp, checks.reference_mlp_block_vjp, lambda r: checks.mlp_block_vjp_inputs(r, n=6, d=2, k=4, m=3), exercise="mlp_block_vjp", output=output, seeds=(55,)))
@@ -363,7 +367,8 @@ def reference_network_loss(X, y, theta, h, W1, b1, W2, b2):
 
 for wrt in range(2, 8):  # theta, h, W1, b1, W2, b2
     checks.check_gradient(student_network_grads, reference_network_loss, network_inputs, wrt=wrt, output=wrt - 2,
-                          dtypes=("float64",), seeds=(6,))
+                          dtypes=("float64",), seeds=(6,), exercise="mlp_network",
+                          uses={"block_backward": (student_block_vjp, "mlp_block_vjp")} if wrt == 2 else None)
 assert net_losses[-1] < 0.5 * net_losses[0], "the training loss should at least halve"
 assert net_acc > 0.8, f"validation accuracy {net_acc:.3f}: expected above 0.8"
 assert net["theta"].dtype == np.float32 and net["h"].dtype == np.float32
