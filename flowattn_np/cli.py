@@ -66,6 +66,13 @@ def _ints(text):
     return values
 
 
+def _names(text):
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return values
+
+
 def _parts(text):
     from .experiment import PARTS
 
@@ -131,6 +138,9 @@ def build_parser():
     rep.add_argument("--mlp-widths", type=_ints, help="part 5 hidden widths k of the MLP oracle (default 64,256)")
     rep.add_argument("--mlp-layers", type=_ints, help="part 5 depths L of the MLP-oracle networks (default 1,2,4)")
     rep.add_argument("--mlp-activation", choices=("gelu", "relu"), help="part 5 activation (default gelu)")
+    rep.add_argument("--norm-variants", type=_names, help="part 4 label-free variants, e.g. oracle (default oracle,memory)")
+    rep.add_argument("--max-epochs", type=_positive, help="parts 4 and 5: early stopping's cap on the epochs (default 10)")
+    rep.add_argument("--patience", type=_positive, help="parts 4 and 5: epochs without a better validation accuracy before stopping (default 2)")
     rep.add_argument("--train-size", type=_positive, help="use the first N training images (default all)")
     rep.add_argument("--test-size", type=_positive, help="use the first N test images (default all)")
     rep.add_argument("--backend", choices=("numpy", "cupy"), default=None,
@@ -182,7 +192,7 @@ def _preflight_reproduce(args):
 # the options of `reproduce` that override a ReproduceConfig field of the same name
 REPRODUCE_OPTIONS = ("layers", "max_layers", "noise", "train_noise", "epochs", "seeds", "seed",
                      "optimizer", "lr", "h_units", "parts", "norm_layers", "mlp_widths", "mlp_layers",
-                     "mlp_activation", "train_size", "test_size")
+                     "mlp_activation", "train_size", "test_size", "norm_variants", "max_epochs", "patience")
 
 
 def _reproduce(args):
