@@ -103,6 +103,13 @@ def _non_negative_int(text):
     return value
 
 
+def _add_early_stopping_options(rep):
+    """The options of parts 4 and 5 sized by their early stopping."""
+    rep.add_argument("--norm-variants", type=_names, help="part 4 label-free variants, e.g. oracle (default oracle,memory)")
+    rep.add_argument("--max-epochs", type=_positive, help="parts 4 and 5: early stopping's cap on the epochs (default 10)")
+    rep.add_argument("--patience", type=_positive, help="parts 4 and 5: epochs without a better validation accuracy before stopping (default 2)")
+
+
 def build_parser():
     parser = _Parser(
         prog="flowattn-np",
@@ -138,9 +145,7 @@ def build_parser():
     rep.add_argument("--mlp-widths", type=_ints, help="part 5 hidden widths k of the MLP oracle (default 64,256)")
     rep.add_argument("--mlp-layers", type=_ints, help="part 5 depths L of the MLP-oracle networks (default 1,2,4)")
     rep.add_argument("--mlp-activation", choices=("gelu", "relu"), help="part 5 activation (default gelu)")
-    rep.add_argument("--norm-variants", type=_names, help="part 4 label-free variants, e.g. oracle (default oracle,memory)")
-    rep.add_argument("--max-epochs", type=_positive, help="parts 4 and 5: early stopping's cap on the epochs (default 10)")
-    rep.add_argument("--patience", type=_positive, help="parts 4 and 5: epochs without a better validation accuracy before stopping (default 2)")
+    _add_early_stopping_options(rep)
     rep.add_argument("--train-size", type=_positive, help="use the first N training images (default all)")
     rep.add_argument("--test-size", type=_positive, help="use the first N test images (default all)")
     rep.add_argument("--backend", choices=("numpy", "cupy"), default=None,

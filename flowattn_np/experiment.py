@@ -210,7 +210,7 @@ VAL_SEED = 4_242  # the validation split: one for every model, so comparisons st
 class RunData:
     """The data of a run on the active backend: the training set, the corrupted test sets
     (``suite``: {(kind, strength key): images}, drawn on the host and moved once), the test
-    labels, and the validation split held out from the TRAINING set for early stopping.
+    labels, and the validation split held out from the training set for early stopping.
 
     The split, ``split(n, fraction)``, is a seeded permutation of the training rows only:
     the test images and labels never enter it.
@@ -278,7 +278,8 @@ def train(net, data, cfg, seed, sigma, desc, progress, optimizer="adam", lr=None
     records, best, best_acc, best_epoch, rule = [], None, -1.0, 0, "cap"
     for epoch in range(1, cfg.max_epochs + 1):
         # a fresh minibatch order and training noise each epoch, fixed by (seed, epoch)
-        config = replace(fit_config(cfg, seed + 10_007 * epoch, f"{desc}, epoch", progress, sigma), epochs=1)
+        config = replace(fit_config(cfg, seed + 10_007 * epoch, f"{desc}, epoch {epoch} (cap {cfg.max_epochs}),",
+                                        progress, sigma), epochs=1)
         record = fit(net, X, y, optimizer=opt, X_val=X_val, y_val=y_val, config=config).epochs[0]
         record["epoch"] = epoch
         records.append(record)

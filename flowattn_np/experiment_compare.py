@@ -13,7 +13,7 @@ and a claim ("A beats B", or B beats A) only where $|\\bar d|$ exceeds twice the
 Which rows are compared is fixed before the run (part 3: every label-free row against
 multinomial regression; part 4: each normalisation against none; part 5: the MLP-oracle
 network against each control), except one choice in part 5: the depth $L$ of the
-MLP-oracle and linear-oracle networks, taken by their VALIDATION accuracy (a split of the
+MLP-oracle and linear-oracle networks, taken by their validation accuracy (a split of the
 training set), never by a test accuracy.
 
 Conditions: the clean test images, Gaussian noise at $\\sigma = 1$, and for each corruption

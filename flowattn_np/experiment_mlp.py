@@ -108,13 +108,13 @@ def part5_mlp_oracle(data, cfg, progress):
 def part5_robustness_panels(p5):
     """Part 5's lines of the robustness figure: the rows ``plotting.part5_accuracy`` draws
     (largest width; the networks at the depth of their best validation accuracy)."""
-    from .plotting import PART5_STYLES, _part5_rows
+    from .plotting import PART5_STYLES, part5_rows
 
     width = max(p5["widths"])
     panels = {}
     for name, setting in p5["settings"].items():
         lines = []
-        for kind, row in _part5_rows(setting["rows"], width).items():
+        for kind, row in part5_rows(setting["rows"], width).items():
             label, colour, style = PART5_STYLES[kind]
             sizes = ", ".join(f"{key} = {row[field]}" for key, field in (("L", "layers"), ("k", "width"))
                               if row[field])

@@ -246,7 +246,7 @@ PART5_STYLES = {  # kind: (legend label, METHOD_COLORS key, line style and marke
 }
 
 
-def _part5_rows(rows, width):
+def part5_rows(rows, width):
     """The rows drawn for hidden width ``width``, by kind (the matched MLP follows its (a) row)."""
     alone = next(r for r in rows if r["kind"] == "mlp-alone" and r["width"] == width)
     by_kind = {"regression": [r for r in rows if r["kind"] == "regression"],
@@ -273,7 +273,7 @@ def part5_accuracy(part5, width=None, path=None):
                              layout="constrained")
     axes = list(np.atleast_1d(axes))
     for ax, (name, setting) in zip(axes, settings.items()):
-        for kind, row in _part5_rows(setting["rows"], width).items():
+        for kind, row in part5_rows(setting["rows"], width).items():
             label, colour, style = PART5_STYLES[kind]
             sizes = ", ".join(f"{key} = {row[field]}" for key, field in (("L", "layers"), ("k", "width"))
                               if row[field])
