@@ -30,7 +30,7 @@ from .experiment import (
     training_note,
     true_label_network,
 )
-from .experiment_compare import markdown, part4_comparisons
+from .experiment_compare import markdown, part4_comparisons, short
 from .ops import one_hot
 from .progress import progress_bar
 
@@ -132,7 +132,8 @@ def part4_robustness_panels(label_free):
             if not r["layers"]:
                 lines.append(("multinomial regression, L = 0", "regression", ":D", r["robustness"]))
             else:
-                lines.append((f"{SHORT_NAMES[r['variant']].split(' (')[0]}, {NORMS[r['norm']][0].split(':')[0]}",
+                # colour = normalisation (the label names it and the variant)
+                lines.append((f"{short(r['variant'])}, {NORM_METHODS[r['norm']]}",
                               NORM_METHODS[r["norm"]], styles[variants.index(r["variant"]) % 3], r["robustness"]))
         panels[name] = lines
     return panels

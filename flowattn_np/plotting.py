@@ -200,9 +200,9 @@ def accuracy_vs_layers(part2, path=None):
             axes[0].plot(L, 100 * np.asarray(r["accuracy"]), **style)
             axes[1].plot(L, r["loss"], **style)
     axes[0].set(xlabel="blocks L", ylabel="test accuracy (%)",
-                title="feature discovery with the TRUE labels (oracle)")
+                title="feature discovery with the true labels (oracle)")
     axes[1].set(xlabel="blocks L", ylabel="cross-entropy", yscale="log",
-                title=f"h = {part2['h_units']:g} / lam_max = {part2['h']:.3g}")
+                title=rf"$h = {part2['h_units']:g}\,/\,\lambda_{{\max}} = {part2['h']:.3g}$")
     return _finish(fig, axes, 7, path)
 
 
@@ -326,9 +326,9 @@ def normalisation(part4, path=None):
             axes[0, 1].plot(L, r["loss"], **kw)
     d = part4["discovery"]
     axes[0, 0].set(xlabel="blocks L", ylabel="test accuracy (%)",
-                   title="(a) TRUE labels (oracle computation): flat vs sphere")
+                   title="(a) true labels (oracle computation): flat vs sphere")
     axes[0, 1].set(xlabel="blocks L", ylabel="cross-entropy", yscale="log",
-                   title=f"(a) Lie blocks, h = {d['h_units']:g} / lam_max = {d['h']:.3g}")
+                   title=rf"(a) Lie blocks, $h = {d['h_units']:g}\,/\,\lambda_{{\max}} = {d['h']:.3g}$")
     for ax in axes[0]:
         _integer_ticks(ax)
     for ax, (name, setting) in zip(axes[1], part4["label_free"]["settings"].items()):
@@ -353,7 +353,8 @@ def _label_free_panel(ax, rows):
         mean = 100 * np.array([r["accuracy"][k]["mean"] for k in keys])
         std = 100 * np.array([r["accuracy"][k]["std"] for k in keys])
         ls = _DASHES[variants.index(r["variant"]) % len(_DASHES)]
-        label = "baseline (L = 0)" if r["variant"] == "baseline" else f"{r['variant']}, {r['norm']}"
+        # the normalisation's full name: its colour's key (a variant name alone, e.g. memory, would claim its own)
+        label = "baseline (L = 0)" if r["variant"] == "baseline" else f"{r['variant']}, {NORM_METHODS[r['norm']]}"
         colour = method_color("regression" if r["variant"] == "baseline" else NORM_METHODS[r["norm"]])
         ax.errorbar(sig, mean, yerr=std, color=colour,
                     ls=ls, marker="o", ms=3, capsize=2, label=label)
