@@ -109,8 +109,15 @@ def synthetic_figures():
              ("learned oracle, L = 4", "learned oracle", "-o", curve(0.82)),
              ("key/value memory, L = 4", "memory", "--^", curve(0.85))]
     robustness = {"clean": lines, "noise-augmented": lines}
+    from flowattn_np.experiment_norm import part4_robustness_panels
+
+    norm_rows = [{"variant": "baseline", "norm": "none", "layers": 0, "robustness": curve(0.8)}] + [
+        {"variant": v, "norm": n, "layers": 2, "robustness": curve(0.8 + 0.01 * i)}
+        for v in ("oracle", "memory") for i, n in enumerate(("none", "post-sphere", "post-layer", "pre-sphere"))]
+    part4 = {"settings": {"clean": {"rows": norm_rows}, "noise-augmented": {"rows": norm_rows}}}
     return {"figure1": plotting.figure1(x, panels, label=6, class_names=names, sigma=0.5, title="Figure 1"),
             "robustness": plotting.robustness(robustness, title="Part 3: accuracy on corrupted test images"),
+            "robustness_part4": plotting.robustness(part4_robustness_panels(part4)),
             "accuracy_vs_layers": plotting.accuracy_vs_layers(part2),
             "training_curves": plotting.training_curves(curves),
             "part5_accuracy": plotting.part5_accuracy(part5)}
