@@ -51,7 +51,7 @@ def _distinct(values, text):
     repeated = sorted({v for v in values if values.count(v) > 1})
     if repeated:
         raise argparse.ArgumentTypeError(
-            f"expected distinct values, got {text!r} ({', '.join(f'{v:g}' for v in repeated)} repeated)")
+            f"expected distinct values, got {text!r} ({', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in repeated)} repeated)")
     return values
 
 
@@ -74,6 +74,13 @@ def _ints(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return _distinct(values, text)
+
+
+def _names(text):
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
     return _distinct(values, text)
 
 
@@ -139,6 +146,13 @@ def _apply_threads(args):
             args.parser.error(str(exc))
 
 
+def _add_early_stopping_options(rep):
+    """The options of parts 4 and 5 sized by their early stopping."""
+    rep.add_argument("--norm-variants", type=_names, help="part 4 label-free variants, e.g. oracle (default oracle,memory)")
+    rep.add_argument("--max-epochs", type=_positive, help="parts 4 and 5: early stopping's cap on the epochs (default 10)")
+    rep.add_argument("--patience", type=_positive, help="parts 4 and 5: epochs without a better validation accuracy before stopping (default 2)")
+
+
 def build_parser():
     parser = _Parser(
         prog="flowattn-np",
@@ -195,6 +209,7 @@ def _add_reproduce_parser(sub):
     rep.add_argument("--mlp-widths", type=_ints, help="part 5 hidden widths k of the MLP oracle (default 64,256)")
     rep.add_argument("--mlp-layers", type=_ints, help="part 5 depths L of the MLP-oracle networks (default 1,2,4)")
     rep.add_argument("--mlp-activation", choices=("gelu", "relu"), help="part 5 activation (default gelu)")
+    _add_early_stopping_options(rep)
     rep.add_argument("--train-size", type=_positive, help="use the first N training images (default all)")
     rep.add_argument("--test-size", type=_positive, help="use the first N test images (default all)")
     rep.add_argument("--backend", choices=("numpy", "cupy"), default=None,
@@ -259,7 +274,7 @@ def _preflight_reproduce(args):
 # the options of `reproduce` that override a ReproduceConfig field of the same name
 REPRODUCE_OPTIONS = ("layers", "max_layers", "noise", "train_noise", "epochs", "seeds", "seed",
                      "optimizer", "lr", "h_units", "parts", "norm_layers", "mlp_widths", "mlp_layers",
-                     "mlp_activation", "train_size", "test_size")
+                     "mlp_activation", "train_size", "test_size", "norm_variants", "max_epochs", "patience")
 
 
 def _reproduce(args):

@@ -33,9 +33,10 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from . import __version__
+from . import corruptions
 from .backend import asarray, get_array_module, get_backend, to_float, to_numpy, use_backend
 from .files import RunFolder, write_text
 from .layers import BlockConfig
@@ -54,10 +55,16 @@ FIGURES_SKIPPED = ('figures skipped: matplotlib is not installed; the numbers ar
                    'results.md. For the figures: pip install "flowattn-np[plot]" (or pip install matplotlib)')
 
 PART_TITLES = {
-    "part1": "Part 1. Multinomial regression (L = 0), SGD: targets are used only by the loss",
-    "part2": "Part 2. Feature discovery with the TRUE labels C (the paper's theory; an oracle "
-             "computation: test labels enter the features, NOT a classifier's test accuracy)",
-    "part3": "Part 3. Label-free classifiers trained end to end (no labels inside the blocks)",
+    "part1": "Part 1. Multinomial regression without blocks, trained with SGD",
+    "part2": "Part 2. Feature discovery with the true labels (an oracle computation)",
+    "part3": "Part 3. Label-free classifiers trained end to end",
+}
+# what each title leaves to the text under it (a heading stays plain text)
+PART_NOTES = {
+    "part1": "L = 0: the targets are used only by the loss.",
+    "part2": "The paper's theory: the test labels C enter the features, so these numbers are not a "
+             "classifier's test accuracy.",
+    "part3": "No labels inside the blocks.",
 }
 
 VARIANTS = {
@@ -102,6 +109,21 @@ class ReproduceConfig:
     mlp_layers: tuple = (1, 2, 4)         # part 5: depths of the MLP-oracle networks
     mlp_widths: tuple = (64, 256)         # part 5: hidden widths k of the MLP oracle
     mlp_activation: str = "gelu"          # part 5: 'gelu' (tanh form) or 'relu'
+    # robustness of every model of parts 3-5: test accuracy against each corruption's strength
+    robust_noise: tuple = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)   # Gaussian noise sigma
+    occlusion: tuple = (0.2, 0.3, 0.4, 0.5)   # occluded square, side as a fraction of the image's (unseen)
+    blur: tuple = (0.5, 1.0, 1.5, 2.0)        # Gaussian blur sigma in pixels (unseen)
+    # parts 4 and 5: early stopping on a validation split held out from the training set
+    early_stopping_parts: tuple = (4, 5)
+    max_epochs: int = 10                  # the cap (and the length of the cosine decay)
+    patience: int = 2                     # epochs without a better validation accuracy before stopping
+    val_fraction: float = 0.1             # the share of the training images held out for validation
+
+    def levels(self):
+        """The corruptions every model of parts 3-5 is tested on: kind -> strengths (0 first)."""
+        noise = sorted({float(s) for s in self.noise} | {float(s) for s in self.robust_noise} | {0.0})
+        return {"noise": tuple(noise), "occlusion": (0.0,) + tuple(self.occlusion),
+                "blur": (0.0,) + tuple(self.blur)}
 
     def __post_init__(self):
         parts = tuple(self.parts)
@@ -114,13 +136,26 @@ class ReproduceConfig:
         unknown = [v for v in self.norm_variants if v not in VARIANTS or v == "baseline"]
         if unknown:
             raise ValueError(f"norm_variants: expected names among attention, oracle, memory, got {unknown}")
+        for name, kind in (("noise", "noise"), ("robust_noise", "noise"), ("occlusion", "occlusion"),
+                           ("blur", "blur")):
+            for s in getattr(self, name):
+                try:
+                    corruptions.check_strength(kind, s)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {str(exc).removeprefix('strength: ')}") from None
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction: expected a fraction in (0, 1), got {self.val_fraction!r}")
+        for name in ("max_epochs", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
 
     @classmethod
     def quick_run(cls, **overrides):
-        """A smoke-sized run: a data subset, 1 epoch, 2 seeds, shallow networks."""
+        """A smoke-sized run: a data subset, 1 epoch (at most 2 with early stopping), 2 seeds,
+        shallow networks."""
         base = dict(max_layers=3, layers=(1, 2), epochs=1, seeds=2, train_size=4000,
                     test_size=1000, memory_slots=16, quick=True, norm_layers=1, mlp_layers=(1, 2),
-                    mlp_widths=(16,))
+                    mlp_widths=(16,), max_epochs=2, patience=1)
         base.update(overrides)
         return cls(**base)
 
@@ -154,9 +189,9 @@ def head_metrics(net, Z, y, C):
     return mean_cross_entropy(logits, C), (net.predictions(logits) == y).mean()
 
 
-def run_optimizer(kind, net, lr, cfg, n_rows):
-    """SGD (momentum 0.9) or Adam at ``lr`` with cosine decay over the whole run."""
-    schedule = Cosine(cfg.epochs * math.ceil(n_rows / cfg.batch_size))
+def run_optimizer(kind, net, lr, cfg, n_rows, epochs=None):
+    """SGD (momentum 0.9) or Adam at ``lr`` with cosine decay over ``epochs`` (default cfg.epochs)."""
+    schedule = Cosine((epochs or cfg.epochs) * math.ceil(n_rows / cfg.batch_size))
     if kind == "adam":
         return Adam(net.params, lr=lr, schedule=schedule)
     return SGD(net.params, lr=lr, momentum=0.9, schedule=schedule)
@@ -168,18 +203,163 @@ def fit_config(cfg, seed, desc, progress, noise=0.0):
                      progress=progress, desc=desc, check_inputs=False)
 
 
+# ---------------------------------------------------------------- data, training, testing
+
+VAL_SEED = 4_242  # the validation split: one for every model, so comparisons stay paired
+
+
+class RunData:
+    """The data of a run on the active backend: the training set, the corrupted test sets
+    (``suite``: {(kind, strength key): images}, drawn on the host and moved once), the test
+    labels, and the validation split held out from the training set for early stopping.
+
+    The split, ``split(n, fraction)``, is a seeded permutation of the training rows only:
+    the test images and labels never enter it.
+    """
+
+    def __init__(self, X, y, suite, yt, cfg):
+        self.X, self.y, self.suite, self.yt, self.cfg = X, y, suite, yt, cfg
+        self.table = tuple(noise_key(s) for s in cfg.noise)  # the noise levels of the tables
+        self._split, self._val = None, {}
+
+    def tests(self):
+        """The table's noisy test sets, {noise key: images} (parts 1 and 2)."""
+        return {k: self.suite[("noise", k)] for k in self.table}
+
+    def split(self):
+        """(X_fit, y_fit, X_val, y_val): the training set without, and with only, the held-out rows."""
+        if self._split is None:
+            fit_rows, val_rows = validation_split(self.X.shape[0], self.cfg.val_fraction)
+            self._split = (self.X[fit_rows], self.y[fit_rows], self.X[val_rows], self.y[val_rows])
+        return self._split
+
+    def validation(self, sigma):
+        """The validation images under the training distribution (noise sigma, one seeded draw)."""
+        if sigma not in self._val:
+            X_val = self.split()[2]
+            self._val[sigma] = X_val if not sigma else noisy(X_val, sigma, seed=VAL_SEED + 1)
+        return self._val[sigma]
+
+
+def validation_split(n, fraction, seed=VAL_SEED):
+    """Row indices (fit, validation) of a training set of ``n`` rows: a seeded permutation,
+    ``max(1, round(fraction n))`` rows held out (on the active backend, moved once)."""
+    n_val = min(n - 1, max(1, round(fraction * n)))
+    if n_val < 1:
+        raise ValueError(f"train_size: early stopping needs at least 2 training images, got {n}")
+    order = host_rng(seed).permutation(n)
+    return asarray(order[n_val:]), asarray(order[:n_val])
+
+
+def test_on_suite(net, data):
+    """Accuracy and cross-entropy of ``net`` on every corrupted test set: {kind: {key: {...}}}."""
+    out = {}
+    for (kind, key), Xs in data.suite.items():
+        out.setdefault(kind, {})[key] = evaluate(net, Xs, data.yt, check=False)
+    return out
+
+
+def train(net, data, cfg, seed, sigma, desc, progress, optimizer="adam", lr=None, early=False):
+    """Train ``net`` (train noise ``sigma``); returns its History dict and the epochs it used.
+
+    Without ``early``: cfg.epochs epochs on all the training images. With it: on the
+    training images less the validation split, at most cfg.max_epochs epochs (cosine decay
+    over them), stopping after cfg.patience epochs without a better validation accuracy;
+    the parameters of the best epoch are restored. Only the validation split (held out from
+    the training set) is read to decide: never the test set.
+    """
+    lr = cfg.lr if lr is None else lr
+    if not early:
+        opt = run_optimizer(optimizer, net, lr, cfg, data.X.shape[0])
+        hist = fit(net, data.X, data.y, optimizer=opt, config=fit_config(cfg, seed, desc, progress, sigma))
+        return hist.to_dict(), {"rule": "fixed", "run": cfg.epochs, "best": cfg.epochs}
+    X, y, _, y_val = data.split()
+    X_val = data.validation(sigma)
+    opt = run_optimizer(optimizer, net, lr, cfg, X.shape[0], epochs=cfg.max_epochs)
+    records, best, best_acc, best_epoch, rule = [], None, -1.0, 0, "cap"
+    for epoch in range(1, cfg.max_epochs + 1):
+        # a fresh minibatch order and training noise each epoch, fixed by (seed, epoch)
+        config = replace(fit_config(cfg, seed + 10_007 * epoch, f"{desc}, epoch {epoch} (cap {cfg.max_epochs}),",
+                                        progress, sigma), epochs=1)
+        record = fit(net, X, y, optimizer=opt, X_val=X_val, y_val=y_val, config=config).epochs[0]
+        record["epoch"] = epoch
+        records.append(record)
+        if record["val_accuracy"] > best_acc:
+            best_acc, best_epoch = record["val_accuracy"], epoch
+            best = {k: v.copy() for k, v in net.params.items()}  # on the device: no host copy
+        elif epoch - best_epoch >= cfg.patience:
+            rule = "patience"
+            break
+    for k, v in best.items():
+        net.params[k][...] = v
+    return {"epochs": records}, {"rule": rule, "run": len(records), "best": best_epoch,
+                                 "val_accuracy": best_acc}
+
+
+def train_over_seeds(make_net, data, cfg, progress, sigma, desc, optimizer=None, lr=None, early=False):
+    """Train ``make_net(seed)`` for each seed (train noise sigma) and test it on every corrupted test set.
+
+    Returns (row statistics: ``accuracy`` and ``loss`` at the table's noise levels,
+    ``robustness`` {kind: {strength: accuracy stats}}, ``h``, ``epochs`` and, with early
+    stopping, ``val_accuracy``; the seed-0 network; its training history as a dict).
+    """
+    runs, first = [], None
+    for s in range(cfg.seeds):
+        seed = cfg.seed + s
+        net = make_net(seed)
+        hist, epochs = train(net, data, cfg, seed, sigma, f"{desc}, seed {seed}", progress,
+                             optimizer or cfg.optimizer, lr, early)
+        runs.append((test_on_suite(net, data), net.step_sizes().get("h"), epochs))
+        first = first or (net, hist)
+    return row_stats(runs, data.table), first[0], first[1]
+
+
+def row_stats(runs, table):
+    """Seed statistics of one row from its runs [(suite results, learned h, epochs), ...]."""
+    suites = [r[0] for r in runs]
+    noise = suites[0]["noise"]
+    out = {"accuracy": {k: seed_stats([t["noise"][k]["accuracy"] for t in suites]) for k in table if k in noise},
+           "loss": {k: seed_stats([t["noise"][k]["loss"] for t in suites]) for k in table if k in noise},
+           "robustness": {kind: {key: seed_stats([t[kind][key]["accuracy"] for t in suites]) for key in per}
+                          for kind, per in suites[0].items()},
+           "h": [r[1] for r in runs],
+           "epochs": {field: [r[2][field] for r in runs] for field in ("rule", "run", "best")}}
+    if "val_accuracy" in runs[0][2]:
+        out["val_accuracy"] = seed_stats([r[2]["val_accuracy"] for r in runs])
+    return out
+
+
+def training_note(cfg, early):
+    """How a part's networks were trained, in words (results.json and the tables)."""
+    if early:
+        return (f"early stopping: at most {cfg.max_epochs} epochs (cosine decay over them), stopped after "
+                f"{cfg.patience} epochs without a better validation accuracy, the best epoch's parameters "
+                f"kept; validation on {cfg.val_fraction:.0%} of the training images, held out from "
+                "training (the test set chooses nothing)")
+    return f"{cfg.epochs} epochs on all the training images"
+
+
+def epochs_cell(epochs):
+    """The epochs a row used over its seeds, e.g. '7, 9, 10 (cap)' or '5 (fixed)'."""
+    if set(epochs["rule"]) == {"fixed"}:
+        return f"{epochs['run'][0]} (fixed)"
+    return ", ".join(f"{b}/{r}" + (" cap" if rule == "cap" else "")
+                     for b, r, rule in zip(epochs["best"], epochs["run"], epochs["rule"]))
+
+
 # ---------------------------------------------------------------- parts
 
 
-def part1_baseline(X, y, tests, yt, cfg, progress):
+def part1_baseline(data, cfg, progress):
     """Train L = 0 with SGD over the seeds; report test loss and accuracy per noise level."""
     runs, nets = [], []
+    X, y, yt, tests = data.X, data.y, data.yt, data.tests()
     for s in range(cfg.seeds):
         net = Network(NetworkConfig(n_inputs=X.shape[1], n_classes=10, layers=0), seed=cfg.seed + s)
         opt = run_optimizer("sgd", net, cfg.baseline_lr, cfg, X.shape[0])
         hist = fit(net, X, y, optimizer=opt,
                    config=fit_config(cfg, cfg.seed + s, f"part 1, seed {cfg.seed + s}", progress))
-        runs.append({k: evaluate(net, Xs, yt) for k, Xs in tests.items()})
+        runs.append({k: evaluate(net, Xs, yt, check=False) for k, Xs in tests.items()})
         nets.append((net, hist))
     by_noise = {}
     for k in tests:
@@ -279,28 +459,6 @@ def label_free_network(variant, L, d, cfg, seed, **block_changes):
     return Network(NetworkConfig(n_inputs=d, n_classes=10, layers=L, block=block), seed=seed)
 
 
-def train_over_seeds(make_net, X, y, tests, yt, cfg, progress, sigma, desc):
-    """Train ``make_net(seed)`` for each seed (train noise sigma) and test it on every noise level.
-
-    Returns ({"accuracy", "loss": seed_stats per test noise, "h": learned h values}, the seed-0
-    network, its training history as a dict).
-    """
-    accs, losses, hs, first = [], [], [], None
-    for s in range(cfg.seeds):
-        seed = cfg.seed + s
-        net = make_net(seed)
-        opt = run_optimizer(cfg.optimizer, net, cfg.lr, cfg, X.shape[0])
-        hist = fit(net, X, y, optimizer=opt, config=fit_config(cfg, seed, f"{desc}, seed {seed}", progress, sigma))
-        ev = {k: evaluate(net, Xs, yt) for k, Xs in tests.items()}
-        accs.append({k: v["accuracy"] for k, v in ev.items()})
-        losses.append({k: v["loss"] for k, v in ev.items()})
-        hs.append(net.step_sizes().get("h"))
-        first = first or (net, hist.to_dict())
-    stats = {"accuracy": {k: seed_stats([a[k] for a in accs]) for k in tests},
-             "loss": {k: seed_stats([a[k] for a in losses]) for k in tests}, "h": hs}
-    return stats, first[0], first[1]
-
-
 def step_report(hs):
     """The learned steps of a row over seeds: values, mean and their common sign (a finding)."""
     return {"values": hs, "mean": sum(hs) / len(hs),
@@ -308,7 +466,7 @@ def step_report(hs):
                     "positive" if all(v > 0 for v in hs) else "mixed"}
 
 
-def part3_label_free(X, y, tests, yt, cfg, progress):
+def part3_label_free(data, cfg, progress):
     """Train the label-free variants end to end in two settings; mean and spread over seeds."""
     settings = {"clean": 0.0, "noise-augmented": cfg.train_noise}
     out = {"title": PART_TITLES["part3"],
@@ -322,12 +480,13 @@ def part3_label_free(X, y, tests, yt, cfg, progress):
         rows = []
         for variant, L in rows_todo:
             stats, net, hist0 = train_over_seeds(
-                functools.partial(label_free_network, variant, L, X.shape[1], cfg),
-                X, y, tests, yt, cfg, progress, sigma, f"part 3, {name}, {variant} L={L}")
+                functools.partial(label_free_network, variant, L, data.X.shape[1], cfg),
+                data, cfg, progress, sigma, f"part 3, {name}, {variant} L={L}",
+                early=3 in cfg.early_stopping_parts)
             kept[(name, variant, L)] = net
             row = {"variant": variant, "description": VARIANTS[variant][0], "layers": L,
                    "targets": "none inside the blocks" if variant != "oracle" else "learned oracle C_hat(Z)",
-                   "accuracy": stats["accuracy"], "loss": stats["loss"], "history_seed0": hist0}
+                   "history_seed0": hist0, **{k: v for k, v in stats.items() if k != "h"}}
             if L:
                 row["h"] = step_report(stats["h"])
             rows.append(row)
@@ -341,14 +500,16 @@ def part3_label_free(X, y, tests, yt, cfg, progress):
 def checks(results, cfg):
     """The claims the numbers should show (docs/results.md), evaluated on this run, for the parts that ran.
 
-    Part 2's monotone cross-entropy and accuracy gain, part 3's learned oracle against $L=0$
-    and the seed spread, part 4's (`experiment_norm.part4_checks`).
+    Part 2's monotone cross-entropy and accuracy gain; the paired comparisons of parts 3-5
+    (`experiment_compare`).
     """
+    from . import experiment_compare as compare
+
     out = {}
     if "part2" in results:
         out.update(part2_checks(results["part2"]))
     if "part3" in results:
-        out.update(part3_checks(results["part3"]))
+        out["part3_comparisons"] = compare.part3_comparisons(results["part3"])
     if "part4" in results:
         from .experiment_norm import part4_checks
 
@@ -371,23 +532,6 @@ def part2_checks(p2):
     if clean in lie:
         out["part2_lie_gain_clean_points"] = 100 * (lie[clean]["accuracy"][-1] - lie[clean]["accuracy"][0])
     return out
-
-
-def part3_checks(p3):
-    """Part 3, noise-augmented: the learned oracle at its best depth against L = 0, with the spread."""
-    setting = p3["settings"].get("noise-augmented")
-    oracle = [r for r in setting["rows"] if r["variant"] == "oracle"] if setting else []
-    if not oracle:
-        return {}
-    base = next(r for r in setting["rows"] if r["variant"] == "baseline")
-    best = max(oracle, key=lambda r: sum(r["accuracy"][k]["mean"] for k in r["accuracy"]))
-    per = {}
-    for k in base["accuracy"]:
-        gain = best["accuracy"][k]["mean"] - base["accuracy"][k]["mean"]
-        spread = base["accuracy"][k]["range"]
-        per[k] = {"gain_points": 100 * gain, "baseline_spread_points": 100 * spread,
-                  "beats_by_more_than_spread": gain > spread}
-    return {"part3_oracle_vs_baseline_noise_augmented": {"best_layers": best["layers"], "by_noise": per}}
 
 
 # ---------------------------------------------------------------- table
@@ -426,7 +570,8 @@ def markdown_table(results):
 def part1_lines(p1, keys):
     """Part 1 as Markdown lines."""
     head = " | ".join(f"sigma = {k}" for k in keys)
-    lines = [f"## {p1['title']}", "", f"{p1['optimizer']}, {len(p1['seeds'])} seeds (mean ± std).", "",
+    lines = [f"## {p1['title']}", "", f"{PART_NOTES['part1']} {p1['optimizer']}, {len(p1['seeds'])} seeds "
+             "(mean ± std).", "",
              f"| metric | {head} |", "|---|" + "---|" * len(keys)]
     lines.append("| test accuracy % | " + " | ".join(pct(p1["by_noise"][k]["accuracy"]) for k in keys) + " |")
     lines.append("| test cross-entropy | " + " | ".join(f"{p1['by_noise'][k]['loss']['mean']:.4f}" for k in keys) + " |")
@@ -435,7 +580,7 @@ def part1_lines(p1, keys):
 
 def part2_lines(p2, p1):
     """Part 2 as Markdown lines: accuracy / cross-entropy against L per scheme and noise."""
-    lines = [f"## {p2['title']}", "",
+    lines = [f"## {p2['title']}", "", PART_NOTES["part2"], "",
              f"theta from part 1 (seed {p1['seeds'][0]}), lam_max(theta theta^T) = {p2['lam_max']:.2f}, "
              f"h = {p2['h_units']:g} / lam_max = {p2['h']:.4g}. Entries: accuracy % / cross-entropy.", ""]
     for scheme, per in p2["schemes"].items():
@@ -450,23 +595,30 @@ def part2_lines(p2, p1):
 
 def part3_lines(p3, keys):
     """Part 3 as Markdown lines: one table per training setting."""
-    lines = [f"## {p3['title']}", "", f"{p3['optimizer']}, {p3['epochs']} epochs, tied blocks, "
-             f"{len(p3['seeds'])} seeds (mean ± std of test accuracy %); learned h reported with its sign.", ""]
-    return lines + settings_lines(p3["settings"], keys, [("variant", lambda r: r["description"]),
-                                                         ("L", lambda r: r["layers"])])
+    from .experiment_compare import markdown, part3_comparisons
+
+    lines = [f"## {p3['title']}", "", f"{PART_NOTES['part3']} {p3['optimizer']}, {p3['epochs']} epochs, tied "
+             f"blocks, {len(p3['seeds'])} seeds (mean ± std of test accuracy %); learned h reported with its sign.", ""]
+    lines += settings_lines(p3["settings"], keys, [("variant", lambda r: r["description"]),
+                                                   ("L", lambda r: r["layers"])])
+    return lines + markdown(part3_comparisons(p3))
 
 
 def settings_lines(settings, keys, label_columns):
     """One Markdown table per training setting: the label columns ((header, row -> cell) pairs),
-    the test accuracy at each noise level (mean ± std over seeds), and the learned h."""
-    head = " | ".join([h for h, _ in label_columns] + [f"sigma = {k}" for k in keys] + ["learned h"])
+    the test accuracy at each noise level (mean ± std over seeds), the learned h, and with
+    early stopping the epochs each seed used (best epoch / epochs run)."""
+    early = any("val_accuracy" in r for s in settings.values() for r in s["rows"])
+    extra = ["learned h"] + (["epochs (best / run, per seed)"] if early else [])
+    head = " | ".join([h for h, _ in label_columns] + [f"sigma = {k}" for k in keys] + extra)
     lines = []
     for name, setting in settings.items():
         lines += [f"**Trained {name} (train sigma = {setting['train_noise']:g})**", "",
-                  f"| {head} |", "|" + "---|" * (len(label_columns) + len(keys) + 1)]
+                  f"| {head} |", "|" + "---|" * (len(label_columns) + len(keys) + len(extra))]
         for r in setting["rows"]:
             h = f"{r['h']['mean']:+.3f} ({r['h']['sign']})" if "h" in r else ""
             cells = [str(cell(r)) for _, cell in label_columns] + [pct(r["accuracy"][k]) for k in keys] + [h]
+            cells += [epochs_cell(r["epochs"])] if early else []
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -486,19 +638,17 @@ def check_lines(ch):
     if "part2_lie_gain_clean_points" in ch:
         lines.append(f"- part 2, Lie, clean: accuracy gain L = 0 -> L = max: "
                      f"{ch['part2_lie_gain_clean_points']:+.1f} points (oracle computation)")
-    if "part3_oracle_vs_baseline_noise_augmented" in ch:
-        c = ch["part3_oracle_vs_baseline_noise_augmented"]
-        for k, v in c["by_noise"].items():
-            lines.append(f"- part 3, noise-augmented, learned oracle at its best L = {c['best_layers']} vs L = 0, "
-                         f"test sigma = {k}: {v['gain_points']:+.2f} points; baseline spread (max - min over "
-                         f"seeds) {v['baseline_spread_points']:.2f}; beats by more than the spread: "
-                         f"{v['beats_by_more_than_spread']}")
+    for part in ("part3", "part4", "part5"):
+        comparisons = ch.get(f"{part}_comparisons") or ch.get(part, {}).get("comparisons", [])
+        claims = [(c, k, v) for c in comparisons for k, v in c["by_condition"].items() if v["claim"]]
+        if comparisons:
+            lines.append(f"- {part.replace('part', 'part ')}: {len(claims)} claims (difference above twice its "
+                         f"seed spread) among {sum(len(c['by_condition']) for c in comparisons)} paired comparisons, "
+                         "in the tables above")
     if "part4" in ch:
         from .experiment_norm import part4_check_lines
 
         lines += part4_check_lines(ch["part4"])
-    if "part5" in ch:
-        lines.append("- part 5: see the part 5 section above (the MLP-oracle networks against their controls)")
     return lines
 
 
@@ -538,7 +688,9 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
         train, test = slice(cfg.train_size or None), slice(cfg.test_size or None)  # None: all rows
         X, y = asarray(ds.X_train[train]), asarray(ds.y_train[train])  # host -> backend, once
         Xt, yt = asarray(ds.X_test[test]), asarray(ds.y_test[test])
-        tests = {noise_key(s): noisy(Xt, s, seed=10_000 + i) for i, s in enumerate(cfg.noise)}
+        # every corrupted test set drawn on the host, then moved to the backend once
+        suite = {k: asarray(v) for k, v in corruptions.suite(ds.X_test[test], cfg.levels()).items()}
+        data = RunData(X, y, suite, yt, cfg)
         log(f"data: {X.shape[0]} training / {Xt.shape[0]} test images from {ds.source}; "
             f"backend {get_backend()}")
         results = {"schema": SCHEMA, "version": __version__, "command": command,
@@ -548,7 +700,7 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
                                "threads": policy_line(get_backend())},
                    "config": asdict(cfg),
                    "data": {"source": ds.source, "n_train": int(X.shape[0]), "n_test": int(Xt.shape[0])}}
-        nets1, kept = run_parts(results, cfg, X, y, tests, yt, progress, log)
+        nets1, kept = run_parts(results, cfg, data, progress, log)
         results["seconds"] = time.perf_counter() - t_start
         results["checks"] = checks(results, cfg)
         results["figures"] = {}
@@ -558,13 +710,15 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
         if figures and 5 in cfg.parts:
             plotting.part5_accuracy(results["part5"], path=folder.file("part5_accuracy.png"))
             results["figures"]["part5_accuracy"] = "part5_accuracy.png"
+        if figures:
+            results["figures"].update(robustness_figures(folder, results))
         results["seconds"] = time.perf_counter() - t_start
         write_text(folder.file("results.json"), json.dumps(results, indent=1))
         write_text(folder.file("results.md"), markdown_table(results))
     return results
 
 
-def run_parts(results, cfg, X, y, tests, yt, progress, log):
+def run_parts(results, cfg, data, progress, log):
     """Run the selected parts into ``results``; part 1 (the baseline) also runs for parts 2
     and 4, which use its theta. Returns part 1's and part 3's networks."""
     from .experiment_mlp import part5_mlp_oracle
@@ -573,18 +727,18 @@ def run_parts(results, cfg, X, y, tests, yt, progress, log):
     ran = sorted(set(cfg.parts) | ({1} if {2, 4} & set(cfg.parts) else set()))
     results["parts"] = ran
     if 1 in ran:
-        results["part1"], nets1 = _timed(log, 1, part1_baseline, X, y, tests, yt, cfg, progress)
+        results["part1"], nets1 = _timed(log, 1, part1_baseline, data, cfg, progress)
     theta = nets1[0][0].params["theta"] if nets1 else None
     if 2 in ran:
-        results["part2"] = _timed(log, 2, part2_feature_discovery, theta, tests, yt, cfg, progress)
+        results["part2"] = _timed(log, 2, part2_feature_discovery, theta, data.tests(), data.yt, cfg, progress)
     if 3 in ran:
-        results["part3"], kept = _timed(log, 3, part3_label_free, X, y, tests, yt, cfg, progress)
+        results["part3"], kept = _timed(log, 3, part3_label_free, data, cfg, progress)
     if 4 in ran:
         from .experiment_norm import part4_normalisation  # it imports this module's helpers
 
-        results["part4"] = _timed(log, 4, part4_normalisation, X, y, tests, yt, theta, cfg, progress)
+        results["part4"] = _timed(log, 4, part4_normalisation, data, theta, cfg, progress)
     if 5 in ran:
-        results["part5"] = _timed(log, 5, part5_mlp_oracle, X, y, tests, yt, cfg, progress)
+        results["part5"] = _timed(log, 5, part5_mlp_oracle, data, cfg, progress)
     return nets1, kept
 
 
@@ -594,6 +748,44 @@ def _timed(log, part, fn, *args):
     out = fn(*args)
     log(f"part {part} done in {time.perf_counter() - t:.1f} s")
     return out
+
+
+PART3_LINES = {"baseline": ("regression", ":s"), "attention": ("attention sub-flow", "-.v"),
+               "oracle": ("learned oracle", "-o"), "memory": ("memory", "--^")}
+
+
+def part3_robustness_panels(p3):
+    """Part 3's lines of the robustness figure: multinomial regression and each variant at the
+    largest depth (fixed before the run), per training setting."""
+    from .experiment_compare import short
+
+    panels = {}
+    for name, setting in p3["settings"].items():
+        deepest = max(r["layers"] for r in setting["rows"])
+        panels[name] = [(short(r["variant"]) + (f", L = {r['layers']}" if r["layers"] else ", L = 0"),
+                         *PART3_LINES[r["variant"]], r["robustness"])
+                        for r in setting["rows"] if r["layers"] in (0, deepest)]
+    return panels
+
+
+def robustness_figures(folder, results):
+    """The robustness figure of each of parts 3-5 that ran: {name: file}."""
+    from . import plotting
+    from .experiment_mlp import part5_robustness_panels
+    from .experiment_norm import part4_robustness_panels
+
+    files = {}
+    makers = {"part3": part3_robustness_panels, "part4": lambda p: part4_robustness_panels(p["label_free"]),
+              "part5": part5_robustness_panels}
+    n = results["data"]["n_test"]
+    for part, make in makers.items():
+        if part in results:
+            name = f"robustness_{part}"
+            plotting.robustness(make(results[part]), path=folder.file(f"{name}.png"),
+                                title=f"{results[part]['title']}: accuracy on {n} corrupted test images "
+                                      "(mean over seeds, band one standard deviation)")
+            files[name] = f"{name}.png"
+    return files
 
 
 def _figure1_panel(title, net, iterates):
@@ -640,9 +832,8 @@ def _figure1(folder, cfg, results, theta, Xt, yt, kept, class_names):
     panels = [_figure1_panel(f"true labels C (oracle), Lie, h = {results['part2']['h']:.3g}",
                              oracle_net, oracle_net.features(z0, yt[index:index + 1]))]
     oracle = [(L, net) for (name, v, L), net in kept.items() if name == "noise-augmented" and v == "oracle"]
-    if oracle:
-        check = results["checks"].get("part3_oracle_vs_baseline_noise_augmented", {})
-        L, net = next(((L, n) for L, n in oracle if L == check.get("best_layers")), oracle[-1])
+    if oracle:  # the deepest: a depth fixed before the run, never chosen by a test accuracy
+        L, net = max(oracle, key=lambda pair: pair[0])
         panels.append(_figure1_panel(f"learned oracle C_hat (label-free), L = {L}, learned h = "
                                      f"{net.step_sizes().get('h', float('nan')):+.3g}", net, net.features(z0)))
     chosen = (f"the first test image of class {class_names[cfg.figure_class]} (chosen by its class "

@@ -21,14 +21,13 @@ attention steps add accuracy or noise robustness beyond the MLP they contain?
 
 from __future__ import annotations
 
-from .experiment import fit_config, pct, run_optimizer, seed_stats
+from .experiment import epochs_cell, pct, step_report, train_over_seeds, training_note
+from .experiment_compare import markdown, part5_comparisons
 from .layers import BlockConfig
 from .mlp import MLPClassifier, MLPClassifierConfig
 from .network import Network, NetworkConfig
-from .train import evaluate, fit
 
-TITLE = ("Part 5. The MLP oracle C_hat(Z) = softmax(act(Z W1^T + b1) W2^T + b2) inside the blocks "
-         "(a transformer block, label-free), with its controls")
+TITLE = "Part 5. The MLP oracle inside the blocks, with its controls"
 
 KINDS = {
     "regression": "(c) multinomial regression, L = 0",
@@ -74,75 +73,54 @@ def row_specs(cfg, d, m):
     return rows
 
 
-def train_row(kind, width, layers, X, y, tests, yt, cfg, sigma, progress, label):
-    """Train one row over the seeds; its accuracies, losses and learned h per seed."""
-    accs, losses, hs, params = [], [], [], 0
-    for s in range(cfg.seeds):
-        seed = cfg.seed + s
-        net = build(kind, width, layers, X.shape[1], 10, cfg, seed)
-        opt = run_optimizer("adam", net, cfg.lr, cfg, X.shape[0])
-        desc = f"part 5, {label}, {kind} k={width} L={layers}, seed {seed}"
-        fit(net, X, y, optimizer=opt, config=fit_config(cfg, seed, desc, progress, sigma))
-        ev = {key: evaluate(net, Xs, yt) for key, Xs in tests.items()}
-        accs.append({key: v["accuracy"] for key, v in ev.items()})
-        losses.append({key: v["loss"] for key, v in ev.items()})
-        hs.append(net.step_sizes().get("h"))
-        params = parameter_count(net)
+def train_row(kind, width, layers, data, cfg, sigma, progress, label):
+    """Train one row over the seeds (early stopping when part 5 is in cfg.early_stopping_parts);
+    its accuracies, losses, robustness, epochs and learned h per seed."""
+    d = data.X.shape[1]
+    stats, net, _ = train_over_seeds(lambda seed: build(kind, width, layers, d, 10, cfg, seed), data, cfg,
+                                     progress, sigma, f"part 5, {label}, {kind} k={width} L={layers}",
+                                     optimizer="adam", early=5 in cfg.early_stopping_parts)
     row = {"kind": kind, "description": KINDS[kind], "width": width, "layers": layers,
-           "params": params,
-           "accuracy": {key: seed_stats([a[key] for a in accs]) for key in tests},
-           "loss": {key: seed_stats([a[key] for a in losses]) for key in tests}}
+           "params": parameter_count(net), **{k: v for k, v in stats.items() if k != "h"}}
     if layers:
-        row["h"] = {"values": hs, "mean": sum(hs) / len(hs),
-                    "sign": "negative" if all(v < 0 for v in hs) else
-                            "positive" if all(v > 0 for v in hs) else "mixed"}
+        row["h"] = step_report(stats["h"])
     return row
 
 
-def part5_mlp_oracle(X, y, tests, yt, cfg, progress):
+def part5_mlp_oracle(data, cfg, progress):
     """Train every row clean and noise-augmented; mean and spread over seeds, and the checks."""
     settings = {"clean": 0.0, "noise-augmented": cfg.train_noise}
-    specs = row_specs(cfg, X.shape[1], 10)
+    specs = row_specs(cfg, data.X.shape[1], 10)
     out = {"title": TITLE, "optimizer": f"Adam(lr={cfg.lr}, cosine)", "epochs": cfg.epochs,
+           "training": training_note(cfg, 5 in cfg.early_stopping_parts),
            "seeds": [cfg.seed + s for s in range(cfg.seeds)], "h_init": cfg.h_init,
            "widths": list(cfg.mlp_widths), "layers": list(cfg.mlp_layers),
            "activation": cfg.mlp_activation, "blocks": "tied, Lie splitting, Euler A, learned h",
            "settings": {}}
     for label, sigma in settings.items():
-        rows = [train_row(kind, k, L, X, y, tests, yt, cfg, sigma, progress, label)
+        rows = [train_row(kind, k, L, data, cfg, sigma, progress, label)
                 for kind, k, L in specs]
         out["settings"][label] = {"train_noise": sigma, "rows": rows}
-    out["checks"] = attention_checks(out)
+    out["checks"] = {"comparisons": part5_comparisons(out)}
     return out
 
 
-def _mean_over_noise(row):
-    return sum(s["mean"] for s in row["accuracy"].values()) / len(row["accuracy"])
+def part5_robustness_panels(p5):
+    """Part 5's lines of the robustness figure: the rows ``plotting.part5_accuracy`` draws
+    (largest width; the networks at the depth of their best validation accuracy)."""
+    from .plotting import PART5_STYLES, part5_rows
 
-
-def attention_checks(p5):
-    """For each setting and width: the best MLP-oracle depth against the MLP alone (a) and
-    the parameter-matched MLP (d), per test noise level, in points, with the seed spread."""
-    out = {}
-    for label, setting in p5["settings"].items():
-        rows = setting["rows"]
-        for k in p5["widths"]:
-            oracle = [r for r in rows if r["kind"] == "mlp-oracle" and r["width"] == k]
-            best = max(oracle, key=_mean_over_noise)
-            alone = next(r for r in rows if r["kind"] == "mlp-alone" and r["width"] == k)
-            matched = rows[rows.index(alone) + 1]  # row_specs puts (d) right after (a)
-            assert matched["kind"] == "mlp-matched"
-            per = {}
-            for key in best["accuracy"]:
-                a, b = best["accuracy"][key], alone["accuracy"][key]
-                c = matched["accuracy"][key]
-                spread = max(a["range"], b["range"], c["range"])
-                gain_a, gain_d = a["mean"] - b["mean"], a["mean"] - c["mean"]
-                per[key] = {"vs_mlp_alone_points": 100 * gain_a, "vs_matched_points": 100 * gain_d,
-                            "spread_points": 100 * spread,
-                            "beats_both_by_more_than_spread": min(gain_a, gain_d) > spread}
-            out[f"{label}, k = {k}"] = {"best_layers": best["layers"], "by_noise": per}
-    return out
+    width = max(p5["widths"])
+    panels = {}
+    for name, setting in p5["settings"].items():
+        lines = []
+        for kind, row in part5_rows(setting["rows"], width).items():
+            label, colour, style = PART5_STYLES[kind]
+            sizes = ", ".join(f"{key} = {row[field]}" for key, field in (("L", "layers"), ("k", "width"))
+                              if row[field])
+            lines.append((label + (f" ({sizes})" if sizes else ""), colour, style, row["robustness"]))
+        panels[name] = lines
+    return panels
 
 
 def markdown_part5(p5):
@@ -150,30 +128,27 @@ def markdown_part5(p5):
     keys = list(p5["settings"]["clean"]["rows"][0]["accuracy"])
     head = " | ".join(f"sigma = {k}" for k in keys)
     lines = [f"## {p5['title']}", "",
-             f"{p5['optimizer']}, {p5['epochs']} epochs, {len(p5['seeds'])} seeds (mean ± std of test "
+             "A transformer block, label-free: the oracle C_hat(Z) = softmax(act(Z W1^T + b1) W2^T + b2).", "",
+             f"{p5['optimizer']}, {p5.get('training', str(p5['epochs']) + ' epochs')}; {len(p5['seeds'])} seeds "
+             "(mean ± std of test "
              f"accuracy %); blocks: {p5['blocks']}, h_init = {p5['h_init']:g}; activation "
              f"{p5['activation']} (tanh form). Learned h reported with its sign.", ""]
     for label, setting in p5["settings"].items():
         lines += [f"**Trained {label} (train sigma = {setting['train_noise']:g})**", "",
-                  f"| model | k | L | params | {head} | learned h |",
-                  "|---|---|---|---|" + "---|" * len(keys) + "---|"]
+                  f"| model | k | L | params | {head} | learned h | epochs (best / run, per seed) |",
+                  "|---|---|---|---|" + "---|" * len(keys) + "---|---|"]
         for r in setting["rows"]:
             h = f"{r['h']['mean']:+.3f} ({r['h']['sign']})" if "h" in r else ""
             k = str(r["width"]) if r["width"] else ""
             lines.append(f"| {r['description']} | {k} | {r['layers']} | {r['params']} | "
-                         + " | ".join(pct(r["accuracy"][key]) for key in keys) + f" | {h} |")
+                         + " | ".join(pct(r["accuracy"][key]) for key in keys)
+                         + f" | {h} | {epochs_cell(r['epochs'])} |")
         lines.append("")
-    lines += ["**Does attention add to the MLP it contains?** Best MLP-oracle depth minus (a) the MLP "
-              "alone and (d) the parameter-matched MLP, in accuracy points; spread = the largest "
-              "max - min over seeds of the three rows.", ""]
-    for name, c in p5["checks"].items():
-        for key, v in c["by_noise"].items():
-            lines.append(f"- {name}, best L = {c['best_layers']}, test sigma = {key}: "
-                         f"{v['vs_mlp_alone_points']:+.2f} vs (a), {v['vs_matched_points']:+.2f} vs (d); "
-                         f"spread {v['spread_points']:.2f}; beats both by more than the spread: "
-                         f"{v['beats_both_by_more_than_spread']}")
+    lines += ["**Does attention add to the MLP it contains?** The MLP-oracle network at the depth of its best "
+              "validation accuracy against each control.", ""]
+    lines += markdown(p5["checks"]["comparisons"])
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["KINDS", "TITLE", "attention_checks", "build", "markdown_part5", "matched_width",
+__all__ = ["KINDS", "TITLE", "build", "markdown_part5", "matched_width",
            "parameter_count", "part5_mlp_oracle", "row_specs", "train_row"]

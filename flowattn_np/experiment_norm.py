@@ -27,14 +27,14 @@ from .experiment import (
     settings_lines,
     step_report,
     train_over_seeds,
+    training_note,
     true_label_network,
 )
+from .experiment_compare import markdown, part4_comparisons, short
 from .ops import one_hot
 from .progress import progress_bar
 
-TITLE = ("Part 4. Normalisation as a sphere constraint: (a) feature discovery with the TRUE labels "
-         "on the sphere vs flat (an oracle computation, NOT a classifier's test accuracy); "
-         "(b) label-free classifiers with normalised blocks")
+TITLE = "Part 4. Normalisation as a sphere constraint"
 
 SHORT_NAMES = {"baseline": "multinomial regression", "oracle": "learned oracle C_hat",
                "memory": "key/value memory (beyond the theory)", "attention": "attention sub-flow only"}
@@ -46,7 +46,7 @@ NORMS = {
                     dict(norm="sphere", norm_place="post")),
     "post-layer": ("post-norm LayerNorm: R(Z + step) on {mean 0, |z| = sqrt(d)}",
                    dict(norm="layer", norm_place="post")),
-    "pre-sphere": ("pre-norm on the sphere: Z + step(R(Z)) (GPT-2 layout, NOT a flow on the sphere)",
+    "pre-sphere": ("pre-norm on the sphere: Z + step(R(Z)) (GPT-2 layout, not a flow on the sphere)",
                    dict(norm="sphere", norm_place="pre")),
 }
 
@@ -75,21 +75,24 @@ def part4_discovery(theta, tests, yt, cfg, progress):
     return out
 
 
-def part4_label_free(X, y, tests, yt, cfg, progress):
-    """(b): the label-free variants with each normalisation, trained clean and noise-augmented."""
+def part4_label_free(data, cfg, progress):
+    """(b): the label-free variants with each normalisation, trained clean and noise-augmented
+    (with early stopping on the validation split when part 4 is in cfg.early_stopping_parts)."""
     norms = check_norms(cfg.norms)
     L = cfg.norm_layers
+    early = 4 in cfg.early_stopping_parts
     out = {"layers": L, "epochs": cfg.epochs, "seeds": [cfg.seed + s for s in range(cfg.seeds)],
+           "training": training_note(cfg, early),
            "norms": {n: NORMS[n][0] for n in norms}, "settings": {}}
     todo = [("baseline", "none", 0)] + [(v, n, L) for v in cfg.norm_variants for n in norms]
     for name, sigma in {"clean": 0.0, "noise-augmented": cfg.train_noise}.items():
         rows = []
         for variant, norm, layers in todo:
-            make = functools.partial(label_free_network, variant, layers, X.shape[1], cfg, **NORMS[norm][1])
-            stats, net, _ = train_over_seeds(make, X, y, tests, yt, cfg, progress, sigma,
-                                             f"part 4, {name}, {variant} {norm} L={layers}")
+            make = functools.partial(label_free_network, variant, layers, data.X.shape[1], cfg, **NORMS[norm][1])
+            stats, net, _ = train_over_seeds(make, data, cfg, progress, sigma,
+                                             f"part 4, {name}, {variant} {norm} L={layers}", early=early)
             row = {"variant": variant, "norm": norm, "layers": layers, "description": net.describe(),
-                   "accuracy": stats["accuracy"], "loss": stats["loss"]}
+                   **{k: v for k, v in stats.items() if k != "h"}}
             if layers:
                 row["h"] = step_report(stats["h"])
             rows.append(row)
@@ -97,40 +100,51 @@ def part4_label_free(X, y, tests, yt, cfg, progress):
     return out
 
 
-def part4_normalisation(X, y, tests, yt, theta, cfg, progress):
+def part4_normalisation(data, theta, cfg, progress):
     """Part 4, (a) and (b); returns the dict stored as results['part4']."""
-    return {"title": TITLE, "discovery": part4_discovery(theta, tests, yt, cfg, progress),
-            "label_free": part4_label_free(X, y, tests, yt, cfg, progress)}
+    return {"title": TITLE, "discovery": part4_discovery(theta, data.tests(), data.yt, cfg, progress),
+            "label_free": part4_label_free(data, cfg, progress)}
 
 
 def part4_checks(p4):
     """What part 4 shows, evaluated on this run: (a) monotone on the sphere, and which flow gains
-    more; (b) per variant and setting, the best normalisation and its margin over none."""
+    more; (b) per variant and setting, each normalisation against none, paired over seeds."""
     out = {}
     for flow, per in p4["discovery"]["flows"].items():
         out[f"discovery_{flow}"] = {
             k: {"loss_strictly_decreasing": all(b < a for a, b in zip(r["loss"], r["loss"][1:])),
                 "accuracy_gain_points": 100 * (r["accuracy"][-1] - r["accuracy"][0])}
             for k, r in per.items()}
-    best = {}
-    for name, setting in p4["label_free"]["settings"].items():
-        for variant in dict.fromkeys(r["variant"] for r in setting["rows"] if r["layers"]):
-            rows = {r["norm"]: r for r in setting["rows"] if r["variant"] == variant}
-            mean = {n: sum(s["mean"] for s in r["accuracy"].values()) / len(r["accuracy"]) for n, r in rows.items()}
-            top = max(mean, key=mean.get)
-            spread = max(s["range"] for s in rows["none"]["accuracy"].values()) if "none" in rows else 0.0
-            best[f"{name}/{variant}"] = {
-                "best_norm": top, "mean_accuracy_over_test_noise": mean,
-                "gain_over_none_points": 100 * (mean[top] - mean.get("none", mean[top])),
-                "none_spread_points": 100 * spread}
-    out["label_free_best"] = best
+    out["comparisons"] = part4_comparisons(p4)
     return out
+
+
+def part4_robustness_panels(label_free):
+    """Part 4's lines of the robustness figure: colour = normalisation, line style = variant."""
+    from .plotting import NORM_METHODS
+
+    styles = ("-o", "--s", ":^")
+    panels = {}
+    for name, setting in label_free["settings"].items():
+        variants = list(dict.fromkeys(r["variant"] for r in setting["rows"] if r["layers"]))
+        lines = []
+        for r in setting["rows"]:
+            if not r["layers"]:
+                lines.append(("multinomial regression, L = 0", "regression", ":D", r["robustness"]))
+            else:
+                # colour = normalisation (the label names it and the variant)
+                lines.append((f"{short(r['variant'])}, {NORM_METHODS[r['norm']]}",
+                              NORM_METHODS[r["norm"]], styles[variants.index(r["variant"]) % 3], r["robustness"]))
+        panels[name] = lines
+    return panels
 
 
 def part4_markdown(p4, keys):
     """Part 4 as Markdown lines: (a) accuracy / cross-entropy against L; (b) one table per setting."""
     d = p4["discovery"]
-    lines = [f"## {p4['title']}", "", f"**(a)** theta from part 1, lam_max = {d['lam_max']:.2f}, Lie blocks, "
+    lines = [f"## {p4['title']}", "", "(a) Feature discovery with the true labels on the sphere and flat (an "
+             "oracle computation, not a classifier's test accuracy); (b) label-free classifiers with normalised "
+             "blocks.", "", f"**(a)** theta from part 1, lam_max = {d['lam_max']:.2f}, Lie blocks, "
              f"h = {d['h_units']:g} / lam_max = {d['h']:.4g}; on the sphere the input and every sub-step are "
              "normalised (r = sqrt(d)). Entries: accuracy % / cross-entropy.", ""]
     n_layers = len(next(iter(d["flows"]["flat"].values()))["loss"])
@@ -139,11 +153,12 @@ def part4_markdown(p4, keys):
     for flow, per in d["flows"].items():
         lines += [f"| {flow} | {k} | " + " | ".join(depth_cells(r)) + " |" for k, r in per.items()]
     b = p4["label_free"]
-    lines += ["", f"**(b)** L = {b['layers']} tied blocks, {b['epochs']} epochs, {len(b['seeds'])} seeds "
-              "(mean ± std of test accuracy %); learned h with its sign.", ""]
-    return lines + settings_lines(b["settings"], keys, [("variant", lambda r: SHORT_NAMES[r["variant"]]),
-                                                        ("normalisation", lambda r: r["norm"]),
-                                                        ("L", lambda r: r["layers"])])
+    lines += ["", f"**(b)** L = {b['layers']} tied blocks, {b.get('training', str(b['epochs']) + ' epochs')}; "
+              f"{len(b['seeds'])} seeds (mean ± std of test accuracy %); learned h with its sign.", ""]
+    lines += settings_lines(b["settings"], keys, [("variant", lambda r: SHORT_NAMES[r["variant"]]),
+                                                  ("normalisation", lambda r: r["norm"]),
+                                                  ("L", lambda r: r["layers"])])
+    return lines + markdown(part4_comparisons(p4))
 
 
 def part4_check_lines(checks):
@@ -153,8 +168,4 @@ def part4_check_lines(checks):
         for k, v in checks.get(f"discovery_{flow}", {}).items():
             lines.append(f"- part 4 (a), {flow}, sigma = {k}: cross-entropy strictly decreasing in L: "
                          f"{v['loss_strictly_decreasing']}; accuracy gain {v['accuracy_gain_points']:+.1f} points")
-    for key, v in checks.get("label_free_best", {}).items():
-        lines.append(f"- part 4 (b), {key}: best normalisation {v['best_norm']} "
-                     f"({v['gain_over_none_points']:+.2f} points over none, averaged over the test noise; "
-                     f"seed spread of none {v['none_spread_points']:.2f})")
     return lines

@@ -97,11 +97,13 @@ def _prediction(class_names, predicted, label):
     return f"-> {class_names[predicted]} ({verdict})"
 
 
-def _figure1_panel(sub, x, panel, label, class_names, sigma):
-    """One panel of Figure 1 in the subfigure ``sub``: images on top, changes below."""
+def _figure1_panel(sub, x, panel, label, class_names, sigma, columns):
+    """One panel of Figure 1 in the subfigure ``sub``: images on top, changes below, padded
+    to ``columns`` columns so that every panel's images have the same size."""
     its = [np.asarray(z) for z in panel["iterates"]]
     top = ["X"] + [f"Z{j}" for j in range(len(its))]
-    mosaic = [top] + ([[".", "."] + [f"D{j}" for j in range(1, len(its))]] if len(its) > 1 else [])
+    pad = ["."] * (columns - len(top))
+    mosaic = [top + pad] + ([[".", "."] + [f"D{j}" for j in range(1, len(its))] + pad] if len(its) > 1 else [])
     axes = sub.subplot_mosaic(mosaic)
     gray = dict(cmap="gray", vmin=0.0, vmax=1.0)
     im = axes["X"].imshow(_image(x), **gray)
@@ -131,7 +133,7 @@ def figure1(x, panels, label, class_names, sigma, path=None, title=None):
 
     For each panel the top row shows the clean image $X$, $Z^{(0)}$ (noisy) and the
     iterates; the bottom row $Z^{(l)}-Z^{(0)}$ on a diverging colour map centred at 0.
-    Panels are drawn side by side.
+    Panels are drawn one above the other, so the figure reads at the width of a page.
 
     Parameters
     ----------
@@ -156,11 +158,11 @@ def figure1(x, panels, label, class_names, sigma, path=None, title=None):
     matplotlib.figure.Figure
     """
     plt = _plt()
-    widths = [len(p["iterates"]) + 1.6 for p in panels]
-    fig = plt.figure(figsize=(1.45 * sum(widths) + 0.6 * len(panels), 4.2), layout="constrained")
-    subs = fig.subfigures(1, len(panels), width_ratios=widths, wspace=0.02) if len(panels) > 1 else [fig]
+    columns = max(len(p["iterates"]) for p in panels) + 1
+    fig = plt.figure(figsize=(1.3 * columns + 1.4, 3.5 * len(panels) + 0.3), layout="constrained")
+    subs = fig.subfigures(len(panels), 1, hspace=0.03) if len(panels) > 1 else [fig]
     for sub, panel in zip(subs, panels):
-        _figure1_panel(sub, x, panel, label, class_names, sigma)
+        _figure1_panel(sub, x, panel, label, class_names, sigma, columns)
     if title:
         fig.suptitle(title, fontsize=10)
     if path:
@@ -198,9 +200,9 @@ def accuracy_vs_layers(part2, path=None):
             axes[0].plot(L, 100 * np.asarray(r["accuracy"]), **style)
             axes[1].plot(L, r["loss"], **style)
     axes[0].set(xlabel="blocks L", ylabel="test accuracy (%)",
-                title="feature discovery with the TRUE labels (oracle)")
+                title="feature discovery with the true labels (oracle)")
     axes[1].set(xlabel="blocks L", ylabel="cross-entropy", yscale="log",
-                title=f"h = {part2['h_units']:g} / lam_max = {part2['h']:.3g}")
+                title=rf"$h = {part2['h_units']:g}\,/\,\lambda_{{\max}} = {part2['h']:.3g}$")
     return _finish(fig, axes, 7, path)
 
 
@@ -244,22 +246,24 @@ PART5_STYLES = {  # kind: (legend label, METHOD_COLORS key, line style and marke
 }
 
 
-def _part5_rows(rows, width):
+def part5_rows(rows, width):
     """The rows drawn for hidden width ``width``, by kind (the matched MLP follows its (a) row)."""
     alone = next(r for r in rows if r["kind"] == "mlp-alone" and r["width"] == width)
     by_kind = {"regression": [r for r in rows if r["kind"] == "regression"],
                "linear-oracle": [r for r in rows if r["kind"] == "linear-oracle"],
                "mlp-alone": [alone], "mlp-matched": [rows[rows.index(alone) + 1]],
                "mlp-oracle": [r for r in rows if r["kind"] == "mlp-oracle" and r["width"] == width]}
-    return {kind: max(rs, key=lambda r: np.mean([s["mean"] for s in r["accuracy"].values()]))
-            for kind, rs in by_kind.items() if rs}
+    from .experiment_compare import best_by_validation  # the depth chosen by validation, never by test
+
+    return {kind: best_by_validation(rs) for kind, rs in by_kind.items() if rs}
 
 
 def part5_accuracy(part5, width=None, path=None):
     """Part 5: test accuracy against test noise, one panel per training setting.
 
     Mean over seeds with the std as error bars, for multinomial regression, the
-    linear-oracle and MLP-oracle networks at their best depth, the MLP alone and the
+    linear-oracle and MLP-oracle networks at the depth of their best validation accuracy
+    (the first depth without validation), the MLP alone and the
     parameter-matched MLP, at hidden width ``width`` (default: the largest).
     """
     plt = _plt()
@@ -269,7 +273,7 @@ def part5_accuracy(part5, width=None, path=None):
                              layout="constrained")
     axes = list(np.atleast_1d(axes))
     for ax, (name, setting) in zip(axes, settings.items()):
-        for kind, row in _part5_rows(setting["rows"], width).items():
+        for kind, row in part5_rows(setting["rows"], width).items():
             label, colour, style = PART5_STYLES[kind]
             sizes = ", ".join(f"{key} = {row[field]}" for key, field in (("L", "layers"), ("k", "width"))
                               if row[field])
@@ -322,9 +326,9 @@ def normalisation(part4, path=None):
             axes[0, 1].plot(L, r["loss"], **kw)
     d = part4["discovery"]
     axes[0, 0].set(xlabel="blocks L", ylabel="test accuracy (%)",
-                   title="(a) TRUE labels (oracle computation): flat vs sphere")
+                   title="(a) true labels (oracle computation): flat vs sphere")
     axes[0, 1].set(xlabel="blocks L", ylabel="cross-entropy", yscale="log",
-                   title=f"(a) Lie blocks, h = {d['h_units']:g} / lam_max = {d['h']:.3g}")
+                   title=rf"(a) Lie blocks, $h = {d['h_units']:g}\,/\,\lambda_{{\max}} = {d['h']:.3g}$")
     for ax in axes[0]:
         _integer_ticks(ax)
     for ax, (name, setting) in zip(axes[1], part4["label_free"]["settings"].items()):
@@ -349,7 +353,69 @@ def _label_free_panel(ax, rows):
         mean = 100 * np.array([r["accuracy"][k]["mean"] for k in keys])
         std = 100 * np.array([r["accuracy"][k]["std"] for k in keys])
         ls = _DASHES[variants.index(r["variant"]) % len(_DASHES)]
-        label = "baseline (L = 0)" if r["variant"] == "baseline" else f"{r['variant']}, {r['norm']}"
+        # the normalisation's full name: its colour's key (a variant name alone, e.g. memory, would claim its own)
+        label = "baseline (L = 0)" if r["variant"] == "baseline" else f"{r['variant']}, {NORM_METHODS[r['norm']]}"
         colour = method_color("regression" if r["variant"] == "baseline" else NORM_METHODS[r["norm"]])
         ax.errorbar(sig, mean, yerr=std, color=colour,
                     ls=ls, marker="o", ms=3, capsize=2, label=label)
+
+
+CORRUPTION_AXES = {  # kind -> x-axis label
+    "noise": "Gaussian noise sigma",
+    "occlusion": "occluded square: side / image side",
+    "blur": "blur sigma (pixels)",
+}
+
+
+def robustness(panels, path=None, title=None, unseen=("occlusion", "blur")):
+    """Test accuracy against the strength of each corruption: one row of panels per training
+    setting, one column per corruption; per line the mean over seeds and a band of one
+    standard deviation. One legend below the panels.
+
+    Parameters
+    ----------
+    panels : dict
+        Training setting name -> list of ``(label, method, line style, robustness)``:
+        ``method`` a key of METHOD_COLORS (the line's colour), ``robustness`` a row's
+        ``{kind: {strength: {"mean", "std"}}}``.
+    path : str or Path, optional
+        Where to save the PNG.
+    title : str, optional
+        A title for the figure.
+    unseen : tuple
+        The corruptions no training run saw (said in their panels' titles).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = _plt()
+    settings = list(panels)
+    kinds = list(dict.fromkeys(k for lines in panels.values() for *_, rob in lines for k in rob))
+    fig, axes = plt.subplots(len(settings), len(kinds), figsize=(4.1 * len(kinds), 3.3 * len(settings) + 1.2),
+                             layout="constrained", squeeze=False)
+    handles = {}
+    for i, setting in enumerate(settings):
+        for j, kind in enumerate(kinds):
+            ax = axes[i, j]
+            for label, method, style, rob in panels[setting]:
+                per = rob[kind]
+                x = np.array([float(k) for k in per])
+                mean = 100 * np.array([per[k]["mean"] for k in per])
+                std = 100 * np.array([per[k]["std"] for k in per])
+                colour = method_color(method)
+                (line,) = ax.plot(x, mean, style, color=colour, ms=3.5, lw=1.4, label=label)
+                ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.18, lw=0)
+                handles.setdefault(label, line)
+            what = "unseen in training" if kind in unseen else "noise"
+            ax.set(xlabel=CORRUPTION_AXES.get(kind, kind), ylabel="test accuracy (%)",
+                   title=f"trained {setting}: {kind} ({what})" if kind in unseen else f"trained {setting}: {what}")
+            ax.title.set_fontsize(9)
+            ax.grid(alpha=0.3)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+               ncol=min(3, len(handles)), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    if path:
+        save(fig, path)
+    return fig

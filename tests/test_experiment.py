@@ -7,6 +7,7 @@ downloads the data from the official mirror.
 import json
 import math
 import os
+import re
 
 import pytest
 
@@ -64,13 +65,16 @@ def test_quick_run_on_the_device_sees_the_same_noisy_test_images(quick_run, quic
 def test_quick_run_writes_results_table_and_figures(quick_run):
     out, res = quick_run
     assert sorted(os.listdir(out)) == ["accuracy_vs_layers.png", "figure1.png", "results.json",
-                                       "results.md", "training_curves.png"]
+                                       "results.md", "robustness_part3.png", "training_curves.png"]
     for name in res["figures"].values():
         with open(out / name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     table = (out / "results.md").read_text()
-    assert "Part 2. Feature discovery with the TRUE labels" in table
-    assert "oracle computation" in table and "NOT a classifier's test accuracy" in table
+    assert "## Part 2. Feature discovery with the true labels (an oracle computation)\n" in table
+    assert "not a classifier's test accuracy" in table
+    headings = [line for line in table.splitlines() if line.startswith("#")]
+    # plain text: no shouting capitals, no ASCII or TeX mathematics (the text under a heading has it)
+    assert not [h for h in headings if re.search(r"\b(TRUE|NOT|ONLY)\b|\^|_hat|\$|theta|lam_max", h)], headings
     assert "Label-free" in table and "learned oracle" in table
 
 
@@ -109,7 +113,16 @@ def test_results_json_has_the_documented_schema(quick_run):
         if r["layers"]:
             assert len(r["h"]["values"]) == 2 and r["h"]["sign"] in ("positive", "negative", "mixed")
             assert all(math.isfinite(v) for v in r["h"]["values"])
-    assert "part3_oracle_vs_baseline_noise_augmented" in res["checks"]
+    for r in rows:  # every model of part 3 on the noise curve to sigma = 2 and two unseen corruptions
+        assert list(r["robustness"]) == ["noise", "occlusion", "blur"]
+        assert len(r["robustness"]["noise"]) >= 7 and max(map(float, r["robustness"]["noise"])) == 2
+        assert r["robustness"]["noise"]["1"] == r["accuracy"]["1"]  # the table's noise is the curve's
+        assert r["epochs"]["rule"] == ["fixed", "fixed"]
+    comparisons = res["checks"]["part3_comparisons"]
+    assert len(comparisons) == 2 * (len(rows) - 1)
+    for c in comparisons:
+        for v in c["by_condition"].values():
+            assert (v["claim"] is not None) == (abs(v["mean"]) > 2 * v["spread"])
 
 
 def test_feature_discovery_with_true_labels_lowers_the_loss_at_every_block(quick_run):

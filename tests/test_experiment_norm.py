@@ -64,9 +64,10 @@ def test_part4_alone_writes_its_table_json_and_figure(tmp_path):
         ("baseline", "none"), ("oracle", "none"), ("oracle", "post-sphere"), ("oracle", "pre-sphere")]
     assert "NOT a flow on the sphere" in rows[-1]["description"]
     assert all(r["h"]["sign"] in ("positive", "negative", "mixed") for r in rows[1:])
-    assert set(res["checks"]["part4"]) >= {"discovery_flat", "discovery_sphere", "label_free_best"}
+    assert set(res["checks"]["part4"]) >= {"discovery_flat", "discovery_sphere", "comparisons"}
+    assert all(r["epochs"]["rule"][0] in ("cap", "patience") and "val_accuracy" in r for r in rows)
     assert sorted(os.listdir(tmp_path)) == ["normalisation.png", "results.json", "results.md",
-                                            "training_curves.png"]
+                                            "robustness_part4.png", "training_curves.png"]
     with open(tmp_path / "normalisation.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     table = (tmp_path / "results.md").read_text()
@@ -102,7 +103,7 @@ def test_every_part4_normalisation_is_a_valid_block():
     for name, (description, fields) in NORMS.items():
         block = fa.BlockConfig(targets="learned", **fields)
         assert block.normalised == (name != "none")
-        assert ("NOT a flow" in description) == (fields.get("norm_place") == "pre")
+        assert ("not a flow" in description) == (fields.get("norm_place") == "pre")
 
 
 @pytest.mark.realdata

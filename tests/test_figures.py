@@ -102,7 +102,22 @@ def synthetic_figures():
             row("mlp-matched", 14, 0, 0.84), row("mlp-oracle", 4, 1, 0.82), row("mlp-oracle", 4, 2, 0.83)]
     part5 = {"widths": [4], "settings": {"clean": {"train_noise": 0.0, "rows": rows},
                                          "noise-augmented": {"train_noise": 0.5, "rows": rows}}}
+    def curve(acc):
+        return {kind: {f"{s:g}": {"mean": acc - 0.2 * s / top, "std": 0.01} for s in np.linspace(0, top, 5)}
+                for kind, top in (("noise", 2.0), ("occlusion", 0.5), ("blur", 2.0))}
+    lines = [("multinomial regression", "regression", ":s", curve(0.8)),
+             ("learned oracle, L = 4", "learned oracle", "-o", curve(0.82)),
+             ("key/value memory, L = 4", "memory", "--^", curve(0.85))]
+    robustness = {"clean": lines, "noise-augmented": lines}
+    from flowattn_np.experiment_norm import part4_robustness_panels
+
+    norm_rows = [{"variant": "baseline", "norm": "none", "layers": 0, "robustness": curve(0.8)}] + [
+        {"variant": v, "norm": n, "layers": 2, "robustness": curve(0.8 + 0.01 * i)}
+        for v in ("oracle", "memory") for i, n in enumerate(("none", "post-sphere", "post-layer", "pre-sphere"))]
+    part4 = {"settings": {"clean": {"rows": norm_rows}, "noise-augmented": {"rows": norm_rows}}}
     return {"figure1": plotting.figure1(x, panels, label=6, class_names=names, sigma=0.5, title="Figure 1"),
+            "robustness": plotting.robustness(robustness, title="Part 3: accuracy on corrupted test images"),
+            "robustness_part4": plotting.robustness(part4_robustness_panels(part4)),
             "accuracy_vs_layers": plotting.accuracy_vs_layers(part2),
             "training_curves": plotting.training_curves(curves),
             "part5_accuracy": plotting.part5_accuracy(part5)}
@@ -122,7 +137,7 @@ def package_figures(tmp_path_factory):
 
     drawn = {}
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("figure1", "accuracy_vs_layers", "training_curves"):
+        for name in ("figure1", "accuracy_vs_layers", "training_curves", "robustness"):
 
             def spy(*args, _original=getattr(plotting, name), _name=name, **kwargs):
                 drawn[_name] = _original(*args, **kwargs)
@@ -134,12 +149,12 @@ def package_figures(tmp_path_factory):
 
 
 @pytest.mark.realdata
-def test_the_reproduction_draws_its_three_figures(package_figures):
-    assert sorted(package_figures) == ["accuracy_vs_layers", "figure1", "training_curves"]
+def test_the_reproduction_draws_its_four_figures(package_figures):
+    assert sorted(package_figures) == ["accuracy_vs_layers", "figure1", "robustness", "training_curves"]
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("name", ["figure1", "accuracy_vs_layers", "training_curves"])
+@pytest.mark.parametrize("name", ["figure1", "accuracy_vs_layers", "training_curves", "robustness"])
 def test_every_package_figure_is_readable(package_figures, name):
     found = check(package_figures[name], name)
     assert not found, "\n".join(found)

@@ -60,7 +60,8 @@ def test_reproduce_parts_5_alone_writes_the_mlp_table_with_its_controls(tmp_path
                      "--mlp-widths", "4"])
     assert code == 0
     res = json.loads((tmp_path / "results.json").read_text())
-    assert res["figures"] == {"part5_accuracy": "part5_accuracy.png"}  # parts 1-3 not run: no Figure 1
+    assert res["figures"] == {"part5_accuracy": "part5_accuracy.png",  # parts 1-3 not run: no Figure 1
+                              "robustness_part5": "robustness_part5.png"}
     assert (tmp_path / "part5_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "part5" in res and "part1" not in res and "part3" not in res
     p5 = res["part5"]
@@ -73,7 +74,11 @@ def test_reproduce_parts_5_alone_writes_the_mlp_table_with_its_controls(tmp_path
             "positive", "negative", "mixed")
         assert len(oracle["accuracy"]["0"]["values"]) == 2
         assert abs(rows[3]["params"] - oracle["params"]) < abs(rows[2]["params"] - oracle["params"])
-    assert set(p5["checks"]) == {"clean, k = 4", "noise-augmented, k = 4"}
+    comparisons = p5["checks"]["comparisons"]
+    assert [(c["setting"], c["b"]) for c in comparisons] == [
+        (s, b) for s in ("clean", "noise-augmented")
+        for b in ("(a) MLP alone, k = 4", "(d) MLP alone, k = 14", "(b) linear-oracle network, L = 1",
+                  "(c) multinomial regression")]
     table = (tmp_path / "results.md").read_text()
     for description in KINDS.values():
         assert description in table
