@@ -267,9 +267,10 @@ def test_host_rng_and_RNG_are_reproducible(xp):
 
 PACKAGE_DIR = Path(fa.__file__).resolve().parent
 # host-side modules: the backend itself, files (data, checkpoints), figures, the host RNG, the CLI,
-# and the teaching checkers (they compare a student's NumPy with the reference on the host)
+# the teaching checkers (they compare a student's NumPy with the reference on the host), and the
+# corrupted test sets (drawn once per run on the host, like the data, before they go to the backend)
 MAY_IMPORT_NUMPY = {"backend.py", "data.py", "plotting.py", "cli.py", "__main__.py", "checkpoint.py",
-                    "random.py", "checks.py"}
+                    "random.py", "checks.py", "corruptions.py"}
 
 
 def numpy_imports(source, filename="<string>"):
