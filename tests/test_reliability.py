@@ -323,7 +323,9 @@ def test_an_out_the_user_may_not_write_and_an_unreadable_data_dir_are_refused(sh
 
 
 BAD_VALUES = [(["--noise", "0.5,0.5"], "--noise: expected distinct values, got '0.5,0.5' (0.5 repeated)"),
-              (["--layers", "1,1"], "--layers: expected distinct values, got '1,1' (1 repeated)")]
+              (["--layers", "1,1"], "--layers: expected distinct values, got '1,1' (1 repeated)"),
+              (["--norm-variants", "oracle,oracle"],
+               "--norm-variants: expected distinct values, got 'oracle,oracle' (oracle repeated)")]
 
 
 @pytest.mark.parametrize("args, message", BAD_VALUES)
