@@ -8,8 +8,8 @@ from setuptools import setup
 
 HERE = Path(__file__).resolve().parent
 # loaded by path: the package's __init__ imports NumPy, absent from the isolated build environment
-_spec = importlib.util.spec_from_file_location("_flowattn_course", HERE / "flowattn_np" / "course.py")
-course = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(course)
+_spec = importlib.util.spec_from_file_location("_flowattn_links", HERE / "flowattn_np" / "links.py")
+links = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(links)
 
-setup(project_urls=course.project_urls(HERE / "mkdocs.yml"))
+setup(project_urls=links.project_urls(HERE / "mkdocs.yml"))

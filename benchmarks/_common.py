@@ -25,8 +25,8 @@ except ImportError:
 
 import numpy as np
 
-from flowattn_np.layers import BlockConfig
-from flowattn_np.network import Network, NetworkConfig
+from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.network import Network, NetworkConfig
 
 
 def fashion_config(layers=4, dtype="float32"):

@@ -8,7 +8,7 @@
   NumPy code, so that the array library alone differs.
 
 Every reference starts from the NumPy network's parameters and uses
-``torch.optim.SGD(momentum=0.9)`` (the update rule of ``flowattn_np.optim.SGD``).
+``torch.optim.SGD(momentum=0.9)`` (the update rule of ``flowattn_np.training.optim.SGD``).
 Not part of the package; imported by the benchmark scripts only.
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from flowattn_np.flows import taylor_terms
-from flowattn_np.gram_softmax import exp_is_safe
+from flowattn_np.equations.exact_b import taylor_terms
+from flowattn_np.fast.gram_softmax import exp_is_safe
 
 F = torch.nn.functional
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -43,7 +43,7 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from flowattn_np.optim import SGD  # noqa: E402
+from flowattn_np.training.optim import SGD  # noqa: E402
 
 MiB = 2.0 ** 20
 

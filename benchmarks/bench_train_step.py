@@ -48,7 +48,7 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from flowattn_np.optim import SGD  # noqa: E402
+from flowattn_np.training.optim import SGD  # noqa: E402
 
 RTOL, ATOL_REL = 1e-4, 1e-5  # gradient agreement: |a - b| <= RTOL |b| + ATOL_REL max|b|
 

@@ -43,8 +43,8 @@ from _common import ROOT, cpu_model, fashion_config, git_state, random_batch, us
 
 import flowattn_np as fa  # noqa: E402
 from flowattn_np import backend  # noqa: E402
-from flowattn_np.network import Network  # noqa: E402
-from flowattn_np.optim import SGD  # noqa: E402
+from flowattn_np.blocks.network import Network  # noqa: E402
+from flowattn_np.training.optim import SGD  # noqa: E402
 
 NOTEBOOK = os.path.join(ROOT, "notebooks", "05_going_to_the_gpu.py")
 TESTS = os.path.join(ROOT, "tests")

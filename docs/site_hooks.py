@@ -3,7 +3,7 @@ r"""MkDocs hooks of the course website (named in mkdocs.yml; not a page of the s
 * The notebooks in ``notebooks/`` become pages ``notebooks/NAME.html`` (mkdocs-jupyter
   executes and renders them), so a new notebook appears without editing mkdocs.yml.
 * The student versions of the graded assignments (solutions stubbed, hidden tests
-  removed; written by ``flowattn_np.coursework``) become pages ``coursework/NAME.html``,
+  removed; written by ``flowattn_np.teaching.coursework``) become pages ``coursework/NAME.html``,
   shown as a student receives them (not executed). The source notebooks, with the
   solutions, never reach the site.
 * MathJax is served from the site itself (``assets/mathjax/``), copied from the
@@ -105,7 +105,7 @@ def student_notebooks():
         return None
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # this checkout's package, not another installed one
-    from flowattn_np import coursework
+    from flowattn_np.teaching import coursework
 
     out = []
     (STUDENT_DIR / "coursework").mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ and backward pass is written by hand and checked against finite differences.
 
 __version__ = "0.1.0"
 
-from .backend import (
+from flowattn_np.backend import (
     BackendError,
     array_module,
     asarray,
@@ -17,7 +17,7 @@ from .backend import (
     to_numpy,
     use_backend,
 )
-from .ops import (
+from flowattn_np.equations.ops import (
     cross_entropy,
     log_softmax,
     logsumexp,
@@ -26,14 +26,14 @@ from .ops import (
     softmax,
     softmax_vjp,
 )
-from .attention import (
+from flowattn_np.equations.attention import (
     cross_attention,
     cross_attention_vjp,
     self_attention,
     self_attention_adjoint,
     self_attention_sum_vjp,
 )
-from .models import (
+from flowattn_np.equations.models import (
     LinearModel,
     QuadraticModel,
     linear_grad_theta,
@@ -47,25 +47,22 @@ from .models import (
     quadratic_loss,
     theta_from_phi,
 )
-from .flows import (
-    INTEGRATORS,
-    Integrator,
-    integrate,
+from flowattn_np.equations.integrators import INTEGRATORS, Integrator, integrate, rk_step
+from flowattn_np.equations.flows import (
     lie_step,
     linear_B_exact,
     linear_field,
     linear_flow,
     linear_flow_A,
     linear_flow_B,
-    quadratic_B_exact,
     quadratic_field,
     quadratic_flow,
     quadratic_flow_A,
     quadratic_flow_B,
-    rk_step,
     strang_step,
 )
-from .sphere import (
+from flowattn_np.equations.exact_b import quadratic_B_exact
+from flowattn_np.equations.sphere import (
     layer_retract,
     layer_retract_vjp,
     layer_tangent_project,
@@ -81,8 +78,8 @@ from .sphere import (
     retract_vjp,
     tangent_project,
 )
-from .gradient_check import GradcheckResult, check_vjp, gradcheck, numerical_gradient
-from .mlp import (
+from flowattn_np.teaching.gradient_check import GradcheckResult, check_vjp, gradcheck, numerical_gradient
+from flowattn_np.equations.mlp import (
     ACTIVATIONS,
     MLPCache,
     gelu,
@@ -94,11 +91,11 @@ from .mlp import (
     relu,
     relu_grad,
 )
-from .layers import BlockConfig, CrossAttentionBlock, MemoryBlock, SelfAttentionBlock, make_block
-from .network import Network, NetworkConfig
-from .optim import SGD, Adam
-from .train import evaluate, fit, load_checkpoint, save_checkpoint
-from .threads import available_cpus, set_threads
+from flowattn_np.blocks.layers import BlockConfig, CrossAttentionBlock, MemoryBlock, SelfAttentionBlock, make_block
+from flowattn_np.blocks.network import Network, NetworkConfig
+from flowattn_np.training.optim import SGD, Adam
+from flowattn_np.training.train import evaluate, fit, load_checkpoint, save_checkpoint
+from flowattn_np.threads import available_cpus, set_threads
 
 __all__ = [
     # backend

@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from flowattn_np.experiments.cli import main
 
 sys.exit(main())

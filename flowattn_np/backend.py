@@ -38,7 +38,7 @@ _CUPY_HELP = (
 
 
 def _cupy_help():
-    from .course import page_url
+    from flowattn_np.links import page_url
 
     return _CUPY_HELP.format(gpu_page=page_url("gpu"))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy
 
-from .backend import array_module
+from flowattn_np.backend import array_module
 
 
 def host_rng(seed):

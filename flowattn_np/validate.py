@@ -14,7 +14,7 @@ are more values read, to say how many entries are wrong.
 
 from __future__ import annotations
 
-from .backend import check_same_backend, get_array_module, quiet_errors, to_numpy
+from flowattn_np.backend import check_same_backend, get_array_module, quiet_errors, to_numpy
 
 
 def _is_array(a):

@@ -35,8 +35,8 @@ import matplotlib.pyplot as plt
 import flowattn_np as fa
 from flowattn_np import BlockConfig, Network, NetworkConfig
 from flowattn_np.backend import synchronize
-from flowattn_np.optim import Adam
-from flowattn_np.plotting import method_color
+from flowattn_np.training.optim import Adam
+from flowattn_np.experiments.plotting import method_color
 
 print("active backend:", fa.get_backend())
 

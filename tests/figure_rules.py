@@ -24,7 +24,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.colors import to_hex
 from matplotlib.patches import Rectangle
 
-from flowattn_np.plotting import METHOD_COLORS, method_in
+from flowattn_np.experiments.plotting import METHOD_COLORS, method_in
 
 
 def _colorbar_axes(fig):

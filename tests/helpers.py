@@ -10,7 +10,7 @@ ID_TOL = 1e-12
 def offline_without_data(monkeypatch, folder):
     """Fashion-MNIST nowhere (no Debian copy, an empty data folder under ``folder``, no
     $FLOWATTN_DATA) and no network: the loader must fail with its how-to message."""
-    import flowattn_np.data as data
+    import flowattn_np.experiments.data as data
 
     monkeypatch.setattr(data, "DEBIAN_DIR", folder / "none")
     monkeypatch.setattr(data, "default_data_dir", lambda: folder / "empty")

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np import layers, validate
-from flowattn_np.data import make_blobs
-from flowattn_np.optim import SGD, Adam
-from flowattn_np.train import FitConfig, fit, train_step
+from flowattn_np import validate
+from flowattn_np.blocks import layers
+from flowattn_np.experiments.data import make_blobs
+from flowattn_np.training.optim import SGD, Adam
+from flowattn_np.training.train import FitConfig, fit, train_step
 
 RNG = np.random.default_rng(0)
 

@@ -23,7 +23,7 @@ import pytest
 
 import flowattn_np as fa
 from flowattn_np.backend import to_float
-from flowattn_np.layers import (
+from flowattn_np.blocks.layers import (
     BlockConfig,
     CrossAttentionBlock,
     MemoryBlock,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np import checks
-from flowattn_np.mlp import MLPCache
+from flowattn_np.teaching import checks
+from flowattn_np.equations.mlp import MLPCache
 
 
 def gelu(x):

@@ -9,7 +9,7 @@ import pytest
 import scipy.special
 
 import flowattn_np as fa
-from flowattn_np import checks
+from flowattn_np.teaching import checks
 
 
 def student_softmax(S):

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np import checks
+from flowattn_np.teaching import checks
 from flowattn_np import linear_grad_Z as copied_grad_Z  # as a notebook's first cell would
 from flowattn_np import quadratic_grad_Z as copied_quadratic
-from flowattn_np.checks import reference_ca_block_vjp as copied_vjp
+from flowattn_np.teaching.checks import reference_ca_block_vjp as copied_vjp
 from test_check_terms import rk4_attention
 from test_checks import CASES
 

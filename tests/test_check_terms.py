@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np import checks
+from flowattn_np.teaching import checks
 
 
 def _cols(S):  # the softmax over axis -2 (a student's wrong axis)

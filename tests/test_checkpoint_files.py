@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.checkpoint import META_KEY, load_arrays, load_checkpoint, save_arrays, save_checkpoint
-from flowattn_np.optim import SGD
+from flowattn_np.training.checkpoint import META_KEY, load_arrays, load_checkpoint, save_arrays, save_checkpoint
+from flowattn_np.training.optim import SGD
 
 
 def _small_checkpoint(path, **config):
@@ -268,8 +268,8 @@ def _trained(opt_class, **config):
 
 
 def test_restore_optimizer_refuses_another_kind_another_shape_and_a_bad_step_count(tmp_path):
-    from flowattn_np.checkpoint import restore_optimizer
-    from flowattn_np.optim import Adam
+    from flowattn_np.training.checkpoint import restore_optimizer
+    from flowattn_np.training.optim import Adam
 
     path = tmp_path / "c.npz"
     save_checkpoint(path, *_trained(Adam))
@@ -303,9 +303,9 @@ def test_save_checkpoint_onto_a_symlink_writes_its_target_with_the_umask_mode(tm
 
 
 def test_fit_proves_its_checkpoint_path_before_training_and_a_full_disk_names_it(tmp_path, monkeypatch):
-    import flowattn_np.checkpoint as checkpoint
-    from flowattn_np.data import make_blobs
-    from flowattn_np.train import fit
+    import flowattn_np.training.checkpoint as checkpoint
+    from flowattn_np.experiments.data import make_blobs
+    from flowattn_np.training.train import fit
 
     (tmp_path / "a-file").write_text("x")
     X, y = make_blobs(64, seed=0)

@@ -1,4 +1,4 @@
-"""The teaching checkers (flowattn_np.checks): every diagnosis of the catalogue, the report
+"""The teaching checkers (flowattn_np.teaching.checks): every diagnosis of the catalogue, the report
 of where arrays differ, and float32 tolerances.
 
 For every exercise of the catalogue, a "student" who makes exactly one of its mistakes
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np import checks
+from flowattn_np.teaching import checks
 
 
 def retract_inputs(rng):

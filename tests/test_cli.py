@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from flowattn_np import cli
+from flowattn_np.experiments import cli
 from flowattn_np import backend
 
 BAD_ARGUMENTS = [
@@ -92,7 +92,7 @@ def test_info_reports_a_bad_backend_variable_and_prints_the_rest(monkeypatch, ca
 
 
 def test_library_value_errors_reach_the_command_line_as_one_error_line(monkeypatch, capsys):
-    from flowattn_np import experiment
+    from flowattn_np.experiments import experiment
 
     def broken(*args, **kwargs):
         raise ValueError("lr: expected a positive finite learning rate, got -1.0")

@@ -1,4 +1,4 @@
-"""The corruptions of the robustness curves (``flowattn_np.corruptions``), on small made-up images.
+"""The corruptions of the robustness curves (``flowattn_np.experiments.corruptions``), on small made-up images.
 
 * deterministic for a seed, different for another seed (noise, occlusion);
 * the input's shape and dtype kept, the input itself untouched, strength 0 the identity;
@@ -11,9 +11,9 @@ import math
 import numpy as np
 import pytest
 
-from flowattn_np import corruptions
-from flowattn_np.corruptions import corrupt
-from flowattn_np.experiment import ReproduceConfig
+from flowattn_np.experiments import corruptions
+from flowattn_np.experiments.corruptions import corrupt
+from flowattn_np.experiments.experiment import ReproduceConfig
 
 KINDS = ("noise", "occlusion", "blur")
 STRENGTH = {"noise": 0.7, "occlusion": 0.4, "blur": 1.3}

@@ -1,4 +1,4 @@
-"""Tests for flowattn_np.data: IDX I/O, search order, download, load, noise.
+"""Tests for flowattn_np.experiments.data: IDX I/O, search order, download, load, noise.
 
 No test touches the network: downloads use file:// mirrors, and the no-network
 case patches urllib.request.urlopen. The realdata tests read the installed
@@ -23,8 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import flowattn_np.data as data
-from flowattn_np.data import DataError, read_idx, write_idx
+import flowattn_np.experiments.data as data
+from flowattn_np.experiments.data import DataError, read_idx, write_idx
 
 
 # ---------------------------------------------------------------- helpers

@@ -80,7 +80,7 @@ def _api_text():
 
 def test_every_public_function_and_class_has_a_docstring():
     missing = {q for q, obj in public_names().items() if _documentable(obj) and not own_docstring(obj)}
-    # the same object may be public under two names (flowattn_np.fit, flowattn_np.train.fit)
+    # the same object may be public under two names (flowattn_np.fit, flowattn_np.training.train.fit)
     new = sorted(missing - MISSING_DOCSTRINGS)
     assert not new, f"public names without a docstring: {new}"
     fixed = sorted(MISSING_DOCSTRINGS - missing)
@@ -126,7 +126,7 @@ def test_every_module_is_rendered_on_an_api_page():
 
 def test_public_names_of_a_module_are_its_all_or_what_the_package_exports():
     hooks = _site_hooks()
-    assert hooks.public_names("train") == list(importlib.import_module("flowattn_np.train").__all__)
+    assert hooks.public_names("train") == list(importlib.import_module("flowattn_np.training.train").__all__)
     ops = hooks.public_names("ops")
     assert "softmax" in ops and "swap_last" not in ops and "matmul_rows" not in ops
     assert "Cosine" in hooks.public_names("optim")  # public, though not exported by the package

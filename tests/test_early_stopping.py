@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.experiment import ReproduceConfig, RunData, label_free_network, train, train_over_seeds, validation_split
+from flowattn_np.experiments.experiment import (
+    ReproduceConfig,
+    RunData,
+    label_free_network,
+    train,
+    train_over_seeds,
+    validation_split,
+)
 
 
 class Sentinel:

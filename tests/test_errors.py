@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.data import make_blobs
-from flowattn_np.optim import SGD, Cosine, StepDecay
-from flowattn_np.checkpoint import load_arrays, load_checkpoint, save_arrays, save_checkpoint
-from flowattn_np.train import fit
+from flowattn_np.experiments.data import make_blobs
+from flowattn_np.training.optim import SGD, Cosine, StepDecay
+from flowattn_np.training.checkpoint import load_arrays, load_checkpoint, save_arrays, save_checkpoint
+from flowattn_np.training.train import fit
 
 
 @pytest.mark.parametrize("kwargs, match", [

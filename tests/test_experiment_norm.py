@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np import cli
-from flowattn_np.data import load_fashion_mnist
-from flowattn_np.experiment import ReproduceConfig, lam_max, markdown_table, reproduce, true_label_network
-from flowattn_np.experiment_norm import NORMS
+from flowattn_np.experiments import cli
+from flowattn_np.experiments.data import load_fashion_mnist
+from flowattn_np.experiments.experiment import ReproduceConfig, lam_max, markdown_table, reproduce, true_label_network
+from flowattn_np.experiments.experiment_norm import NORMS
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_part4_figure_follows_the_figure_rules(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from figure_rules import colour_conflicts, labelled_colours, problems
-    from flowattn_np import plotting
+    from flowattn_np.experiments import plotting
 
     cfg = ReproduceConfig.quick_run(parts=(4,), seeds=2, train_size=1000, test_size=500, norm_variants=("oracle",))
     res = reproduce(cfg, out=str(tmp_path), progress=False, figures=False, log=lambda msg: None)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.layers import BlockConfig, CrossAttentionBlock, Eq8Cache, SplitCache
+from flowattn_np.blocks.layers import BlockConfig, CrossAttentionBlock, Eq8Cache, SplitCache
 
 N, D, M = 6, 4, 5
 TOL = 1e-12

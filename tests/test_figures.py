@@ -78,7 +78,7 @@ def test_every_notebook_figure_is_readable(source):
 
 def synthetic_figures():
     """Each plotting function on small made-up inputs of the shapes the reproduction passes."""
-    from flowattn_np import plotting
+    from flowattn_np.experiments import plotting
 
     rng = np.random.default_rng(0)
     x = rng.uniform(size=784)
@@ -109,7 +109,7 @@ def synthetic_figures():
              ("learned oracle, L = 4", "learned oracle", "-o", curve(0.82)),
              ("key/value memory, L = 4", "memory", "--^", curve(0.85))]
     robustness = {"clean": lines, "noise-augmented": lines}
-    from flowattn_np.experiment_norm import part4_robustness_panels
+    from flowattn_np.experiments.experiment_norm import part4_robustness_panels
 
     norm_rows = [{"variant": "baseline", "norm": "none", "layers": 0, "robustness": curve(0.8)}] + [
         {"variant": v, "norm": n, "layers": 2, "robustness": curve(0.8 + 0.01 * i)}
@@ -132,8 +132,8 @@ def test_package_figures_of_made_up_results_are_readable():
 @pytest.fixture(scope="module")
 def package_figures(tmp_path_factory):
     """The figures ``reproduce`` draws in a small real run (one epoch: a single point per curve)."""
-    from flowattn_np import plotting
-    from flowattn_np.experiment import ReproduceConfig, reproduce
+    from flowattn_np.experiments import plotting
+    from flowattn_np.experiments.experiment import ReproduceConfig, reproduce
 
     drawn = {}
     with pytest.MonkeyPatch.context() as mp:

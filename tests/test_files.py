@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from flowattn_np import plotting
-from flowattn_np.checkpoint import save_arrays
-from flowattn_np.files import atomic_write, write_text
+from flowattn_np.experiments import plotting
+from flowattn_np.training.checkpoint import save_arrays
+from flowattn_np.training.files import atomic_write, write_text
 
 
 def test_atomic_write_replaces_the_file_only_when_the_block_succeeds(tmp_path):
@@ -47,7 +47,7 @@ def test_atomic_write_rejects_other_modes(tmp_path):
 
 def test_the_package_writers_go_through_atomic_write(tmp_path, monkeypatch):
     """Checkpoints and figures fail cleanly when the write fails: old content kept, no debris."""
-    import flowattn_np.checkpoint as checkpoint
+    import flowattn_np.training.checkpoint as checkpoint
 
     (tmp_path / "c.npz").write_bytes(b"old checkpoint")
     (tmp_path / "f.png").write_bytes(b"old figure")

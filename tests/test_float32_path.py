@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 from helpers import network_data
-from flowattn_np.layers import BlockConfig
-from flowattn_np.network import Network, NetworkConfig
-from flowattn_np.optim import SGD, Adam
-from flowattn_np.train import fit
+from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.network import Network, NetworkConfig
+from flowattn_np.training.optim import SGD, Adam
+from flowattn_np.training.train import fit
 
 P, M, ROWS, LAYERS = 6, 5, 7, 2
 SEQS, TOKENS, P_QUAD = 2, 4, 3

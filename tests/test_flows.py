@@ -9,7 +9,7 @@ import scipy.linalg
 import scipy.special
 
 import flowattn_np as fa
-from flowattn_np import flows
+from flowattn_np.equations import flows
 from helpers import assert_round_off, host
 
 

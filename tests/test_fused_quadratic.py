@@ -15,10 +15,11 @@ import itertools
 import numpy as np
 import pytest
 
-from flowattn_np import fused_quadratic, gram_softmax
-from flowattn_np.flows import divided_difference_products
-from flowattn_np.layers import BlockConfig
-from flowattn_np.network import Network, NetworkConfig
+from flowattn_np.fast import fused_quadratic
+from flowattn_np.fast import gram_softmax
+from flowattn_np.equations.exact_b import divided_difference_products
+from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.network import Network, NetworkConfig
 
 TOL = 1e-12
 D, P_IN, SEQS, TOKENS, LAYERS = 4, 5, 3, 6, 3
@@ -168,7 +169,7 @@ def test_readable_path_for_other_schemes():
 
 @pytest.mark.parametrize("scale", [1.0, 1e4], ids=["moderate", "logits1e4"])
 def test_label_cross_entropy_equals_the_one_hot_form(scale):
-    from flowattn_np.ops import label_cross_entropy_and_grad, mean_cross_entropy_and_grad, one_hot
+    from flowattn_np.equations.ops import label_cross_entropy_and_grad, mean_cross_entropy_and_grad, one_hot
 
     rng = np.random.default_rng(3)
     logits = scale * rng.normal(size=(3, 6, 6))

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowattn_np import gram_softmax as gs
-from flowattn_np.ops import label_cross_entropy_and_grad, softmax, softmax_vjp
+from flowattn_np.fast import gram_softmax as gs
+from flowattn_np.equations.ops import label_cross_entropy_and_grad, softmax, softmax_vjp
 
 
 def _gram(rng, B=3, m=7, d=4, scale=1.0, dtype="float64"):

@@ -10,10 +10,10 @@ import pytest
 
 import flowattn_np as fa
 from flowattn_np.backend import BackendError
-from flowattn_np.data import make_blobs
-from flowattn_np.layers import BlockConfig, init_block_params, make_block
-from flowattn_np.network import Network, NetworkConfig
-from flowattn_np.train import fit
+from flowattn_np.experiments.data import make_blobs
+from flowattn_np.blocks.layers import BlockConfig, init_block_params, make_block
+from flowattn_np.blocks.network import Network, NetworkConfig
+from flowattn_np.training.train import fit
 
 DEVICE = pytest.mark.parametrize("backend", [pytest.param("strict", marks=pytest.mark.strict),
                                              pytest.param("cupy", marks=pytest.mark.cupy)],

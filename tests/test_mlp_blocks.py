@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.layers import BlockConfig, init_block_params, make_block
-from flowattn_np.mlp import mlp_token_oracle
-from flowattn_np.network import Network, NetworkConfig
+from flowattn_np.blocks.layers import BlockConfig, init_block_params, make_block
+from flowattn_np.equations.mlp import mlp_token_oracle
+from flowattn_np.blocks.network import Network, NetworkConfig
 
 from helpers import assert_round_off, network_data
 from test_network import assert_network_grads_match_fd, randomise

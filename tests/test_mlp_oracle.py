@@ -1,4 +1,4 @@
-"""Tests for the MLP oracle C_hat(Z) = softmax(act(Z W1^T + b1) W2^T + b2) (flowattn_np.mlp).
+"""Tests for the MLP oracle C_hat(Z) = softmax(act(Z W1^T + b1) W2^T + b2) (flowattn_np.equations.mlp).
 
 * The hand-derived VJPs of the oracle and of the plain MLP equal central finite
   differences in float64 (relative error below 1e-6) for Z and every parameter, with
@@ -22,8 +22,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import flowattn_np as fa
-from flowattn_np.layers import BlockConfig, make_block
-from flowattn_np.mlp import check_mlp_inputs, init_mlp_params
+from flowattn_np.blocks.layers import BlockConfig, make_block
+from flowattn_np.equations.mlp import check_mlp_inputs, init_mlp_params
 
 from helpers import assert_round_off, host
 
@@ -268,7 +268,7 @@ def test_host_rng_initialisation_is_the_same_on_every_backend(xp):
 # ---------------------------------------------------------------- the MLP alone, as a classifier
 
 def test_mlp_classifier_gradients_match_central_differences():
-    from flowattn_np.mlp import MLPClassifier, MLPClassifierConfig
+    from flowattn_np.blocks.mlp_classifier import MLPClassifier, MLPClassifierConfig
 
     rng = np.random.default_rng(12)
     net = MLPClassifier(MLPClassifierConfig(4, n_classes=3, hidden=5, dtype="float64"), seed=0)
@@ -289,8 +289,8 @@ def test_mlp_classifier_gradients_match_central_differences():
 
 
 def test_mlp_classifier_trains_with_fit_and_predicts_without_labels(xp):
-    from flowattn_np.mlp import MLPClassifier, MLPClassifierConfig
-    from flowattn_np.train import evaluate, fit
+    from flowattn_np.blocks.mlp_classifier import MLPClassifier, MLPClassifierConfig
+    from flowattn_np.training.train import evaluate, fit
 
     rng = np.random.default_rng(13)
     X = rng.normal(size=(200, 5)).astype(np.float32)
@@ -310,8 +310,8 @@ def test_mlp_classifier_trains_with_fit_and_predicts_without_labels(xp):
 
 
 def test_mlp_classifier_names_bad_inputs_before_any_work():
-    from flowattn_np.mlp import MLPClassifier, MLPClassifierConfig
-    from flowattn_np.train import evaluate
+    from flowattn_np.blocks.mlp_classifier import MLPClassifier, MLPClassifierConfig
+    from flowattn_np.training.train import evaluate
 
     net = MLPClassifier(MLPClassifierConfig(4, n_classes=3, hidden=5), seed=0)
     X, y = np.zeros((6, 4), dtype=np.float32), np.zeros(6, dtype=np.int64)

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np import cli
-from flowattn_np.data import load_fashion_mnist
-from flowattn_np.experiment import ReproduceConfig
-from flowattn_np.experiment_mlp import KINDS
-from flowattn_np.layers import BlockConfig
-from flowattn_np.network import Network, NetworkConfig
-from flowattn_np.train import evaluate, fit
+from flowattn_np.experiments import cli
+from flowattn_np.experiments.data import load_fashion_mnist
+from flowattn_np.experiments.experiment import ReproduceConfig
+from flowattn_np.experiments.experiment_mlp import KINDS
+from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.network import Network, NetworkConfig
+from flowattn_np.training.train import evaluate, fit
 
 pytestmark = pytest.mark.realdata
 

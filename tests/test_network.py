@@ -1,4 +1,4 @@
-"""Tests for flowattn_np.network: the whole network of L split-flow blocks.
+"""Tests for flowattn_np.blocks.network: the whole network of L split-flow blocks.
 
 * ``Network.loss_and_grads`` equals central finite differences of ``Network.loss`` for
   every entry of ``net.params`` (float64), over tied / untied weights, identity /
@@ -19,8 +19,8 @@ import pytest
 
 import flowattn_np as fa
 from helpers import network_data
-from flowattn_np.layers import BlockConfig
-from flowattn_np.network import Network, NetworkConfig
+from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.network import Network, NetworkConfig
 
 P, M, ROWS, LAYERS = 4, 5, 6, 3
 SEQS, TOKENS, P_QUAD = 2, 4, 3

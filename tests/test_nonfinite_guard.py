@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowattn_np as fa
-from flowattn_np.data import make_blobs
-from flowattn_np.optim import SGD
-from flowattn_np.train import NonFiniteLossError, fit
+from flowattn_np.experiments.data import make_blobs
+from flowattn_np.training.optim import SGD
+from flowattn_np.training.train import NonFiniteLossError, fit
 
 
 def _recording_net(seed, dtype):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.layers import BlockConfig, make_block
+from flowattn_np.blocks.layers import BlockConfig, make_block
 from helpers import assert_round_off
 from test_blocks import assert_backward_matches_fd, make_problem
 from test_network import assert_network_grads_match_fd, make_data, net_of, randomise

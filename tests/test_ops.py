@@ -1,4 +1,4 @@
-"""Numerics of flowattn_np.ops: stable softmax / log-softmax / LSE, cross-entropy, one-hot.
+"""Numerics of flowattn_np.equations.ops: stable softmax / log-softmax / LSE, cross-entropy, one-hot.
 
 Backend-aware tests take ``xp`` and run once per backend; comparisons are made on the
 host through ``fa.to_numpy``.
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowattn_np as fa
-from flowattn_np.ops import mean_cross_entropy_and_grad, softmax_vjp_heads
+from flowattn_np.equations.ops import mean_cross_entropy_and_grad, softmax_vjp_heads
 
 HYP = settings(max_examples=30, deadline=None, database=None)
 DTYPES = ["float32", "float64"]
@@ -288,7 +288,7 @@ def _symmetric_scores(xp, dtype, scale, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("scale", [1.0, 1e4], ids=["moderate", "logits1e4"])
 def test_softmax_shifted_by_symmetric_row_max_equals_the_row_max_shift(xp, rng, dtype, scale):
-    from flowattn_np.ops import symmetric_row_max
+    from flowattn_np.equations.ops import symmetric_row_max
 
     S = _symmetric_scores(xp, dtype, scale, rng)
     shift = symmetric_row_max(S)
@@ -312,7 +312,7 @@ def test_softmax_shift_is_used(rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("scale", [1.0, 1e4], ids=["moderate", "logits1e4"])
 def test_label_cross_entropy_with_symmetric_shift_equals_the_plain_one(xp, rng, dtype, scale):
-    from flowattn_np.ops import label_cross_entropy_and_grad, symmetric_row_max
+    from flowattn_np.equations.ops import label_cross_entropy_and_grad, symmetric_row_max
 
     S = _symmetric_scores(xp, dtype, scale, rng)
     y = xp.asarray(rng.integers(0, 7, (3, 7)))
@@ -325,7 +325,7 @@ def test_label_cross_entropy_with_symmetric_shift_equals_the_plain_one(xp, rng, 
 
 
 def test_row_sums_equal_sums_along_the_last_axis(xp, rng):
-    from flowattn_np.ops import row_sums
+    from flowattn_np.equations.ops import row_sums
 
     A = rng.normal(size=(2, 5, 9))
     np.testing.assert_allclose(host(row_sums(xp.asarray(A))), A.sum(axis=-1), rtol=1e-13)

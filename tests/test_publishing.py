@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flowattn_np import course
+from flowattn_np.teaching import course
 
 yaml = pytest.importorskip("yaml")
 
@@ -89,7 +89,8 @@ def test_package_messages_never_name_a_checkout_path():
 
 
 def test_package_messages_name_the_package_and_the_site():
-    from flowattn_np import backend, experiment
+    from flowattn_np import backend
+    from flowattn_np.experiments import experiment
 
     assert 'pip install "flowattn-np[plot]"' in experiment.FIGURES_SKIPPED
     assert course.page_url("gpu") in backend._cupy_help()

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 
 import flowattn_np
-from flowattn_np import course
-from flowattn_np.cli import main
+from flowattn_np.teaching import course
+from flowattn_np.experiments.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -104,7 +104,7 @@ def test_build_gives_no_warning_and_twine_check_passes(dist):
 def test_wheel_ships_the_package_the_notebooks_and_the_assignments(dist):
     names = zipfile.ZipFile(dist.wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"flowattn_np", f"flowattn_np-{flowattn_np.__version__}.dist-info"}
-    assert "flowattn_np/layers.py" in names and "flowattn_np/__main__.py" in names
+    assert "flowattn_np/blocks/layers.py" in names and "flowattn_np/__main__.py" in names
     shipped = {n for n in names if n.startswith(("flowattn_np/notebooks/", "flowattn_np/assignments/"))}
     # the .ipynb only: the jupytext .py sources stay in the repository and the sdist
     assert shipped == ({f"flowattn_np/notebooks/{n}" for n in NOTEBOOKS}
@@ -179,7 +179,7 @@ def test_the_wheel_works_in_a_fresh_environment_outside_the_checkout(dist, tmp_p
     # --ignore-installed: this environment sees the checkout's own (editable) install
     run(sys.executable, "-m", "pip", "--python", bindir / "python", "install", "-q", "--no-deps",
         "--ignore-installed", dist.wheel)
-    probe = run(bindir / "python", "-c", "import flowattn_np, flowattn_np.course as w; "
+    probe = run(bindir / "python", "-c", "import flowattn_np, flowattn_np.teaching.course as w; "
                 "print(flowattn_np.__file__); print(w.site_url())").stdout.split()
     assert Path(probe[0]).is_relative_to(venv), probe  # the wheel's copy, not the checkout's
     assert probe[1] == SITE_URL  # from the wheel's metadata: there is no mkdocs.yml here

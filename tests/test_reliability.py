@@ -23,9 +23,17 @@ from pathlib import Path
 
 import pytest
 
-from flowattn_np import cli, experiment
-from flowattn_np.files import (STAGING_PREFIX, DestinationError, RunFolder, Terminated, atomic_write,
-                               signals_as_interrupts, write_text)
+from flowattn_np.experiments import cli
+from flowattn_np.experiments import experiment
+from flowattn_np.training.files import (
+    STAGING_PREFIX,
+    DestinationError,
+    RunFolder,
+    Terminated,
+    atomic_write,
+    signals_as_interrupts,
+    write_text,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["reproduce", "--quick", "--seeds", "1", "--layers", "1", "--max-layers", "1", "--train-size", "200",
@@ -197,7 +205,7 @@ def test_sigterm_and_sighup_raise_like_ctrl_c_and_an_ignored_signal_stays_ignore
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_mid_run_exit_128_plus_the_signal_leaving_no_folder(sig, status, workdir,
                                                                                 monkeypatch, capsys):
-    import flowattn_np.data as data
+    import flowattn_np.experiments.data as data
 
     def signalled(**kwargs):  # what `timeout` or a closed terminal does while the data loads
         assert len(list((workdir / "runs").iterdir())) == 1  # the folder was made and proven first
@@ -268,7 +276,13 @@ def test_an_out_on_a_read_only_mount_is_refused_at_once(workdir, capsys):
 
 AS_NOBODY = """
 import os, sys, time
-from flowattn_np import cli, coursework, data, experiment, files, plotting, train  # read while readable
+from flowattn_np.experiments import cli  # read while readable
+from flowattn_np.teaching import coursework  # read while readable
+from flowattn_np.experiments import data  # read while readable
+from flowattn_np.experiments import experiment  # read while readable
+from flowattn_np.training import files  # read while readable
+from flowattn_np.experiments import plotting  # read while readable
+from flowattn_np.training import train  # read while readable
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 t0 = time.perf_counter()
 try:

@@ -18,11 +18,13 @@ import sys
 import numpy as np
 import pytest
 
-from flowattn_np import cli, experiment, plotting
-from flowattn_np.files import RunFolder, write_text
-from flowattn_np.network import Network, NetworkConfig
-from flowattn_np.progress import PlainProgress, progress_bar
-from flowattn_np.train import fit
+from flowattn_np.experiments import cli
+from flowattn_np.experiments import experiment
+from flowattn_np.experiments import plotting
+from flowattn_np.training.files import RunFolder, write_text
+from flowattn_np.blocks.network import Network, NetworkConfig
+from flowattn_np.training.progress import PlainProgress, progress_bar
+from flowattn_np.training.train import fit
 from helpers import offline_without_data
 
 # a small real run: one seed, one depth, one epoch on a subset
@@ -148,7 +150,7 @@ def test_without_matplotlib_the_library_says_so_before_computing(monkeypatch, tm
     def stop_at_the_data(**kwargs):
         raise RuntimeError("no data needed for this test")
 
-    import flowattn_np.data as data
+    import flowattn_np.experiments.data as data
 
     monkeypatch.setattr(data, "load_fashion_mnist", stop_at_the_data)
     with pytest.raises(RuntimeError, match="no data needed"):

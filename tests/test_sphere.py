@@ -22,8 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowattn_np as fa
-from flowattn_np import sphere
-from flowattn_np.flows import integrate, rk_step
+from flowattn_np.equations import sphere
+from flowattn_np.equations.integrators import integrate, rk_step
 from helpers import assert_round_off, host
 
 HYP = settings(max_examples=30, deadline=None, database=None)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowattn_np as fa
-from flowattn_np import flows
+from flowattn_np.equations import flows
 
 METHODS = ["taylor", "eigh"]
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np import network as network_module
-from flowattn_np.layers import BlockConfig
-from flowattn_np.network import Network, NetworkConfig
-from flowattn_np.optim import SGD
+from flowattn_np.blocks import network as network_module
+from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.network import Network, NetworkConfig
+from flowattn_np.training.optim import SGD
 from test_network import GRAD_CASES, make_data, net_of, randomise
 
 TOL = 1e-12
@@ -133,8 +133,9 @@ def test_bad_thread_counts_are_refused_by_name(bad, error):
 
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
-from flowattn_np import cli, threads as policy_module  # noqa: E402
-from flowattn_np.train import evaluate, fit  # noqa: E402
+from flowattn_np import threads as policy_module  # noqa: E402
+from flowattn_np.experiments import cli  # noqa: E402
+from flowattn_np.training.train import evaluate, fit  # noqa: E402
 
 
 @pytest.fixture

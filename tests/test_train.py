@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.data import make_blobs, make_xor
-from flowattn_np.optim import SGD, Adam, Cosine, StepDecay, make_optimizer
+from flowattn_np.experiments.data import make_blobs, make_xor
+from flowattn_np.training.optim import SGD, Adam, Cosine, StepDecay, make_optimizer
 from flowattn_np.backend import Workspace
-from flowattn_np.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
+from flowattn_np.training.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from flowattn_np.random import RNG, host_rng
-from flowattn_np.train import (
+from flowattn_np.training.train import (
     FitConfig,
     NonFiniteLossError,
     evaluate,

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.data import make_blobs
-from flowattn_np.layers import BlockConfig
-from flowattn_np.network import Network, NetworkConfig
-from flowattn_np.optim import SGD, Adam
+from flowattn_np.experiments.data import make_blobs
+from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.network import Network, NetworkConfig
+from flowattn_np.training.optim import SGD, Adam
 from flowattn_np.random import RNG
-from flowattn_np.train import fit, train_step
+from flowattn_np.training.train import fit, train_step
 from helpers import network_data
 
 STRICT = pytest.mark.parametrize("backend", [pytest.param("strict", marks=pytest.mark.strict)],

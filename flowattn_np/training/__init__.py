@@ -1,0 +1,1 @@
+"""Training: the optimisers, the loop, checkpoints, progress bars and safe file writes."""
