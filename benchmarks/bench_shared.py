@@ -36,11 +36,11 @@ import numpy as np  # noqa: E402
 
 from _common import environment, fashion_config, load_note, print_environment, random_batch, write_json  # noqa: E402
 
-from flowattn_np.experiments.cli import ( # noqa: E402
+from flowattn_np.cli import ( # noqa: E402
     _ints as positive_ints,
     _non_negative_float as non_negative_float,
 )
-from flowattn_np.experiments.cli import _positive as positive_int  # noqa: E402  (the command line's own checks)
+from flowattn_np.cli import _positive as positive_int  # noqa: E402  (the command line's own checks)
 from flowattn_np.blocks.layers import BlockConfig  # noqa: E402
 from flowattn_np.blocks.network import Network, NetworkConfig  # noqa: E402
 from flowattn_np.threads import ENV_VAR, available_cpus  # noqa: E402

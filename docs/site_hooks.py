@@ -64,10 +64,11 @@ STUDY_MINUTES = {"01": 45, "02": 45, "03": 45, "04": 45, "05": 20, "06": 60, "07
 RUN_SECONDS = {"01": 6, "02": 4, "03": 6, "04": 46, "05": 18, "06": 12, "07": 18}
 # The order of the API pages: from the equations to the tools around them (a module not
 # listed comes last, in name order).
-API_ORDER = ("backend", "ops", "attention", "models", "flows", "sphere", "gradient_check", "layers", "mlp",
-             "gram_softmax", "fused_quadratic", "network", "optim", "train", "progress", "checkpoint", "data",
-             "files", "random", "validate", "experiment", "experiment_mlp", "experiment_norm", "plotting", "cli",
-             "checks", "coursework")
+# the package from the paper up: the equations, the blocks, the fast paths, training, the
+# experiments and the course; the modules of no subpackage (backend, validate, ...) first
+LAYERS = ("equations", "blocks", "fast", "training", "experiments", "teaching")
+API_ORDER = ("backend", "equations.ops", "equations.attention", "equations.models", "equations.flows",
+             "equations.integrators", "equations.exact_b", "equations.sphere", "equations.mlp")
 SHIM = "javascripts/iframe-worker-shim.js"
 # The branch whose notebooks the Colab links open: the one the site is published from
 # (not MkDocs' default edit_uri, which still names "master").
@@ -101,7 +102,7 @@ def student_notebooks():
     ``coursework.student_notebook`` (nbgrader's preprocessors): solutions become stubs,
     hidden tests and outputs go.
     """
-    if not (ROOT / "flowattn_np" / "coursework.py").is_file():
+    if not (ROOT / "flowattn_np" / "teaching" / "coursework.py").is_file():
         return None
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # this checkout's package, not another installed one
@@ -193,13 +194,25 @@ def course_table():
 
 def api_modules():
     """The package's modules, in the order of the API pages."""
-    names = {p.stem for p in (ROOT / "flowattn_np").glob("*.py")} - {"__init__", "__main__"}
-    return [m for m in API_ORDER if m in names] + sorted(names - set(API_ORDER))
+    package = ROOT / "flowattn_np"
+    names = set()
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package).with_suffix("").parts
+        if parts[-1] not in ("__init__", "__main__") and (len(parts) == 1 or parts[0] in LAYERS):
+            names.add(".".join(parts))
+    rank = {layer: i + 1 for i, layer in enumerate(LAYERS)}
+    rest = sorted(names - set(API_ORDER), key=lambda m: (rank.get(m.split(".")[0], 0) if "." in m else 0, m))
+    return [m for m in API_ORDER if m in names] + rest
+
+
+def module_path(module):
+    """The source file of ``flowattn_np.MODULE`` (``"equations.ops"``: flowattn_np/equations/ops.py)."""
+    return ROOT / "flowattn_np" / (module.replace(".", "/") + ".py")
 
 
 def _defined_names(module):
     """Names a module's source defines at its top level, without a leading underscore."""
-    tree = ast.parse((ROOT / "flowattn_np" / f"{module}.py").read_text(encoding="utf-8"))
+    tree = ast.parse(module_path(module).read_text(encoding="utf-8"))
     names = []
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -235,7 +248,7 @@ def api_page(module):
 
 
 def _summary(module):
-    doc = ast.get_docstring(ast.parse((ROOT / "flowattn_np" / f"{module}.py").read_text(encoding="utf-8"))) or ""
+    doc = ast.get_docstring(ast.parse(module_path(module).read_text(encoding="utf-8"))) or ""
     return doc.strip().split("\n\n")[0].replace("\n", " ").replace("|", "\\|")
 
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from flowattn_np.experiments.cli import main
+from flowattn_np.cli import main
 
 sys.exit(main())

@@ -77,3 +77,23 @@ def require_browser():
             pytest.fail(reason + " (CI=true: never skipped in CI)")
         pytest.skip(reason)
     return paths
+
+
+LAYERS = ("equations", "blocks", "fast", "training", "experiments", "teaching")
+"""The subpackages of flowattn_np, from the paper up: each may import only from those
+before it (and from the modules of no subpackage, such as backend and validate)."""
+
+
+def package_modules():
+    """Every module file of flowattn_np, subpackages included (searched recursively), as
+    {dotted name below flowattn_np: path}; the notebook links of ``teaching`` are not
+    modules of the package."""
+    from pathlib import Path
+
+    package = Path(fa.__file__).resolve().parent
+    out = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).with_suffix("").parts
+        if len(parts) == 1 or (parts[0] in LAYERS and len(parts) == 2):
+            out[".".join(parts)] = path
+    return out

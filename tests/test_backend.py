@@ -269,8 +269,8 @@ PACKAGE_DIR = Path(fa.__file__).resolve().parent
 # host-side modules: the backend itself, files (data, checkpoints), figures, the host RNG, the CLI,
 # the teaching checkers (they compare a student's NumPy with the reference on the host), and the
 # corrupted test sets (drawn once per run on the host, like the data, before they go to the backend)
-MAY_IMPORT_NUMPY = {"backend.py", "data.py", "plotting.py", "cli.py", "__main__.py", "checkpoint.py",
-                    "random.py", "checks.py", "corruptions.py"}
+MAY_IMPORT_NUMPY = {"backend.py", "experiments/data.py", "experiments/plotting.py", "cli.py", "__main__.py",
+                    "training/checkpoint.py", "random.py", "teaching/checks.py", "experiments/corruptions.py"}
 
 
 def numpy_imports(source, filename="<string>"):
@@ -298,8 +298,9 @@ def numpy_imports(source, filename="<string>"):
     return lines
 
 
-def _may_import_numpy(path):
-    return path.name in MAY_IMPORT_NUMPY or path.name.startswith("_bench")
+def _may_import_numpy(path, root=PACKAGE_DIR):
+    """Whether the module at ``path`` (below ``root``, the package) is host-side."""
+    return Path(path).relative_to(root).as_posix() in MAY_IMPORT_NUMPY or Path(path).name.startswith("_bench")
 
 
 def test_the_numpy_import_scan_flags_every_form_of_import():
@@ -327,11 +328,12 @@ def test_the_numpy_import_scan_flags_every_form_of_import():
 
 
 def test_the_scan_would_flag_numpy_added_to_a_compute_module(tmp_path):
-    ops_src = (PACKAGE_DIR / "ops.py").read_text()
+    ops_src = (PACKAGE_DIR / "equations" / "ops.py").read_text()
     assert not numpy_imports(ops_src)
-    fake = tmp_path / "ops.py"
+    fake = tmp_path / "equations" / "ops.py"
+    fake.parent.mkdir()
     fake.write_text(ops_src + "\n\ndef _helper():\n    import numpy as np\n    return np\n")
-    assert numpy_imports(fake.read_text()) and not _may_import_numpy(fake)
+    assert numpy_imports(fake.read_text()) and not _may_import_numpy(fake, tmp_path)
 
 
 def test_no_compute_module_imports_numpy_directly():

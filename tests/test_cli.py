@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from flowattn_np.experiments import cli
+from flowattn_np import cli
 from flowattn_np import backend
 
 BAD_ARGUMENTS = [

@@ -10,6 +10,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from helpers import package_modules
 
 PACKAGE = Path(__file__).resolve().parents[1] / "flowattn_np"
 MAX_LINES = 60
@@ -20,12 +21,18 @@ PENDING_PRIVATE = set()
 
 
 def _modules():
-    return sorted(PACKAGE.glob("*.py"))
+    """Every module of the package, the subpackages searched recursively."""
+    return list(package_modules().values())
+
+
+def _name(path):
+    """The module's path below flowattn_np/ (``blocks/network.py``)."""
+    return path.relative_to(PACKAGE).as_posix()
 
 
 def _long_functions(path):
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    return {(path.name, node.name, node.end_lineno - node.lineno + 1)
+    return {(_name(path), node.name, node.end_lineno - node.lineno + 1)
             for node in ast.walk(tree)
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 >= MAX_LINES}
@@ -33,7 +40,7 @@ def _long_functions(path):
 
 def _private_imports(path):
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    return {(path.name, alias.name)
+    return {(_name(path), alias.name)
             for node in ast.walk(tree)
             if isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").startswith(
                 "flowattn_np"))
@@ -41,14 +48,14 @@ def _private_imports(path):
             if alias.name.startswith("_") and not alias.name.startswith("__")}
 
 
-@pytest.mark.parametrize("path", _modules(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _modules(), ids=_name)
 def test_every_function_is_under_60_lines(path):
     too_long = {(m, f, n) for m, f, n in _long_functions(path) if (m, f) not in PENDING_LONG}
     assert not too_long, "functions of 60 lines or more (split them): " + ", ".join(
         f"{m}:{f} ({n} lines)" for m, f, n in sorted(too_long))
 
 
-@pytest.mark.parametrize("path", _modules(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _modules(), ids=_name)
 def test_no_private_name_is_imported_across_modules(path):
     found = _private_imports(path) - PENDING_PRIVATE
     assert not found, "private names imported from another module (make them public in " \

@@ -456,7 +456,7 @@ def test_init_course_refuses_a_non_empty_folder_and_unknown_names_writing_nothin
 
 
 def test_cli_coursework_init_and_its_error_line(tmp_path, capsys):
-    from flowattn_np.experiments.cli import main
+    from flowattn_np.cli import main
 
     assert main(["coursework", "init", str(tmp_path / "c"), "--assignments", "a3_self_attention"]) == 0
     assert (tmp_path / "c" / "source" / "a3_self_attention" / "a3_self_attention.ipynb").exists()
@@ -492,7 +492,7 @@ def test_assignment_sources_are_linted_like_the_package():
 @pytest.mark.slow
 def test_a_student_checks_a_notebook_from_the_terminal(tmp_path, capsys, monkeypatch):
     """`flowattn-np coursework check NB`: runs the notebook (no nbgrader), one line per graded test."""
-    from flowattn_np.experiments.cli import main
+    from flowattn_np.cli import main
 
     for key, value in kernel_env().items():
         monkeypatch.setenv(key, value)
@@ -533,7 +533,7 @@ def tiny_notebook(path, *cells):
 
 def run_cli(monkeypatch, capfd, *argv):
     """(exit status, stdout, stderr) of the command line, the kernel's own output included."""
-    from flowattn_np.experiments.cli import main
+    from flowattn_np.cli import main
 
     for key, value in kernel_env().items():
         monkeypatch.setenv(key, value)
@@ -596,7 +596,7 @@ def test_check_refuses_a_bad_points_value_naming_the_cell_before_running(tmp_pat
 
 @pytest.mark.parametrize("timeout", ["0", "-5", "nan", "soon"])
 def test_check_timeout_must_be_a_positive_number(tmp_path, monkeypatch, capfd, timeout):
-    from flowattn_np.experiments.cli import main
+    from flowattn_np.cli import main
 
     with pytest.raises(SystemExit) as stop:
         main(["coursework", "check", str(tmp_path / "nb.ipynb"), f"--timeout={timeout}"])

@@ -274,16 +274,16 @@ def test_write_idx_failing_before_replace_leaves_no_temp(tmp_path, monkeypatch):
 
 def test_default_data_dir_is_project_data_in_a_checkout(tmp_path, monkeypatch):
     checkout = tmp_path / "checkout"
-    (checkout / "flowattn_np").mkdir(parents=True)
+    (checkout / "flowattn_np" / "experiments").mkdir(parents=True)
     (checkout / "setup.py").write_text("")
-    monkeypatch.setattr(data, "__file__", str(checkout / "flowattn_np" / "data.py"))
+    monkeypatch.setattr(data, "__file__", str(checkout / "flowattn_np" / "experiments" / "data.py"))
     assert data.default_data_dir() == checkout.resolve() / "data"
 
 
 def test_default_data_dir_is_user_cache_when_installed(tmp_path, monkeypatch):
     site = tmp_path / "site-packages"
     (site / "flowattn_np").mkdir(parents=True)
-    monkeypatch.setattr(data, "__file__", str(site / "flowattn_np" / "data.py"))
+    monkeypatch.setattr(data, "__file__", str(site / "flowattn_np" / "experiments" / "data.py"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert data.default_data_dir() == tmp_path / "cache" / "flowattn_np"
 

@@ -26,11 +26,13 @@ from pathlib import Path
 
 
 import flowattn_np
+from helpers import package_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-MODULES = ("data", "train", "optim", "experiment", "experiment_mlp", "mlp", "layers", "network", "flows",
-           "sphere", "backend", "plotting", "random", "checkpoint", "files", "progress", "checks", "coursework", "threads")
+PACKAGE_DIR = Path(flowattn_np.__file__).resolve().parent
+# every module of the package, the subpackages searched recursively
+MODULES = tuple(m for m in package_modules() if m.rpartition(".")[2] not in ("__init__", "__main__"))
 CITING_DOCS = ("math.md", "backward.md")
 
 # Public names that lack a docstring today. Write the docstring, then delete the name
@@ -112,11 +114,12 @@ def test_every_module_is_rendered_on_an_api_page():
     """Each module of the package gets its page, ``::: flowattn_np.NAME`` with the
     module's public names as members, and docs/api.md lists the pages."""
     hooks = _site_hooks()
-    modules = {p.stem for p in Path(flowattn_np.__file__).parent.glob("*.py")} - {"__init__", "__main__"}
+    modules = set(MODULES)
+    assert {"equations.models", "blocks.network", "teaching.checks"} <= modules  # subpackages searched
     assert set(hooks.api_modules()) == modules
     for name in modules:
         page = hooks.api_page(name)
-        assert re.search(rf"^::: flowattn_np\.{name}\s*$", page, re.M), page
+        assert re.search(rf"^::: flowattn_np\.{re.escape(name)}\s*$", page, re.M), page
         members = hooks.public_names(name)
         assert members and not any(m.startswith("_") for m in members), (name, members)
     assert "<!-- api-modules -->" in _api_text(), "docs/api.md lost the place of its table of modules"
@@ -126,22 +129,22 @@ def test_every_module_is_rendered_on_an_api_page():
 
 def test_public_names_of_a_module_are_its_all_or_what_the_package_exports():
     hooks = _site_hooks()
-    assert hooks.public_names("train") == list(importlib.import_module("flowattn_np.training.train").__all__)
-    ops = hooks.public_names("ops")
+    assert hooks.public_names("training.train") == list(importlib.import_module("flowattn_np.training.train").__all__)
+    ops = hooks.public_names("equations.ops")
     assert "softmax" in ops and "swap_last" not in ops and "matmul_rows" not in ops
-    assert "Cosine" in hooks.public_names("optim")  # public, though not exported by the package
-    assert "ASSIGNMENTS" in hooks.public_names("coursework")  # nothing exported: all it defines
+    assert "Cosine" in hooks.public_names("training.optim")  # public, though not exported by the package
+    assert "ASSIGNMENTS" in hooks.public_names("teaching.coursework")  # nothing exported: all it defines
 
 
 # ---------------------------------------------------------------- citations in math.md, backward.md
 
-_TOKEN = re.compile(r"`([A-Za-z_][\w.]*)`|\((\w+\.py)\)")
+_TOKEN = re.compile(r"`([A-Za-z_][\w.]*)`|\(([\w/]+\.py)\)")
 
 
 def code_citations():
     """(doc, line number, dotted name, cited file or None) for every name on a Code: line.
 
-    A parenthesised file name, e.g. ``(models.py)``, applies to the names before it on the
+    A parenthesised file name, e.g. ``(equations/models.py)``, applies to the names before it on the
     line back to the previous file name.
     """
     out = []
@@ -196,7 +199,8 @@ def test_every_function_cited_on_a_code_line_exists_in_the_named_file():
             continue
         target = inspect.unwrap(obj.fget if isinstance(obj, property) else obj)
         if file and (inspect.isfunction(target) or inspect.isclass(target) or inspect.ismethod(target)):
-            where = Path(inspect.getsourcefile(target)).name
+            # the file below flowattn_np/, e.g. equations/models.py
+            where = Path(inspect.getsourcefile(target)).resolve().relative_to(PACKAGE_DIR).as_posix()
             if where != file:
                 problems.append(f"{doc}:{number}: `{name}` is defined in {where}, not {file}")
     assert not problems, "\n".join(problems)
@@ -217,7 +221,7 @@ def test_every_test_cited_in_the_docs_exists():
 
 # ---------------------------------------------------------------- docstring conventions
 
-EQUATION_MODULES = ("ops", "attention", "models", "flows")
+EQUATION_MODULES = ("ops", "attention", "models", "flows", "integrators", "exact_b")
 
 
 def _griffe_package():
@@ -261,7 +265,7 @@ def test_equation_functions_document_parameters_and_typeset_their_equation():
     _, package = _griffe_package()
     problems = []
     for name in EQUATION_MODULES:
-        for obj in _public_objects(package.modules[name]):
+        for obj in _public_objects(package.modules["equations"].modules[name]):
             if not obj.is_function or obj.parent.is_class:
                 continue
             text = obj.docstring.value if obj.docstring else ""

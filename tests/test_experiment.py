@@ -12,7 +12,7 @@ import re
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.experiments import cli
+from flowattn_np import cli
 from flowattn_np.experiments.experiment import SCHEMA, ReproduceConfig, markdown_table, reproduce
 
 pytestmark = pytest.mark.realdata

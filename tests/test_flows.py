@@ -10,6 +10,7 @@ import scipy.special
 
 import flowattn_np as fa
 from flowattn_np.equations import flows
+from flowattn_np.equations import exact_b, integrators
 from helpers import assert_round_off, host
 
 
@@ -227,7 +228,7 @@ def test_integrator_global_error_falls_at_its_declared_order(method, order_refer
 
 
 def test_order_measurement_rejects_a_method_that_overstates_its_order(order_reference):
-    liar = fa.Integrator("heun_claiming_4", 4, flows.HEUN.a, flows.HEUN.b)
+    liar = fa.Integrator("heun_claiming_4", 4, integrators.HEUN.a, integrators.HEUN.b)
     slope = measured_order(liar, order_reference)
     assert abs(slope - liar.order) > 0.2 and abs(slope - 2) < 0.2
 
@@ -371,10 +372,10 @@ def test_quadratic_B_exact_vjp_without_t_bar_gives_the_same_other_gradients():
     """need_t=False (a fixed step) skips only t_bar: the other outputs are bitwise the same."""
     rng = np.random.default_rng(4)
     Z, theta, C = rng.normal(size=(2, 5, 3)), spd(rng, 3), soft(rng, (2, 5, 5))
-    _, cache = flows.quadratic_B_exact_forward(Z, theta, C + np.swapaxes(C, -1, -2), 0.3)
+    _, cache = exact_b.quadratic_B_exact_forward(Z, theta, C + np.swapaxes(C, -1, -2), 0.3)
     Z_bar = rng.normal(size=Z.shape)
-    full = flows.quadratic_B_exact_vjp(Z_bar, cache)
-    short = flows.quadratic_B_exact_vjp(Z_bar, cache, need_t=False)
+    full = exact_b.quadratic_B_exact_vjp(Z_bar, cache)
+    short = exact_b.quadratic_B_exact_vjp(Z_bar, cache, need_t=False)
     assert short[3] is None and full[3] is not None and np.isfinite(full[3])
     for a, b in zip(full[:3], short[:3]):
         assert np.array_equal(a, b)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.experiments import cli
+from flowattn_np import cli
 from flowattn_np.experiments.data import load_fashion_mnist
 from flowattn_np.experiments.experiment import ReproduceConfig
 from flowattn_np.experiments.experiment_mlp import KINDS

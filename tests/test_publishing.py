@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from flowattn_np.teaching import course
+from flowattn_np import links
 
 yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 PACKAGE = ROOT / "flowattn_np"
-SITE_URL = course.mkdocs_urls(ROOT / "mkdocs.yml")["site_url"]
+SITE_URL = links.mkdocs_urls(ROOT / "mkdocs.yml")["site_url"]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 # what a shipped message must never say: a loopback address, a checkout's paths, a
 # checkout's install command
@@ -60,9 +60,9 @@ def test_the_site_address_is_written_once_in_mkdocs_yml():
     tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert "urls" in project["dynamic"] and "urls" not in project  # setup.py supplies them
-    assert course.project_urls(ROOT / "mkdocs.yml")["Documentation"] == SITE_URL
-    assert course.site_url() == SITE_URL.rstrip("/") + "/"
-    assert course.page_url("gpu") == SITE_URL.rstrip("/") + "/gpu.html"  # use_directory_urls: false
+    assert links.project_urls(ROOT / "mkdocs.yml")["Documentation"] == SITE_URL
+    assert links.site_url() == SITE_URL.rstrip("/") + "/"
+    assert links.page_url("gpu") == SITE_URL.rstrip("/") + "/gpu.html"  # use_directory_urls: false
     config = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=yaml.BaseLoader)
     assert config["site_url"] == SITE_URL  # the regex reads what MkDocs reads
     for path in [ROOT / "README.md", *sorted(PACKAGE.glob("*.py")), ROOT / "setup.py", ROOT / "pyproject.toml"]:
@@ -93,10 +93,10 @@ def test_package_messages_name_the_package_and_the_site():
     from flowattn_np.experiments import experiment
 
     assert 'pip install "flowattn-np[plot]"' in experiment.FIGURES_SKIPPED
-    assert course.page_url("gpu") in backend._cupy_help()
+    assert links.page_url("gpu") in backend._cupy_help()
     helped = subprocess.run([sys.executable, "-m", "flowattn_np", "coursework", "--help"], capture_output=True,
                             text=True, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert course.page_url("teaching") in helped.stdout.split()
+    assert links.page_url("teaching") in helped.stdout.split()
 
 
 # ------------------------------------------------------------------ publishing

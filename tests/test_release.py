@@ -15,13 +15,13 @@ from types import SimpleNamespace
 import pytest
 
 import flowattn_np
-from flowattn_np.teaching import course
-from flowattn_np.experiments.cli import main
+from flowattn_np import links
+from flowattn_np.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 ASSIGNMENTS = sorted(p.name for p in (ROOT / "notebooks" / "assignments").glob("*.ipynb"))
-SITE_URL = course.mkdocs_urls(ROOT / "mkdocs.yml")["site_url"]
+SITE_URL = links.mkdocs_urls(ROOT / "mkdocs.yml")["site_url"]
 # what the sdist must hold for its tests, docs and notebooks (generated files excepted)
 SDIST_TREES = ("tests", "docs", "notebooks", "benchmarks", ".ci", ".github")
 SDIST_FILES = ("README.md", "CHANGELOG.md", "LICENSE", "MANIFEST.in", "mkdocs.yml", "setup.py", "pyproject.toml",

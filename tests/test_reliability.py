@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from flowattn_np.experiments import cli
+from flowattn_np import cli
 from flowattn_np.experiments import experiment
 from flowattn_np.training.files import (
     STAGING_PREFIX,
@@ -276,7 +276,7 @@ def test_an_out_on_a_read_only_mount_is_refused_at_once(workdir, capsys):
 
 AS_NOBODY = """
 import os, sys, time
-from flowattn_np.experiments import cli  # read while readable
+from flowattn_np import cli  # read while readable
 from flowattn_np.teaching import coursework  # read while readable
 from flowattn_np.experiments import data  # read while readable
 from flowattn_np.experiments import experiment  # read while readable

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from flowattn_np.experiments import cli
+from flowattn_np import cli
 from flowattn_np.experiments import experiment
 from flowattn_np.experiments import plotting
 from flowattn_np.training.files import RunFolder, write_text

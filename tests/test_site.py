@@ -49,7 +49,7 @@ PAGES = {  # name: page of the site, without ".html" (a fragment scrolls the scr
     "landing": "index",
     "start": "start",  # links to every page of the course
     "math": "math",
-    "api-linear_grad_Z": "api/models#flowattn_np.equations.models.linear_grad_Z",
+    "api-linear_grad_Z": "api/equations.models#flowattn_np.equations.models.linear_grad_Z",
     "notebook-01": "notebooks/" + NOTEBOOKS[0].stem,
     "results": "results",  # the figures of a full run
 }
@@ -325,7 +325,7 @@ def test_notebook_page_shows_executed_outputs(pages):
 def test_the_api_entry_of_linear_grad_Z_typesets_its_formula(pages):
     html_text = pages["api-linear_grad_Z"]["html"]
     start = html_text.index('id="flowattn_np.equations.models.linear_grad_Z"')
-    end = html_text.find('id="flowattn_np.models.', start + 1)
+    end = html_text.find('id="flowattn_np.equations.models.', start + 1)
     entry = html_text[start:end if end > 0 else None]
     assert "mjx-container" in entry, "linear_grad_Z's docstring formula is not typeset"
     assert "eq. 4" in entry
@@ -533,7 +533,7 @@ def test_the_api_reference_is_one_page_per_module_with_public_names_only(site):
     pages = _api_ids(site)
     assert set(pages) == modules, f"modules without an API page: {sorted(modules - set(pages))}"
     # ops's helpers, used by the equation modules but not offered to a user
-    helpers = {"swap_last", "matmul_rows", "sum_leading", "gram_sum"} & pages["ops"]
+    helpers = {"swap_last", "matmul_rows", "sum_leading", "gram_sum"} & pages["equations.ops"]
     assert not helpers, f"internal helpers on the API page of flowattn_np.equations.ops: {sorted(helpers)}"
     private = sorted(f"{m}.{n}" for m, names in pages.items() for n in names if n.startswith("_"))
     assert not private, f"private names on the API pages: {private}"

@@ -1,5 +1,5 @@
 """The exact quadratic B step evaluated two ways: in eigenbases and by the truncated,
-substepped Taylor series (flows.quadratic_B_exact_forward, method="eigh" / "taylor").
+substepped Taylor series (exact_b.quadratic_B_exact_forward, method="eigh" / "taylor").
 Both must be e^{t theta (x) M} Z to the working precision, with exact gradients."""
 
 import math
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowattn_np as fa
-from flowattn_np.equations import flows
+from flowattn_np.equations import exact_b
 
 METHODS = ["taylor", "eigh"]
 
@@ -37,19 +37,19 @@ def kron_reference(Z, theta, M, t):
 
 
 def solve(Z, theta, M, t, method):
-    return flows.quadratic_B_exact_forward(Z, theta, M, t, method=method)
+    return exact_b.quadratic_B_exact_forward(Z, theta, M, t, method=method)
 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("t", [0.0, 0.05, 0.4, 1.3, -0.9])
 def test_both_methods_are_the_kronecker_matrix_exponential(method, t):
     Z, theta, M = problem(0)
-    assert flows.kronecker_norm_bound(theta, M, t) <= flows.TAYLOR_MAX_NORM
+    assert exact_b.kronecker_norm_bound(theta, M, t) <= exact_b.TAYLOR_MAX_NORM
     got, cache = solve(Z, theta, M, t, method)
     ref = kron_reference(Z, theta, M, t)
     # scipy's expm of the 15 x 15 Kronecker generator is itself good to a few 1e-13 here
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-12 * np.abs(ref).max())
-    expected = flows.QuadraticBTaylorCache if method == "taylor" else flows.QuadraticBCache
+    expected = exact_b.QuadraticBTaylorCache if method == "taylor" else exact_b.QuadraticBCache
     assert isinstance(cache, expected)
 
 
@@ -59,10 +59,10 @@ def test_taylor_is_exact_up_to_its_largest_generator():
     itself only good to about 2e-13 there: against a 40-digit mpmath expm the series was
     off by 3e-16, the eigenbases by 3e-15, scipy by 2e-13)."""
     Z, theta, M = problem(1, scale=3.0)
-    t = 0.999 * flows.TAYLOR_MAX_NORM / flows.kronecker_norm_bound(theta, M, 1.0)
+    t = 0.999 * exact_b.TAYLOR_MAX_NORM / exact_b.kronecker_norm_bound(theta, M, 1.0)
     for sign in (1, -1):
         got, cache = solve(Z, theta, M, sign * t, "taylor")
-        assert isinstance(cache, flows.QuadraticBTaylorCache) and len(cache.thetas) > 20
+        assert isinstance(cache, exact_b.QuadraticBTaylorCache) and len(cache.thetas) > 20
         ref = solve(Z, theta, M, sign * t, "eigh")[0]
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-13 * np.abs(ref).max())
         ref = kron_reference(Z, theta, M, sign * t)
@@ -80,7 +80,7 @@ def test_each_method_s_vjp_matches_central_differences(method, t):
     Z, theta, M = problem(2, scale=2.0)
     U = np.random.default_rng(3).normal(size=Z.shape)
     _, cache = solve(Z, theta, M, t, method)
-    Z_bar, theta_bar, M_bar, t_bar = flows.quadratic_B_exact_vjp(U, cache)
+    Z_bar, theta_bar, M_bar, t_bar = exact_b.quadratic_B_exact_vjp(U, cache)
     f = lambda **kw: _vjp_objective(**{"Z": Z, "theta": theta, "M": M, "t": t, "U": U,  # noqa: E731
                                        "method": method, **kw})
     assert fa.gradcheck(lambda x: f(Z=x), Z, Z_bar).rel_error < 1e-8
@@ -96,7 +96,7 @@ def test_each_method_s_vjp_matches_central_differences(method, t):
 def test_the_two_methods_give_the_same_gradients():
     Z, theta, M = problem(4, lead=(3,), n=6, d=4, scale=1.5)
     U = np.random.default_rng(5).normal(size=Z.shape)
-    out = {m: flows.quadratic_B_exact_vjp(U, solve(Z, theta, M, 0.7, m)[1]) for m in METHODS}
+    out = {m: exact_b.quadratic_B_exact_vjp(U, solve(Z, theta, M, 0.7, m)[1]) for m in METHODS}
     sym = lambda A: A + np.swapaxes(A, -1, -2)  # noqa: E731  (only M's symmetric part acts)
     for a, b, what in zip(out["taylor"], out["eigh"], ["Z", "theta", "M", "t"]):
         if what == "M":
@@ -110,9 +110,9 @@ def test_float32_stays_float32_and_agrees_with_float64(method):
     Z32, theta32, M32 = (a.astype("float32") for a in (Z, theta, M))
     U = np.random.default_rng(7).normal(size=Z.shape)
     ref, ref_cache = solve(Z, theta, M, 0.2, "eigh")
-    ref_grads = flows.quadratic_B_exact_vjp(U, ref_cache)
+    ref_grads = exact_b.quadratic_B_exact_vjp(U, ref_cache)
     got, cache = solve(Z32, theta32, M32, 0.2, method)
-    grads = flows.quadratic_B_exact_vjp(U.astype("float32"), cache)
+    grads = exact_b.quadratic_B_exact_vjp(U.astype("float32"), cache)
     assert got.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
     assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
     for a, b in zip(grads[:2], ref_grads[:2]):
@@ -121,10 +121,10 @@ def test_float32_stays_float32_and_agrees_with_float64(method):
 
 def test_auto_takes_taylor_on_the_host_and_falls_back_to_eigh_for_a_large_generator():
     Z, theta, M = problem(8)
-    assert isinstance(solve(Z, theta, M, 0.1, "auto")[1], flows.QuadraticBTaylorCache)
-    t = 1.01 * flows.TAYLOR_MAX_NORM / flows.kronecker_norm_bound(theta, M, 1.0)
+    assert isinstance(solve(Z, theta, M, 0.1, "auto")[1], exact_b.QuadraticBTaylorCache)
+    t = 1.01 * exact_b.TAYLOR_MAX_NORM / exact_b.kronecker_norm_bound(theta, M, 1.0)
     got, cache = solve(Z, theta, M, t, "taylor")  # beyond the series' range: the eigenbases
-    assert isinstance(cache, flows.QuadraticBCache)
+    assert isinstance(cache, exact_b.QuadraticBCache)
     np.testing.assert_allclose(got, kron_reference(Z, theta, M, t), rtol=0, atol=1e-11 * np.abs(got).max())
 
 
@@ -132,23 +132,23 @@ def test_auto_weighs_the_cost_and_an_explicit_taylor_is_obeyed():
     """n = 16 tokens of d = 64 features: in float64 the cost model prefers the eigenbases
     (9-10 terms of 6 (n^2 d + n d^2) against an eigh of 16 x 16), in float32 the series
     (5 terms, and NumPy's eigh would upcast)."""
-    assert not flows.taylor_is_cheaper(10, 128, 64, np.dtype("float64"))
-    assert flows.taylor_is_cheaper(5, 128, 64, np.dtype("float32"))
+    assert not exact_b.taylor_is_cheaper(10, 128, 64, np.dtype("float64"))
+    assert exact_b.taylor_is_cheaper(5, 128, 64, np.dtype("float32"))
     Z, theta, M = problem(11, n=16, d=64)
-    t = 0.1 / flows.kronecker_norm_bound(theta, M, 1.0)
-    m = flows.taylor_terms(0.1, np.dtype("float64"))
-    assert not flows.taylor_is_cheaper(m, 16, 64, np.dtype("float64"))
-    assert isinstance(solve(Z, theta, M, t, "auto")[1], flows.QuadraticBCache)
-    assert isinstance(solve(Z, theta, M, t, "taylor")[1], flows.QuadraticBTaylorCache)
+    t = 0.1 / exact_b.kronecker_norm_bound(theta, M, 1.0)
+    m = exact_b.taylor_terms(0.1, np.dtype("float64"))
+    assert not exact_b.taylor_is_cheaper(m, 16, 64, np.dtype("float64"))
+    assert isinstance(solve(Z, theta, M, t, "auto")[1], exact_b.QuadraticBCache)
+    assert isinstance(solve(Z, theta, M, t, "taylor")[1], exact_b.QuadraticBTaylorCache)
     Z32, theta32, M32 = (a.astype("float32") for a in (Z, theta, M))
-    assert isinstance(solve(Z32, theta32, M32, t, "auto")[1], flows.QuadraticBTaylorCache)
+    assert isinstance(solve(Z32, theta32, M32, t, "auto")[1], exact_b.QuadraticBTaylorCache)
 
 
 def test_a_device_array_takes_the_eigenbases(backend):
     """On a device the Taylor plan would read the norm back (a sync): auto takes eigh."""
     Z, theta, M = problem(9)
     _, cache = solve(*(fa.asarray(a) for a in (Z, theta, M)), 0.1, "auto")
-    expected = flows.QuadraticBTaylorCache if backend == "numpy" else flows.QuadraticBCache
+    expected = exact_b.QuadraticBTaylorCache if backend == "numpy" else exact_b.QuadraticBCache
     assert isinstance(cache, expected)
 
 
@@ -161,8 +161,8 @@ def test_unknown_method_is_refused_by_name():
 @pytest.mark.parametrize("dtype,u", [("float32", 2.0 ** -24), ("float64", 2.0 ** -53)])
 @pytest.mark.parametrize("rho", [0.0, 1e-6, 0.1, 0.5, 0.99, 2.7, 4.0])
 def test_taylor_terms_keep_the_remainder_below_the_unit_roundoff_and_no_more(dtype, u, rho):
-    m = flows.taylor_terms(rho, np.dtype(dtype))
-    assert 1 <= m <= flows.TAYLOR_MAX_TERMS
+    m = exact_b.taylor_terms(rho, np.dtype(dtype))
+    assert 1 <= m <= exact_b.TAYLOR_MAX_TERMS
     tail = lambda m: sum(rho ** k / math.factorial(k) for k in range(m + 1, m + 80))  # noqa: E731
     assert tail(m) <= u
     assert m == 1 or tail(m - 1) > u / 2  # the bound is tight: one term fewer is not enough
@@ -170,7 +170,7 @@ def test_taylor_terms_keep_the_remainder_below_the_unit_roundoff_and_no_more(dty
 
 @pytest.mark.parametrize("rho", [4.01, 1e300, math.inf, math.nan])
 def test_taylor_terms_give_up_beyond_the_largest_generator(rho):
-    assert flows.taylor_terms(rho, np.dtype("float64")) is None
+    assert exact_b.taylor_terms(rho, np.dtype("float64")) is None
 
 
 @settings(max_examples=40, deadline=None)
@@ -182,6 +182,6 @@ def test_the_norm_bound_is_at_least_the_generator_s_spectral_norm(seed, n, d, t)
     M = A + np.swapaxes(A, -1, -2)  # symmetric, of either sign
     B = rng.normal(size=(d, d))
     theta = B + B.T
-    rho = flows.kronecker_norm_bound(theta, M, t)
+    rho = exact_b.kronecker_norm_bound(theta, M, t)
     true = abs(t) * max(np.abs(np.linalg.eigvalsh(np.kron(theta, Mb))).max() for Mb in M)
     assert rho >= true * (1 - 1e-12)

@@ -134,7 +134,7 @@ def test_bad_thread_counts_are_refused_by_name(bad, error):
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 from flowattn_np import threads as policy_module  # noqa: E402
-from flowattn_np.experiments import cli  # noqa: E402
+from flowattn_np import cli  # noqa: E402
 from flowattn_np.training.train import evaluate, fit  # noqa: E402
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from flowattn_np.equations.ops import mean_cross_entropy, one_hot, softmax
 from flowattn_np.random import host_rng
 from flowattn_np.validate import check_array, check_class_indices, check_shape
-from flowattn_np.equations.mlp import check_activation, init_mlp_params, mlp_logits, mlp_logits_vjp, check_mlp_inputs
+from flowattn_np.equations.mlp import check_activation, init_mlp_params, mlp_logits, mlp_logits_vjp
 
 
 # ---------------------------------------------------------------- the MLP alone, as a classifier
@@ -113,9 +113,4 @@ class MLPClassifier:
         return self.config.describe()
 
 
-__all__ = [
-    "ACTIVATIONS", "MLPCache", "MLP_PARAM_NAMES", "check_activation", "check_mlp_inputs", "gelu",
-    "gelu_grad", "init_mlp_param", "init_mlp_params", "mlp_logits", "mlp_param_shapes", "mlp_logits_vjp", "mlp_oracle", "mlp_oracle_vjp",
-    "mlp_token_oracle", "mlp_token_oracle_vjp", "relu", "relu_grad", "TokenOracleCache", "MLPClassifier",
-    "MLPClassifierConfig",
-]
+__all__ = ["MLPClassifier", "MLPClassifierConfig"]

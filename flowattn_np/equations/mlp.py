@@ -242,3 +242,10 @@ def init_mlp_params(d, k, m, rng, dtype="float32"):
     """Initial MLP weights {"W1", "b1", "W2", "b2"} (``init_mlp_param`` for each of
     ``mlp_param_shapes``, in that order)."""
     return {name: init_mlp_param(name, shape, rng, dtype) for name, shape in mlp_param_shapes(d, k, m).items()}
+
+
+__all__ = [
+    "ACTIVATIONS", "MLPCache", "MLP_PARAM_NAMES", "check_activation", "check_mlp_inputs", "gelu",
+    "gelu_grad", "init_mlp_param", "init_mlp_params", "mlp_logits", "mlp_param_shapes", "mlp_logits_vjp", "mlp_oracle", "mlp_oracle_vjp",
+    "mlp_token_oracle", "mlp_token_oracle_vjp", "relu", "relu_grad", "TokenOracleCache",
+]

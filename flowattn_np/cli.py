@@ -154,6 +154,7 @@ def _add_early_stopping_options(rep):
 
 
 def build_parser():
+    """The ``flowattn-np`` argument parser: reproduce, data, info, threads, notebooks, coursework."""
     parser = _Parser(
         prog="flowattn-np",
         description="Transformers derived as gradient flows of multinomial regression "
@@ -390,6 +391,7 @@ def _info(args):
 
 
 def main(argv=None):
+    """Run the command line on ``argv`` (default: sys.argv); returns the exit status."""
     from flowattn_np.backend import BackendError
     from flowattn_np.experiments.data import DataError
     from flowattn_np.training.files import signals_as_interrupts
