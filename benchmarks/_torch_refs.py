@@ -140,7 +140,7 @@ def _exp_is_safe(S, Z, theta):
 
 def _loss_and_symmetrised_grad(logits, y, unshifted):
     """Mean token cross-entropy and G + G^T of its gradient G = (softmax - onehot) / rows,
-    as the package forms them (gram_softmax.label_cross_entropy_and_grad where unshifted)."""
+    as the package forms them (gram_softmax.label_cross_entropy_and_symmetric_grad where unshifted)."""
     Bsz, n, _ = logits.shape
     rows = Bsz * n
     labels = y.reshape(-1)

@@ -58,7 +58,7 @@ RTOL, ATOL_REL = 1e-4, 1e-5  # gradient agreement: |a - b| <= RTOL |b| + ATOL_RE
 def matmul_products(n, d, m, layers, k_rows):
     """The matrix products of one forward + backward, as they are in the code.
 
-    Per block (layers.py, CrossAttentionBlock._eq8_forward / _eq8_backward), with
+    Per block (fast/eq8.py, FusedCrossAttentionBlock.forward / backward), with
     keys = [W; theta] (k_rows = 2m rows: the learned oracle's keys and the attention keys):
       forward   S     = Z[n,d] @ keys^T[d,2m]         scores of oracle and attention
                 out   = R[n,m] @ theta[m,d]           R = C_hat - P

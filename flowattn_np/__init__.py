@@ -91,8 +91,10 @@ from flowattn_np.equations.mlp import (
     relu,
     relu_grad,
 )
-from flowattn_np.blocks.layers import BlockConfig, CrossAttentionBlock, MemoryBlock, SelfAttentionBlock, make_block
+from flowattn_np.blocks.layers import BlockConfig, CrossAttentionBlock, MemoryBlock, SelfAttentionBlock
+from flowattn_np.blocks.implementations import make_block
 from flowattn_np.blocks.network import Network, NetworkConfig
+import flowattn_np.fast  # noqa: F401,E402  (registers the fast paths in blocks/implementations.py)
 from flowattn_np.training.optim import SGD, Adam
 from flowattn_np.training.train import evaluate, fit, load_checkpoint, save_checkpoint
 from flowattn_np.threads import available_cpus, set_threads

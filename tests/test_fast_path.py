@@ -1,14 +1,11 @@
-"""The fast path training runs equals the readable reference path.
+"""Every fast block equals its readable reference, and one place chooses between them.
 
-Training runs the fused eq. (8) block (``CrossAttentionBlock._eq8_forward`` /
-``_eq8_backward``: oracle and attention scores in one product, the A and B sub-steps in
-one update). The readable version is the general split block (``SplitBlock.forward`` /
-``backward``: one Euler step of the A field through ``flows.rk_forward``, then the B
-sub-flow), reached with ``CrossAttentionBlock(config, fused=False)``; and, for the
-forward pass, ``flows.lie_step`` composed from the public sub-flows.
-
-Both are compared here, forward and backward (Z_bar and every parameter gradient), for
-every source of targets, learned and fixed h, one softmax and several heads, in float64.
+The readable cross-attention block runs eq. (8) as the paper writes it, ``lie_step`` of
+the attention and label sub-steps; the fused eq. (8) block (fast/eq8.py: oracle and
+attention scores in one product, the two sub-steps in one update) is registered in
+blocks/implementations.py for the configurations it supports. For every registered fast
+block and every configuration of the grid it supports, both are compared here, forward
+and backward (Z_bar and every parameter gradient), in float64 to 1e-12.
 """
 
 import itertools
@@ -17,38 +14,41 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.blocks.layers import BlockConfig, CrossAttentionBlock, Eq8Cache, SplitCache
+from flowattn_np.blocks import implementations
+from flowattn_np.blocks.implementations import FAST_BLOCKS, make_block
+from flowattn_np.blocks.layers import BlockConfig, init_block_params
+from flowattn_np.blocks.network_pass import BlockByBlock
+from flowattn_np.fast.eq8 import FusedCrossAttentionBlock
+from flowattn_np.fast.fused_quadratic import FusedQuadraticPass
 
 N, D, M = 6, 4, 5
 TOL = 1e-12
 
-CASES = list(itertools.product(("labels", "none", "learned"), (False, True), (None, (2, 3))))
+GRID = [BlockConfig(targets=targets, learn_h=learn_h, heads=heads, h=0.37, scheme=scheme,
+                    integrator=integrator)
+        for targets, learn_h, heads, scheme, integrator in itertools.product(
+            ("labels", "none", "learned"), (False, True), (None, (2, 3)), ("lie", "strang"), ("euler", "heun"))]
+CASES = [(path.name, cfg) for path in FAST_BLOCKS for cfg in GRID if path.supports(cfg)]
 
 
 def _ids(case):
-    targets, learn_h, heads = case
-    return f"{targets}-{'learnh' if learn_h else 'fixedh'}-{'heads' if heads else 'one-softmax'}"
+    name, cfg = case
+    return f"{name}-{cfg.targets}-{'learnh' if cfg.learn_h else 'fixedh'}-{'heads' if cfg.heads else 'one'}"
 
 
 def _problem(config, seed=0):
     rng = np.random.default_rng(seed)
     Z = rng.normal(size=(N, D))
-    params = {"theta": 0.8 * rng.normal(size=(M, D))}
-    if config.learn_h:
-        params["h"] = np.asarray(config.h)
-    if config.targets == "learned":
-        params["W"] = 0.8 * rng.normal(size=(M, D))
-        params["b"] = 0.5 * rng.normal(size=(M,))
-    C = fa.softmax(rng.normal(size=(N, M)), config.heads) if config.targets == "labels" else None
+    params = init_block_params(config, D, M, rng, "float64", scale=0.8)
+    params = {k: v + 0.3 * rng.normal(size=v.shape) if k in ("W", "b") else v for k, v in params.items()}
+    C = fa.softmax(rng.normal(size=(N, M)), config.heads) if config.uses_labels else None
     return Z, params, C, rng.normal(size=(N, D))
 
 
-def _setup(case):
-    """(config, fused block, reference block, Z, params, C, upstream U) for one case."""
-    targets, learn_h, heads = case
-    config = BlockConfig(targets=targets, learn_h=learn_h, heads=heads, h=0.37)
-    fused, reference = CrossAttentionBlock(config), CrossAttentionBlock(config, fused=False)
-    return (config, fused, reference) + _problem(config)
+def _pair(case):
+    name, config = case
+    fast = next(path for path in FAST_BLOCKS if path.name == name).build(config)
+    return config, fast, make_block(config, fast=False)
 
 
 def _close(a, b):
@@ -56,47 +56,79 @@ def _close(a, b):
     return np.abs(a - b).max() <= TOL * scale
 
 
-@pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_fused_eq8_forward_equals_the_split_block(case):
-    _, fused, reference, Z, params, C, _ = _setup(case)
-    out_fused, cache_fused = fused.forward(Z, params, C)
-    out_ref, cache_ref = reference.forward(Z, params, C)
-    assert isinstance(cache_fused, Eq8Cache) and isinstance(cache_ref, SplitCache)
-    assert _close(out_fused, out_ref), np.abs(out_fused - out_ref).max()
+def test_the_grid_reaches_every_fast_block():
+    assert {name for name, _ in CASES} == {path.name for path in FAST_BLOCKS} >= {"eq8"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_fused_eq8_backward_equals_the_split_block(case):
-    _, fused, reference, Z, params, C, U = _setup(case)
-    Z_bar_fused, g_fused = fused.backward(U.copy(), fused.forward(Z, params, C)[1])
-    Z_bar_ref, g_ref = reference.backward(U.copy(), reference.forward(Z, params, C)[1])
-    assert set(g_fused) == set(g_ref) == set(params)
-    assert _close(Z_bar_fused, Z_bar_ref), np.abs(Z_bar_fused - Z_bar_ref).max()
+def test_a_fast_block_s_forward_equals_its_reference(case):
+    config, fast, reference = _pair(case)
+    Z, params, C, _ = _problem(config)
+    assert fast.fast and not reference.fast
+    out_fast = fast.forward(Z, params, C)[0]
+    out_ref = reference.forward(Z, params, C)[0]
+    assert _close(out_fast, out_ref), np.abs(out_fast - out_ref).max()
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_a_fast_block_s_backward_equals_its_reference(case):
+    config, fast, reference = _pair(case)
+    Z, params, C, U = _problem(config)
+    Z_bar_fast, g_fast = fast.backward(U.copy(), fast.forward(Z, params, C)[1])[:2]
+    Z_bar_ref, g_ref = reference.backward(U.copy(), reference.forward(Z, params, C)[1])[:2]
+    assert set(g_fast) == set(g_ref) == set(params)
+    assert _close(Z_bar_fast, Z_bar_ref), np.abs(Z_bar_fast - Z_bar_ref).max()
     for name in params:
-        assert g_fused[name].shape == params[name].shape, name
-        assert _close(g_fused[name], g_ref[name]), (name, np.abs(g_fused[name] - g_ref[name]).max())
+        assert g_fast[name].shape == params[name].shape, name
+        assert _close(g_fast[name], g_ref[name]), (name, np.abs(g_fast[name] - g_ref[name]).max())
 
 
-@pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_fused_eq8_forward_is_flows_lie_step_of_the_sub_flows(case):
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] == "eq8"], ids=_ids)
+def test_the_fused_eq8_block_is_lie_step_of_the_public_sub_flows(case):
     """B(h) o A(h) with one Euler step of -CA for A and the exact B sub-flow (eq. 8)."""
-    targets, _, heads = case
-    config, fused, _, Z, params, C, _ = _setup(case)
-    theta = params["theta"]
-    if targets == "learned":  # the oracle, held fixed over the block
+    config, fast, _ = _pair(case)
+    Z, params, C, _ = _problem(config)
+    theta, heads = params["theta"], config.heads
+    if config.targets == "learned":  # the oracle, held fixed over the block
         C = fa.softmax(Z @ params["W"].T + params["b"], heads)
     step_A = lambda Y, t: fa.rk_step(fa.linear_field(theta, heads=heads), Y, t, "euler")  # noqa: E731
-    step_B = (lambda Y, t: Y) if targets == "none" else (  # noqa: E731
+    step_B = (lambda Y, t: Y) if config.targets == "none" else (  # noqa: E731
         lambda Y, t: fa.linear_B_exact(Y, theta, C, t, heads))
     expected = fa.lie_step(step_A, step_B, Z, config.h)
-    out = fused.forward(Z, params, C if targets == "labels" else None)[0]
+    out = fast.forward(Z, params, C if config.uses_labels else None)[0]
     assert _close(out, expected), np.abs(out - expected).max()
 
 
-def test_the_switch_selects_the_path():
-    config = BlockConfig(targets="labels")
-    assert CrossAttentionBlock(config).fused and not CrossAttentionBlock(config, fused=False).fused
-    # the fused path exists only for the transformer block (Lie splitting, Euler for A)
-    assert not CrossAttentionBlock(config.replace(scheme="strang")).fused
-    assert not CrossAttentionBlock(config.replace(integrator="heun")).fused
-    assert fa.make_block(config).fused
+def test_one_place_chooses_the_implementation():
+    eq8 = BlockConfig(targets="labels")
+    assert isinstance(make_block(eq8), FusedCrossAttentionBlock) and isinstance(fa.make_block(eq8),
+                                                                                FusedCrossAttentionBlock)
+    assert not make_block(eq8, fast=False).fast
+    # the fused block exists only for the transformer block (Lie splitting, Euler for A, flat)
+    for other in (eq8.replace(scheme="strang"), eq8.replace(integrator="heun"), eq8.replace(norm="sphere"),
+                  eq8.replace(targets="mlp", mlp_hidden=3), eq8.replace(model="quadratic")):
+        assert not make_block(other).fast, other
+    linear = fa.NetworkConfig(n_inputs=D, n_classes=M, layers=2, block=eq8, dtype="float64")
+    net = fa.Network(linear)
+    assert isinstance(net.implementation, BlockByBlock) and net.block.fast and net.fused
+    assert not fa.Network(linear, fused=False).fused
+    quadratic = fa.NetworkConfig(n_inputs=D, layers=1, block=BlockConfig(model="quadratic", targets="none"))
+    assert isinstance(fa.Network(quadratic).implementation, FusedQuadraticPass)
+    assert isinstance(fa.Network(quadratic, fused=False).implementation, BlockByBlock)
+
+
+def test_a_registered_fast_block_is_taken_where_it_supports_and_names_are_unique(monkeypatch):
+    monkeypatch.setattr(implementations, "FAST_BLOCKS", [])
+    seen = []
+
+    class Probe(FusedCrossAttentionBlock):
+        def __init__(self, config):
+            seen.append(config)
+            super().__init__(config)
+
+    implementations.register_fast_block("probe", lambda cfg: cfg.scheme == "strang", Probe)
+    strang, lie = BlockConfig(scheme="strang"), BlockConfig()
+    assert isinstance(implementations.make_block(strang), Probe) and seen == [strang]
+    assert not implementations.make_block(lie).fast  # eq8 is not registered in this registry
+    with pytest.raises(ValueError, match="probe"):
+        implementations.register_fast_block("probe", lambda cfg: True, Probe)

@@ -70,7 +70,7 @@ def test_the_loss_and_the_symmetrised_gradient_equal_the_general_ones(rng, dtype
     y[0] = np.arange(6)  # every label on the diagonal: O + O^T has 2 there
     assert gs.exp_is_safe(S, Z, theta)
     loss_ref, G = label_cross_entropy_and_grad(S, y)
-    loss, G_sym = gs.label_cross_entropy_and_grad(S, y, np.empty_like(S), np.empty_like(S))
+    loss, G_sym = gs.label_cross_entropy_and_symmetric_grad(S, y, np.empty_like(S), np.empty_like(S))
     assert loss.dtype == G_sym.dtype == np.dtype(dtype)
     tol = 1e-14 if dtype == "float64" else 2e-6
     assert abs(float(loss) - float(loss_ref)) <= tol * abs(float(loss_ref))

@@ -305,19 +305,6 @@ class SplitCache(NamedTuple):
     steps: tuple
 
 
-class Eq8Cache(NamedTuple):
-    r"""Cache of the fused eq. (8) block: input $Z$, $\theta$, targets $C$, $P=\sigma(Z\theta^\top)$, $R=C-P$, the step $h$, and the keys $[W;\theta]$ of oracle and attention (learned targets) or None.
-    """
-
-    Z: Any
-    theta: Any
-    C: Any
-    P: Any
-    R: Any
-    h: Any
-    keys: Any
-
-
 class CrossAttentionCache(NamedTuple):
     r"""Cache of the linear A field at a stage $Y$: $\theta$ and $P=\sigma(Y\theta^\top)$."""
 
@@ -469,6 +456,8 @@ class SplitBlock:
     ``B_forward`` / ``B_vjp`` (the B sub-flow over time t) and
     ``oracle`` / ``oracle_vjp`` (the learned targets).
     """
+
+    fast = False  # the readable reference (blocks/implementations.py)
 
     def __init__(self, config):
         self.config = config
@@ -662,46 +651,9 @@ class CrossAttentionBlock(SplitBlock):
     (m,) if ``targets="learned"``; ``"W1"`` (k, d), ``"b1"`` (k,), ``"W2"`` (m, k), ``"b2"``
     (m,) if ``targets="mlp"``. Shapes: $Z$ (n, d), $C$ (n, m).
 
-    With Lie splitting and Euler for A (the transformer block) `forward` takes the fused
-    eq. (8) path; ``fused=False`` takes the general `SplitBlock` path instead (the readable
-    reference, to which tests/test_fast_path.py compares the fused one). With the MLP oracle,
-    evaluated after the attention sub-step, there is no fused path.
+    This is the readable block; the fused eq. (8) block (fast/eq8.py) computes the same for
+    Lie splitting with one Euler step for A, and `make_block` chooses it there.
     """
-
-    def __init__(self, config, fused=True):
-        super().__init__(config)
-        self.fused = (fused and config.scheme == "lie" and config.integrator == "euler"
-                      and not config.normalised and config.targets != "mlp")
-
-    def forward(self, Z, params, C=None, out=None, check=True):
-        """Advance $Z$ by one block.
-
-        Parameters
-        ----------
-        Z : array
-            Features, shape (n, d).
-        params : dict
-            The block's parameters (see the class).
-        C : array, optional
-            Targets, shape (n, m); needed if and only if ``targets="labels"``.
-        out : array, optional
-            A buffer for the output (used by the fused eq. (8) path).
-        check : bool
-            Validate ``Z``, ``params`` and ``C`` first (`check_inputs`); False on the training
-            path, whose inputs were validated once.
-
-        Returns
-        -------
-        Z_out : array
-            Of the shape of ``Z``.
-        cache
-            What `backward` needs.
-        """
-        if check:
-            self.check_inputs(Z, params, C)
-        if self.fused:
-            return self._eq8_forward(Z, params, C, out)
-        return super().forward(Z, params, C, check=False)
 
     def check_inputs(self, Z, params, C=None):
         """Validate Z (n x d), params (shapes of ``block_param_shapes``) and C (n x m)."""
@@ -711,96 +663,6 @@ class CrossAttentionBlock(SplitBlock):
         if self.config.uses_labels:
             require_labels(C)
         linear_inputs(Z, theta, C if self.config.uses_labels else None, self.config.heads)
-
-    def backward(self, Z_bar, cache, out=None):
-        """Vector-Jacobian product of the block.
-
-        Parameters
-        ----------
-        Z_bar : array
-            Upstream gradient, of the shape of the block's output.
-        cache
-            From `forward`.
-        out : array, optional
-            A buffer for ``Z_in_bar``; must not be ``Z_bar`` (fused path only).
-
-        Returns
-        -------
-        Z_in_bar : array
-            Gradient in the input $Z$.
-        grads : dict
-            Gradients keyed like the block's params.
-        """
-        if isinstance(cache, Eq8Cache):
-            return self._eq8_backward(Z_bar, cache, out)
-        return super().backward(Z_bar, cache)
-
-    # The fused eq. (8) path is the fast one that training runs. The readable one is
-    # SplitBlock.forward / backward (one Euler step of the A field by flows.rk_forward,
-    # then B_forward; reached with CrossAttentionBlock(config, fused=False)).
-    # tests/test_fast_path.py proves that both agree, forward and backward.
-    def _eq8_forward(self, Z, params, C, out=None):
-        """The transformer block of eq. (8) in one update: Z + h (C - sigma(Z theta^T)) theta.
-
-        Z_half = Z - h CA(Z, theta) and Z_out = Z_half + h C theta share the product
-        with theta (B is constant in Z, so its exact and Euler forms agree); a learned
-        oracle's scores Z W^T share one product with the attention scores Z theta^T.
-        Fast path: SplitBlock.forward is the readable reference (tests/test_fast_path.py).
-        """
-        cfg = self.config
-        xp = get_array_module(Z)
-        theta = params["theta"]
-        h = cfg.step_size(params)
-        m = theta.shape[0]
-        keys = None
-        if cfg.targets == "learned":
-            keys = xp.concatenate([params["W"], theta])  # keys of oracle and attention: 2m x d
-            S = Z @ keys.T
-            S[:, :m] += params["b"]
-            C = softmax(S[:, :m], cfg.heads)
-            P = softmax(S[:, m:], cfg.heads)
-        else:
-            if cfg.uses_labels:
-                require_labels(C)
-            P = softmax(Z @ theta.T, cfg.heads)
-        R = -P if cfg.targets == "none" else C - P
-        # h scales the n x m factor, not the n x d product: 1/d of the work
-        out = xp.matmul(h * R, theta, out=out)
-        out += Z
-        return out, Eq8Cache(Z, theta, C, P, R, h, keys)
-
-    def _eq8_backward(self, Z_bar, cache, out=None):
-        """VJP of Z_out = Z + h R theta, R = C - P, P = sigma(Z theta^T), C = sigma(Z W^T + b):
-
-            G = Z_bar theta^T,  h_bar = <G, R>,  R_bar = h G
-            theta_bar = h R^T Z_bar + S_P_bar^T Z,  S_P_bar = softmax_vjp(P, -R_bar)
-            S_C_bar = softmax_vjp(C, R_bar),  W_bar = S_C_bar^T Z,  b_bar = 1^T S_C_bar
-            Z_in_bar = Z_bar + S_C_bar W + S_P_bar theta
-
-        Fast path: SplitBlock.backward is the readable reference (tests/test_fast_path.py).
-        """
-        cfg = self.config
-        xp = get_array_module(Z_bar)
-        Z, theta, C, P, R, h, keys = cache
-        G = Z_bar @ theta.T
-        R_bar = h * G
-        grads = {"theta": h * (R.T @ Z_bar)}
-        if cfg.learn_h:
-            grads["h"] = (G * R).sum().reshape(())
-        SP_bar = softmax_vjp_heads(P, -R_bar, cfg.heads)
-        if keys is None:
-            Z_in_bar = xp.matmul(SP_bar, theta, out=out)
-            grads["theta"] += SP_bar.T @ Z
-        else:
-            m = theta.shape[0]
-            S_bar = xp.concatenate([softmax_vjp_heads(C, R_bar, cfg.heads), SP_bar], axis=1)
-            Z_in_bar = xp.matmul(S_bar, keys, out=out)
-            keys_bar = S_bar.T @ Z  # [W_bar; theta_bar part]: one product for both
-            grads["W"] = keys_bar[:m]
-            grads["theta"] += keys_bar[m:]
-            grads["b"] = S_bar[:, :m].sum(axis=0)
-        Z_in_bar += Z_bar
-        return Z_in_bar, grads
 
     def theta_of(self, params):
         r"""The model parameter $\theta$, shape (m, d), from the params dict."""
@@ -969,6 +831,8 @@ class MemoryBlock:
     Keys $K$ and values $V$, each (s, d), are separate parameters, where the gradient flow
     ties both to $\theta$. Params: ``"K"``, ``"V"``, ``"h"`` (if ``learn_h``).
     """
+
+    fast = False
 
     def __init__(self, config):
         self.config = config

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
 
-from flowattn_np.fast import fused_quadratic
 from flowattn_np.backend import (
     Workspace,
     array_module,
@@ -36,21 +34,20 @@ from flowattn_np.blocks.layers import (
     BlockConfig,
     block_param_shapes,
     init_block_param,
-    make_block,
     require_labels,
 )
-from flowattn_np.equations.models import phi_grad, theta_from_phi
+from flowattn_np.blocks.implementations import make_block, network_pass
+from flowattn_np.blocks.network_pass import (
+    block_params,
+    encode,
+    head_heads,
+    target_matrix,
+)
 from flowattn_np.random import host_rng
-from flowattn_np.equations.sphere import check_nonzero_rows, retract_to, retract_to_vjp
+from flowattn_np.equations.sphere import check_nonzero_rows
 from flowattn_np.equations.ops import (
     head_slices,
-    label_cross_entropy_and_grad,
     mean_cross_entropy,
-    mean_cross_entropy_and_grad,
-    one_hot,
-    sum_leading,
-    swap_last,
-    symmetric_row_max,
 )
 
 ENCODINGS = ("identity", "linear")
@@ -219,17 +216,6 @@ class NetworkConfig:
         return cls(block=BlockConfig(**block), **d)
 
 
-class NetworkCache(NamedTuple):
-    r"""Cache of `Network.forward`: the input $X$, the last features $Z_L$, the head's $\theta$, and the cache of each block, in order.
-    """
-
-    X: Any
-    Z: Any
-    theta: Any
-    block_caches: list
-    encoded: Any = None
-
-
 # work per part (see Network.batch_parts) below which a batch is not split: on a 2-core
 # Xeon two threads ran the quadratic network's step at (32, 128, 64) 1.8x and at
 # (64, 64, 32) 1.3-1.45x as fast as one, at (16, 16, 32) half as fast; the linear one at
@@ -265,8 +251,9 @@ class Network:
     params : dict of array, optional
         Parameters to use instead (checked against the architecture).
     fused : bool
-        Whether quadratic Lie/Euler networks train through ``fused_quadratic`` (False: the
-        readable per-block path).
+        Whether to run a registered fast path where one computes this configuration (the
+        fused eq. (8) block, the fused self-attention pass; ``blocks/implementations.py``);
+        False runs the readable pass, block after block.
     threads : int, optional
         Host threads that share a training batch in `loss_and_grads` (see there); 1 runs
         it in the calling thread. Default: the package's thread policy (``threads.py``:
@@ -278,10 +265,11 @@ class Network:
         if not isinstance(config, NetworkConfig):
             raise TypeError(f"config: expected a NetworkConfig, got {type(config).__name__}")
         self.config = config
-        # quadratic Lie/Euler networks run the fused pass (fused_quadratic.py);
-        # fused=False runs the readable per-block path (the reference the tests compare with)
-        self.fused = bool(fused) and fused_quadratic.supports(config)
-        self.block = make_block(config.block)
+        # the one place a pass is chosen: a registered fast path where one supports the
+        # configuration, else the readable block-by-block pass (fused=False: always that)
+        self.implementation = network_pass(config, fast=bool(fused))
+        self.block = make_block(config.block, fast=bool(fused))  # what `features` steps through
+        self.fused = self.implementation.fast or self.block.fast  # whether a fast path runs
         if params is None:
             self.params = self.init_params(seed)
         else:
@@ -330,10 +318,7 @@ class Network:
 
     def block_params(self, layer):
         """The parameter dict block ``layer`` sees (shared arrays when tied)."""
-        if self.config.tied:
-            return self.params
-        prefix = f"block{layer}."
-        return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
+        return block_params(self.config, self.params, layer)
 
     # -- targets --------------------------------------------------------------
     def check_labels(self, y, rows, name="y"):
@@ -371,17 +356,9 @@ class Network:
         array
             $C$, shape (n, m), (n, sum of heads) or (B, n, n).
         """
-        cfg = self.config
-        xp = get_array_module(y)
         if check:
             self.check_labels(y, y.shape[:-1] if self._heads() else y.shape)
-        if cfg.head_model == "quadratic":
-            B, n = y.shape
-            return one_hot(y.reshape(-1), n, dtype, check=False).reshape(B, n, n)
-        if cfg.block.heads is None:
-            return one_hot(y, cfg.n_classes, dtype, check=False)
-        return xp.concatenate([one_hot(y[:, i], m, dtype, check=False)
-                               for i, m in enumerate(cfg.block.heads)], axis=1)
+        return target_matrix(self.config, y, dtype)
 
     def _block_targets(self, X, y, C, check=True):
         """C for the blocks: given, built from y, or None when they do not use labels."""
@@ -426,14 +403,7 @@ class Network:
     def encode(self, X):
         r"""$Z_0=X$ (identity encoding) or $XE^\top$ (linear encoding), followed by the blocks' normalisation $R$ when they use one (so that $Z_0$ lies on their manifold).
         """
-        return self._encode(X)[0]
-
-    def _encode(self, X):
-        """(Z_0, the encoding before the normalisation, or None when there is none)."""
-        E_X = X if self.config.encoding == "identity" else X @ self.params["E"].T
-        if not self.config.normalises_input:
-            return E_X, None
-        return retract_to(E_X, self.config.block.norm), E_X
+        return encode(self.config, self.params, X)[0]
 
     # -- forward / backward ---------------------------------------------------
     @thread_policy.compute
@@ -463,25 +433,13 @@ class Network:
         cache : NetworkCache
             What `backward` needs.
         """
-        cfg = self.config
         self.check_inputs_backend(X=X, y=y, C=C)  # types only: no sync, also when check=False
         if check:
             X = self.check_input(X)
             if C is not None:
                 self._check_targets(X, C)
         C = self._block_targets(X, y, C, check)
-        if self.fused:
-            return fused_quadratic.forward(self, X, C, workspace)
-        Z, encoded = self._encode(X)
-        xp = get_array_module(Z)
-        caches = []
-        for layer in range(cfg.layers):
-            out = None if workspace is None else workspace.get(f"Z{layer + 1}", Z.shape, Z.dtype, xp)
-            Z, c = self.block.forward(Z, self.block_params(layer), C, out=out, check=False)
-            caches.append(c)
-        theta = self._head_theta()
-        logits = Z @ theta.T if cfg.head_model == "linear" else Z @ theta @ swap_last(Z)
-        return logits, NetworkCache(X, Z, theta, caches, encoded)
+        return self.implementation.forward(self.params, X, C, workspace)
 
     def check_inputs_backend(self, **inputs):
         """BackendError naming each input that is not on the parameters' backend (types
@@ -489,22 +447,6 @@ class Network:
         where = backend_of(self.params["phi" if self.config.head_model == "quadratic" else "theta"])
         check_same_backend(**{f"params[{k!r}]": v for k, v in self.params.items()})
         check_on_backend(where, f"the network's parameters are {arrays_description(where)}", **inputs)
-
-    def _head_theta(self):
-        if self.config.head_model == "linear":
-            return self.params["theta"]
-        return theta_from_phi(self.params["phi"], check=False)  # checked when params were set
-
-    def _head_backward(self, logits_bar, cache, buf):
-        """Gradients of the head: returns (Z_bar, {"theta" or "phi": ...})."""
-        Z, theta = cache.Z, cache.theta
-        if self.config.head_model == "linear":
-            Z_bar = get_array_module(Z).matmul(logits_bar, theta, out=buf)
-            return Z_bar, {"theta": logits_bar.T @ Z}
-        # theta symmetric: one product, not two
-        Z_bar = (logits_bar + swap_last(logits_bar)) @ (Z @ theta)
-        theta_bar = sum_leading(swap_last(Z) @ logits_bar @ Z)
-        return Z_bar, {"phi": phi_grad(theta_bar, self.params["phi"])}
 
     @thread_policy.compute
     def backward(self, logits_bar, cache, workspace=None):
@@ -524,32 +466,10 @@ class Network:
         dict
             Gradients keyed like ``params``.
         """
-        if isinstance(cache, fused_quadratic.FusedQuadraticCache):
-            return fused_quadratic.backward(self, logits_bar, cache, workspace)
-        cfg = self.config
-        X, Z = cache.X, cache.Z
-        xp = get_array_module(logits_bar)
-        bufs = (None, None) if workspace is None else tuple(
-            workspace.get(name, Z.shape, Z.dtype, xp) for name in ("Z_bar_a", "Z_bar_b"))
-        Z_bar, grads = self._head_backward(logits_bar, cache, bufs[0])
-        for layer in reversed(range(cfg.layers)):
-            out = bufs[1] if Z_bar is bufs[0] else bufs[0]  # never the buffer being read
-            Z_bar, g = self.block.backward(Z_bar, cache.block_caches[layer], out=out)
-            prefix = "" if cfg.tied else f"block{layer}."
-            for k, v in g.items():
-                name = prefix + k
-                if name in grads:
-                    grads[name] += v  # tied weights: the gradients of all blocks add up
-                else:
-                    grads[name] = v
-        if cfg.encoding == "linear":
-            if cache.encoded is not None:  # Z_0 = R(X E^T)
-                Z_bar = retract_to_vjp(cache.encoded, Z_bar, cfg.block.norm)
-            grads["E"] = sum_leading(swap_last(Z_bar) @ X) if X.ndim > 2 else Z_bar.T @ X
-        return grads
+        return self.implementation.backward(self.params, logits_bar, cache, workspace)
 
     def _heads(self):
-        return self.config.block.heads if self.config.head_model == "linear" else None
+        return head_heads(self.config)
 
     def loss_from_logits(self, logits, C, check=False):
         r"""Batch-mean cross-entropy $-\frac{1}{\text{rows}}\langle C,\log\sigma(\text{logits})\rangle$, a 0-d array.
@@ -608,12 +528,8 @@ class Network:
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _loss_and_grads(self, X, y, workspace):
-        if self.fused:  # token targets: the one-hot (B, n, n) matrix only if the blocks use it
-            return fused_quadratic.loss_and_grads(self, X, y, workspace)
-        C = self.target_matrix(y, X.dtype, check=False)
-        logits, cache = self.forward(X, C=C, workspace=workspace, check=False)
-        loss, logits_bar = mean_cross_entropy_and_grad(logits, C, self._heads())
-        return loss, self.backward(logits_bar, cache, workspace=workspace), logits
+        C = self._block_targets(X, y, None, check=False)  # the blocks' targets, if they use labels
+        return self.implementation.loss_and_grads(self.params, X, y, C, workspace)
 
     @thread_policy.compute
     def loss(self, X, y):
@@ -621,11 +537,7 @@ class Network:
         self.check_inputs_backend(X=X, y=y)
         X = self.check_input(X)
         self.check_labels(y, X.shape[:-1])
-        if self.fused:
-            logits = self.forward(X, y, check=False)[0]
-            return label_cross_entropy_and_grad(logits, y, shift=symmetric_row_max(logits))[0]
-        C = self.target_matrix(y, X.dtype, check=False)
-        return self.loss_from_logits(self.forward(X, C=C, check=False)[0], C)
+        return self.implementation.loss(self.params, X, y, self._block_targets(X, y, None, check=False))
 
     def logits(self, X, y=None):
         """Logits of a batch (y only for blocks that use the true labels)."""

@@ -2,9 +2,11 @@
 quadratic blocks with Lie splitting and one Euler step for A (the transformer block,
 eq. 10), and its quadratic head.
 
-The mathematics is that of ``SelfAttentionBlock`` (layers.py), ``flows.quadratic_B_exact``
-and the head ``logits = Z theta Z^T``; ``Network(config, fused=False)`` runs those
-readable pieces instead, and tests/test_fused_quadratic.py checks both agree. Per block:
+The mathematics is that of ``SelfAttentionBlock``, ``exact_b.quadratic_B_exact`` and the
+head ``logits = Z theta Z^T``: ``FusedQuadraticPass`` implements the interface of the
+readable pass ``network_pass.BlockByBlock`` (which ``Network(config, fused=False)`` runs)
+and registers itself for the configurations it supports (``fast/__init__.py``);
+tests/test_fused_quadratic.py checks both agree. Per block:
 
     Y = Z theta,  P = sigma(Y Z^T),  Z_half = Z - h (P + P^T) Y           (A, Euler)
     Z_out = B-step of Z_half with M = C + C^T (exact or Euler; none if targets='none')
@@ -33,8 +35,9 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from flowattn_np.backend import Workspace, get_array_module
+from flowattn_np.blocks.network_pass import block_params, encode, head_theta
 from flowattn_np.fast.gram_softmax import attention_sum, attention_sum_vjp, exp_is_safe, symmetric_softmax
-from flowattn_np.fast.gram_softmax import label_cross_entropy_and_grad as gram_label_cross_entropy_and_grad
+from flowattn_np.fast.gram_softmax import label_cross_entropy_and_symmetric_grad
 from flowattn_np.equations.exact_b import default_B_method, quadratic_B_exact_forward, quadratic_B_exact_vjp
 from flowattn_np.equations.models import phi_grad, theta_from_phi
 from flowattn_np.equations.ops import (
@@ -101,38 +104,38 @@ class FusedQuadraticCache(NamedTuple):
     blocks: tuple
 
 
-def _weights(net, layer, theta=None):
-    cfg = net.config.block
-    prefix = "" if net.config.tied else f"block{layer}."
-    p = net.params
-    theta = theta_from_phi(p[prefix + "phi"], check=False) if theta is None else theta
+def _weights(config, params, layer):
+    cfg = config.block
+    prefix = "" if config.tied else f"block{layer}."
+    p = params
+    theta = theta_from_phi(p[prefix + "phi"], check=False)
     xp = get_array_module(theta)
     W = p.get(prefix + "W") if cfg.targets == "learned" else None
     keys = theta if W is None else xp.concatenate([theta, W], axis=1)
     # eigh(theta) once per pass where the exact B step takes the eigenbases
     exact = cfg.targets != "none" and cfg.b_flow == "exact"
     eig = xp.linalg.eigh(theta) if exact and default_B_method(theta) == "eigh" else None
-    return QuadraticWeights(theta, keys, W, eig, cfg.step_size(p if not prefix else net.block_params(layer)),
+    return QuadraticWeights(theta, keys, W, eig, cfg.step_size(block_params(config, params, layer)),
                             (prefix + "phi", prefix + "W", prefix + "h"))
 
 
-def forward(net, X, C=None, workspace=None):
+def forward(config, params, X, C=None, workspace=None):
     """Logits Z_L theta Z_L^T of a batch and a FusedQuadraticCache (see module docstring).
 
     With a ``workspace`` the block outputs and (B, n, n) tensors are reused buffers, valid
     until the next call with it; the logits are always a fresh array.
     """
     ws = Workspace() if workspace is None else workspace
-    Z = net.encode(X)
+    Z = encode(config, params, X)[0]
     Z0 = Z
     weights, caches = [], []
-    shared = _weights(net, 0) if net.config.tied and net.config.layers else None
-    for layer in range(net.config.layers):
-        w = shared if shared is not None else _weights(net, layer)
-        Z, c = _block_forward(Z, w, C, net.config.block, ws, layer)
+    shared = _weights(config, params, 0) if config.tied and config.layers else None
+    for layer in range(config.layers):
+        w = shared if shared is not None else _weights(config, params, layer)
+        Z, c = _block_forward(Z, w, C, config.block, ws, layer)
         weights.append(w)
         caches.append(c)
-    theta = shared.theta if shared is not None else theta_from_phi(net.params["phi"], check=False)
+    theta = shared.theta if shared is not None else head_theta(config, params)
     xp = get_array_module(Z)
     Y = matmul_rows(Z, theta, out=ws.get("Y_head", Z.shape, Z.dtype, xp))
     logits = Y @ swap_last(Z)
@@ -179,11 +182,11 @@ def _block_forward(Z, w, C, cfg, ws, layer):
     return Z_out, FusedBlockCache(Z, Y, ZW, P, r, Q, F, C, Bc, Z_half)
 
 
-def backward(net, logits_bar, cache, workspace=None, symmetrised=False):
+def backward(config, params, logits_bar, cache, workspace=None, symmetrised=False):
     """Gradients of every parameter for upstream logits_bar G (B, n, n), keyed like params
     (``symmetrised``: logits_bar holds G + G^T, which is all the head needs)."""
     ws = Workspace() if workspace is None else workspace
-    cfg = net.config
+    cfg = config
     Z = cache.Z
     xp = get_array_module(Z)
     bufs = tuple(_buf(ws, name, Z) for name in ("Z_bar_a", "Z_bar_b"))
@@ -201,7 +204,7 @@ def backward(net, logits_bar, cache, workspace=None, symmetrised=False):
         Z_bar = _block_backward(Z_bar, cache.blocks[layer], cache.weights[layer], cfg.block, ws,
                                 need_input, out, theta_bars, grads)
     for name, theta_bar in theta_bars.items():
-        grads[name] = phi_grad(theta_bar, net.params[name])
+        grads[name] = phi_grad(theta_bar, params[name])
     if cfg.encoding == "linear":
         grads["E"] = gram_sum(Z_bar, cache.X)
     return grads
@@ -278,17 +281,46 @@ def _B_vjp(Z_bar, c, w, cfg):
     return Z_half_bar, h * gram_sum(MZ, Z_bar), M_bar, (Z_bar * MZt).sum() if cfg.learn_h else None
 
 
-def loss_and_grads(net, X, y, workspace):
+def loss_and_grads(config, params, X, y, C=None, workspace=None):
     """Mean cross-entropy of integer token labels y (B, n), the gradients and the logits:
     the fused forward, the loss, and the backward from G + G^T (gram_softmax where the
-    unshifted exponential is safe, else the max-shifted loss)."""
-    logits, cache = forward(net, X, net._block_targets(X, y, None, False), workspace)
+    unshifted exponential is safe, else the max-shifted loss). ``C``: the blocks' targets."""
+    workspace = Workspace() if workspace is None else workspace
+    logits, cache = forward(config, params, X, C, workspace)
     xp = get_array_module(logits)
     G_sym = workspace.get("logits_bar", logits.shape, logits.dtype, xp)
     if exp_is_safe(logits, cache.Z, cache.theta):
         E = workspace.get("logits_exp", logits.shape, logits.dtype, xp)
-        loss, G_sym = gram_label_cross_entropy_and_grad(logits, y, E, G_sym)
+        loss, G_sym = label_cross_entropy_and_symmetric_grad(logits, y, E, G_sym)
     else:
         loss, G = label_cross_entropy_and_grad(logits, y, out=G_sym, shift=symmetric_row_max(logits))
         G_sym = xp.add(G, swap_last(G), out=workspace.get("logits_exp", logits.shape, logits.dtype, xp))
-    return loss, backward(net, G_sym, cache, workspace, symmetrised=True), logits
+    return loss, backward(config, params, G_sym, cache, workspace, symmetrised=True), logits
+
+
+class FusedQuadraticPass:
+    """The self-attention network's pass, fused: the interface of the readable
+    ``network_pass.BlockByBlock`` (forward, backward, loss_and_grads, loss), for the
+    configurations ``supports`` accepts."""
+
+    fast = True
+
+    def __init__(self, config):
+        self.config = config
+
+    def forward(self, params, X, C=None, workspace=None):
+        """Logits and a FusedQuadraticCache (see `forward`)."""
+        return forward(self.config, params, X, C, workspace)
+
+    def backward(self, params, logits_bar, cache, workspace=None):
+        """Gradients keyed like ``params`` (see `backward`)."""
+        return backward(self.config, params, logits_bar, cache, workspace)
+
+    def loss_and_grads(self, params, X, y, C=None, workspace=None):
+        """(loss, grads, logits) of token labels y (see `loss_and_grads`)."""
+        return loss_and_grads(self.config, params, X, y, C, workspace)
+
+    def loss(self, params, X, y, C=None):
+        """Mean cross-entropy of token labels y, without the (B, n, n) one-hot targets."""
+        logits = forward(self.config, params, X, C)[0]
+        return label_cross_entropy_and_grad(logits, y, shift=symmetric_row_max(logits))[0]

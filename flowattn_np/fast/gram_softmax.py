@@ -168,7 +168,7 @@ def attention_sum_vjp(E, r, Q, P_bar, tmp):
     return P_bar
 
 
-def label_cross_entropy_and_grad(logits, y, E, out):
+def label_cross_entropy_and_symmetric_grad(logits, y, E, out):
     r"""Mean cross-entropy of Gram logits N (`exp_is_safe` passed) with integer labels, and
     $G+G^\top$ of its gradient $G=(\sigma(N)-\operatorname{onehot}(y))/\text{rows}$.
 
