@@ -396,6 +396,7 @@ def _resolve(name):
 
 
 _PUBLIC_NAMES = {}
+_PUBLIC_CLASSES = {}
 
 
 def _called_name(frame):
@@ -407,11 +408,21 @@ def _called_name(frame):
             for name, obj in vars(module).items():
                 own = module is flowattn_np or getattr(obj, "__module__", None) == __name__
                 if own and not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)):
+                    if module is flowattn_np and inspect.isclass(obj):
+                        _PUBLIC_CLASSES[name] = obj
                     for code in _codes(obj):
                         _PUBLIC_NAMES[code] = f"{prefix}.{name}" + (
                             f".{code.co_name}" if inspect.isclass(obj) else "")
     code = frame.f_code
-    return _PUBLIC_NAMES.get(code) or f"{frame.f_globals.get('__name__', '?')}.{code.co_qualname}"
+    if code in _PUBLIC_NAMES:
+        return _PUBLIC_NAMES[code]
+    # a method a public class inherits (SplitBlock.forward of fa.CrossAttentionBlock): the
+    # public class of the object it runs on, as the student wrote it
+    owner = frame.f_locals.get("self") if code.co_varnames[:1] == ("self",) else None
+    public = [c.__name__ for c in type(owner).__mro__ if _PUBLIC_CLASSES.get(c.__name__) is c]
+    if owner is not None and public:
+        return f"flowattn_np.{public[0]}.{code.co_name}"
+    return f"{frame.f_globals.get('__name__', '?')}.{code.co_qualname}"
 
 
 class _Guard:
