@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 import flowattn_np
+from helpers import package_modules
 from flowattn_np import links
 from flowattn_np.cli import main
 
@@ -104,11 +105,14 @@ def test_build_gives_no_warning_and_twine_check_passes(dist):
 def test_wheel_ships_the_package_the_notebooks_and_the_assignments(dist):
     names = zipfile.ZipFile(dist.wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"flowattn_np", f"flowattn_np-{flowattn_np.__version__}.dist-info"}
-    assert "flowattn_np/blocks/layers.py" in names and "flowattn_np/__main__.py" in names
-    shipped = {n for n in names if n.startswith(("flowattn_np/notebooks/", "flowattn_np/assignments/"))}
+    assert "flowattn_np/equations/models.py" in names and "flowattn_np/__main__.py" in names
+    # every module of the checkout, subpackages included (a package left out of pyproject's list)
+    assert {f"flowattn_np/{p.relative_to(p.parents[len(m.split('.')) - 1]).as_posix()}"
+            for m, p in package_modules().items()} <= set(names)
+    shipped = {n for n in names if n.startswith(("flowattn_np/teaching/notebooks/", "flowattn_np/teaching/assignments/"))}
     # the .ipynb only: the jupytext .py sources stay in the repository and the sdist
-    assert shipped == ({f"flowattn_np/notebooks/{n}" for n in NOTEBOOKS}
-                       | {f"flowattn_np/assignments/{n}" for n in ASSIGNMENTS})
+    assert shipped == ({f"flowattn_np/teaching/notebooks/{n}" for n in NOTEBOOKS}
+                       | {f"flowattn_np/teaching/assignments/{n}" for n in ASSIGNMENTS})
     metadata = zipfile.ZipFile(dist.wheel).read(
         f"flowattn_np-{flowattn_np.__version__}.dist-info/METADATA").decode("utf-8")
     assert "127.0.0.1" not in metadata
@@ -179,7 +183,7 @@ def test_the_wheel_works_in_a_fresh_environment_outside_the_checkout(dist, tmp_p
     # --ignore-installed: this environment sees the checkout's own (editable) install
     run(sys.executable, "-m", "pip", "--python", bindir / "python", "install", "-q", "--no-deps",
         "--ignore-installed", dist.wheel)
-    probe = run(bindir / "python", "-c", "import flowattn_np, flowattn_np.teaching.course as w; "
+    probe = run(bindir / "python", "-c", "import flowattn_np, flowattn_np.links as w; "
                 "print(flowattn_np.__file__); print(w.site_url())").stdout.split()
     assert Path(probe[0]).is_relative_to(venv), probe  # the wheel's copy, not the checkout's
     assert probe[1] == SITE_URL  # from the wheel's metadata: there is no mkdocs.yml here
