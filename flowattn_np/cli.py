@@ -85,7 +85,7 @@ def _names(text):
 
 
 def _parts(text):
-    from flowattn_np.experiments.experiment import PARTS
+    from flowattn_np.experiments.common import PARTS
 
     values = _ints(text)
     if any(v not in PARTS for v in values):
@@ -279,13 +279,8 @@ REPRODUCE_OPTIONS = ("layers", "max_layers", "noise", "train_noise", "epochs", "
 
 
 def _reproduce(args):
-    from flowattn_np.experiments.experiment import (
-        FIGURES_SKIPPED,
-        ReproduceConfig,
-        default_out,
-        markdown_table,
-        reproduce,
-    )
+    from flowattn_np.experiments.common import ReproduceConfig
+    from flowattn_np.experiments.reproduce import FIGURES_SKIPPED, default_out, markdown_table, reproduce
     from flowattn_np.experiments.plotting import matplotlib_available
     from flowattn_np.training.train import NonFiniteLossError
 
