@@ -142,7 +142,7 @@ def test_no_message_of_the_grad_theta_exercise_states_the_formula_a1_asks_to_der
     for check in (checks.check_function, checks.check_gradient):
         reference = fa.linear_grad_theta if check is checks.check_function else fa.linear_loss
         kw = {} if check is checks.check_function else {"wrt": 1, "reference_grad": fa.linear_grad_theta}
-        r = check(student, reference, checks.linear_inputs, exercise="linear_grad_theta", raise_on_failure=False,
+        r = check(student, reference, checks.make_linear_inputs, exercise="linear_grad_theta", raise_on_failure=False,
                   **kw)
         assert not r.passed and r.diagnoses, r.message
         for formula in ("C^T Z", "C)^T Z", "sigma(Z theta^T)^T Z", "G^T Z", "G.T @ Z", "^T Z"):
@@ -175,11 +175,11 @@ def test_the_messages_in_the_teaching_guide_are_the_checkers_own():
 
     guide = (Path(__file__).resolve().parents[1] / "docs" / "teaching.md").read_text(encoding="utf-8")
     results = [
-        checks.check_function(a2_block_forward_half_step, checks.reference_ca_block, checks.block_inputs,
+        checks.check_function(a2_block_forward_half_step, checks.reference_ca_block, checks.make_block_inputs,
                               exercise="ca_block", raise_on_failure=False),
-        checks.check_function(a1_grad_Z_copied, fa.linear_grad_Z, checks.linear_inputs, exercise="linear_grad_Z",
+        checks.check_function(a1_grad_Z_copied, fa.linear_grad_Z, checks.make_linear_inputs, exercise="linear_grad_Z",
                               raise_on_failure=False),
-        checks.check_function(a1_cross_entropy, fa.linear_loss, checks.linear_inputs, exercise="cross_entropy",
+        checks.check_function(a1_cross_entropy, fa.linear_loss, checks.make_linear_inputs, exercise="cross_entropy",
                               uses={"logsumexp": a1_logsumexp_global_max}, raise_on_failure=False),
     ]
     assert [r.diagnoses[:1] for r in results] == [

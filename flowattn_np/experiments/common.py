@@ -342,8 +342,10 @@ def lam_max(theta):
 def true_label_network(theta, scheme, h, layers, norm="none"):
     r"""Part 2's network: ``layers`` tied linear blocks fed the true labels, $\theta$ fixed.
 
-    Each block is one Lie or Strang step of eq. (8) with step $h$ (``norm="sphere"``: the
-    post-norm blocks on the sphere of part 4); ``features(Z, y)`` gives the iterates
+    Each block is one step $h$ of the linear flow: ``"lie"`` is the block of eq. (8) (one Euler
+    step of the attention sub-flow A, then the exact label sub-flow B), ``"strang"`` the
+    symmetric A(h/2), B(h), A(h/2) with Euler half steps (``norm="sphere"``: the post-norm
+    blocks on the sphere of part 4); ``features(Z, y)`` gives the iterates
     $Z_0,\dots,Z_L$ (an oracle computation: the labels enter them).
 
     Parameters

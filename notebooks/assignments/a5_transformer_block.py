@@ -348,7 +348,7 @@ print(f"MLP alone:           training loss {alone_losses[0]:.3f} -> {alone_losse
 
 # %% nbgrader={"grade": true, "grade_id": "test_training", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 # points for training only with gradients that agree with central differences of the loss
-def network_inputs(r):
+def make_network_inputs(r):
     Xs, ys = make_blobs(n=12, classes=4, spread=1.0, seed=int(r.integers(1000)), dtype="float64")
     p = init(int(r.integers(1000)), k=5, dtype="float64")
     return (Xs, ys, p["theta"], np.asarray(0.4), *(p[k] for k in MLP))
@@ -366,7 +366,7 @@ def reference_network_loss(X, y, theta, h, W1, b1, W2, b2):
 
 
 for wrt in range(2, 8):  # theta, h, W1, b1, W2, b2
-    checks.check_gradient(student_network_grads, reference_network_loss, network_inputs, wrt=wrt, output=wrt - 2,
+    checks.check_gradient(student_network_grads, reference_network_loss, make_network_inputs, wrt=wrt, output=wrt - 2,
                           dtypes=("float64",), seeds=(6,), exercise="mlp_network",
                           uses={"block_backward": (student_block_vjp, "mlp_block_vjp")} if wrt == 2 else None)
 assert net_losses[-1] < 0.5 * net_losses[0], "the training loss should at least halve"
