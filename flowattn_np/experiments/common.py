@@ -444,3 +444,13 @@ def settings_lines(settings, keys, label_columns):
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+# every public name (the package exports ReproduceConfig and lam_max; the API page lists all)
+__all__ = [
+    "PARTS", "VARIANTS", "NORMS", "check_norms", "ReproduceConfig", "noise_key", "seed_stats", "noisy",
+    "head_metrics", "run_optimizer", "fit_config", "VAL_SEED", "RunData", "validation_split", "test_on_suite",
+    "train", "train_over_seeds", "row_stats", "training_note", "lam_max", "true_label_network",
+    "depth_metrics", "label_free_network", "step_report", "pct", "epochs_cell", "depth_cells",
+    "settings_lines",
+]

@@ -419,3 +419,11 @@ def robustness(panels, path=None, title=None, unseen=("occlusion", "blur")):
     if path:
         save(fig, path)
     return fig
+
+
+# every public name (the package exports method_color and the module; the API page lists all)
+__all__ = [
+    "METHOD_COLORS", "STYLES", "MARKERS", "method_color", "matplotlib_available", "save", "method_in",
+    "figure1", "accuracy_vs_layers", "training_curves", "PART5_STYLES", "part5_rows", "part5_accuracy",
+    "NORM_METHODS", "normalisation", "CORRUPTION_AXES", "robustness",
+]

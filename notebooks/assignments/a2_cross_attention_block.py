@@ -39,8 +39,7 @@
 import numpy as np
 
 import flowattn_np as fa
-from flowattn_np.teaching import checks
-from flowattn_np.experiments.data import make_blobs
+from flowattn_np import checks, make_blobs
 
 np.set_printoptions(precision=4, suppress=True)
 

@@ -37,8 +37,7 @@
 import numpy as np
 
 import flowattn_np as fa
-from flowattn_np.teaching import checks
-from flowattn_np.experiments.data import make_retrieval
+from flowattn_np import checks, make_retrieval
 
 np.set_printoptions(precision=4, suppress=True)
 

@@ -35,7 +35,7 @@
 import numpy as np
 
 import flowattn_np as fa
-from flowattn_np.teaching import checks
+from flowattn_np import checks
 
 np.set_printoptions(precision=4, suppress=True)
 
