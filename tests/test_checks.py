@@ -43,13 +43,13 @@ CASES = {
     "strang_step": (checks.reference_strang_step, checks.make_block_inputs),
     "retract": (fa.retract, retract_inputs),
     "retract_vjp": (fa.retract_vjp, checks.make_sphere_inputs),
-    "gelu": (fa.gelu, checks.activation_inputs),
-    "gelu_grad": (fa.gelu_grad, checks.activation_inputs),
-    "mlp_oracle": (checks.reference_mlp_oracle, checks.mlp_inputs),
-    "mlp_oracle_vjp": (checks.reference_mlp_oracle_vjp, checks.mlp_vjp_inputs),
-    "mlp_block": (checks.reference_mlp_block, checks.mlp_block_inputs),
-    "mlp_block_vjp": (checks.reference_mlp_block_vjp, checks.mlp_block_vjp_inputs),
-    "mlp_network": (checks.reference_mlp_network, checks.mlp_network_inputs),
+    "gelu": (fa.gelu, checks.make_activation_inputs),
+    "gelu_grad": (fa.gelu_grad, checks.make_activation_inputs),
+    "mlp_oracle": (checks.reference_mlp_oracle, checks.make_mlp_inputs),
+    "mlp_oracle_vjp": (checks.reference_mlp_oracle_vjp, checks.make_mlp_vjp_inputs),
+    "mlp_block": (checks.reference_mlp_block, checks.make_mlp_block_inputs),
+    "mlp_block_vjp": (checks.reference_mlp_block_vjp, checks.make_mlp_block_vjp_inputs),
+    "mlp_network": (checks.reference_mlp_network, checks.make_mlp_network_inputs),
 }
 CATALOGUED = [(name, mk) for name, ex in checks.EXERCISES.items() for mk in ex.mistakes]
 

@@ -1511,14 +1511,14 @@ def reference_rk4_attention(Z, theta, t):
 # ---------------------------------------------------------------- assignment 5: the MLP oracle in a block
 
 
-def activation_inputs(rng, n=4, k=6, scale=3.0):
+def make_activation_inputs(rng, n=4, k=6, scale=3.0):
     """Random pre-activations x (n, k), a few of them far out (|x| of 30) where tanh saturates."""
     x = scale * rng.standard_normal((n, k))
     x.flat[:2] = (30.0, -30.0)
     return (x,)
 
 
-def mlp_inputs(rng, n=5, d=3, k=6, m=4, scale=1.0):
+def make_mlp_inputs(rng, n=5, d=3, k=6, m=4, scale=1.0):
     """Random (Z (n, d), W1 (k, d), b1 (k,), W2 (m, k), b2 (m,)) for the MLP oracle.
 
     scale multiplies W2 and b2: the oracle's logits; scale=300 puts them far beyond exp's range.
@@ -1527,21 +1527,21 @@ def mlp_inputs(rng, n=5, d=3, k=6, m=4, scale=1.0):
             scale * rng.standard_normal((m, k)) / k ** 0.5, scale * rng.standard_normal(m))
 
 
-def mlp_vjp_inputs(rng, **sizes):
+def make_mlp_vjp_inputs(rng, **sizes):
     """Random (C_bar (n, m), Z, W1, b1, W2, b2): an upstream gradient and the oracle's inputs."""
-    Z, W1, b1, W2, b2 = mlp_inputs(rng, **sizes)
+    Z, W1, b1, W2, b2 = make_mlp_inputs(rng, **sizes)
     return (rng.standard_normal((Z.shape[0], W2.shape[0])), Z, W1, b1, W2, b2)
 
 
-def mlp_block_inputs(rng, n=5, d=3, k=6, m=4):
+def make_mlp_block_inputs(rng, n=5, d=3, k=6, m=4):
     """Random (Z, theta (m, d), h (0-d array), W1, b1, W2, b2) for a Lie block with the MLP oracle."""
-    Z, W1, b1, W2, b2 = mlp_inputs(rng, n, d, k, m)
+    Z, W1, b1, W2, b2 = make_mlp_inputs(rng, n, d, k, m)
     return Z, rng.standard_normal((m, d)), np.array(rng.uniform(0.1, 0.9)), W1, b1, W2, b2
 
 
-def mlp_block_vjp_inputs(rng, **sizes):
+def make_mlp_block_vjp_inputs(rng, **sizes):
     """Random (Z_bar, Z, theta, h, W1, b1, W2, b2): an upstream gradient and one block's inputs."""
-    args = mlp_block_inputs(rng, **sizes)
+    args = make_mlp_block_inputs(rng, **sizes)
     return (rng.standard_normal(args[0].shape),) + args
 
 
@@ -1586,9 +1586,9 @@ def reference_mlp_block_vjp(Z_bar, Z, theta, h, W1, b1, W2, b2):
     return (Z_in_bar, g["theta"], g["h"], g["W1"], g["b1"], g["W2"], g["b2"])
 
 
-def mlp_network_inputs(rng, n=12, d=2, k=5, m=4):
+def make_mlp_network_inputs(rng, n=12, d=2, k=5, m=4):
     """Random (X (n, d), y (n,), theta (m, d), h (0-d), W1, b1, W2, b2) for a network of MLP-oracle blocks."""
-    X, W1, b1, W2, b2 = mlp_inputs(rng, n, d, k, m)
+    X, W1, b1, W2, b2 = make_mlp_inputs(rng, n, d, k, m)
     return X, rng.integers(0, m, size=n), 0.5 * rng.standard_normal((m, d)), np.array(0.4), W1, b1, W2, b2
 
 
@@ -1678,7 +1678,7 @@ def _mlp_block_vjp_terms(Z_bar, Z, theta, h, W1, b1, W2, b2):
 EXERCISES["gelu"] = Exercise("gelu", "gelu(x) = x/2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)", (
     Mistake("ReLU instead of GELU", "you compute max(x, 0): the oracle's activation is the tanh form of GELU, "
             "x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).", make=lambda x: np.maximum(x, 0.0)),
-), reference=gelu, inputs=activation_inputs, arguments=("x",))
+), reference=gelu, inputs=make_activation_inputs, arguments=("x",))
 EXERCISES["gelu_grad"] = Exercise(
     # a5 asks the student to derive gelu': the title gives the function, not its derivative
     "gelu_grad", "the derivative gelu'(x) of gelu(x) = x/2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)", (
@@ -1690,7 +1690,7 @@ EXERCISES["gelu_grad"] = Exercise(
                 "have only the second.",
                 make=lambda x: (lambda t: 0.5 * x * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * x * x))(
                     _gelu_parts(x)[0])),
-    ), reference=gelu_grad, inputs=activation_inputs, arguments=("x",))
+    ), reference=gelu_grad, inputs=make_activation_inputs, arguments=("x",))
 EXERCISES["mlp_oracle"] = Exercise(
     "oracle_forward", "C_hat(Z) = sigma(gelu(Z W1^T + b1) W2^T + b2), one softmax per row", (
         Mistake(WRONG_AXIS, WRONG_AXIS_MSG + " Each row of C_hat is one example's distribution over the m classes.",
@@ -1700,7 +1700,7 @@ EXERCISES["mlp_oracle"] = Exercise(
                 make=lambda Z, W1, b1, W2, b2: _gelu_parts(Z @ W1.T + b1)[1] @ W2.T + b2),
         Mistake("missing bias", "a bias is missing: the pre-activation is Z W1^T + b1 and the logits "
                 "gelu(A) W2^T + b2.", make=lambda Z, W1, b1, W2, b2: _oracle_variant(Z, W1, 0.0 * b1, W2, b2)),
-    ), allowed=A5_BLOCKS, reference=reference_mlp_oracle, inputs=mlp_inputs, arguments=("Z", "W1", "b1", "W2", "b2"))
+    ), allowed=A5_BLOCKS, reference=reference_mlp_oracle, inputs=make_mlp_inputs, arguments=("Z", "W1", "b1", "W2", "b2"))
 EXERCISES["mlp_oracle_vjp"] = Exercise(
     "oracle_backward", "VJP of C_hat = sigma(Y), Y = gelu(A) W2^T + b2, A = Z W1^T + b1", (
         Mistake("missing softmax VJP", "you pass C_bar on as Y_bar: C_hat = sigma(Y), so Y_bar = C_hat * (C_bar - "
@@ -1710,7 +1710,7 @@ EXERCISES["mlp_oracle_vjp"] = Exercise(
                 "is multiplied entry by entry by the activation's derivative, which is missing.",
                 make=lambda Cb, Z, W1, b1, W2, b2: _oracle_variant(Z, W1, b1, W2, b2, act_grad=False, C_bar=Cb)),
     ), outputs=("Z_bar", "W1_bar", "b1_bar", "W2_bar", "b2_bar"), allowed=A5_BLOCKS,
-    reference=reference_mlp_oracle_vjp, inputs=mlp_vjp_inputs, arguments=("C_bar", "Z", "W1", "b1", "W2", "b2"))
+    reference=reference_mlp_oracle_vjp, inputs=make_mlp_vjp_inputs, arguments=("C_bar", "Z", "W1", "b1", "W2", "b2"))
 EXERCISES["mlp_block"] = Exercise(
     "block_forward", "Lie block: Z_half = Z - h CA(Z, theta), Z_out = Z_half + h C_hat(Z_half) theta", (
         Mistake("oracle evaluated at Z", "the MLP oracle must see the output of the attention sub-step: "
@@ -1726,7 +1726,7 @@ EXERCISES["mlp_block"] = Exercise(
                 make=lambda Z, th, h, W1, b1, W2, b2: (lambda Zh: h * _oracle_variant(Zh, W1, b1, W2, b2) @ th)(
                     Z - h * attention.cross_attention(Z, th))),
     ), allowed=A5_BLOCKS, terms=_mlp_block_terms, logits=_linear_logits, reference=reference_mlp_block,
-    inputs=mlp_block_inputs, arguments=("Z", "theta", "h", "W1", "b1", "W2", "b2"))
+    inputs=make_mlp_block_inputs, arguments=("Z", "theta", "h", "W1", "b1", "W2", "b2"))
 EXERCISES["mlp_block_vjp"] = Exercise(
     "block_backward", "VJP of the Lie block Z_out = Z_half + h C_hat(Z_half) theta, Z_half = Z - h CA(Z, theta)", (
         Mistake("oracle held constant", "C_hat depends on Z_half: the gradient reaching Z_half is Z_bar PLUS the "
@@ -1736,8 +1736,8 @@ EXERCISES["mlp_block_vjp"] = Exercise(
                 "theta_bar need the softmax VJP S_bar of P_bar = -h U theta^T (U the gradient at Z_half).",
                 make=lambda *a: _block_variant(*a, attention_vjp=False)),
     ), outputs=MLP_BLOCK_OUTPUTS, allowed=A5_BLOCKS, terms=_mlp_block_vjp_terms, reference=reference_mlp_block_vjp,
-    inputs=mlp_block_vjp_inputs, arguments=("Z_bar", "Z", "theta", "h", "W1", "b1", "W2", "b2"))
+    inputs=make_mlp_block_vjp_inputs, arguments=("Z_bar", "Z", "theta", "h", "W1", "b1", "W2", "b2"))
 EXERCISES["mlp_network"] = Exercise(
     "network_loss_and_grads", "mean cross-entropy of Z_L theta^T after L tied Lie blocks with the MLP oracle",
     outputs=("theta_bar", "h_bar", "W1_bar", "b1_bar", "W2_bar", "b2_bar"), allowed=A5_BLOCKS,
-    reference=reference_mlp_network, inputs=mlp_network_inputs, arguments=("X", "y", "theta", "h", "W1", "b1", "W2", "b2"))
+    reference=reference_mlp_network, inputs=make_mlp_network_inputs, arguments=("X", "y", "theta", "h", "W1", "b1", "W2", "b2"))
