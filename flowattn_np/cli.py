@@ -406,9 +406,9 @@ def main(argv=None):
     try:
         with signals_as_interrupts():  # SIGTERM and SIGHUP clean up like Ctrl-C
             if args.command == "coursework":
-                from flowattn_np.teaching.coursework import main as coursework_main
+                from flowattn_np.teaching.coursework import run_command
 
-                return coursework_main(args)
+                return run_command(args)
             return {"reproduce": _reproduce, "data": _data, "info": _info,
                     "notebooks": _notebooks}[args.command](args)
     except OSError as exc:  # a file that could not be written or read: one line naming it

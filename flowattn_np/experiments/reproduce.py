@@ -61,7 +61,7 @@ FIGURES_SKIPPED = ('figures skipped: matplotlib is not installed; the numbers ar
 # ---------------------------------------------------------------- checks
 
 
-def checks(results, cfg):
+def run_checks(results, cfg):
     """The claims the numbers should show (docs/results.md), evaluated on this run, for the parts that ran.
 
     Part 2's monotone cross-entropy and accuracy gain; the paired comparisons of parts 3-5
@@ -169,7 +169,7 @@ def reproduce(cfg=None, out=None, backend=None, data_dir=None, progress=True, fi
                    "data": {"source": ds.source, "n_train": int(X.shape[0]), "n_test": int(Xt.shape[0])}}
         nets1, kept = run_parts(results, cfg, data, progress, log)
         results["seconds"] = time.perf_counter() - t_start
-        results["checks"] = checks(results, cfg)
+        results["checks"] = run_checks(results, cfg)
         results["figures"] = {}
         if figures and nets1:  # part 1 ran: its curves, and the figures of parts 2-4 that ran
             theta = nets1[0][0].params["theta"]
