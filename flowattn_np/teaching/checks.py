@@ -1546,7 +1546,7 @@ def make_mlp_block_vjp_inputs(rng, **sizes):
 
 
 def reference_mlp_oracle(Z, W1, b1, W2, b2):
-    """The MLP oracle C_hat(Z) = sigma(gelu(Z W1^T + b1) W2^T + b2) (n x m), from flowattn_np.mlp."""
+    """The MLP oracle C_hat(Z) = sigma(gelu(Z W1^T + b1) W2^T + b2) (n x m), from flowattn_np.equations.mlp."""
     from flowattn_np.equations.mlp import mlp_oracle
 
     return mlp_oracle(Z, W1, b1, W2, b2, "gelu")[0]
