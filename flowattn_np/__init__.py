@@ -14,6 +14,7 @@ from flowattn_np.backend import (
     get_array_module,
     get_backend,
     set_backend,
+    synchronize,
     to_numpy,
     use_backend,
 )
@@ -28,9 +29,11 @@ from flowattn_np.equations.ops import (
 )
 from flowattn_np.equations.attention import (
     cross_attention,
+    cross_attention_forward,
     cross_attention_vjp,
     self_attention,
     self_attention_adjoint,
+    self_attention_sum_forward,
     self_attention_sum_vjp,
 )
 from flowattn_np.equations.models import (
@@ -94,21 +97,30 @@ from flowattn_np.equations.mlp import (
 from flowattn_np.blocks.layers import BlockConfig, CrossAttentionBlock, MemoryBlock, SelfAttentionBlock
 from flowattn_np.blocks.implementations import make_block
 from flowattn_np.blocks.network import Network, NetworkConfig
+from flowattn_np.blocks.mlp_classifier import MLPClassifier, MLPClassifierConfig
 import flowattn_np.fast  # noqa: F401,E402  (registers the fast paths in blocks/implementations.py)
-from flowattn_np.training.optim import SGD, Adam
+from flowattn_np.training.optim import SGD, Adam, Cosine
 from flowattn_np.training.train import evaluate, fit, load_checkpoint, save_checkpoint
 from flowattn_np.threads import available_cpus, set_threads
+# the course's data, figures and experiment (none imports matplotlib until a figure is drawn)
+from flowattn_np.experiments.data import CLASS_NAMES, add_noise, load_fashion_mnist, make_blobs, make_retrieval, random_spd
+from flowattn_np.experiments.common import ReproduceConfig, lam_max
+from flowattn_np.experiments.part2_feature_discovery import part2_feature_discovery
+from flowattn_np.experiments import plotting
+from flowattn_np.experiments.plotting import method_color
+# the assignments' checkers, as a module: fa.checks.check_function(...)
+from flowattn_np.teaching import checks
 
 __all__ = [
     # backend
     "BackendError", "array_module", "asarray", "get_array_module", "get_backend", "set_backend",
-    "to_numpy", "use_backend",
+    "synchronize", "to_numpy", "use_backend",
     # numerics
     "cross_entropy", "log_softmax", "logsumexp", "mean_cross_entropy", "one_hot", "softmax",
     "softmax_vjp",
-    # attention (eqs. 4, 9)
-    "cross_attention", "cross_attention_vjp", "self_attention", "self_attention_adjoint",
-    "self_attention_sum_vjp",
+    # attention (eqs. 4, 9), each VJP beside the forward that returns what it needs
+    "cross_attention", "cross_attention_forward", "cross_attention_vjp", "self_attention",
+    "self_attention_adjoint", "self_attention_sum_forward", "self_attention_sum_vjp",
     # models and their gradients (eqs. 1-5, 9)
     "LinearModel", "QuadraticModel", "linear_grad_theta", "linear_grad_Z", "linear_logits",
     "linear_loss", "quadratic_grad_phi", "quadratic_grad_theta", "quadratic_grad_Z",
@@ -130,8 +142,11 @@ __all__ = [
     "mlp_oracle", "mlp_oracle_vjp", "relu", "relu_grad",
     # blocks, networks, training
     "BlockConfig", "CrossAttentionBlock", "MemoryBlock", "SelfAttentionBlock", "make_block",
-    "Network", "NetworkConfig", "SGD", "Adam", "fit", "evaluate", "save_checkpoint",
-    "load_checkpoint",
+    "Network", "NetworkConfig", "MLPClassifier", "MLPClassifierConfig", "SGD", "Adam", "Cosine",
+    "fit", "evaluate", "save_checkpoint", "load_checkpoint",
     # the thread policy (threads.py)
     "available_cpus", "set_threads",
+    # the course: data sets, the Fashion-MNIST experiment, figures, the assignments' checkers
+    "CLASS_NAMES", "add_noise", "load_fashion_mnist", "make_blobs", "make_retrieval", "random_spd",
+    "ReproduceConfig", "lam_max", "part2_feature_discovery", "plotting", "method_color", "checks",
 ]

@@ -85,7 +85,7 @@ def _names(text):
 
 
 def _parts(text):
-    from flowattn_np.experiments.experiment import PARTS
+    from flowattn_np.experiments.common import PARTS
 
     values = _ints(text)
     if any(v not in PARTS for v in values):
@@ -279,13 +279,8 @@ REPRODUCE_OPTIONS = ("layers", "max_layers", "noise", "train_noise", "epochs", "
 
 
 def _reproduce(args):
-    from flowattn_np.experiments.experiment import (
-        FIGURES_SKIPPED,
-        ReproduceConfig,
-        default_out,
-        markdown_table,
-        reproduce,
-    )
+    from flowattn_np.experiments.common import ReproduceConfig
+    from flowattn_np.experiments.reproduce import FIGURES_SKIPPED, default_out, markdown_table, reproduce
     from flowattn_np.experiments.plotting import matplotlib_available
     from flowattn_np.training.train import NonFiniteLossError
 
@@ -411,9 +406,9 @@ def main(argv=None):
     try:
         with signals_as_interrupts():  # SIGTERM and SIGHUP clean up like Ctrl-C
             if args.command == "coursework":
-                from flowattn_np.teaching.coursework import main as coursework_main
+                from flowattn_np.teaching.coursework import run_command
 
-                return coursework_main(args)
+                return run_command(args)
             return {"reproduce": _reproduce, "data": _data, "info": _info,
                     "notebooks": _notebooks}[args.command](args)
     except OSError as exc:  # a file that could not be written or read: one line naming it

@@ -31,7 +31,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 import flowattn_np as fa
-from flowattn_np.experiments.plotting import method_color
+from flowattn_np import method_color
 
 np.set_printoptions(precision=4, suppress=True)
 rng = np.random.default_rng(0)  # every random draw below comes from this seed

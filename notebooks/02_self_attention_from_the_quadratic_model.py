@@ -29,10 +29,10 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 import flowattn_np as fa
-from flowattn_np import BlockConfig, Network, NetworkConfig
-from flowattn_np.experiments.data import make_retrieval, random_spd
-from flowattn_np.training.optim import SGD, Adam, Cosine
-from flowattn_np.training.train import evaluate, fit
+from flowattn_np import (
+    BlockConfig, Network, NetworkConfig, make_retrieval, random_spd, SGD, Adam, Cosine,
+    evaluate, fit,
+)
 
 np.set_printoptions(precision=4, suppress=True)
 rng = np.random.default_rng(0)

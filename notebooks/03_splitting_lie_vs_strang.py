@@ -29,8 +29,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 import flowattn_np as fa
-from flowattn_np import BlockConfig, make_block
-from flowattn_np.experiments.plotting import method_color
+from flowattn_np import BlockConfig, make_block, method_color
 
 np.set_printoptions(precision=4, suppress=True)
 
@@ -157,7 +156,7 @@ for key in [("lie", "rk4"), ("strang", "rk4"), ("lie", "euler"), ("strang", "eul
     print(f"{key[0]:>6} with {key[1]:<5} for A: measured order {slopes[key]:.3f}")
 
 # %%
-# colour: the scheme (one table for every figure, flowattn_np.experiments.plotting.METHOD_COLORS);
+# colour: the scheme (one table for every figure, `fa.plotting.METHOD_COLORS`);
 # line style and marker: the integrator of A
 A_STYLE = {"rk4": dict(ls="-", marker="o"), "heun": dict(ls="--", marker="s"), "euler": dict(ls=":", marker="^")}
 fig, ax = plt.subplots(figsize=(6.5, 4.8), layout="constrained")

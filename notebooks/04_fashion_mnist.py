@@ -34,13 +34,11 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 import flowattn_np as fa
-from flowattn_np import BlockConfig, Network, NetworkConfig, make_block
-from flowattn_np.experiments import plotting
-from flowattn_np.experiments.data import CLASS_NAMES, add_noise, load_fashion_mnist
-from flowattn_np.experiments.experiment import ReproduceConfig, lam_max, part2_feature_discovery
-from flowattn_np.training.optim import SGD, Adam, Cosine
-from flowattn_np.experiments.plotting import method_color
-from flowattn_np.training.train import evaluate, fit
+from flowattn_np import (
+    BlockConfig, Network, NetworkConfig, make_block, plotting, CLASS_NAMES, add_noise,
+    load_fashion_mnist, ReproduceConfig, lam_max, part2_feature_discovery, SGD, Adam, Cosine,
+    method_color, evaluate, fit,
+)
 
 t_start = time.perf_counter()
 ds = load_fashion_mnist(progress=False)   # finds the data on disk, or downloads it once

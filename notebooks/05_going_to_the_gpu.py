@@ -33,10 +33,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 import flowattn_np as fa
-from flowattn_np import BlockConfig, Network, NetworkConfig
-from flowattn_np.backend import synchronize
-from flowattn_np.training.optim import Adam
-from flowattn_np.experiments.plotting import method_color
+from flowattn_np import BlockConfig, Network, NetworkConfig, synchronize, Adam, method_color
 
 print("active backend:", fa.get_backend())
 
@@ -146,7 +143,7 @@ assert net.params["theta"].dtype == np.float32 and np.isfinite(first_loss)
 # GPU calls are **asynchronous**: a CuPy operation only *queues* a kernel on the device and
 # returns to Python at once. Reading `time.perf_counter()` right after the step measures
 # how long it took to *launch* the work, not to do it. So either synchronise the device
-# before each clock reading (`flowattn_np.backend.synchronize()`, which waits for the
+# before each clock reading (`fa.synchronize()`, which waits for the
 # current CUDA stream), or use `cupyx.profiler.benchmark`, which records CUDA events around
 # every repetition and reports the GPU time. Both appear below; the first GPU calls also
 # compile and cache kernels, hence the warm-up.

@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt
 from matplotlib import cm, colors
 
 import flowattn_np as fa
-from flowattn_np.experiments.plotting import method_color
+from flowattn_np import method_color
 
 np.set_printoptions(precision=4, suppress=True)
 

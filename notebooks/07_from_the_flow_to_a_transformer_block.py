@@ -40,12 +40,10 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 import flowattn_np as fa
-from flowattn_np import BlockConfig, Network, NetworkConfig, make_block
-from flowattn_np.experiments.plotting import method_color
-from flowattn_np.experiments.data import CLASS_NAMES, add_noise, load_fashion_mnist
-from flowattn_np.blocks.mlp_classifier import MLPClassifier, MLPClassifierConfig
-from flowattn_np.training.optim import Adam, Cosine
-from flowattn_np.training.train import evaluate, fit
+from flowattn_np import (
+    BlockConfig, Network, NetworkConfig, make_block, method_color, CLASS_NAMES, add_noise,
+    load_fashion_mnist, MLPClassifier, MLPClassifierConfig, Adam, Cosine, evaluate, fit,
+)
 
 t_start = time.perf_counter()
 np.set_printoptions(precision=4, suppress=True)

@@ -62,23 +62,23 @@ def block_grouped(Z, theta, h, W1, b1, W2, b2):
 
 
 def test_the_a5_oracle_backward_may_use_softmax_vjp_but_not_the_packages_mlp():
-    ok = checks.check_function(oracle_vjp, checks.reference_mlp_oracle_vjp, checks.mlp_vjp_inputs,
+    ok = checks.check_function(oracle_vjp, checks.reference_mlp_oracle_vjp, checks.make_mlp_vjp_inputs,
                                exercise="mlp_oracle_vjp")
     assert ok.passed
     r = checks.check_function(oracle_vjp_copied_from_the_mlp_alone_cell, checks.reference_mlp_oracle_vjp,
-                              checks.mlp_vjp_inputs, exercise="mlp_oracle_vjp", output=0, raise_on_failure=False)
+                              checks.make_mlp_vjp_inputs, exercise="mlp_oracle_vjp", output=0, raise_on_failure=False)
     assert not r.passed
     assert "your oracle_backward called flowattn_np.mlp_logits_vjp" in r.message
     assert "write it from fa.softmax, fa.logsumexp, fa.softmax_vjp, fa.cross_attention and NumPy" in r.message
     with pytest.raises(checks.ReferenceCalled):
-        checks.check_function(lambda x: fa.gelu(x), fa.gelu, checks.activation_inputs, exercise="gelu")
+        checks.check_function(lambda x: fa.gelu(x), fa.gelu, checks.make_activation_inputs, exercise="gelu")
 
 
 def test_the_a5_block_passes_by_an_equal_formula_and_a_half_label_step_is_named_by_terms():
-    assert checks.check_function(block_grouped, checks.reference_mlp_block, checks.mlp_block_inputs,
+    assert checks.check_function(block_grouped, checks.reference_mlp_block, checks.make_mlp_block_inputs,
                                  exercise="mlp_block").passed
     r = checks.check_function(lambda *a: block(*a, label_step=0.5), checks.reference_mlp_block,
-                              checks.mlp_block_inputs, exercise="mlp_block", raise_on_failure=False)
+                              checks.make_mlp_block_inputs, exercise="mlp_block", raise_on_failure=False)
     assert r.diagnoses == ("h C_hat(Z_half) theta taken with a step h/2 instead of h",)
     assert ("your result is exactly Z - h CA(Z, theta) + (1/2) h C_hat(Z_half) theta: the term "
             "h C_hat(Z_half) theta is taken with a step h/2 instead of h") in r.message
@@ -91,7 +91,7 @@ def test_a_term_left_out_of_the_a5_block_backward_is_named():
         out[2] = out[2] - (Z_bar * (C_hat @ theta)).sum()  # h_bar without the oracle's <Z_bar, C_hat theta>
         return tuple(out)
 
-    r = checks.check_function(vjp, checks.reference_mlp_block_vjp, checks.mlp_block_vjp_inputs,
+    r = checks.check_function(vjp, checks.reference_mlp_block_vjp, checks.make_mlp_block_vjp_inputs,
                               exercise="mlp_block_vjp", output=2, raise_on_failure=False, guard=False)
     assert r.diagnoses == ("missing <Z_bar, C_hat theta>",)
     assert "`h_bar`" in r.message
@@ -101,7 +101,7 @@ def test_an_a5_block_failure_is_traced_to_the_students_oracle():
     def forward(*a):
         return block(*a, oracle=oracle_wrong_axis)
 
-    r = checks.check_function(forward, checks.reference_mlp_block, checks.mlp_block_inputs, exercise="mlp_block",
+    r = checks.check_function(forward, checks.reference_mlp_block, checks.make_mlp_block_inputs, exercise="mlp_block",
                               uses={"oracle_forward": (oracle_wrong_axis, "mlp_oracle")}, raise_on_failure=False)
     assert not r.passed
     assert "This uses your `oracle_forward`, which fails its own test above:" in r.message
@@ -120,8 +120,8 @@ def test_the_training_gate_differentiates_a_loss_of_references_and_refuses_a_cop
         return checks.reference_mlp_network(X, y, theta, h, W1, b1, W2, b2)
 
     kw = dict(wrt=2, output=0, dtypes=("float64",), seeds=(6,), exercise="mlp_network")
-    assert checks.check_gradient(network_grads, network_loss, checks.mlp_network_inputs, guard=False, **kw).passed
-    r = checks.check_gradient(network_grads, network_loss, checks.mlp_network_inputs, raise_on_failure=False, **kw)
+    assert checks.check_gradient(network_grads, network_loss, checks.make_mlp_network_inputs, guard=False, **kw).passed
+    r = checks.check_gradient(network_grads, network_loss, checks.make_mlp_network_inputs, raise_on_failure=False, **kw)
     assert not r.passed and "your network_loss_and_grads called checks.reference_mlp_network" in r.message
 
 
@@ -142,7 +142,7 @@ def test_no_message_of_the_grad_theta_exercise_states_the_formula_a1_asks_to_der
     for check in (checks.check_function, checks.check_gradient):
         reference = fa.linear_grad_theta if check is checks.check_function else fa.linear_loss
         kw = {} if check is checks.check_function else {"wrt": 1, "reference_grad": fa.linear_grad_theta}
-        r = check(student, reference, checks.linear_inputs, exercise="linear_grad_theta", raise_on_failure=False,
+        r = check(student, reference, checks.make_linear_inputs, exercise="linear_grad_theta", raise_on_failure=False,
                   **kw)
         assert not r.passed and r.diagnoses, r.message
         for formula in ("C^T Z", "C)^T Z", "sigma(Z theta^T)^T Z", "G^T Z", "G.T @ Z", "^T Z"):
@@ -175,11 +175,11 @@ def test_the_messages_in_the_teaching_guide_are_the_checkers_own():
 
     guide = (Path(__file__).resolve().parents[1] / "docs" / "teaching.md").read_text(encoding="utf-8")
     results = [
-        checks.check_function(a2_block_forward_half_step, checks.reference_ca_block, checks.block_inputs,
+        checks.check_function(a2_block_forward_half_step, checks.reference_ca_block, checks.make_block_inputs,
                               exercise="ca_block", raise_on_failure=False),
-        checks.check_function(a1_grad_Z_copied, fa.linear_grad_Z, checks.linear_inputs, exercise="linear_grad_Z",
+        checks.check_function(a1_grad_Z_copied, fa.linear_grad_Z, checks.make_linear_inputs, exercise="linear_grad_Z",
                               raise_on_failure=False),
-        checks.check_function(a1_cross_entropy, fa.linear_loss, checks.linear_inputs, exercise="cross_entropy",
+        checks.check_function(a1_cross_entropy, fa.linear_loss, checks.make_linear_inputs, exercise="cross_entropy",
                               uses={"logsumexp": a1_logsumexp_global_max}, raise_on_failure=False),
     ]
     assert [r.diagnoses[:1] for r in results] == [
@@ -202,7 +202,7 @@ def test_no_message_of_the_gelu_grad_exercise_states_the_derivative_a5_asks_to_d
         return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t)
 
     for student in (upcast, first_half, without_du_dx):
-        r = checks.check_function(student, fa.gelu_grad, checks.activation_inputs, exercise="gelu_grad",
+        r = checks.check_function(student, fa.gelu_grad, checks.make_activation_inputs, exercise="gelu_grad",
                                   raise_on_failure=False)
         assert not r.passed
         for formula in ("(1 + t)/2", "(1 - t^2)", "1 + 3 * 0.044715 x^2"):

@@ -62,7 +62,7 @@ def test_check_gradient_refuses_a_step_that_is_not_positive_and_finite(eps):
 def test_the_checks_refuse_a_tolerance_that_is_not_positive_and_finite(check, tol):
     with pytest.raises(ValueError, match=r"tol: expected a positive finite number, got"):
         if check == "function":
-            checks.check_function(student_softmax, fa.softmax, checks.logits_inputs, tol=tol)
+            checks.check_function(student_softmax, fa.softmax, checks.make_logits_inputs, tol=tol)
         else:
             checks.check_gradient(lambda x: 2 * x, lambda x: (x ** 2).sum(), [(np.ones(3),)], tol=tol)
 
@@ -83,7 +83,7 @@ def test_a_nan_loss_is_reported_as_such():
     (lambda S: {"P": student_softmax(S)}, "your softmax returned a dict; return a NumPy array"),
 ])
 def test_a_result_that_is_not_a_real_array_is_refused_by_name(returned, words):
-    r = checks.check_function(returned, fa.softmax, checks.logits_inputs, exercise="softmax", raise_on_failure=False)
+    r = checks.check_function(returned, fa.softmax, checks.make_logits_inputs, exercise="softmax", raise_on_failure=False)
     assert not r.passed and words in r.message and "float32 upcast" not in r.message
 
 
@@ -92,7 +92,7 @@ def test_a_python_float_is_fine_for_a_scalar_result():
         S = Z @ theta.T
         return float(-(C * S).sum() + student_logsumexp(S).sum())
 
-    assert checks.check_function(cross_entropy, fa.linear_loss, checks.linear_inputs, dtypes=("float64",),
+    assert checks.check_function(cross_entropy, fa.linear_loss, checks.make_linear_inputs, dtypes=("float64",),
                                  exercise="cross_entropy").passed
 
 
@@ -102,7 +102,7 @@ def test_a_single_nan_at_ordinary_logits_is_not_called_a_missing_max_shift():
         P[0, 0] = np.nan
         return P
 
-    r = checks.check_function(one_nan, fa.softmax, checks.logits_inputs, exercise="softmax", raise_on_failure=False)
+    r = checks.check_function(one_nan, fa.softmax, checks.make_logits_inputs, exercise="softmax", raise_on_failure=False)
     assert not r.passed and "missing max-shift" not in r.message and r.diagnoses == ()
     assert "1 of 20 entries differ" in r.message and "got nan" in r.message
 
@@ -115,11 +115,11 @@ def test_a_failure_is_traced_to_a_function_it_uses_that_fails_its_own_test():
         S = Z @ theta.T
         return -(C * S).sum() + logsumexp(S).sum()
 
-    r = checks.check_function(cross_entropy, fa.linear_loss, checks.linear_inputs, exercise="cross_entropy",
+    r = checks.check_function(cross_entropy, fa.linear_loss, checks.make_linear_inputs, exercise="cross_entropy",
                               uses={"logsumexp": logsumexp}, raise_on_failure=False)
     assert not r.passed and "This uses your `logsumexp`, which fails its own test above:" in r.message
     assert "max not added back" in r.message  # the dependency's own diagnosis, shown with it
-    fine = checks.check_function(cross_entropy, fa.linear_loss, checks.linear_inputs, exercise="cross_entropy",
+    fine = checks.check_function(cross_entropy, fa.linear_loss, checks.make_linear_inputs, exercise="cross_entropy",
                                  uses={"logsumexp": student_logsumexp}, raise_on_failure=False)
     assert not fine.passed and "This uses your" not in fine.message  # its own mistake, no blame on logsumexp
 
@@ -131,14 +131,14 @@ def test_a_dependency_under_another_exercise_name_and_a_passing_check_with_depen
     def lie_step(Z, theta, C, h):  # not the Lie step: uses the student's block, which is right
         return forward_only(Z, theta, C, h)
 
-    r = checks.check_function(lie_step, checks.reference_lie_step, checks.block_inputs, exercise="lie_step",
+    r = checks.check_function(lie_step, checks.reference_lie_step, checks.make_block_inputs, exercise="lie_step",
                               uses={"block_forward": (forward_only, "ca_block")}, raise_on_failure=False)
     assert not r.passed and "This uses your" not in r.message
-    ok = checks.check_function(forward_only, checks.reference_ca_block, checks.block_inputs, exercise="ca_block",
+    ok = checks.check_function(forward_only, checks.reference_ca_block, checks.make_block_inputs, exercise="ca_block",
                                uses={"softmax": student_softmax})
     assert ok.passed
     with pytest.raises(ValueError, match="uses: exercise 'rk4_attention' has no reference"):
-        checks.check_function(forward_only, checks.reference_ca_block, checks.block_inputs,
+        checks.check_function(forward_only, checks.reference_ca_block, checks.make_block_inputs,
                               uses={"rk4": (forward_only, "rk4_attention")})
 
 
@@ -151,7 +151,7 @@ def test_the_block_backward_messages_use_the_notebooks_names():
     def student_vjp(Z_bar, Z, theta, C, h):  # a test cell's wrapper, with its own name for the upstream
         return block_backward(Z_bar, Z, theta, C, h)
 
-    r = checks.check_function(student_vjp, checks.reference_ca_block_vjp, checks.block_vjp_inputs,
+    r = checks.check_function(student_vjp, checks.reference_ca_block_vjp, checks.make_block_vjp_inputs,
                               exercise="ca_block_vjp", raise_on_failure=False)
     assert "`Z_bar`:" in r.message and "Z_out_bar (5, 3)" in r.message and "Z_bar_in" not in r.message
     assert r.diagnoses == ("missing residual path in Z_bar",)

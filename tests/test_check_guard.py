@@ -25,9 +25,9 @@ from flowattn_np.teaching.checks import reference_ca_block_vjp as copied_vjp
 from test_check_terms import rk4_attention
 from test_checks import CASES
 
-LINEAR = checks.linear_inputs(np.random.default_rng(0))
-QUADRATIC = checks.quadratic_inputs(np.random.default_rng(0))
-VJP = checks.block_vjp_inputs(np.random.default_rng(0))
+LINEAR = checks.make_linear_inputs(np.random.default_rng(0))
+QUADRATIC = checks.make_quadratic_inputs(np.random.default_rng(0))
+VJP = checks.make_block_vjp_inputs(np.random.default_rng(0))
 
 # how a copying student reaches a reference -> (the call, the name the message must give)
 COPIES = {
@@ -60,7 +60,7 @@ def test_a_copying_submission_fails_every_exercise_and_the_message_names_the_cal
 
 def test_the_reference_itself_passed_as_the_students_function_is_caught():
     grad_Z = fa.linear_grad_Z  # the student's "def grad_Z" replaced by the package's
-    r = checks.check_function(grad_Z, fa.linear_grad_Z, checks.linear_inputs, exercise="linear_grad_Z",
+    r = checks.check_function(grad_Z, fa.linear_grad_Z, checks.make_linear_inputs, exercise="linear_grad_Z",
                               raise_on_failure=False)
     assert not r.passed and "your grad_Z called flowattn_np.linear_grad_Z" in r.message
     assert "write it from fa.softmax and NumPy" in r.message
@@ -73,7 +73,7 @@ def test_a_caught_guard_error_still_fails_the_check():
         except Exception:
             return fa.linear_grad_Z(Z, theta, C)  # the second call runs unwatched: too late
 
-    r = checks.check_function(sly, fa.linear_grad_Z, checks.linear_inputs, exercise="linear_grad_Z",
+    r = checks.check_function(sly, fa.linear_grad_Z, checks.make_linear_inputs, exercise="linear_grad_Z",
                               raise_on_failure=False)
     assert not r.passed and "called flowattn_np.linear_grad_Z" in r.message
 
@@ -84,7 +84,7 @@ def test_a_method_of_the_packages_blocks_is_out_of_reach_too():
     def block_forward(Z, theta, C, h):
         return block.forward(Z, {"theta": theta, "h": np.asarray(h, Z.dtype)}, C)[0]
 
-    r = checks.check_function(block_forward, checks.reference_ca_block, checks.block_inputs, exercise="ca_block",
+    r = checks.check_function(block_forward, checks.reference_ca_block, checks.make_block_inputs, exercise="ca_block",
                               raise_on_failure=False)
     assert not r.passed and "your block_forward called flowattn_np.CrossAttentionBlock.forward," in r.message
 
@@ -95,7 +95,7 @@ def test_the_building_blocks_of_an_exercise_and_the_packages_own_calls_are_allow
     assert checks.check_function(rk4_attention, reference, inputs, exercise="rk4_attention").passed
     # the same building block where the exercise does not allow it
     r = checks.check_function(lambda Z, theta, C: fa.cross_attention(Z, theta) - C @ theta, fa.linear_grad_Z,
-                              checks.linear_inputs, exercise="linear_grad_Z", raise_on_failure=False)
+                              checks.make_linear_inputs, exercise="linear_grad_Z", raise_on_failure=False)
     assert not r.passed and "called flowattn_np.cross_attention" in r.message
 
 
@@ -103,20 +103,20 @@ def test_without_an_exercise_only_the_reference_and_checks_reference_functions_a
     def softmax_by_lse(S):
         return np.exp(S - fa.logsumexp(S)[..., None])
 
-    assert checks.check_function(softmax_by_lse, fa.softmax, checks.logits_inputs).passed
-    r = checks.check_function(lambda S: fa.softmax(S) + 0.0, fa.softmax, checks.logits_inputs, raise_on_failure=False)
+    assert checks.check_function(softmax_by_lse, fa.softmax, checks.make_logits_inputs).passed
+    r = checks.check_function(lambda S: fa.softmax(S) + 0.0, fa.softmax, checks.make_logits_inputs, raise_on_failure=False)
     assert not r.passed and "called flowattn_np.softmax" in r.message
     r = checks.check_gradient(lambda Z, th, C: checks.reference_ca_block_vjp(Z, Z, th, C, 0.5)[0], fa.linear_loss,
-                              checks.linear_inputs, raise_on_failure=False)
+                              checks.make_linear_inputs, raise_on_failure=False)
     assert not r.passed and "called checks.reference_ca_block_vjp" in r.message
 
 
 def test_the_guard_leaves_no_profile_hook_behind_and_guard_false_turns_it_off():
     before = sys.getprofile()
-    checks.check_function(lambda *a: fa.linear_grad_Z(*a), fa.linear_grad_Z, checks.linear_inputs,
+    checks.check_function(lambda *a: fa.linear_grad_Z(*a), fa.linear_grad_Z, checks.make_linear_inputs,
                           exercise="linear_grad_Z", raise_on_failure=False)
     assert sys.getprofile() is before
-    assert checks.check_function(lambda *a: fa.linear_grad_Z(*a), fa.linear_grad_Z, checks.linear_inputs,
+    assert checks.check_function(lambda *a: fa.linear_grad_Z(*a), fa.linear_grad_Z, checks.make_linear_inputs,
                                  exercise="linear_grad_Z", guard=False).passed
 
 
@@ -126,13 +126,13 @@ def test_a_function_that_never_returns_is_stopped_with_a_message():
             S = S + 0.0
 
     start = time.perf_counter()
-    r = checks.check_function(softmax, fa.softmax, checks.logits_inputs, exercise="softmax", timeout=0.5,
+    r = checks.check_function(softmax, fa.softmax, checks.make_logits_inputs, exercise="softmax", timeout=0.5,
                               raise_on_failure=False)
     assert time.perf_counter() - start < 5
     assert not r.passed and "your softmax did not return within 0.5 s" in r.message
     assert _checking_threads() == 0  # the runaway loop was stopped, not left spinning
     with pytest.raises(ValueError, match="timeout: expected a positive finite number, got 0"):
-        checks.check_function(softmax, fa.softmax, checks.logits_inputs, timeout=0)
+        checks.check_function(softmax, fa.softmax, checks.make_logits_inputs, timeout=0)
 
 
 def test_an_exception_of_the_students_function_reaches_the_notebook_unchanged():
@@ -140,7 +140,7 @@ def test_an_exception_of_the_students_function_reaches_the_notebook_unchanged():
         raise NotImplementedError("write me")
 
     with pytest.raises(NotImplementedError, match="write me"):
-        checks.check_function(stub, fa.softmax, checks.logits_inputs, exercise="softmax")
+        checks.check_function(stub, fa.softmax, checks.make_logits_inputs, exercise="softmax")
 
 
 def _checking_threads():
@@ -167,7 +167,7 @@ def test_ctrl_c_during_a_check_reaches_the_notebook_and_stops_the_students_funct
 
     threading.Thread(target=ctrl_c_once_it_runs, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        checks.check_function(softmax, fa.softmax, checks.logits_inputs, exercise="softmax", timeout=60)
+        checks.check_function(softmax, fa.softmax, checks.make_logits_inputs, exercise="softmax", timeout=60)
     assert _checking_threads() == 0 and sys.getprofile() is None
     before = steps[0]
     time.sleep(0.2)
@@ -176,8 +176,8 @@ def test_ctrl_c_during_a_check_reaches_the_notebook_and_stops_the_students_funct
 
 def test_the_guard_and_the_timeout_raise_their_own_kinds_of_check_failure():
     with pytest.raises(checks.ReferenceCalled, match="your grad_Z called flowattn_np.linear_grad_Z"):
-        checks.check_function(lambda Z, th, C: copied_grad_Z(Z, th, C), fa.linear_grad_Z, checks.linear_inputs,
+        checks.check_function(lambda Z, th, C: copied_grad_Z(Z, th, C), fa.linear_grad_Z, checks.make_linear_inputs,
                               exercise="linear_grad_Z")
     with pytest.raises(checks.StudentTimeout, match="did not return within 0.2 s"):
-        checks.check_function(lambda S: time.sleep(0.6), fa.softmax, checks.logits_inputs, timeout=0.2)
+        checks.check_function(lambda S: time.sleep(0.6), fa.softmax, checks.make_logits_inputs, timeout=0.2)
     assert issubclass(checks.ReferenceCalled, checks.CheckFailure) and issubclass(checks.StudentTimeout, AssertionError)

@@ -70,31 +70,31 @@ def lie_half_label_step(Z, theta, C, h):
 # (exercise, student, reference, inputs, output, the diagnosis names, words in the message)
 MISTAKES = {
     "average where the equation sums": (
-        "linear_grad_theta", grad_theta_averaged, fa.linear_grad_theta, checks.linear_inputs, None,
+        "linear_grad_theta", grad_theta_averaged, fa.linear_grad_theta, checks.make_linear_inputs, None,
         ("whole result divided by the number of rows 5 (an average where the equation sums)",),
         "exactly (1/5) softmax part - (1/5) label part: the whole result is divided by the number of rows 5"),
     "a term doubled": (
-        "linear_grad_Z", grad_Z_doubled_label, fa.linear_grad_Z, checks.linear_inputs, None,
+        "linear_grad_Z", grad_Z_doubled_label, fa.linear_grad_Z, checks.make_linear_inputs, None,
         ("- C theta doubled",), "exactly CA(Z, theta) - 2 C theta: the term - C theta is doubled"),
     "a step h/2": (
-        "ca_block", block_half_step, checks.reference_ca_block, checks.block_inputs, None,
+        "ca_block", block_half_step, checks.reference_ca_block, checks.make_block_inputs, None,
         ("- h CA(Z, theta) taken with a step h/2 instead of h",), "Z - (1/2) h CA(Z, theta) + h C theta"),
     "softmax over the wrong axis inside one term": (
-        "ca_block", block_wrong_axis_in_attention, checks.reference_ca_block, checks.block_inputs, None,
+        "ca_block", block_wrong_axis_in_attention, checks.reference_ca_block, checks.make_block_inputs, None,
         ("h CA(Z, theta) with the softmax over the columns instead of the rows",),
         "- h CA(Z, theta) is computed with the softmax over the columns instead of the rows"),
     "a term left out of h_bar": (
-        "ca_block_vjp", vjp_h_bar_without_label_term, checks.reference_ca_block_vjp, checks.block_vjp_inputs, 2,
+        "ca_block_vjp", vjp_h_bar_without_label_term, checks.reference_ca_block_vjp, checks.make_block_vjp_inputs, 2,
         ("missing <Z_out_bar, C theta>",), "`h_bar`"),
     "SA* missing, SA doubled": (
-        "quadratic_grad_Z", quadratic_SA_twice_no_adjoint, fa.quadratic_grad_Z, checks.quadratic_inputs, None,
+        "quadratic_grad_Z", quadratic_SA_twice_no_adjoint, fa.quadratic_grad_Z, checks.make_quadratic_inputs, None,
         ("SA(Z, theta) doubled or multiplied by the batch size 2 (a sum where the equation averages)",
          "missing SA*(Z, theta)"), "the term SA*(Z, theta) is missing"),
     "- C^T Z theta with its sign flipped": (
-        "quadratic_grad_Z", quadratic_label_transpose_flipped, fa.quadratic_grad_Z, checks.quadratic_inputs, None,
+        "quadratic_grad_Z", quadratic_label_transpose_flipped, fa.quadratic_grad_Z, checks.make_quadratic_inputs, None,
         ("sign of - C^T Z theta flipped",), "the sign of the term - C^T Z theta is flipped"),
     "a label step h/2 in the Lie step": (
-        "lie_step", lie_half_label_step, checks.reference_lie_step, checks.block_inputs, None,
+        "lie_step", lie_half_label_step, checks.reference_lie_step, checks.make_block_inputs, None,
         ("h C theta taken with a step h/2 instead of h",), "exactly A(h) Z + (1/2) h C theta"),
 }
 
@@ -126,9 +126,9 @@ def block_forward_two_lines(Z, theta, C, h):
 
 
 @pytest.mark.parametrize("name, student, reference, inputs", [
-    ("linear_grad_Z", grad_Z_other_order, fa.linear_grad_Z, checks.linear_inputs),
-    ("quadratic_grad_Z", quadratic_grad_Z_grouped, fa.quadratic_grad_Z, checks.quadratic_inputs),
-    ("ca_block", block_forward_two_lines, checks.reference_ca_block, checks.block_inputs),
+    ("linear_grad_Z", grad_Z_other_order, fa.linear_grad_Z, checks.make_linear_inputs),
+    ("quadratic_grad_Z", quadratic_grad_Z_grouped, fa.quadratic_grad_Z, checks.make_quadratic_inputs),
+    ("ca_block", block_forward_two_lines, checks.reference_ca_block, checks.make_block_inputs),
 ])
 def test_an_answer_computed_by_an_equal_formula_passes(name, student, reference, inputs):
     assert checks.check_function(student, reference, inputs, exercise=name).passed
@@ -140,7 +140,7 @@ def test_an_answer_computed_by_an_equal_formula_passes(name, student, reference,
     lambda Z, theta, C: (fa.softmax(Z @ theta.T) - 1.5 * C) @ theta,  # a coefficient no equation has
 ])
 def test_an_answer_that_no_exact_fit_reproduces_gets_no_term_diagnosis(student):
-    r = checks.check_function(student, fa.linear_grad_Z, checks.linear_inputs, exercise="linear_grad_Z",
+    r = checks.check_function(student, fa.linear_grad_Z, checks.make_linear_inputs, exercise="linear_grad_Z",
                               raise_on_failure=False)
     assert not r.passed and r.diagnoses == () and "Diagnosis by terms" not in r.message
     assert "No common mistake of this exercise matches" in r.message
@@ -165,11 +165,11 @@ def logsumexp_unshifted(S):
 
 
 def test_a_logsumexp_shifted_by_the_global_max_is_an_underflow_not_a_missing_max_shift():
-    r = checks.check_function(logsumexp_global_max, fa.logsumexp, checks.logits_inputs, exercise="logsumexp",
+    r = checks.check_function(logsumexp_global_max, fa.logsumexp, checks.make_logits_inputs, exercise="logsumexp",
                               raise_on_failure=False)
     assert r.diagnoses == ("underflow: shifted by the global maximum",)
     assert "got -inf" in r.message and "log 0 = -inf" in r.message
-    r = checks.check_function(logsumexp_unshifted, fa.logsumexp, checks.logits_inputs, exercise="logsumexp",
+    r = checks.check_function(logsumexp_unshifted, fa.logsumexp, checks.make_logits_inputs, exercise="logsumexp",
                               raise_on_failure=False)
     assert r.diagnoses == ("missing max-shift (overflow at large logits)",)
 
@@ -187,11 +187,11 @@ def cross_entropy_stable(Z, theta, C):
 
 
 def test_cross_entropy_as_log_of_softmax_fails_at_logit_scale_300_and_a_stable_one_passes():
-    r = checks.check_function(cross_entropy_log_of_softmax, fa.linear_loss, checks.linear_inputs,
+    r = checks.check_function(cross_entropy_log_of_softmax, fa.linear_loss, checks.make_linear_inputs,
                               exercise="cross_entropy", raise_on_failure=False)
     assert not r.passed and r.diagnoses == ("underflow: log of a softmax",)
     assert "logits at scale 300, regime underflow" in r.message and "got nan" in r.message
-    ok = checks.check_function(cross_entropy_stable, fa.linear_loss, checks.linear_inputs, exercise="cross_entropy")
+    ok = checks.check_function(cross_entropy_stable, fa.linear_loss, checks.make_linear_inputs, exercise="cross_entropy")
     assert ok.passed and "on 6 input sets" in ok.message
 
 
@@ -200,18 +200,18 @@ def test_a_naive_softmax_fails_the_default_softmax_check_by_its_large_logit_sets
         e = np.exp(S)
         return e / e.sum(axis=-1, keepdims=True)
 
-    r = checks.check_function(naive, fa.softmax, checks.logits_inputs, exercise="softmax", raise_on_failure=False)
+    r = checks.check_function(naive, fa.softmax, checks.make_logits_inputs, exercise="softmax", raise_on_failure=False)
     assert not r.passed and "regime overflow" in r.message
     assert r.diagnoses == ("missing max-shift (overflow at large logits)",)
-    assert checks.check_function(naive, fa.softmax, checks.logits_inputs, exercise="softmax", stress=False).passed
+    assert checks.check_function(naive, fa.softmax, checks.make_logits_inputs, exercise="softmax", stress=False).passed
 
 
 def test_the_large_logit_regimes_overflow_and_underflow_as_documented():
-    over, under, mixed = checks.large_logits(np.random.default_rng(0))
+    over, under, mixed = checks.make_large_logits(np.random.default_rng(0))
     log_max = np.log(np.finfo(np.float64).max)
     assert over.min() > log_max and np.ptp(over, axis=-1).max() < 100  # exp overflows, no row spreads
     assert np.all(under.max(axis=-1) == 0.0) and under.min() < -746  # nothing overflows, exp underflows
     assert mixed.max() > log_max and (mixed.max() - mixed.max(axis=-1)).max() > 746
-    Z, theta, C = checks.large_linear_inputs(np.random.default_rng(0))[1]  # the underflow regime as Z theta^T
+    Z, theta, C = checks.make_large_linear_inputs(np.random.default_rng(0))[1]  # the underflow regime as Z theta^T
     np.testing.assert_allclose((Z @ theta.T).max(axis=-1), 0.0, atol=1e-9)
     assert (Z @ theta.T).min() < -746

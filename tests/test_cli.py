@@ -92,12 +92,12 @@ def test_info_reports_a_bad_backend_variable_and_prints_the_rest(monkeypatch, ca
 
 
 def test_library_value_errors_reach_the_command_line_as_one_error_line(monkeypatch, capsys):
-    from flowattn_np.experiments import experiment
+    from flowattn_np.experiments import reproduce as driver
 
     def broken(*args, **kwargs):
         raise ValueError("lr: expected a positive finite learning rate, got -1.0")
 
-    monkeypatch.setattr(experiment, "reproduce", broken)
+    monkeypatch.setattr(driver, "reproduce", broken)
     assert cli.main(["reproduce", "--quick", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("flowattn-np reproduce: error: lr: expected a positive finite learning rate")

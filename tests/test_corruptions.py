@@ -13,7 +13,7 @@ import pytest
 
 from flowattn_np.experiments import corruptions
 from flowattn_np.experiments.corruptions import corrupt
-from flowattn_np.experiments.experiment import ReproduceConfig
+from flowattn_np.experiments.common import ReproduceConfig
 
 KINDS = ("noise", "occlusion", "blur")
 STRENGTH = {"noise": 0.7, "occlusion": 0.4, "blur": 1.3}

@@ -132,7 +132,7 @@ def test_public_names_of_a_module_are_its_all_or_what_the_package_exports():
     assert hooks.public_names("training.train") == list(importlib.import_module("flowattn_np.training.train").__all__)
     ops = hooks.public_names("equations.ops")
     assert "softmax" in ops and "swap_last" not in ops and "matmul_rows" not in ops
-    assert "Cosine" in hooks.public_names("training.optim")  # public, though not exported by the package
+    assert "Cosine" in hooks.public_names("training.optim")
     assert "ASSIGNMENTS" in hooks.public_names("teaching.coursework")  # nothing exported: all it defines
 
 

@@ -1,7 +1,7 @@
 """Early stopping in ``reproduce`` (parts 4 and 5) never touches the test set, on small made-up data.
 
 * the validation split is a seeded partition of the training rows;
-* ``experiment.train`` with early stopping runs with a sentinel test set that fails on any
+* ``common.train`` with early stopping runs with a sentinel test set that fails on any
   read, and a poisoned test set (shuffled labels, other images) changes no epoch, no
   validation figure and no parameter: the test set chose nothing;
 * the best epoch's parameters are the ones kept, and the epochs each seed used are reported.
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.experiments.experiment import (
+from flowattn_np.experiments.common import (
     ReproduceConfig,
     RunData,
     label_free_network,

@@ -13,7 +13,8 @@ import pytest
 
 import flowattn_np as fa
 from flowattn_np import cli
-from flowattn_np.experiments.experiment import SCHEMA, ReproduceConfig, markdown_table, reproduce
+from flowattn_np.experiments.common import ReproduceConfig
+from flowattn_np.experiments.reproduce import SCHEMA, markdown_table, reproduce
 
 pytestmark = pytest.mark.realdata
 

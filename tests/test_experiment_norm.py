@@ -16,8 +16,8 @@ import pytest
 import flowattn_np as fa
 from flowattn_np import cli
 from flowattn_np.experiments.data import load_fashion_mnist
-from flowattn_np.experiments.experiment import ReproduceConfig, lam_max, markdown_table, reproduce, true_label_network
-from flowattn_np.experiments.experiment_norm import NORMS
+from flowattn_np.experiments.common import NORMS, ReproduceConfig, lam_max, true_label_network
+from flowattn_np.experiments.reproduce import markdown_table, reproduce
 
 
 @pytest.fixture(scope="module")

@@ -109,7 +109,7 @@ def synthetic_figures():
              ("learned oracle, L = 4", "learned oracle", "-o", curve(0.82)),
              ("key/value memory, L = 4", "memory", "--^", curve(0.85))]
     robustness = {"clean": lines, "noise-augmented": lines}
-    from flowattn_np.experiments.experiment_norm import part4_robustness_panels
+    from flowattn_np.experiments.part4_normalisation import part4_robustness_panels
 
     norm_rows = [{"variant": "baseline", "norm": "none", "layers": 0, "robustness": curve(0.8)}] + [
         {"variant": v, "norm": n, "layers": 2, "robustness": curve(0.8 + 0.01 * i)}
@@ -133,7 +133,8 @@ def test_package_figures_of_made_up_results_are_readable():
 def package_figures(tmp_path_factory):
     """The figures ``reproduce`` draws in a small real run (one epoch: a single point per curve)."""
     from flowattn_np.experiments import plotting
-    from flowattn_np.experiments.experiment import ReproduceConfig, reproduce
+    from flowattn_np.experiments.common import ReproduceConfig
+    from flowattn_np.experiments.reproduce import reproduce
 
     drawn = {}
     with pytest.MonkeyPatch.context() as mp:

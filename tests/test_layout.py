@@ -15,6 +15,7 @@ count too (they are how a circle hides). Read from the source with ``ast``.
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,35 @@ def test_the_checks_catch_an_upward_import_and_a_circle(fake_package):
     problems = layer_problems(graph)
     assert any("equations.models (layer 1) imports blocks.network (layer 2): upward" in p for p in problems)
     assert cycles(graph) == [["blocks.network", "blocks.layers", "blocks.network"]]
+
+
+# ---------------------------------------------------------------- the README's table of modules
+
+
+def readme_table_paths(text):
+    """The module paths (``flowattn_np/...py`` in backquotes) in the first column of the
+    README's table under "## Where things are"."""
+    section = text.split("## Where things are", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return [p for row in rows for p in re.findall(r"`(flowattn_np/[\w/]+\.py)`", row.split("|")[1])]
+
+
+def test_every_module_is_in_the_readme_table_by_path():
+    """Every module of the package has a row (a subpackage's ``__init__`` holds only the
+    folder's docstring: the rows of its modules say what the folder holds), and every path
+    in the table is a module."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    listed = readme_table_paths(readme)
+    assert len(listed) == len(set(listed)), "a module is listed twice"
+    modules = {f"flowattn_np/{m.replace('.', '/')}.py" for m in package_modules()
+               if "." not in m or not m.endswith(".__init__")}
+    missing, stale = sorted(modules - set(listed)), sorted(set(listed) - modules)
+    assert not missing, f"modules missing from README.md's table (## Where things are): {missing}"
+    assert not stale, f"README.md's table lists modules that do not exist: {stale}"
+
+
+def test_the_readme_check_reads_the_first_column_only():
+    text = ("# x\n## Where things are\n\n| module | what |\n|---|---|\n"
+            "| `flowattn_np/a.py`, `flowattn_np/b/c.py` | see `flowattn_np/d.py` |\n\n## Next\n"
+            "| `flowattn_np/e.py` | |\n")
+    assert readme_table_paths(text) == ["flowattn_np/a.py", "flowattn_np/b/c.py"]

@@ -90,9 +90,9 @@ def test_package_messages_never_name_a_checkout_path():
 
 def test_package_messages_name_the_package_and_the_site():
     from flowattn_np import backend
-    from flowattn_np.experiments import experiment
+    from flowattn_np.experiments import reproduce as driver
 
-    assert 'pip install "flowattn-np[plot]"' in experiment.FIGURES_SKIPPED
+    assert 'pip install "flowattn-np[plot]"' in driver.FIGURES_SKIPPED
     assert links.page_url("gpu") in backend._cupy_help()
     helped = subprocess.run([sys.executable, "-m", "flowattn_np", "coursework", "--help"], capture_output=True,
                             text=True, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from flowattn_np import cli
-from flowattn_np.experiments import experiment
+from flowattn_np.experiments import reproduce as driver
 from flowattn_np.training.files import (
     STAGING_PREFIX,
     DestinationError,
@@ -279,7 +279,7 @@ import os, sys, time
 from flowattn_np import cli  # read while readable
 from flowattn_np.teaching import coursework  # read while readable
 from flowattn_np.experiments import data  # read while readable
-from flowattn_np.experiments import experiment  # read while readable
+from flowattn_np.experiments import reproduce  # read while readable
 from flowattn_np.training import files  # read while readable
 from flowattn_np.experiments import plotting  # read while readable
 from flowattn_np.training import train  # read while readable
@@ -472,14 +472,14 @@ def test_a_rerun_into_a_full_disk_keeps_the_previous_run(workdir, capsys, monkey
         assert "the run's files need about 8 MiB" in line
         (disk / "filler").unlink()
         # full half-way (another program filled it): one line naming the file, nothing lost
-        compute = experiment.run_parts
+        compute = driver.run_parts
 
         def compute_then_fill(*args, **kwargs):
             result = compute(*args, **kwargs)
             _fill(disk)
             return result
 
-        monkeypatch.setattr(experiment, "run_parts", compute_then_fill)
+        monkeypatch.setattr(driver, "run_parts", compute_then_fill)
         assert cli.main([*TINY, "--out", str(out), "--overwrite"]) == 1
         err = capsys.readouterr().err
         lines = _error_lines(err)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from flowattn_np import cli
-from flowattn_np.experiments import experiment
+from flowattn_np.experiments import reproduce as driver
 from flowattn_np.experiments import plotting
 from flowattn_np.training.files import RunFolder, write_text
 from flowattn_np.blocks.network import Network, NetworkConfig
@@ -115,7 +115,7 @@ def test_ctrl_c_mid_run_leaves_nothing_in_a_named_folder_but_what_was_there(work
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiment, "part3_label_free", interrupted)
+    monkeypatch.setattr(driver, "part3_label_free", interrupted)
     assert cli.main(["reproduce", *SMALL, "--no-progress", "--out", str(out)]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
@@ -154,8 +154,8 @@ def test_without_matplotlib_the_library_says_so_before_computing(monkeypatch, tm
 
     monkeypatch.setattr(data, "load_fashion_mnist", stop_at_the_data)
     with pytest.raises(RuntimeError, match="no data needed"):
-        experiment.reproduce(out=str(tmp_path / "o"), log=said.append)
-    assert said == [experiment.FIGURES_SKIPPED]
+        driver.reproduce(out=str(tmp_path / "o"), log=said.append)
+    assert said == [driver.FIGURES_SKIPPED]
     assert not (tmp_path / "o").exists()
 
 

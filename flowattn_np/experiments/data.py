@@ -654,3 +654,12 @@ def make_retrieval(num_seqs=512, tokens=8, d=6, theta_star=None, seed=0, dtype="
     X = rng.standard_normal((num_seqs, tokens, d)) / d ** 0.25
     scores = X @ theta_star @ X.transpose(0, 2, 1)
     return X.astype(dtype), scores.argmax(axis=-1).astype(np.int64), theta_star.astype(dtype)
+
+
+# every public name (the package exports a few of them for the course; the API page lists all)
+__all__ = [
+    "DataError", "CLASS_NAMES", "FILES", "MIRROR", "SHA256", "PAYLOAD_SHA256", "EXPECTED_SHAPES", "ENV_VAR",
+    "DEBIAN_DIR", "read_idx", "write_idx", "default_data_dir", "search_path", "find_fashion_mnist",
+    "download_fashion_mnist", "FashionMNIST", "load_fashion_mnist", "add_noise", "make_blobs", "make_xor",
+    "random_spd", "make_retrieval",
+]

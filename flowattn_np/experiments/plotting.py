@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 
+from flowattn_np.experiments.compare import best_by_validation
 from flowattn_np.training.files import atomic_write
 
 # One colour per method, used by every figure of the package and the notebooks, so a
@@ -253,10 +254,7 @@ def part5_rows(rows, width):
                "linear-oracle": [r for r in rows if r["kind"] == "linear-oracle"],
                "mlp-alone": [alone], "mlp-matched": [rows[rows.index(alone) + 1]],
                "mlp-oracle": [r for r in rows if r["kind"] == "mlp-oracle" and r["width"] == width]}
-    from flowattn_np.experiments.experiment_compare import ( # the depth chosen by validation, never by test
-        best_by_validation,
-    )
-
+    # the depth chosen by validation, never by test
     return {kind: best_by_validation(rs) for kind, rs in by_kind.items() if rs}
 
 
@@ -421,3 +419,11 @@ def robustness(panels, path=None, title=None, unseen=("occlusion", "blur")):
     if path:
         save(fig, path)
     return fig
+
+
+# every public name (the package exports method_color and the module; the API page lists all)
+__all__ = [
+    "METHOD_COLORS", "STYLES", "MARKERS", "method_color", "matplotlib_available", "save", "method_in",
+    "figure1", "accuracy_vs_layers", "training_curves", "PART5_STYLES", "part5_rows", "part5_accuracy",
+    "NORM_METHODS", "normalisation", "CORRUPTION_AXES", "robustness",
+]

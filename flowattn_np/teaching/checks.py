@@ -268,7 +268,7 @@ def _overflow_possible(ex, args):
 # ---------------------------------------------------------------- inputs
 
 
-def linear_inputs(rng, n=5, m=4, d=3, scale=1.0):
+def make_linear_inputs(rng, n=5, m=4, d=3, scale=1.0):
     """Random (Z (n, d), theta (m, d), C (n, m) one-hot) for the linear model."""
     Z = scale * rng.standard_normal((n, d))
     theta = rng.standard_normal((m, d))
@@ -276,7 +276,7 @@ def linear_inputs(rng, n=5, m=4, d=3, scale=1.0):
     return Z, theta, C
 
 
-def quadratic_inputs(rng, batch=2, n=5, d=3):
+def make_quadratic_inputs(rng, batch=2, n=5, d=3):
     """Random (Z (batch, n, d), theta (d, d) SPD, C (batch, n, n) one-hot) for the quadratic model."""
     Z = rng.standard_normal((batch, n, d))
     phi = np.tril(rng.standard_normal((d, d))) + 2.0 * np.eye(d)
@@ -284,7 +284,7 @@ def quadratic_inputs(rng, batch=2, n=5, d=3):
     return Z, phi @ phi.T / d, C
 
 
-def quadratic_phi_inputs(rng, batch=2, n=5, d=3):
+def make_quadratic_phi_inputs(rng, batch=2, n=5, d=3):
     """Random (Z, phi lower-triangular, C) for gradients in the Cholesky factor phi."""
     Z = rng.standard_normal((batch, n, d))
     phi = (np.tril(rng.standard_normal((d, d))) + 2.0 * np.eye(d)) / d ** 0.5
@@ -292,12 +292,12 @@ def quadratic_phi_inputs(rng, batch=2, n=5, d=3):
     return Z, phi, C
 
 
-def logits_inputs(rng, n=4, m=5, scale=3.0):
+def make_logits_inputs(rng, n=4, m=5, scale=3.0):
     """Random logits S (n, m); scale=1e4 tests the max-shift."""
     return (scale * rng.standard_normal((n, m)),)
 
 
-def large_logits(rng, n=4, m=5, scale=LARGE_LOGIT_SCALE):
+def make_large_logits(rng, n=4, m=5, scale=LARGE_LOGIT_SCALE):
     """Three logit matrices S (n, m) at ``scale``: [overflow only, underflow only, both].
 
     Overflow only: every logit near 3 scale (exp(900) = inf), rows spread little.
@@ -313,16 +313,16 @@ def large_logits(rng, n=4, m=5, scale=LARGE_LOGIT_SCALE):
     return [over, under, mixed]
 
 
-def large_logit_inputs(rng, n=4, m=5, scale=LARGE_LOGIT_SCALE):
-    """The ``large_logits`` regimes as input sets (S,) of softmax and log-sum-exp."""
-    return [(S,) for S in large_logits(rng, n, m, scale)]
+def make_large_logit_inputs(rng, n=4, m=5, scale=LARGE_LOGIT_SCALE):
+    """The ``make_large_logits`` regimes as input sets (S,) of softmax and log-sum-exp."""
+    return [(S,) for S in make_large_logits(rng, n, m, scale)]
 
 
-def large_linear_inputs(rng, n=4, m=5, scale=LARGE_LOGIT_SCALE):
-    """(Z, theta, C) whose logits Z theta^T are the ``large_logits`` regimes (theta orthogonal)."""
+def make_large_linear_inputs(rng, n=4, m=5, scale=LARGE_LOGIT_SCALE):
+    """(Z, theta, C) whose logits Z theta^T are the ``make_large_logits`` regimes (theta orthogonal)."""
     theta = np.linalg.qr(rng.standard_normal((m, m)))[0]
     C = np.eye(m)[rng.integers(0, m, size=n)]
-    return [(S @ theta, theta, C) for S in large_logits(rng, n, m, scale)]
+    return [(S @ theta, theta, C) for S in make_large_logits(rng, n, m, scale)]
 
 
 def _input_sets(make_inputs, seeds, dtypes, student_fn, reference_fn):
@@ -1110,7 +1110,8 @@ def reference_ca_block_vjp(Z_out_bar, Z, theta, C, h):
 
 
 def reference_network(X, y, theta, h, L):
-    """Label-free network of L tied attention-only eq. (8) blocks (C = 0) and the head Z_L theta^T.
+    """Label-free network of L tied attention-only blocks Z - h CA(Z, theta) (eq. (8) with C = 0)
+    and the head Z_L theta^T.
 
     Returns (loss, theta_bar, h_bar): the batch-mean cross-entropy of the labels y and
     its gradients, from flowattn_np.Network. X: n x d, y: (n,) integers, theta: m x d.
@@ -1135,24 +1136,24 @@ def _head_only(X, y, theta, h, L):
     return loss, G.T @ Z, h_bar
 
 
-def sphere_inputs(rng, n=5, d=4):
+def make_sphere_inputs(rng, n=5, d=4):
     """Random (Z (n, d), Y_bar (n, d), r) for the retraction and its VJP."""
     return rng.standard_normal((n, d)), rng.standard_normal((n, d)), float(rng.uniform(0.5, 3.0))
 
 
-def block_inputs(rng, n=5, m=4, d=3):
+def make_block_inputs(rng, n=5, m=4, d=3):
     """Random (Z, theta, C, h) for one eq. (8) block; h a Python float."""
-    Z, theta, C = linear_inputs(rng, n, m, d)
+    Z, theta, C = make_linear_inputs(rng, n, m, d)
     return Z, theta, C, float(rng.uniform(0.1, 0.9))
 
 
-def block_vjp_inputs(rng, n=5, m=4, d=3):
+def make_block_vjp_inputs(rng, n=5, m=4, d=3):
     """Random (Z_out_bar, Z, theta, C, h): an upstream gradient and one block's inputs."""
-    Z, theta, C, h = block_inputs(rng, n, m, d)
+    Z, theta, C, h = make_block_inputs(rng, n, m, d)
     return (rng.standard_normal(Z.shape), Z, theta, C, h)
 
 
-def network_inputs(rng, n=12, m=3, d=4, L=2):
+def make_network_inputs(rng, n=12, m=3, d=4, L=2):
     """Random (X (n, d), y (n,), theta (m, d), h, L) for the label-free network."""
     return (rng.standard_normal((n, d)), rng.integers(0, m, size=n), rng.standard_normal((m, d)) / 2,
             float(rng.uniform(-0.5, 0.5)), L)
@@ -1171,12 +1172,18 @@ def _attention_step(theta, t):
 
 
 def reference_lie_step(Z, theta, C, h):
-    """One Lie step of the linear flow (eq. 8 form): A(h) by one RK4 step, then exact B(h)."""
+    """One Lie step B(h) o A(h) of the linear flow: A(h) by ONE RK4 step, then the exact B(h),
+    Z + h C theta (n x d).
+
+    Not the block of eq. (8), which takes one EULER step for A (``reference_ca_block``): the
+    same order of the sub-flows, a more accurate A.
+    """
     return linear_B_exact(_attention_step(theta, h)(Z), theta, C, h)
 
 
 def reference_strang_step(Z, theta, C, h):
-    """One Strang step of the linear flow: A(h/2) by RK4, exact B(h), A(h/2) by RK4."""
+    """One Strang step A(h/2) o B(h) o A(h/2) of the linear flow: each A(h/2) by one RK4 step,
+    the exact B(h) between them (n x d)."""
     half = _attention_step(theta, 0.5 * h)
     return half(linear_B_exact(half(Z), theta, C, h))
 
@@ -1217,9 +1224,9 @@ A4_BLOCKS = ("softmax", "cross_attention", "linear_flow_A")
 """The package functions an a4 student may call for the sub-flow steps (the steps are the reference)."""
 
 
-def self_attention_inputs(rng):
+def make_self_attention_inputs(rng):
     """Random (Z (2, 5, 3), theta (3, 3) SPD) for self-attention."""
-    return quadratic_inputs(rng)[:2]
+    return make_quadratic_inputs(rng)[:2]
 
 
 def _linear_logits(Z, theta, *_):
@@ -1319,7 +1326,7 @@ EXERCISES = {
     "softmax": Exercise("softmax", "row-wise softmax sigma(S)_ij = exp(S_ij) / sum_k exp(S_ik), max-shifted", (
         Mistake(WRONG_AXIS, WRONG_AXIS_MSG, make=_softmax_cols),
         Mistake(GLOBAL_MAX, GLOBAL_MAX_MSG.format("0 / 0 = NaN"), make=_global_softmax),
-    ), logits=lambda S: S, stress=large_logit_inputs, reference=ops.softmax, inputs=logits_inputs),
+    ), logits=lambda S: S, stress=make_large_logit_inputs, reference=ops.softmax, inputs=make_logits_inputs),
     "logsumexp": Exercise("logsumexp", "LSE(S)_i = c_i + log sum_k exp(S_ik - c_i), c_i = max_k S_ik", (
         Mistake("max not added back", "you return log sum_k exp(S_ik - c_i) without the term + c_i "
                 "of LSE(S)_i = c_i + log sum_k exp(S_ik - c_i): the max-shift must be undone.",
@@ -1330,7 +1337,7 @@ EXERCISES = {
                 if S.shape[0] == S.shape[1] else np.full(S.shape[0], np.nan)),
         Mistake(GLOBAL_MAX, GLOBAL_MAX_MSG.format("log 0 = -inf"), make=_global_lse),
         _overflow_mistake(_naive_lse),
-    ), logits=lambda S: S, stress=large_logit_inputs, reference=ops.logsumexp, inputs=logits_inputs),
+    ), logits=lambda S: S, stress=make_large_logit_inputs, reference=ops.logsumexp, inputs=make_logits_inputs),
     "cross_entropy": Exercise("cross_entropy", "eq. (3): l = -<C, log sigma(Z theta^T)>, summed over rows", (
         Mistake("mean instead of sum", "you divide by the number of rows n: the point-wise loss of "
                 "eq. (3) is the SUM over rows, l = -sum_i <C_i, log sigma(Z theta^T)_i>.",
@@ -1344,8 +1351,8 @@ EXERCISES = {
         Mistake(GLOBAL_MAX, GLOBAL_MAX_MSG.format("log 0 = -inf"),
                 make=lambda Z, th, C: -(C * (Z @ th.T)).sum() + _global_lse(Z @ th.T).sum()),
         _overflow_mistake(lambda Z, th, C: -(C * (Z @ th.T)).sum() + _naive_lse(Z @ th.T).sum()),
-    ), terms=_cross_entropy_terms, logits=_linear_logits, stress=large_linear_inputs, reference=linear_loss,
-        inputs=linear_inputs),
+    ), terms=_cross_entropy_terms, logits=_linear_logits, stress=make_large_linear_inputs, reference=linear_loss,
+        inputs=make_linear_inputs),
     "linear_grad_Z": Exercise("grad_Z", "eq. (4): grad_Z l = CA(Z, theta) - C theta = (sigma(Z theta^T) - C) theta", (
         Mistake("missing - C theta", "the term - C theta of eq. (4) is missing: you return only the "
                 "cross-attention CA(Z, theta) = sigma(Z theta^T) theta. The derivative of -<C, Z theta^T> "
@@ -1356,7 +1363,7 @@ EXERCISES = {
         Mistake(WRONG_AXIS, WRONG_AXIS_MSG + " In eq. (4) CA(Z, theta) = sigma(Z theta^T) theta.",
                 make=lambda Z, th, C: (_softmax_cols(Z @ th.T) - C) @ th),
     ), allowed=("softmax",), terms=_linear_grad_Z_terms, logits=_linear_logits, reference=linear_grad_Z,
-        inputs=linear_inputs),
+        inputs=make_linear_inputs),
     # derived by the student from dN = Z dtheta^T: neither the title nor a message gives the formula
     "linear_grad_theta": Exercise("grad_theta", "the gradient of eq. (3) in theta, derived from dN = Z dtheta^T", (
         Mistake("missing - C", "the label part is missing: your result is the derivative of the sum of the "
@@ -1364,7 +1371,7 @@ EXERCISES = {
                 "you left out.", make=lambda Z, th, C: ops.softmax(Z @ th.T).T @ Z),
         Mistake(WRONG_AXIS, WRONG_AXIS_MSG, make=lambda Z, th, C: (_softmax_cols(Z @ th.T) - C).T @ Z),
     ), allowed=("softmax",), terms=_linear_grad_theta_terms, logits=_linear_logits, reference=linear_grad_theta,
-        inputs=linear_inputs),
+        inputs=make_linear_inputs),
     "ca_block": Exercise("block_forward", "eq. (8): Z_out = Z - h CA(Z, theta) + h C theta", (
         Mistake("sign of the attention term flipped", "eq. (8) SUBTRACTS the attention: Z_half = Z - h CA(Z, "
                 "theta) (a descent step; CA is part of the gradient). You add it.",
@@ -1376,7 +1383,7 @@ EXERCISES = {
                 "(the B sub-flow), is missing: you return Z_half = Z - h CA(Z, theta).",
                 make=lambda Z, th, C, h: Z - h * attention.cross_attention(Z, th)),
     ), allowed=A2_BLOCKS, terms=_ca_block_terms, logits=_linear_logits, reference=reference_ca_block,
-        inputs=block_inputs),
+        inputs=make_block_inputs),
     "ca_block_vjp": Exercise(
         "block_backward", "VJP of eq. (8): Z_out = Z + h (C - P) theta, P = sigma(Z theta^T)", (
             Mistake("missing residual path in Z_bar", "Z_bar is missing the identity term of the residual "
@@ -1397,7 +1404,7 @@ EXERCISES = {
                     make=lambda Zb, Z, th, C, h: _vjp_variant(Zb, Z, th, C, h, sign=-1.0)),
         ), outputs=("Z_bar", "theta_bar", "h_bar"), arguments=("Z_out_bar", "Z", "theta", "C", "h"),
         allowed=A2_BLOCKS, terms=_ca_block_vjp_terms, logits=lambda Zb, Z, th, *_: Z @ _swap(th),
-        reference=reference_ca_block_vjp, inputs=block_vjp_inputs),
+        reference=reference_ca_block_vjp, inputs=make_block_vjp_inputs),
     "network": Exercise(
         "network_loss_and_grads", "mean cross-entropy of Z_L theta^T after L blocks Z + h (0 - sigma(Z theta^T)) theta", (
             Mistake("sum instead of mean", "the network's loss is the batch MEAN of the cross-entropy: divide "
@@ -1407,15 +1414,16 @@ EXERCISES = {
                     "in every block, so theta_bar adds the head's G^T Z_L and every block's theta_bar.",
                     make=lambda X, y, th, h, L: _head_only(X, y, th, h, L)),
         ), outputs=("loss", "theta_bar", "h_bar"), allowed=A2_BLOCKS, reference=reference_network,
-        inputs=network_inputs),
-    "self_attention": Exercise("SA", "eq. (9): SA(Z, theta) = sigma(Z theta Z^T) Z theta", (
+        inputs=make_network_inputs),
+    "self_attention": Exercise("SA", "SA(Z, theta) = sigma(Z theta Z^T) Z theta, the first term of eq. (9)", (
         Mistake(WRONG_AXIS, WRONG_AXIS_MSG + " For SA each token's scores over the other tokens sum to 1.",
                 make=lambda Z, th: _softmax_cols(Z @ th @ _swap(Z)) @ Z @ th),
         Mistake("missing theta in the values", "the values are Z theta, not Z: SA = sigma(Z theta Z^T) Z theta.",
                 make=lambda Z, th: ops.softmax(Z @ th @ _swap(Z)) @ Z),
     ), allowed=("softmax",), terms=_self_attention_terms, logits=_quadratic_logits, reference=self_attention,
-        inputs=self_attention_inputs),
-    "self_attention_adjoint": Exercise("SA_adjoint", "eq. (9): SA*(Z, theta) = sigma(Z theta Z^T)^T Z theta", (
+        inputs=make_self_attention_inputs),
+    "self_attention_adjoint": Exercise("SA_adjoint", "SA*(Z, theta) = sigma(Z theta Z^T)^T Z theta, the second "
+                                                     "term of eq. (9)", (
         Mistake("missing transpose in SA*", "you return SA(Z, theta): SA* uses the TRANSPOSED attention "
                 "matrix, sigma(Z theta Z^T)^T Z theta (the transpose of the softmax, not a softmax of the "
                 "transpose).", make=lambda Z, th: _quad_terms(Z, th, np.zeros(Z.shape[:-1] + Z.shape[-2:-1]))[0]),
@@ -1423,7 +1431,7 @@ EXERCISES = {
                 "row-wise softmax, sigma(Z theta Z^T)^T, whose columns (not rows) sum to 1.",
                 make=lambda Z, th: ops.softmax(_swap(Z @ th @ _swap(Z))) @ Z @ th),
     ), allowed=("softmax",), terms=_self_attention_adjoint_terms, logits=_quadratic_logits,
-        reference=self_attention_adjoint, inputs=self_attention_inputs),
+        reference=self_attention_adjoint, inputs=make_self_attention_inputs),
     "quadratic_grad_Z": Exercise(
         "grad_Z", "eq. (9): grad_Z l = SA(Z, theta) + SA*(Z, theta) - (C + C^T) Z theta", (
             Mistake("missing - (C + C^T) Z theta", "the label term - (C + C^T) Z theta of eq. (9) is "
@@ -1438,7 +1446,7 @@ EXERCISES = {
                     "- (C + C^T) Z theta; you add it.",
                     make=lambda Z, th, C: sum(_quad_terms(Z, th, C))),
         ), allowed=("softmax",), terms=_quadratic_grad_Z_terms, logits=_quadratic_logits, reference=quadratic_grad_Z,
-        inputs=quadratic_inputs),
+        inputs=make_quadratic_inputs),
     "quadratic_grad_phi": Exercise(
         "grad_phi", "grad_phi l = tril((Z^T G Z + Z^T G^T Z) phi), G = sigma(Z theta Z^T) - C, summed over sequences", (
             Mistake("missing tril", "phi is lower-triangular: only its lower triangle is a parameter, so keep "
@@ -1450,7 +1458,7 @@ EXERCISES = {
             Mistake("missing - C", "G = sigma(Z theta Z^T) - C: the label term is missing.",
                     make=lambda Z, phi, C: (lambda A: np.tril((A + A.T) @ phi))(
                         _quad_A(Z, phi, C, lambda Z, th, C: ops.softmax(Z @ th @ _swap(Z))))),
-        ), allowed=("softmax",), reference=quadratic_grad_phi, inputs=quadratic_phi_inputs),
+        ), allowed=("softmax",), reference=quadratic_grad_phi, inputs=make_quadratic_phi_inputs),
     "rk4_attention": Exercise("rk4_attention", "one RK4 step of the attention sub-flow dZ/dt = -CA(Z, theta)", (
         Mistake("sign of the sub-flow flipped", "the attention sub-flow is dZ/dt = -CA(Z, theta) (it descends "
                 "the log-sum-exp); you integrate +CA.",
@@ -1475,19 +1483,20 @@ EXERCISES = {
                 "of the scaling) is missing.",
                 make=lambda Z, Yb, r: (lambda u: Yb - u * (u * Yb).sum(-1, keepdims=True))(
                     Z / np.sqrt((Z * Z).sum(axis=-1, keepdims=True)))),
-    ), reference=retract_vjp, inputs=sphere_inputs),
-    "lie_step": Exercise("lie_step", "Lie splitting B(h) o A(h): attention first (eq. 8)", (
-        Mistake("sub-flows in the wrong order", "you apply B before A: eq. (8) takes the attention "
-                "sub-flow A first, then the label sub-flow B: B(h) o A(h).",
+    ), reference=retract_vjp, inputs=make_sphere_inputs),
+    "lie_step": Exercise("lie_step", "Lie splitting B(h) o A(h), A by one RK4 step: attention first, "
+                                    "the order of eq. (8)", (
+        Mistake("sub-flows in the wrong order", "you apply B before A: the Lie step (like eq. (8)) takes "
+                "the attention sub-flow A first, then the label sub-flow B: B(h) o A(h).",
                 make=lambda Z, th, C, h: _attention_step(th, h)(linear_B_exact(Z, th, C, h))),
-    ), allowed=A4_BLOCKS, terms=_lie_step_terms, reference=reference_lie_step, inputs=block_inputs),
+    ), allowed=A4_BLOCKS, terms=_lie_step_terms, reference=reference_lie_step, inputs=make_block_inputs),
     "strang_step": Exercise("strang_step", "Strang splitting A(h/2) o B(h) o A(h/2)", (
         Mistake("full steps of A", "Strang takes HALF steps of A on either side of a full step of B: "
                 "A(h/2) o B(h) o A(h/2); you take A(h) twice.",
                 make=lambda Z, th, C, h: _attention_step(th, h)(linear_B_exact(_attention_step(th, h)(Z), th, C, h))),
         Mistake("a Lie step", "you return the Lie step B(h) o A(h): Strang is symmetric, "
                 "A(h/2) o B(h) o A(h/2).", make=lambda Z, th, C, h: reference_lie_step(Z, th, C, h)),
-    ), allowed=A4_BLOCKS, reference=reference_strang_step, inputs=block_inputs),
+    ), allowed=A4_BLOCKS, reference=reference_strang_step, inputs=make_block_inputs),
 }
 """Exercise name -> Exercise: the equation, its mistakes and terms, and the building blocks a student may call."""
 
@@ -1513,14 +1522,14 @@ def reference_rk4_attention(Z, theta, t):
 # ---------------------------------------------------------------- assignment 5: the MLP oracle in a block
 
 
-def activation_inputs(rng, n=4, k=6, scale=3.0):
+def make_activation_inputs(rng, n=4, k=6, scale=3.0):
     """Random pre-activations x (n, k), a few of them far out (|x| of 30) where tanh saturates."""
     x = scale * rng.standard_normal((n, k))
     x.flat[:2] = (30.0, -30.0)
     return (x,)
 
 
-def mlp_inputs(rng, n=5, d=3, k=6, m=4, scale=1.0):
+def make_mlp_inputs(rng, n=5, d=3, k=6, m=4, scale=1.0):
     """Random (Z (n, d), W1 (k, d), b1 (k,), W2 (m, k), b2 (m,)) for the MLP oracle.
 
     scale multiplies W2 and b2: the oracle's logits; scale=300 puts them far beyond exp's range.
@@ -1529,26 +1538,26 @@ def mlp_inputs(rng, n=5, d=3, k=6, m=4, scale=1.0):
             scale * rng.standard_normal((m, k)) / k ** 0.5, scale * rng.standard_normal(m))
 
 
-def mlp_vjp_inputs(rng, **sizes):
+def make_mlp_vjp_inputs(rng, **sizes):
     """Random (C_bar (n, m), Z, W1, b1, W2, b2): an upstream gradient and the oracle's inputs."""
-    Z, W1, b1, W2, b2 = mlp_inputs(rng, **sizes)
+    Z, W1, b1, W2, b2 = make_mlp_inputs(rng, **sizes)
     return (rng.standard_normal((Z.shape[0], W2.shape[0])), Z, W1, b1, W2, b2)
 
 
-def mlp_block_inputs(rng, n=5, d=3, k=6, m=4):
+def make_mlp_block_inputs(rng, n=5, d=3, k=6, m=4):
     """Random (Z, theta (m, d), h (0-d array), W1, b1, W2, b2) for a Lie block with the MLP oracle."""
-    Z, W1, b1, W2, b2 = mlp_inputs(rng, n, d, k, m)
+    Z, W1, b1, W2, b2 = make_mlp_inputs(rng, n, d, k, m)
     return Z, rng.standard_normal((m, d)), np.array(rng.uniform(0.1, 0.9)), W1, b1, W2, b2
 
 
-def mlp_block_vjp_inputs(rng, **sizes):
+def make_mlp_block_vjp_inputs(rng, **sizes):
     """Random (Z_bar, Z, theta, h, W1, b1, W2, b2): an upstream gradient and one block's inputs."""
-    args = mlp_block_inputs(rng, **sizes)
+    args = make_mlp_block_inputs(rng, **sizes)
     return (rng.standard_normal(args[0].shape),) + args
 
 
 def reference_mlp_oracle(Z, W1, b1, W2, b2):
-    """The MLP oracle C_hat(Z) = sigma(gelu(Z W1^T + b1) W2^T + b2) (n x m), from flowattn_np.mlp."""
+    """The MLP oracle C_hat(Z) = sigma(gelu(Z W1^T + b1) W2^T + b2) (n x m), from flowattn_np.equations.mlp."""
     from flowattn_np.equations.mlp import mlp_oracle
 
     return mlp_oracle(Z, W1, b1, W2, b2, "gelu")[0]
@@ -1588,9 +1597,9 @@ def reference_mlp_block_vjp(Z_bar, Z, theta, h, W1, b1, W2, b2):
     return (Z_in_bar, g["theta"], g["h"], g["W1"], g["b1"], g["W2"], g["b2"])
 
 
-def mlp_network_inputs(rng, n=12, d=2, k=5, m=4):
+def make_mlp_network_inputs(rng, n=12, d=2, k=5, m=4):
     """Random (X (n, d), y (n,), theta (m, d), h (0-d), W1, b1, W2, b2) for a network of MLP-oracle blocks."""
-    X, W1, b1, W2, b2 = mlp_inputs(rng, n, d, k, m)
+    X, W1, b1, W2, b2 = make_mlp_inputs(rng, n, d, k, m)
     return X, rng.integers(0, m, size=n), 0.5 * rng.standard_normal((m, d)), np.array(0.4), W1, b1, W2, b2
 
 
@@ -1680,7 +1689,7 @@ def _mlp_block_vjp_terms(Z_bar, Z, theta, h, W1, b1, W2, b2):
 EXERCISES["gelu"] = Exercise("gelu", "gelu(x) = x/2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)", (
     Mistake("ReLU instead of GELU", "you compute max(x, 0): the oracle's activation is the tanh form of GELU, "
             "x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).", make=lambda x: np.maximum(x, 0.0)),
-), reference=gelu, inputs=activation_inputs, arguments=("x",))
+), reference=gelu, inputs=make_activation_inputs, arguments=("x",))
 EXERCISES["gelu_grad"] = Exercise(
     # a5 asks the student to derive gelu': the title gives the function, not its derivative
     "gelu_grad", "the derivative gelu'(x) of gelu(x) = x/2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)", (
@@ -1692,7 +1701,7 @@ EXERCISES["gelu_grad"] = Exercise(
                 "have only the second.",
                 make=lambda x: (lambda t: 0.5 * x * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * x * x))(
                     _gelu_parts(x)[0])),
-    ), reference=gelu_grad, inputs=activation_inputs, arguments=("x",))
+    ), reference=gelu_grad, inputs=make_activation_inputs, arguments=("x",))
 EXERCISES["mlp_oracle"] = Exercise(
     "oracle_forward", "C_hat(Z) = sigma(gelu(Z W1^T + b1) W2^T + b2), one softmax per row", (
         Mistake(WRONG_AXIS, WRONG_AXIS_MSG + " Each row of C_hat is one example's distribution over the m classes.",
@@ -1702,7 +1711,7 @@ EXERCISES["mlp_oracle"] = Exercise(
                 make=lambda Z, W1, b1, W2, b2: _gelu_parts(Z @ W1.T + b1)[1] @ W2.T + b2),
         Mistake("missing bias", "a bias is missing: the pre-activation is Z W1^T + b1 and the logits "
                 "gelu(A) W2^T + b2.", make=lambda Z, W1, b1, W2, b2: _oracle_variant(Z, W1, 0.0 * b1, W2, b2)),
-    ), allowed=A5_BLOCKS, reference=reference_mlp_oracle, inputs=mlp_inputs, arguments=("Z", "W1", "b1", "W2", "b2"))
+    ), allowed=A5_BLOCKS, reference=reference_mlp_oracle, inputs=make_mlp_inputs, arguments=("Z", "W1", "b1", "W2", "b2"))
 EXERCISES["mlp_oracle_vjp"] = Exercise(
     "oracle_backward", "VJP of C_hat = sigma(Y), Y = gelu(A) W2^T + b2, A = Z W1^T + b1", (
         Mistake("missing softmax VJP", "you pass C_bar on as Y_bar: C_hat = sigma(Y), so Y_bar = C_hat * (C_bar - "
@@ -1712,7 +1721,7 @@ EXERCISES["mlp_oracle_vjp"] = Exercise(
                 "is multiplied entry by entry by the activation's derivative, which is missing.",
                 make=lambda Cb, Z, W1, b1, W2, b2: _oracle_variant(Z, W1, b1, W2, b2, act_grad=False, C_bar=Cb)),
     ), outputs=("Z_bar", "W1_bar", "b1_bar", "W2_bar", "b2_bar"), allowed=A5_BLOCKS,
-    reference=reference_mlp_oracle_vjp, inputs=mlp_vjp_inputs, arguments=("C_bar", "Z", "W1", "b1", "W2", "b2"))
+    reference=reference_mlp_oracle_vjp, inputs=make_mlp_vjp_inputs, arguments=("C_bar", "Z", "W1", "b1", "W2", "b2"))
 EXERCISES["mlp_block"] = Exercise(
     "block_forward", "Lie block: Z_half = Z - h CA(Z, theta), Z_out = Z_half + h C_hat(Z_half) theta", (
         Mistake("oracle evaluated at Z", "the MLP oracle must see the output of the attention sub-step: "
@@ -1728,7 +1737,7 @@ EXERCISES["mlp_block"] = Exercise(
                 make=lambda Z, th, h, W1, b1, W2, b2: (lambda Zh: h * _oracle_variant(Zh, W1, b1, W2, b2) @ th)(
                     Z - h * attention.cross_attention(Z, th))),
     ), allowed=A5_BLOCKS, terms=_mlp_block_terms, logits=_linear_logits, reference=reference_mlp_block,
-    inputs=mlp_block_inputs, arguments=("Z", "theta", "h", "W1", "b1", "W2", "b2"))
+    inputs=make_mlp_block_inputs, arguments=("Z", "theta", "h", "W1", "b1", "W2", "b2"))
 EXERCISES["mlp_block_vjp"] = Exercise(
     "block_backward", "VJP of the Lie block Z_out = Z_half + h C_hat(Z_half) theta, Z_half = Z - h CA(Z, theta)", (
         Mistake("oracle held constant", "C_hat depends on Z_half: the gradient reaching Z_half is Z_bar PLUS the "
@@ -1738,8 +1747,8 @@ EXERCISES["mlp_block_vjp"] = Exercise(
                 "theta_bar need the softmax VJP S_bar of P_bar = -h U theta^T (U the gradient at Z_half).",
                 make=lambda *a: _block_variant(*a, attention_vjp=False)),
     ), outputs=MLP_BLOCK_OUTPUTS, allowed=A5_BLOCKS, terms=_mlp_block_vjp_terms, reference=reference_mlp_block_vjp,
-    inputs=mlp_block_vjp_inputs, arguments=("Z_bar", "Z", "theta", "h", "W1", "b1", "W2", "b2"))
+    inputs=make_mlp_block_vjp_inputs, arguments=("Z_bar", "Z", "theta", "h", "W1", "b1", "W2", "b2"))
 EXERCISES["mlp_network"] = Exercise(
     "network_loss_and_grads", "mean cross-entropy of Z_L theta^T after L tied Lie blocks with the MLP oracle",
     outputs=("theta_bar", "h_bar", "W1_bar", "b1_bar", "W2_bar", "b2_bar"), allowed=A5_BLOCKS,
-    reference=reference_mlp_network, inputs=mlp_network_inputs, arguments=("X", "y", "theta", "h", "W1", "b1", "W2", "b2"))
+    reference=reference_mlp_network, inputs=make_mlp_network_inputs, arguments=("X", "y", "theta", "h", "W1", "b1", "W2", "b2"))

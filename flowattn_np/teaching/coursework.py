@@ -433,7 +433,7 @@ def _seconds(text):
     return value
 
 
-def main(args, prog="flowattn-np"):
+def run_command(args, prog="flowattn-np"):
     """Run a parsed ``coursework`` command; returns the exit status."""
     try:
         if args.coursework_command == "list":

@@ -46,7 +46,7 @@
 import numpy as np
 
 import flowattn_np as fa
-from flowattn_np.teaching import checks
+from flowattn_np import checks
 
 np.set_printoptions(precision=4, suppress=True)
 rng = np.random.default_rng(0)
@@ -76,7 +76,7 @@ def softmax(S):
 
 # %% nbgrader={"grade": true, "grade_id": "test_softmax", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 # ordinary logits here; large logits have their own test below
-print(checks.check_function(softmax, fa.softmax, checks.logits_inputs, exercise="softmax", stress=False))
+print(checks.check_function(softmax, fa.softmax, checks.make_logits_inputs, exercise="softmax", stress=False))
 P = softmax(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]))
 assert np.allclose(P.sum(axis=1), 1.0) and np.allclose(P[1], 1 / 3)
 ### BEGIN HIDDEN TESTS
@@ -86,7 +86,7 @@ print(checks.check_function(softmax, fa.softmax, lambda r: (r.standard_normal((2
 # %% nbgrader={"grade": true, "grade_id": "test_softmax_large_logits", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 # logits of +-1e4 (and of a few hundred, where exp overflows or underflows): the max-shift keeps
 # every entry finite, in float64 and float32
-print(checks.check_function(softmax, fa.softmax, lambda r: checks.logits_inputs(r, scale=1e4),
+print(checks.check_function(softmax, fa.softmax, lambda r: checks.make_logits_inputs(r, scale=1e4),
                             exercise="softmax"))
 ### BEGIN HIDDEN TESTS
 big = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], dtype=np.float32)
@@ -109,8 +109,8 @@ def logsumexp(S):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_logsumexp", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-print(checks.check_function(logsumexp, fa.logsumexp, checks.logits_inputs, exercise="logsumexp"))
-print(checks.check_function(logsumexp, fa.logsumexp, lambda r: checks.logits_inputs(r, scale=1e4),
+print(checks.check_function(logsumexp, fa.logsumexp, checks.make_logits_inputs, exercise="logsumexp"))
+print(checks.check_function(logsumexp, fa.logsumexp, lambda r: checks.make_logits_inputs(r, scale=1e4),
                             exercise="logsumexp"))
 ### BEGIN HIDDEN TESTS
 assert np.isclose(logsumexp(np.array([[1e4, 1e4]]))[0], 1e4 + np.log(2.0))
@@ -140,14 +140,14 @@ def cross_entropy(Z, theta, C):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_cross_entropy", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-print(checks.check_function(cross_entropy, fa.linear_loss, checks.linear_inputs, exercise="cross_entropy",
+print(checks.check_function(cross_entropy, fa.linear_loss, checks.make_linear_inputs, exercise="cross_entropy",
                             uses={"logsumexp": logsumexp}))
 # logits of a few hundred: log of a softmax that underflowed to 0 is -inf (and 0 * -inf is NaN)
-print(checks.check_function(cross_entropy, fa.linear_loss, lambda r: checks.linear_inputs(r, scale=300.0),
+print(checks.check_function(cross_entropy, fa.linear_loss, lambda r: checks.make_linear_inputs(r, scale=300.0),
                             exercise="cross_entropy"))
 ### BEGIN HIDDEN TESTS
 def soft_label_inputs(r):
-    Z, theta, _ = checks.linear_inputs(r, n=6, m=3, d=2)
+    Z, theta, _ = checks.make_linear_inputs(r, n=6, m=3, d=2)
     return Z, theta, fa.softmax(r.standard_normal((6, 3)))
 print(checks.check_function(cross_entropy, fa.linear_loss, soft_label_inputs, exercise="cross_entropy"))
 ### END HIDDEN TESTS
@@ -185,15 +185,15 @@ def grad_Z(Z, theta, C):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_grad_Z", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-print(checks.check_function(grad_Z, fa.linear_grad_Z, checks.linear_inputs, exercise="linear_grad_Z",
+print(checks.check_function(grad_Z, fa.linear_grad_Z, checks.make_linear_inputs, exercise="linear_grad_Z",
                             uses={"softmax": softmax}))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(grad_Z, fa.linear_grad_Z, lambda r: checks.linear_inputs(r, n=9, m=6, d=6), exercise="linear_grad_Z", seeds=(7, 8)))
+print(checks.check_function(grad_Z, fa.linear_grad_Z, lambda r: checks.make_linear_inputs(r, n=9, m=6, d=6), exercise="linear_grad_Z", seeds=(7, 8)))
 ### END HIDDEN TESTS
 
 # %% nbgrader={"grade": true, "grade_id": "test_grad_Z_finite_differences", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 # against central finite differences of the package's loss (float64), and the reference in float32
-print(checks.check_gradient(grad_Z, fa.linear_loss, checks.linear_inputs, wrt=0,
+print(checks.check_gradient(grad_Z, fa.linear_loss, checks.make_linear_inputs, wrt=0,
                             reference_grad=fa.linear_grad_Z, exercise="linear_grad_Z", uses={"softmax": softmax}))
 
 # %% [markdown]
@@ -204,7 +204,7 @@ print(checks.check_gradient(grad_Z, fa.linear_loss, checks.linear_inputs, wrt=0,
 # entry of `grad_Z(Z, theta, C) - (fa.cross_attention(Z, theta) - C @ theta)`.
 
 # %% nbgrader={"grade": false, "grade_id": "use_gradcheck", "locked": false, "schema_version": 3, "solution": true, "task": false}
-Z, theta, C = checks.linear_inputs(np.random.default_rng(42), n=6, m=4, d=3)
+Z, theta, C = checks.make_linear_inputs(np.random.default_rng(42), n=6, m=4, d=3)
 ### BEGIN SOLUTION
 result = fa.gradcheck(lambda Zv: cross_entropy(Zv, theta, C), Z, grad_Z(Z, theta, C))
 gap = np.abs(grad_Z(Z, theta, C) - (fa.cross_attention(Z, theta) - C @ theta)).max()
@@ -238,12 +238,12 @@ def grad_theta(Z, theta, C):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_grad_theta", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-print(checks.check_function(grad_theta, fa.linear_grad_theta, checks.linear_inputs, exercise="linear_grad_theta",
+print(checks.check_function(grad_theta, fa.linear_grad_theta, checks.make_linear_inputs, exercise="linear_grad_theta",
                             uses={"softmax": softmax}))
-print(checks.check_gradient(grad_theta, fa.linear_loss, checks.linear_inputs, wrt=1,
+print(checks.check_gradient(grad_theta, fa.linear_loss, checks.make_linear_inputs, wrt=1,
                             reference_grad=fa.linear_grad_theta, exercise="linear_grad_theta", seeds=(3,)))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(grad_theta, fa.linear_grad_theta, lambda r: checks.linear_inputs(r, n=7, m=5, d=5), exercise="linear_grad_theta", seeds=(11,)))
+print(checks.check_function(grad_theta, fa.linear_grad_theta, lambda r: checks.make_linear_inputs(r, n=7, m=5, d=5), exercise="linear_grad_theta", seeds=(11,)))
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -39,8 +39,7 @@
 import numpy as np
 
 import flowattn_np as fa
-from flowattn_np.teaching import checks
-from flowattn_np.experiments.data import make_blobs
+from flowattn_np import checks, make_blobs
 
 np.set_printoptions(precision=4, suppress=True)
 
@@ -68,9 +67,9 @@ def forward_only(Z, theta, C, h):
     return block_forward(Z, theta, C, h)[0]
 
 
-print(checks.check_function(forward_only, checks.reference_ca_block, checks.block_inputs, exercise="ca_block"))
+print(checks.check_function(forward_only, checks.reference_ca_block, checks.make_block_inputs, exercise="ca_block"))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(forward_only, checks.reference_ca_block, lambda r: checks.block_inputs(r, n=8, m=3, d=5), exercise="ca_block", seeds=(5, 6)))
+print(checks.check_function(forward_only, checks.reference_ca_block, lambda r: checks.make_block_inputs(r, n=8, m=3, d=5), exercise="ca_block", seeds=(5, 6)))
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -114,28 +113,28 @@ def pairing(Z_bar, Z, theta, C, h):  # L = <Z_bar, Z_out>: its gradients are the
     return (Z_bar * checks.reference_ca_block(Z, theta, C, h)).sum()
 
 
-print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, checks.block_vjp_inputs,
+print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, checks.make_block_vjp_inputs,
                             exercise="ca_block_vjp", output=0, uses={"block_forward": (forward_only, "ca_block")}))
-print(checks.check_gradient(student_vjp, pairing, checks.block_vjp_inputs, wrt=1, output=0,
+print(checks.check_gradient(student_vjp, pairing, checks.make_block_vjp_inputs, wrt=1, output=0,
                             reference_grad=checks.reference_ca_block_vjp, exercise="ca_block_vjp", seeds=(3,)))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, lambda r: checks.block_vjp_inputs(r, n=7, m=2, d=4), exercise="ca_block_vjp", output=0, seeds=(21,)))
+print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, lambda r: checks.make_block_vjp_inputs(r, n=7, m=2, d=4), exercise="ca_block_vjp", output=0, seeds=(21,)))
 ### END HIDDEN TESTS
 
 # %% nbgrader={"grade": true, "grade_id": "test_block_backward_theta", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
-print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, checks.block_vjp_inputs,
+print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, checks.make_block_vjp_inputs,
                             exercise="ca_block_vjp", output=1, uses={"block_forward": (forward_only, "ca_block")}))
-print(checks.check_gradient(student_vjp, pairing, checks.block_vjp_inputs, wrt=2, output=1,
+print(checks.check_gradient(student_vjp, pairing, checks.make_block_vjp_inputs, wrt=2, output=1,
                             reference_grad=checks.reference_ca_block_vjp, exercise="ca_block_vjp", seeds=(4,)))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, lambda r: checks.block_vjp_inputs(r, n=3, m=5, d=2), exercise="ca_block_vjp", output=1, seeds=(22,)))
+print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, lambda r: checks.make_block_vjp_inputs(r, n=3, m=5, d=2), exercise="ca_block_vjp", output=1, seeds=(22,)))
 ### END HIDDEN TESTS
 
 # %% nbgrader={"grade": true, "grade_id": "test_block_backward_h", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, checks.block_vjp_inputs,
+print(checks.check_function(student_vjp, checks.reference_ca_block_vjp, checks.make_block_vjp_inputs,
                             exercise="ca_block_vjp", output=2, uses={"block_forward": (forward_only, "ca_block")}))
 ### BEGIN HIDDEN TESTS
-print(checks.check_gradient(lambda Zb, Z, th, C, h: student_vjp(Zb, Z, th, C, float(h))[2], lambda Zb, Z, th, C, h: pairing(Zb, Z, th, C, float(h)), lambda r: (lambda a: a[:4] + (np.array(a[4]),))(checks.block_vjp_inputs(r)), wrt=4, dtypes=("float64",), seeds=(23,)))
+print(checks.check_gradient(lambda Zb, Z, th, C, h: student_vjp(Zb, Z, th, C, float(h))[2], lambda Zb, Z, th, C, h: pairing(Zb, Z, th, C, float(h)), lambda r: (lambda a: a[:4] + (np.array(a[4]),))(checks.make_block_vjp_inputs(r)), wrt=4, dtypes=("float64",), seeds=(23,)))
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -181,19 +180,19 @@ def network_loss_and_grads(X, y, theta, h, L):
 # %% nbgrader={"grade": true, "grade_id": "test_network", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
 # the network uses your block: when one of its tests fails, the message says so
 blocks = {"block_forward": (forward_only, "ca_block"), "block_backward": (student_vjp, "ca_block_vjp")}
-print(checks.check_function(network_loss_and_grads, checks.reference_network, checks.network_inputs,
+print(checks.check_function(network_loss_and_grads, checks.reference_network, checks.make_network_inputs,
                             exercise="network", uses=blocks))
 
 
-def large_logit_inputs(r):  # features of a few hundred: logits far beyond the range of exp
-    X, y, theta, h, L = checks.network_inputs(r)
+def make_large_network_inputs(r):  # features of a few hundred: logits far beyond the range of exp
+    X, y, theta, h, L = checks.make_network_inputs(r)
     return 300.0 * X, y, theta, h, L
 
 
-print(checks.check_function(network_loss_and_grads, checks.reference_network, large_logit_inputs,
+print(checks.check_function(network_loss_and_grads, checks.reference_network, make_large_network_inputs,
                             exercise="network", seeds=(1,)))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(network_loss_and_grads, checks.reference_network, lambda r: checks.network_inputs(r, n=9, m=4, d=3, L=3), exercise="network", seeds=(31,)))
+print(checks.check_function(network_loss_and_grads, checks.reference_network, lambda r: checks.make_network_inputs(r, n=9, m=4, d=3, L=3), exercise="network", seeds=(31,)))
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -238,7 +237,7 @@ print(f"L = 2: final training loss {losses2[-1]:.3f}, validation accuracy {acc2:
 # %% nbgrader={"grade": true, "grade_id": "test_training", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 # points for training only with gradients that agree with central differences of the loss
 def gradient_inputs(r):  # h as a 0-d array: finite differences need an array to perturb
-    X, y, theta, h, L = checks.network_inputs(r)
+    X, y, theta, h, L = checks.make_network_inputs(r)
     return X, y, theta, np.array(h), L
 
 

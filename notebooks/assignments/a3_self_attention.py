@@ -37,15 +37,14 @@
 import numpy as np
 
 import flowattn_np as fa
-from flowattn_np.teaching import checks
-from flowattn_np.experiments.data import make_retrieval
+from flowattn_np import checks, make_retrieval
 
 np.set_printoptions(precision=4, suppress=True)
 
 
 def sa_inputs(rng):
     """Random (Z (2, 5, 3), theta (3, 3) symmetric positive definite)."""
-    return checks.quadratic_inputs(rng)[:2]
+    return checks.make_quadratic_inputs(rng)[:2]
 
 
 def large_score_inputs(rng):
@@ -82,14 +81,14 @@ def SA_adjoint(Z, theta):
 print(checks.check_function(SA, fa.self_attention, sa_inputs, exercise="self_attention"))
 print(checks.check_function(SA, fa.self_attention, large_score_inputs, exercise="self_attention"))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(SA, fa.self_attention, lambda r: checks.quadratic_inputs(r, batch=1, n=6, d=4)[:2], exercise="self_attention", seeds=(12,)))
+print(checks.check_function(SA, fa.self_attention, lambda r: checks.make_quadratic_inputs(r, batch=1, n=6, d=4)[:2], exercise="self_attention", seeds=(12,)))
 ### END HIDDEN TESTS
 
 # %% nbgrader={"grade": true, "grade_id": "test_SA_adjoint", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 print(checks.check_function(SA_adjoint, fa.self_attention_adjoint, sa_inputs, exercise="self_attention_adjoint"))
 print(checks.check_function(SA_adjoint, fa.self_attention_adjoint, large_score_inputs, exercise="self_attention_adjoint"))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(SA_adjoint, fa.self_attention_adjoint, lambda r: checks.quadratic_inputs(r, batch=3, n=4, d=2)[:2], exercise="self_attention_adjoint", seeds=(13,)))
+print(checks.check_function(SA_adjoint, fa.self_attention_adjoint, lambda r: checks.make_quadratic_inputs(r, batch=3, n=4, d=2)[:2], exercise="self_attention_adjoint", seeds=(13,)))
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -109,14 +108,14 @@ def grad_Z(Z, theta, C):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_grad_Z", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-print(checks.check_function(grad_Z, fa.quadratic_grad_Z, checks.quadratic_inputs, exercise="quadratic_grad_Z",
+print(checks.check_function(grad_Z, fa.quadratic_grad_Z, checks.make_quadratic_inputs, exercise="quadratic_grad_Z",
                             uses={"SA": (SA, "self_attention"), "SA_adjoint": (SA_adjoint, "self_attention_adjoint")}))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(grad_Z, fa.quadratic_grad_Z, lambda r: checks.quadratic_inputs(r, batch=1, n=7, d=3), exercise="quadratic_grad_Z", seeds=(14,)))
+print(checks.check_function(grad_Z, fa.quadratic_grad_Z, lambda r: checks.make_quadratic_inputs(r, batch=1, n=7, d=3), exercise="quadratic_grad_Z", seeds=(14,)))
 ### END HIDDEN TESTS
 
 # %% nbgrader={"grade": true, "grade_id": "test_grad_Z_finite_differences", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-print(checks.check_gradient(grad_Z, fa.quadratic_loss, checks.quadratic_inputs, wrt=0,
+print(checks.check_gradient(grad_Z, fa.quadratic_loss, checks.make_quadratic_inputs, wrt=0,
                             reference_grad=fa.quadratic_grad_Z, exercise="quadratic_grad_Z", seeds=(1,)))
 
 # %% [markdown]
@@ -157,11 +156,11 @@ def loss_in_phi(Z, phi, C):  # only the lower triangle of phi is a parameter
     return fa.quadratic_loss(Z, L @ L.T, C)
 
 
-print(checks.check_function(grad_phi, fa.quadratic_grad_phi, checks.quadratic_phi_inputs, exercise="quadratic_grad_phi"))
-print(checks.check_gradient(grad_phi, loss_in_phi, checks.quadratic_phi_inputs, wrt=1,
+print(checks.check_function(grad_phi, fa.quadratic_grad_phi, checks.make_quadratic_phi_inputs, exercise="quadratic_grad_phi"))
+print(checks.check_gradient(grad_phi, loss_in_phi, checks.make_quadratic_phi_inputs, wrt=1,
                             reference_grad=fa.quadratic_grad_phi, exercise="quadratic_grad_phi", seeds=(2,)))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(grad_phi, fa.quadratic_grad_phi, lambda r: checks.quadratic_phi_inputs(r, batch=4, n=3, d=4), exercise="quadratic_grad_phi", seeds=(15,)))
+print(checks.check_function(grad_phi, fa.quadratic_grad_phi, lambda r: checks.make_quadratic_phi_inputs(r, batch=4, n=3, d=4), exercise="quadratic_grad_phi", seeds=(15,)))
 ### END HIDDEN TESTS
 
 # %% [markdown]

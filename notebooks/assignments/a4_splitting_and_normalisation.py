@@ -35,14 +35,14 @@
 import numpy as np
 
 import flowattn_np as fa
-from flowattn_np.teaching import checks
+from flowattn_np import checks
 
 np.set_printoptions(precision=4, suppress=True)
 
 
 def step_inputs(rng):
     """Random (Z, theta, C, h) for one step of the linear flow."""
-    return checks.block_inputs(rng)
+    return checks.make_block_inputs(rng)
 
 
 # %% [markdown]
@@ -76,13 +76,14 @@ def rk4_inputs(rng):
 
 print(checks.check_function(rk4_attention, checks.reference_rk4_attention, rk4_inputs, exercise="rk4_attention"))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(rk4_attention, checks.reference_rk4_attention, lambda r: checks.block_inputs(r, n=3, m=6, d=2)[:2] + (0.05,), exercise="rk4_attention", seeds=(41,)))
+print(checks.check_function(rk4_attention, checks.reference_rk4_attention, lambda r: checks.make_block_inputs(r, n=3, m=6, d=2)[:2] + (0.05,), exercise="rk4_attention", seeds=(41,)))
 ### END HIDDEN TESTS
 
 # %% [markdown]
 # ## 2. Lie and Strang steps (4 points)
 #
-# Write `lie_step(Z, theta, C, h)` = $B(h)\circ A(h)$ (attention first, as in eq. 8) and
+# Write `lie_step(Z, theta, C, h)` = $B(h)\circ A(h)$ (attention first, the order of eq. (8), whose
+# A is one Euler step) and
 # `strang_step(Z, theta, C, h)` = $A(h/2)\circ B(h)\circ A(h/2)$, with RK4 for A (your
 # `rk4_attention`) and the exact B step $Z + tC\theta$.
 
@@ -108,7 +109,7 @@ print(checks.check_function(lie_step, checks.reference_lie_step, step_inputs, ex
 # %% nbgrader={"grade": true, "grade_id": "test_strang_step", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 print(checks.check_function(strang_step, checks.reference_strang_step, step_inputs, exercise="strang_step"))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(strang_step, checks.reference_strang_step, lambda r: checks.block_inputs(r, n=2, m=3, d=5), exercise="strang_step", seeds=(42,)))
+print(checks.check_function(strang_step, checks.reference_strang_step, lambda r: checks.make_block_inputs(r, n=2, m=3, d=5), exercise="strang_step", seeds=(42,)))
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -125,7 +126,7 @@ print(checks.check_function(strang_step, checks.reference_strang_step, lambda r:
 # $\log h$ (`np.polyfit` of degree 1 does it).
 
 # %%
-Z0, theta, C = checks.linear_inputs(np.random.default_rng(0), n=6, m=4, d=3)
+Z0, theta, C = checks.make_linear_inputs(np.random.default_rng(0), n=6, m=4, d=3)
 T = 1.0
 Z_ref = fa.integrate(lambda Z: fa.linear_flow(Z, theta, C), Z0, T, 1024, "rk4")
 Ns = [8, 16, 32, 64]
@@ -246,7 +247,7 @@ def retract_vjp(Z, Y_bar, r):
 
 # %% nbgrader={"grade": true, "grade_id": "test_retract", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 def retract_inputs(rng):
-    Z, _, r = checks.sphere_inputs(rng)
+    Z, _, r = checks.make_sphere_inputs(rng)
     return Z, r
 
 
@@ -259,11 +260,11 @@ def pairing(Z, Y_bar, r):  # <Y_bar, R(Z)>: its gradient in Z is the VJP
     return (Y_bar * fa.retract(Z, r)).sum()
 
 
-print(checks.check_function(retract_vjp, fa.retract_vjp, checks.sphere_inputs, exercise="retract_vjp"))
-print(checks.check_gradient(retract_vjp, pairing, checks.sphere_inputs, wrt=0, reference_grad=fa.retract_vjp,
+print(checks.check_function(retract_vjp, fa.retract_vjp, checks.make_sphere_inputs, exercise="retract_vjp"))
+print(checks.check_gradient(retract_vjp, pairing, checks.make_sphere_inputs, wrt=0, reference_grad=fa.retract_vjp,
                             exercise="retract_vjp", seeds=(6,)))
 ### BEGIN HIDDEN TESTS
-Zh, Ybh, rh = checks.sphere_inputs(np.random.default_rng(43), n=7, d=3)
+Zh, Ybh, rh = checks.make_sphere_inputs(np.random.default_rng(43), n=7, d=3)
 assert np.allclose((retract_vjp(Zh, Ybh, rh) * Zh).sum(axis=1), 0.0, atol=1e-12)  # tangent: orthogonal to z
 assert np.allclose(retract_vjp(Zh, 3.0 * Zh, rh), 0.0, atol=1e-12)  # a radial y_bar is projected away
 ### END HIDDEN TESTS

@@ -48,8 +48,7 @@
 import numpy as np
 
 import flowattn_np as fa
-from flowattn_np.teaching import checks
-from flowattn_np.experiments.data import make_blobs
+from flowattn_np import checks, make_blobs
 
 np.set_printoptions(precision=4, suppress=True)
 
@@ -82,15 +81,15 @@ def gelu_grad(x):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_gelu", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-print(checks.check_function(gelu, fa.gelu, checks.activation_inputs, exercise="gelu"))
+print(checks.check_function(gelu, fa.gelu, checks.make_activation_inputs, exercise="gelu"))
 
 # %% nbgrader={"grade": true, "grade_id": "test_gelu_grad", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 def gelu_sum(x):  # its gradient is gelu'(x), entry by entry
     return fa.gelu(x).sum()
 
 
-print(checks.check_function(gelu_grad, fa.gelu_grad, checks.activation_inputs, exercise="gelu_grad"))
-print(checks.check_gradient(gelu_grad, gelu_sum, checks.activation_inputs, reference_grad=fa.gelu_grad,
+print(checks.check_function(gelu_grad, fa.gelu_grad, checks.make_activation_inputs, exercise="gelu_grad"))
+print(checks.check_gradient(gelu_grad, gelu_sum, checks.make_activation_inputs, reference_grad=fa.gelu_grad,
                             exercise="gelu_grad", seeds=(3,)))
 ### BEGIN HIDDEN TESTS
 print(checks.check_function(gelu_grad, fa.gelu_grad, lambda r: (r.standard_normal((2, 3, 5)),), exercise="gelu_grad", seeds=(51,)))
@@ -120,13 +119,13 @@ def oracle_only(Z, W1, b1, W2, b2):
     return oracle_forward(Z, W1, b1, W2, b2)[0]
 
 
-print(checks.check_function(oracle_only, checks.reference_mlp_oracle, checks.mlp_inputs, exercise="mlp_oracle",
+print(checks.check_function(oracle_only, checks.reference_mlp_oracle, checks.make_mlp_inputs, exercise="mlp_oracle",
                             uses={"gelu": gelu}))
 # logits of a few hundred: the softmax must stay finite
-print(checks.check_function(oracle_only, checks.reference_mlp_oracle, lambda r: checks.mlp_inputs(r, scale=300.0),
+print(checks.check_function(oracle_only, checks.reference_mlp_oracle, lambda r: checks.make_mlp_inputs(r, scale=300.0),
                             exercise="mlp_oracle"))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(oracle_only, checks.reference_mlp_oracle, lambda r: checks.mlp_inputs(r, n=8, d=5, k=3, m=6), exercise="mlp_oracle", seeds=(52,)))
+print(checks.check_function(oracle_only, checks.reference_mlp_oracle, lambda r: checks.make_mlp_inputs(r, n=8, d=5, k=3, m=6), exercise="mlp_oracle", seeds=(52,)))
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -164,20 +163,20 @@ def oracle_pairing(C_bar, Z, W1, b1, W2, b2):  # L = <C_bar, C_hat(Z)>: its grad
 
 
 uses = {"gelu_grad": gelu_grad, "oracle_forward": (oracle_only, "mlp_oracle")}
-print(checks.check_function(student_oracle_vjp, checks.reference_mlp_oracle_vjp, checks.mlp_vjp_inputs,
+print(checks.check_function(student_oracle_vjp, checks.reference_mlp_oracle_vjp, checks.make_mlp_vjp_inputs,
                             exercise="mlp_oracle_vjp", output=0, uses=uses))
-print(checks.check_gradient(student_oracle_vjp, oracle_pairing, checks.mlp_vjp_inputs, wrt=1, output=0,
+print(checks.check_gradient(student_oracle_vjp, oracle_pairing, checks.make_mlp_vjp_inputs, wrt=1, output=0,
                             reference_grad=checks.reference_mlp_oracle_vjp, exercise="mlp_oracle_vjp", seeds=(3,)))
 
 # %% nbgrader={"grade": true, "grade_id": "test_oracle_backward_weights", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
 for output in (1, 2, 3, 4):  # W1_bar, b1_bar, W2_bar, b2_bar
-    print(checks.check_function(student_oracle_vjp, checks.reference_mlp_oracle_vjp, checks.mlp_vjp_inputs,
+    print(checks.check_function(student_oracle_vjp, checks.reference_mlp_oracle_vjp, checks.make_mlp_vjp_inputs,
                                 exercise="mlp_oracle_vjp", output=output, uses=uses if output == 1 else None))
-print(checks.check_gradient(student_oracle_vjp, oracle_pairing, checks.mlp_vjp_inputs, wrt=2, output=1,
+print(checks.check_gradient(student_oracle_vjp, oracle_pairing, checks.make_mlp_vjp_inputs, wrt=2, output=1,
                             reference_grad=checks.reference_mlp_oracle_vjp, exercise="mlp_oracle_vjp", seeds=(4,)))
 ### BEGIN HIDDEN TESTS
 for output, wrt in ((2, 3), (3, 4), (4, 5)):
-    print(checks.check_gradient(student_oracle_vjp, oracle_pairing, lambda r: checks.mlp_vjp_inputs(r, n=7, d=2, k=5, m=3), wrt=wrt, output=output, reference_grad=checks.reference_mlp_oracle_vjp, exercise="mlp_oracle_vjp", seeds=(53,)))
+    print(checks.check_gradient(student_oracle_vjp, oracle_pairing, lambda r: checks.make_mlp_vjp_inputs(r, n=7, d=2, k=5, m=3), wrt=wrt, output=output, reference_grad=checks.reference_mlp_oracle_vjp, exercise="mlp_oracle_vjp", seeds=(53,)))
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -207,10 +206,10 @@ def forward_only(Z, theta, h, W1, b1, W2, b2):
     return block_forward(Z, theta, h, W1, b1, W2, b2)[0]
 
 
-print(checks.check_function(forward_only, checks.reference_mlp_block, checks.mlp_block_inputs, exercise="mlp_block",
+print(checks.check_function(forward_only, checks.reference_mlp_block, checks.make_mlp_block_inputs, exercise="mlp_block",
                             uses={"oracle_forward": (oracle_only, "mlp_oracle")}))
 ### BEGIN HIDDEN TESTS
-print(checks.check_function(forward_only, checks.reference_mlp_block, lambda r: checks.mlp_block_inputs(r, n=7, d=4, k=3, m=2), exercise="mlp_block", seeds=(54,)))
+print(checks.check_function(forward_only, checks.reference_mlp_block, lambda r: checks.make_mlp_block_inputs(r, n=7, d=4, k=3, m=2), exercise="mlp_block", seeds=(54,)))
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -249,18 +248,18 @@ def block_pairing(Z_bar, Z, theta, h, W1, b1, W2, b2):  # L = <Z_bar, Z_out>: it
 
 # against central differences in float64, and the reference in float32
 uses = {"oracle_backward": (student_oracle_vjp, "mlp_oracle_vjp"), "block_forward": (forward_only, "mlp_block")}
-print(checks.check_gradient(student_block_vjp, block_pairing, checks.mlp_block_vjp_inputs, wrt=1, output=0,
+print(checks.check_gradient(student_block_vjp, block_pairing, checks.make_mlp_block_vjp_inputs, wrt=1, output=0,
                             reference_grad=checks.reference_mlp_block_vjp, exercise="mlp_block_vjp", uses=uses))
 
 # %% nbgrader={"grade": true, "grade_id": "test_block_backward_params", "locked": true, "points": 4, "schema_version": 3, "solution": false, "task": false}
 # theta_bar, h_bar, W1_bar, b1_bar, W2_bar, b2_bar: the inputs 2 to 7 of block_pairing
 for wrt in range(2, 8):
-    print(checks.check_gradient(student_block_vjp, block_pairing, checks.mlp_block_vjp_inputs, wrt=wrt,
+    print(checks.check_gradient(student_block_vjp, block_pairing, checks.make_mlp_block_vjp_inputs, wrt=wrt,
                                 output=wrt - 1, reference_grad=checks.reference_mlp_block_vjp,
                                 exercise="mlp_block_vjp", seeds=(wrt,), uses=uses if wrt == 2 else None))
 ### BEGIN HIDDEN TESTS
 for output in range(7):
-    print(checks.check_function(student_block_vjp, checks.reference_mlp_block_vjp, lambda r: checks.mlp_block_vjp_inputs(r, n=6, d=2, k=4, m=3), exercise="mlp_block_vjp", output=output, seeds=(55,)))
+    print(checks.check_function(student_block_vjp, checks.reference_mlp_block_vjp, lambda r: checks.make_mlp_block_vjp_inputs(r, n=6, d=2, k=4, m=3), exercise="mlp_block_vjp", output=output, seeds=(55,)))
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -348,7 +347,7 @@ print(f"MLP alone:           training loss {alone_losses[0]:.3f} -> {alone_losse
 
 # %% nbgrader={"grade": true, "grade_id": "test_training", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 # points for training only with gradients that agree with central differences of the loss
-def network_inputs(r):
+def make_network_inputs(r):
     Xs, ys = make_blobs(n=12, classes=4, spread=1.0, seed=int(r.integers(1000)), dtype="float64")
     p = init(int(r.integers(1000)), k=5, dtype="float64")
     return (Xs, ys, p["theta"], np.asarray(0.4), *(p[k] for k in MLP))
@@ -366,7 +365,7 @@ def reference_network_loss(X, y, theta, h, W1, b1, W2, b2):
 
 
 for wrt in range(2, 8):  # theta, h, W1, b1, W2, b2
-    checks.check_gradient(student_network_grads, reference_network_loss, network_inputs, wrt=wrt, output=wrt - 2,
+    checks.check_gradient(student_network_grads, reference_network_loss, make_network_inputs, wrt=wrt, output=wrt - 2,
                           dtypes=("float64",), seeds=(6,), exercise="mlp_network",
                           uses={"block_backward": (student_block_vjp, "mlp_block_vjp")} if wrt == 2 else None)
 assert net_losses[-1] < 0.5 * net_losses[0], "the training loss should at least halve"

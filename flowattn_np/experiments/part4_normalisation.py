@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import functools
 
-from flowattn_np.experiments.experiment import (
+from flowattn_np.equations.ops import one_hot
+from flowattn_np.experiments.common import (
+    NORMS,
+    check_norms,
     depth_cells,
     depth_metrics,
     label_free_network,
@@ -30,34 +33,16 @@ from flowattn_np.experiments.experiment import (
     training_note,
     true_label_network,
 )
-from flowattn_np.experiments.experiment_compare import markdown, part4_comparisons, short
-from flowattn_np.equations.ops import one_hot
+from flowattn_np.experiments.compare import markdown, part4_comparisons, short
+from flowattn_np.experiments.plotting import NORM_METHODS
 from flowattn_np.training.progress import progress_bar
+
 
 TITLE = "Part 4. Normalisation as a sphere constraint"
 
+
 SHORT_NAMES = {"baseline": "multinomial regression", "oracle": "learned oracle C_hat",
                "memory": "key/value memory (beyond the theory)", "attention": "attention sub-flow only"}
-
-# name -> (description, BlockConfig fields)
-NORMS = {
-    "none": ("no normalisation (flat blocks)", dict(norm="none")),
-    "post-sphere": ("post-norm on the sphere |z| = sqrt(d): R(Z + step), a flow on the sphere",
-                    dict(norm="sphere", norm_place="post")),
-    "post-layer": ("post-norm LayerNorm: R(Z + step) on {mean 0, |z| = sqrt(d)}",
-                   dict(norm="layer", norm_place="post")),
-    "pre-sphere": ("pre-norm on the sphere: Z + step(R(Z)) (GPT-2 layout, not a flow on the sphere)",
-                   dict(norm="sphere", norm_place="pre")),
-}
-
-
-def check_norms(norms):
-    """The names of part 4's normalisations (keys of NORMS); returns them as a tuple."""
-    norms = tuple(norms)
-    unknown = [n for n in norms if n not in NORMS]
-    if unknown or not norms:
-        raise ValueError(f"norms: expected names among {', '.join(NORMS)}, got {norms!r}")
-    return norms
 
 
 def part4_discovery(theta, tests, yt, cfg, progress):
@@ -121,8 +106,6 @@ def part4_checks(p4):
 
 def part4_robustness_panels(label_free):
     """Part 4's lines of the robustness figure: colour = normalisation, line style = variant."""
-    from flowattn_np.experiments.plotting import NORM_METHODS
-
     styles = ("-o", "--s", ":^")
     panels = {}
     for name, setting in label_free["settings"].items():

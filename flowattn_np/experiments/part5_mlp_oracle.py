@@ -19,15 +19,19 @@ several seeds (mean and spread), with the learned h and its sign. The question: 
 attention steps add accuracy or noise robustness beyond the MLP they contain?
 """
 
+
 from __future__ import annotations
 
-from flowattn_np.experiments.experiment import epochs_cell, pct, step_report, train_over_seeds, training_note
-from flowattn_np.experiments.experiment_compare import markdown, part5_comparisons
 from flowattn_np.blocks.layers import BlockConfig
 from flowattn_np.blocks.mlp_classifier import MLPClassifier, MLPClassifierConfig
 from flowattn_np.blocks.network import Network, NetworkConfig
+from flowattn_np.experiments.common import epochs_cell, pct, step_report, train_over_seeds, training_note
+from flowattn_np.experiments.compare import markdown, part5_comparisons
+from flowattn_np.experiments.plotting import PART5_STYLES, part5_rows
+
 
 TITLE = "Part 5. The MLP oracle inside the blocks, with its controls"
+
 
 KINDS = {
     "regression": "(c) multinomial regression, L = 0",
@@ -108,8 +112,6 @@ def part5_mlp_oracle(data, cfg, progress):
 def part5_robustness_panels(p5):
     """Part 5's lines of the robustness figure: the rows ``plotting.part5_accuracy`` draws
     (largest width; the networks at the depth of their best validation accuracy)."""
-    from flowattn_np.experiments.plotting import PART5_STYLES, part5_rows
-
     width = max(p5["widths"])
     panels = {}
     for name, setting in p5["settings"].items():
