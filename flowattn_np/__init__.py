@@ -91,7 +91,11 @@ from flowattn_np.equations.mlp import (
     relu,
     relu_grad,
 )
-from flowattn_np.blocks.layers import BlockConfig, CrossAttentionBlock, MemoryBlock, SelfAttentionBlock, make_block
+from flowattn_np.blocks.config import BlockConfig
+from flowattn_np.blocks.cross_attention import CrossAttentionBlock
+from flowattn_np.blocks.make import make_block
+from flowattn_np.blocks.memory import MemoryBlock
+from flowattn_np.blocks.self_attention import SelfAttentionBlock
 from flowattn_np.blocks.network import Network, NetworkConfig
 from flowattn_np.training.optim import SGD, Adam
 from flowattn_np.training.train import evaluate, fit, load_checkpoint, save_checkpoint

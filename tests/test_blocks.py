@@ -23,14 +23,12 @@ import pytest
 
 import flowattn_np as fa
 from flowattn_np.backend import to_float
-from flowattn_np.blocks.layers import (
-    BlockConfig,
-    CrossAttentionBlock,
-    MemoryBlock,
-    SelfAttentionBlock,
-    init_block_params,
-    make_block,
-)
+from flowattn_np.blocks.config import BlockConfig
+from flowattn_np.blocks.cross_attention import CrossAttentionBlock
+from flowattn_np.blocks.make import make_block
+from flowattn_np.blocks.memory import MemoryBlock
+from flowattn_np.blocks.params import init_block_params
+from flowattn_np.blocks.self_attention import SelfAttentionBlock
 
 N, D, M, BATCH, SLOTS = 4, 3, 5, 2, 3
 H = 0.3  # a non-trivial step: large enough that every sub-step matters
@@ -103,7 +101,8 @@ def assert_backward_matches_fd(config, seed=0):
         return to_float((U * block.forward(Z_, params_, C)[0]).sum())
 
     _, cache = block.forward(Z, params, C)
-    Z_bar, grads = block.backward(U.copy(), cache)
+    back = block.backward(U.copy(), cache)
+    Z_bar, grads = back.Z, back.params
     assert set(grads) == set(params), f"grads keys {sorted(grads)} != params keys {sorted(params)}"
 
     failures = []
@@ -187,7 +186,8 @@ def test_exact_quadratic_B_backward_at_repeated_eigenvalues(scheme, targets, xp)
     Z, params, C = to_backend(Z, params, C)
     U = fa.asarray(rng.normal(size=Z.shape))
     _, cache = block.forward(Z, params, C)
-    Z_bar, grads = block.backward(U, cache)
+    back = block.backward(U, cache)
+    Z_bar, grads = back.Z, back.params
     obj = lambda Z_, p_: to_float((U * block.forward(Z_, p_, C)[0]).sum())  # noqa: E731
     assert fa.gradcheck(lambda Z_: obj(Z_, params), Z, Z_bar).rel_error < RTOL
     for name, value in params.items():
@@ -404,7 +404,8 @@ def test_float32_in_float32_out_and_float32_grads(xp, config):
     block = make_block(config)
     out, cache = block.forward(Z, params, C)
     assert out.dtype == np.float32
-    Z_bar, grads = block.backward(xp.ones_like(out), cache)
+    back = block.backward(xp.ones_like(out), cache)
+    Z_bar, grads = back.Z, back.params
     assert Z_bar.dtype == np.float32
     assert set(grads) == set(params)
     for k, g in grads.items():

@@ -11,7 +11,9 @@ import pytest
 import flowattn_np as fa
 from flowattn_np.backend import BackendError
 from flowattn_np.experiments.data import make_blobs
-from flowattn_np.blocks.layers import BlockConfig, init_block_params, make_block
+from flowattn_np.blocks.config import BlockConfig
+from flowattn_np.blocks.make import make_block
+from flowattn_np.blocks.params import init_block_params
 from flowattn_np.blocks.network import Network, NetworkConfig
 from flowattn_np.training.train import fit
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.blocks.layers import BlockConfig, make_block
+from flowattn_np.blocks.config import BlockConfig
+from flowattn_np.blocks.make import make_block
 from helpers import assert_round_off
 from test_mlp_blocks import assert_block_backward_matches_fd, assert_mlp_network_matches_fd, make_problem
 from test_norm_blocks import PLACES, b_sub_steps

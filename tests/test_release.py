@@ -104,7 +104,7 @@ def test_build_gives_no_warning_and_twine_check_passes(dist):
 def test_wheel_ships_the_package_the_notebooks_and_the_assignments(dist):
     names = zipfile.ZipFile(dist.wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"flowattn_np", f"flowattn_np-{flowattn_np.__version__}.dist-info"}
-    assert "flowattn_np/blocks/layers.py" in names and "flowattn_np/__main__.py" in names
+    assert "flowattn_np/blocks/split.py" in names and "flowattn_np/__main__.py" in names
     shipped = {n for n in names if n.startswith(("flowattn_np/notebooks/", "flowattn_np/assignments/"))}
     # the .ipynb only: the jupytext .py sources stay in the repository and the sdist
     assert shipped == ({f"flowattn_np/notebooks/{n}" for n in NOTEBOOKS}

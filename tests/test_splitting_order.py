@@ -23,7 +23,8 @@ import pytest
 import flowattn_np as fa
 from flowattn_np.equations.integrators import integrate
 from flowattn_np.equations.flows import linear_flow, quadratic_flow
-from flowattn_np.blocks.layers import BlockConfig, make_block
+from flowattn_np.blocks.config import BlockConfig
+from flowattn_np.blocks.make import make_block
 
 N, D, M, BATCH = 4, 3, 5, 2
 REF_STEPS = 4000  # RK4 with h = T/4000: error ~1e-14, far below the splitting errors

@@ -1,7 +1,7 @@
 """A deep network of split-flow blocks with a multinomial-regression head.
 
     Z_0 = E(X)                     identity, or a learned linear map X E^T
-    Z_l = block(Z_{l-1})           l = 1..L  (layers.py; eq. 8 or 10)
+    Z_l = block(Z_{l-1})           l = 1..L  (blocks/split.py; eq. 8 or 10)
     logits = Z_L theta^T           linear model (classes), or Z_L theta Z_L^T (quadratic)
     loss = mean cross-entropy      over rows (images, or tokens)
 
@@ -31,14 +31,9 @@ from flowattn_np.backend import (
     on_host,
 )
 from flowattn_np import threads as thread_policy, validate
-from flowattn_np.blocks.layers import (
-    TARGET_TITLES,
-    BlockConfig,
-    block_param_shapes,
-    init_block_param,
-    make_block,
-    require_labels,
-)
+from flowattn_np.blocks.config import TARGET_TITLES, BlockConfig, require_labels
+from flowattn_np.blocks.make import make_block
+from flowattn_np.blocks.params import block_param_shapes, init_block_param
 from flowattn_np.equations.models import phi_grad, theta_from_phi
 from flowattn_np.random import host_rng
 from flowattn_np.equations.sphere import check_nonzero_rows, retract_to, retract_to_vjp
@@ -300,7 +295,7 @@ class Network:
         """Fresh parameters from a seeded host RNG (the same on every backend).
 
         Names, shapes and order: ``NetworkConfig.param_layout``; each block's draws:
-        ``layers.init_block_param``.
+        ``blocks.params.init_block_param``.
         """
         cfg = self.config
         rng = host_rng(seed)  # host draws, moved to the backend: same init everywhere
@@ -534,9 +529,10 @@ class Network:
         Z_bar, grads = self._head_backward(logits_bar, cache, bufs[0])
         for layer in reversed(range(cfg.layers)):
             out = bufs[1] if Z_bar is bufs[0] else bufs[0]  # never the buffer being read
-            Z_bar, g = self.block.backward(Z_bar, cache.block_caches[layer], out=out)
+            g = self.block.backward(Z_bar, cache.block_caches[layer], out=out)
+            Z_bar = g.Z
             prefix = "" if cfg.tied else f"block{layer}."
-            for k, v in g.items():
+            for k, v in g.params.items():
                 name = prefix + k
                 if name in grads:
                     grads[name] += v  # tied weights: the gradients of all blocks add up

@@ -39,7 +39,7 @@ from flowattn_np import __version__
 from flowattn_np.experiments import corruptions
 from flowattn_np.backend import asarray, get_array_module, get_backend, to_float, to_numpy, use_backend
 from flowattn_np.training.files import RunFolder, write_text
-from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.config import BlockConfig
 from flowattn_np.equations.models import linear_logits
 from flowattn_np.blocks.network import Network, NetworkConfig
 from flowattn_np.equations.ops import mean_cross_entropy, one_hot

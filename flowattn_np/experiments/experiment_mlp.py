@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from flowattn_np.experiments.experiment import epochs_cell, pct, step_report, train_over_seeds, training_note
 from flowattn_np.experiments.experiment_compare import markdown, part5_comparisons
-from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.config import BlockConfig
 from flowattn_np.blocks.mlp_classifier import MLPClassifier, MLPClassifierConfig
 from flowattn_np.blocks.network import Network, NetworkConfig
 
