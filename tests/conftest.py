@@ -17,6 +17,7 @@ import pytest
 
 import flowattn_np as fa
 import strict_device
+import toy_label_source  # noqa: F401  (registers the temperature source for the block tests)
 from flowattn_np.backend import cupy_available
 
 os.environ.setdefault("MPLBACKEND", "Agg")
