@@ -79,7 +79,7 @@ def make_problem(config, seed=0, dtype=np.float64, m=M):
     Z = rng.normal(size=(BATCH, N, D) if config.model == "quadratic" else (N, D))
     params = {}
     for name, shape in block_param_shapes(config, D, m).items():
-        value = np.asarray(config.h) if name == "h" else 0.7 * rng.normal(size=shape)
+        value = np.asarray(config.h) if name == "h" else 0.8 * rng.normal(size=shape)
         params[name] = np.tril(value) if name == "phi" else value
     C = None
     if config.uses_labels:

@@ -1,7 +1,7 @@
 """Normalised blocks and networks: BlockConfig(norm='sphere' | 'layer', norm_place='post' | 'pre').
 
 * The hand-derived backward of every normalised block configuration (model x scheme x
-  integrator x B sub-step x targets, learned h, the memory block, multi-head, both
+  integrator x B sub-step x every registered label source, learned h, the memory block, multi-head, both
   manifolds and both placements) equals central finite differences in float64, for Z
   and every parameter; so do networks of L = 3 normalised blocks, tied and untied.
 * Post-norm blocks ARE the Riemannian splitting of the equations (sphere.py), to
@@ -20,7 +20,7 @@ import flowattn_np as fa
 from flowattn_np.blocks.config import BlockConfig
 from flowattn_np.blocks.make import make_block
 from helpers import assert_round_off
-from test_blocks import assert_backward_matches_fd, make_problem
+from test_blocks import assert_backward_matches_fd, make_problem, source_fields, sources_for
 from test_network import assert_network_grads_match_fd, make_data, net_of, randomise
 
 PLACES = (("sphere", "post"), ("layer", "post"), ("sphere", "pre"), ("layer", "pre"))
@@ -39,16 +39,17 @@ def block_cases():
     cases = []
     for (norm, place), model in itertools.product(PLACES, ("linear", "quadratic")):
         for scheme, integrator, targets in itertools.product(
-                ("lie", "strang"), ("euler", "heun", "rk4"), ("labels", "none", "learned")):
+                ("lie", "strang"), ("euler", "heun", "rk4"), sources_for(model)):
             for b_flow in b_sub_steps(model, place):
                 cases.append(BlockConfig(model=model, scheme=scheme, integrator=integrator,
-                                         targets=targets, b_flow=b_flow, learn_h=True, h=0.3,
-                                         norm=norm, norm_place=place))
+                                         b_flow=b_flow, learn_h=True, h=0.3,
+                                         norm=norm, norm_place=place, **source_fields(targets)))
     for (norm, place), learn_h in itertools.product(PLACES, (False, True)):
         cases.append(BlockConfig(model="memory", targets="none", slots=3, h=0.3, learn_h=learn_h,
                                  norm=norm, norm_place=place))
-        cases.append(BlockConfig(targets="labels", heads=(2, 3), scheme="strang", integrator="rk4",
-                                 h=0.3, learn_h=learn_h, norm=norm, norm_place=place))
+        cases += [BlockConfig(heads=(2, 3), scheme="strang", integrator="rk4", h=0.3, learn_h=learn_h,
+                              norm=norm, norm_place=place, **source_fields(t))
+                  for t in sources_for("linear", with_B=True)]
     return cases
 
 
@@ -67,10 +68,10 @@ def test_normalised_block_backward_matches_central_differences(config):
 
 
 @pytest.mark.parametrize("norm, place", PLACES)
-@pytest.mark.parametrize("targets", ["labels", "learned"])
+@pytest.mark.parametrize("targets", sources_for("linear", with_B=True))
 def test_normalised_block_backward_for_negative_h(norm, place, targets):
-    assert_backward_matches_fd(BlockConfig(targets=targets, h=-0.4, learn_h=True, scheme="strang",
-                                           integrator="heun", norm=norm, norm_place=place))
+    assert_backward_matches_fd(BlockConfig(h=-0.4, learn_h=True, scheme="strang", integrator="heun",
+                                           norm=norm, norm_place=place, **source_fields(targets)))
 
 
 NETWORK_CASES = {
