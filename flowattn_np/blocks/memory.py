@@ -41,25 +41,9 @@ class MemoryBlock:
 
         Post-norm: $R\big(Z+h\,P_Z\,\sigma(ZK^\top)V\big)$; pre-norm: $Z+h\,\sigma(R(Z)K^\top)V$.
 
-        Parameters
-        ----------
-        Z : array, shape (n, d)
-            Features.
-        params : dict
-            ``"K"``, ``"V"`` (s, d) and ``"h"`` if learned.
-        C : array, optional
-            Ignored: no label sub-flow.
-        out : array, optional
-            A buffer the output is written into (and returned).
-        check : bool
-            Validate ``Z``, ``params`` and ``C`` first (`check_inputs`); False on the training
-            path, whose inputs were validated once.
-
-        Returns
-        -------
-        Z_out : array, shape (n, d)
-        cache
-            The step's cache (a MemoryCache, inside a normalisation cache if normalised).
+        The interface of every block (`SplitBlock.forward`): Z (n, d); params ``"K"``, ``"V"``
+        (s, d) and ``"h"`` if learned; C ignored (no label sub-flow); ``out`` a buffer the
+        output is written into; ``check`` validates first. Returns (Z_out, cache).
         """
         if check:
             self.check_inputs(Z, params, C)
@@ -74,20 +58,9 @@ class MemoryBlock:
         \bar Z_{\text{in}}=\bar Z+\bar SK,\quad \bar K=\bar S^\top Z,\quad \bar V=hP^\top\bar Z,\quad \bar h=\langle G,P\rangle
         $$
 
-        Parameters
-        ----------
-        Z_bar : array, shape (n, d)
-            Upstream gradient.
-        cache
-            From `forward`.
-        out : array, optional
-            A buffer ``Grads.Z`` is written into; must not be ``Z_bar``.
-
-        Returns
-        -------
-        Grads
-            Z: gradient in the input; params: ``"K"``, ``"V"`` and ``"h"`` if learned;
-            t: gradient in h.
+        The interface of every block (`SplitBlock.backward`): Z_bar (n, d) upstream, the
+        cache of `forward`, ``out`` a buffer for the input gradient (not ``Z_bar``). Returns
+        Grads: Z, params (``"K"``, ``"V"``, ``"h"`` if learned) and t (the gradient in h).
         """
         g = self.step(None).vjp(Z_bar, cache)
         grads = dict(g.params)
