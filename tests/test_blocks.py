@@ -545,3 +545,19 @@ def test_forward_runs_the_splitting_of_flows(scheme, monkeypatch):
     assert calls[1:] == [(None, 1.0)]  # the schedule of fractions, read off the same function
     assert [e.name for e in cache.tape] == (["A", "B"] if scheme == "lie" else ["A", "B", "A"])
     assert [e.fraction for e in cache.tape] == ([1.0, 1.0] if scheme == "lie" else [0.5, 1.0, 0.5])
+
+
+@pytest.mark.parametrize("config", [BlockConfig(targets="learned", h=H, learn_h=True),
+                                    BlockConfig(model="quadratic", targets="labels", scheme="strang", h=H),
+                                    BlockConfig(model="memory", targets="none", slots=SLOTS, h=H)], ids=_ids)
+def test_out_buffers_receive_the_output_and_the_input_gradient(xp, config):
+    """``out=`` is used, not ignored: forward writes Z_out into it and backward Grads.Z."""
+    Z, params, C = to_backend(*make_problem(config))
+    block = make_block(config)
+    expected, cache = block.forward(Z, params, C)
+    buf = xp.zeros_like(Z)
+    out, _ = block.forward(Z, params, C, out=buf)
+    assert out is buf and bool((buf == expected).all())
+    U = xp.ones_like(Z)
+    back, grad_buf = block.backward(U, cache), xp.zeros_like(Z)
+    assert block.backward(U, cache, out=grad_buf).Z is grad_buf and bool((grad_buf == back.Z).all())
