@@ -8,6 +8,9 @@
   GPU is present, because there the ``cupy`` cases run the same tests for real.
 * ``cupy``: real CuPy on a GPU (skipped, and reported as skipped, where either is
   missing).
+
+Importing ``toy_label_source`` registers its temperature oracle, so the block tests that
+run over the registry of label sources run on a source defined outside the package.
 """
 
 import os
