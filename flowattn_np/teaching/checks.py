@@ -413,6 +413,10 @@ def _called_name(frame):
                         _PUBLIC_NAMES[code] = f"{prefix}.{name}" + (
                             f".{code.co_name}" if inspect.isclass(obj) else "")
     code = frame.f_code
+    owner = type(frame.f_locals.get("self"))  # a method the class inherits: named by the public class
+    if getattr(sys.modules["flowattn_np"], owner.__name__, None) is owner and any(
+            code in _codes(cls) for cls in owner.__mro__):
+        return f"flowattn_np.{owner.__name__}.{code.co_name}"
     return _PUBLIC_NAMES.get(code) or f"{frame.f_globals.get('__name__', '?')}.{code.co_qualname}"
 
 
