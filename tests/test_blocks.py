@@ -108,6 +108,9 @@ def assert_backward_matches_fd(config, seed=0):
     back = block.backward(U.copy(), cache)
     Z_bar, grads = back.Z, back.params
     assert set(grads) == set(params), f"grads keys {sorted(grads)} != params keys {sorted(params)}"
+    assert (back.C is None) == (C is None), "Grads.C: the gradient in given targets, else None"
+    if config.learn_h:
+        assert bool(back.t == grads["h"]), "Grads.t is the gradient in h"
 
     failures = []
     r = fa.gradcheck(lambda Z_: objective(Z_, params), Z, Z_bar)
@@ -561,3 +564,25 @@ def test_out_buffers_receive_the_output_and_the_input_gradient(xp, config):
     U = xp.ones_like(Z)
     back, grad_buf = block.backward(U, cache), xp.zeros_like(Z)
     assert block.backward(U, cache, out=grad_buf).Z is grad_buf and bool((grad_buf == back.Z).all())
+
+
+@pytest.mark.parametrize("config", [
+    BlockConfig(targets="labels", scheme="strang", integrator="heun", h=H),
+    BlockConfig(targets="labels", heads=(2, 3), h=H),
+    BlockConfig(model="quadratic", targets="labels", scheme="strang", b_flow="exact", h=H),
+    BlockConfig(model="quadratic", targets="labels", b_flow="euler", h=H),
+    BlockConfig(targets="labels", norm="sphere", h=H),
+    BlockConfig(targets="labels", norm="layer", b_flow="euler", h=H),
+    BlockConfig(model="quadratic", targets="labels", norm="sphere", norm_place="pre", h=H),
+], ids=lambda c: f"{c.model}-{c.scheme}-{c.b_flow}-{c.norm}-{c.norm_place}{'-heads' if c.heads else ''}")
+def test_grads_t_and_C_are_the_gradients_in_h_and_in_the_given_targets(config):
+    """Grads.C is d<U, block(Z)>/dC for given labels, Grads.t the derivative in the step h
+    (a fixed h here: the block reports it even when h is not a parameter)."""
+    Z, params, C = make_problem(config)
+    block = make_block(config)
+    U = np.random.default_rng(7).normal(size=Z.shape)
+    back = block.backward(U, block.forward(Z, params, C)[1])
+    r = fa.gradcheck(lambda C_: float((U * block.forward(Z, params, C_, check=False)[0]).sum()), C, back.C)
+    assert r.rel_error < RTOL, f"C: {r}"
+    at = lambda h: float((U * make_block(config.replace(h=h)).forward(Z, params, C)[0]).sum())  # noqa: E731
+    assert fa.gradcheck(lambda h: at(float(h)), np.asarray(H), np.asarray(back.t)).rel_error < RTOL
