@@ -586,3 +586,16 @@ def test_grads_t_and_C_are_the_gradients_in_h_and_in_the_given_targets(config):
     assert r.rel_error < RTOL, f"C: {r}"
     at = lambda h: float((U * make_block(config.replace(h=h)).forward(Z, params, C)[0]).sum())  # noqa: E731
     assert fa.gradcheck(lambda h: at(float(h)), np.asarray(H), np.asarray(back.t)).rel_error < RTOL
+
+
+def test_fused_keys_name_score_parameters_of_the_source():
+    """The fused hook: ("W", "b") / ("W",) for the learned oracle, None for the others, and
+    always among the source's own parameters."""
+    assert BlockConfig(targets="learned").fused_keys == ("W", "b")
+    assert BlockConfig(model="quadratic", targets="learned").fused_keys == ("W",)
+    for name, source in SOURCES.items():
+        for model in source.models:
+            config = BlockConfig(model=model, slots=SLOTS, **source_fields(name))
+            keys = config.fused_keys
+            assert keys is None or set(keys) <= set(source.param_shapes(config, D, M)), name
+            assert keys is not None or name != "learned"

@@ -155,6 +155,12 @@ class BlockConfig:
         return get_source(self.targets)
 
     @property
+    def fused_keys(self):
+        """Names of the source's score parameters when C = softmax(Z W^T + b) (linear) or
+        softmax(Z W Z^T) (quadratic), for a fused path to share one product; else None."""
+        return self.source.fused_keys(self)
+
+    @property
     def uses_labels(self):
         """Whether the block needs C passed in (a source evaluated "given": the true labels)."""
         return self.source.where == "given"
