@@ -25,7 +25,7 @@ except ImportError:
 
 import numpy as np
 
-from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.config import BlockConfig
 from flowattn_np.blocks.network import Network, NetworkConfig
 
 

@@ -63,7 +63,7 @@ from _roofline import bound, linear_ops, measure_peaks, quadratic_ops  # noqa: E
 
 from flowattn_np.equations.exact_b import QuadraticBTaylorCache  # noqa: E402
 from flowattn_np.fast.fused_quadratic import forward as fused_forward  # noqa: E402
-from flowattn_np.blocks.layers import BlockConfig  # noqa: E402
+from flowattn_np.blocks.config import BlockConfig  # noqa: E402
 from flowattn_np.blocks.network import Network, NetworkConfig  # noqa: E402
 from flowattn_np.training.optim import SGD  # noqa: E402
 from flowattn_np.threads import available_cpus, policy  # noqa: E402

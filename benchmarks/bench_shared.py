@@ -41,7 +41,7 @@ from flowattn_np.cli import ( # noqa: E402
     _non_negative_float as non_negative_float,
 )
 from flowattn_np.cli import _positive as positive_int  # noqa: E402  (the command line's own checks)
-from flowattn_np.blocks.layers import BlockConfig  # noqa: E402
+from flowattn_np.blocks.config import BlockConfig  # noqa: E402
 from flowattn_np.blocks.network import Network, NetworkConfig  # noqa: E402
 from flowattn_np.threads import ENV_VAR, available_cpus  # noqa: E402
 from flowattn_np.training.train import evaluate, fit  # noqa: E402

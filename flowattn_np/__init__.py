@@ -94,8 +94,11 @@ from flowattn_np.equations.mlp import (
     relu,
     relu_grad,
 )
-from flowattn_np.blocks.layers import BlockConfig, CrossAttentionBlock, MemoryBlock, SelfAttentionBlock
+from flowattn_np.blocks.config import BlockConfig
+from flowattn_np.blocks.cross_attention import CrossAttentionBlock
 from flowattn_np.blocks.implementations import make_block
+from flowattn_np.blocks.memory import MemoryBlock
+from flowattn_np.blocks.self_attention import SelfAttentionBlock
 from flowattn_np.blocks.network import Network, NetworkConfig
 from flowattn_np.blocks.mlp_classifier import MLPClassifier, MLPClassifierConfig
 import flowattn_np.fast  # noqa: F401,E402  (registers the fast paths in blocks/implementations.py)

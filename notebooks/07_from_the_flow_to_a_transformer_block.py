@@ -124,10 +124,10 @@ assert np.abs(Z_gpt2 - Z_flow).max() < 1e-12
 block = make_block(config)
 U = rng.normal(size=Z.shape)
 _, cache = block.forward(Z, params)
-Z_bar, grads = block.backward(U, cache)
-print(fa.gradcheck(lambda Zx: (U * block.forward(Zx, params)[0]).sum(), Z, Z_bar))
+grads = block.backward(U, cache)  # Grads: .Z (input), .params (by name), .t (in h), .C (targets)
+print(fa.gradcheck(lambda Zx: (U * block.forward(Zx, params)[0]).sum(), Z, grads.Z))
 print(fa.gradcheck(lambda W1: (U * block.forward(Z, {**params, "W1": W1})[0]).sum(),
-                   params["W1"], grads["W1"]))
+                   params["W1"], grads.params["W1"]))
 
 # %% [markdown]
 # ## 2. A small network trained live

@@ -8,6 +8,9 @@
   GPU is present, because there the ``cupy`` cases run the same tests for real.
 * ``cupy``: real CuPy on a GPU (skipped, and reported as skipped, where either is
   missing).
+
+Importing ``toy_label_source`` registers its temperature oracle, so the block tests that
+run over the registry of label sources run on a source defined outside the package.
 """
 
 import os
@@ -17,6 +20,7 @@ import pytest
 
 import flowattn_np as fa
 import strict_device
+import toy_label_source  # noqa: F401  (registers the temperature source for the block tests)
 from flowattn_np.backend import cupy_available
 
 os.environ.setdefault("MPLBACKEND", "Agg")

@@ -7,7 +7,9 @@ import pytest
 
 import flowattn_np as fa
 from flowattn_np import validate
-from flowattn_np.blocks import layers
+from flowattn_np.blocks import cross_attention, memory, self_attention
+from flowattn_np.blocks import params as block_params
+from flowattn_np.blocks.params import init_block_params
 from flowattn_np.experiments.data import make_blobs
 from flowattn_np.training.optim import SGD, Adam
 from flowattn_np.training.train import FitConfig, fit, train_step
@@ -280,7 +282,7 @@ def _block_problem(**config):
     cfg = fa.BlockConfig(**config)
     d, n = 4, 5
     m = n if cfg.model == "quadratic" else 3
-    params = layers.init_block_params(cfg, d, m, np.random.default_rng(0), "float64")
+    params = init_block_params(cfg, d, m, np.random.default_rng(0), "float64")
     Z = RNG.normal(size=(n, d))
     C = fa.one_hot(RNG.integers(0, m, size=n), m)
     return fa.make_block(cfg), Z, params, C
@@ -346,7 +348,10 @@ def test_the_training_step_runs_no_validation(config, monkeypatch):
         y = RNG.integers(0, 3, size=6)
     for name in ("check_array", "check_labels", "check_class_indices", "check_symmetric"):
         monkeypatch.setattr(validate, name, _refuse)
-    for name in ("check_array", "linear_inputs", "quadratic_phi_inputs"):
-        monkeypatch.setattr(layers, name, _refuse)
+    for module, names in ((cross_attention, ("check_array", "linear_inputs")),
+                          (self_attention, ("check_array", "quadratic_phi_inputs")),
+                          (memory, ("check_array",)), (block_params, ("check_array",))):
+        for name in names:
+            monkeypatch.setattr(module, name, _refuse)
     loss = train_step(net, opt, X, y)
     assert np.isfinite(loss)

@@ -16,7 +16,9 @@ import pytest
 import flowattn_np as fa
 from flowattn_np.blocks import implementations
 from flowattn_np.blocks.implementations import FAST_BLOCKS, make_block
-from flowattn_np.blocks.layers import BlockConfig, init_block_params
+from flowattn_np.blocks.config import BlockConfig
+from flowattn_np.blocks.params import init_block_params
+from flowattn_np.blocks.sources import SOURCES
 from flowattn_np.blocks.network_pass import BlockByBlock
 from flowattn_np.fast.eq8 import FusedCrossAttentionBlock
 from flowattn_np.fast.fused_quadratic import FusedQuadraticPass
@@ -27,7 +29,8 @@ TOL = 1e-12
 GRID = [BlockConfig(targets=targets, learn_h=learn_h, heads=heads, h=0.37, scheme=scheme,
                     integrator=integrator)
         for targets, learn_h, heads, scheme, integrator in itertools.product(
-            ("labels", "none", "learned"), (False, True), (None, (2, 3)), ("lie", "strang"), ("euler", "heun"))]
+            tuple(SOURCES), (False, True), (None, (2, 3)), ("lie", "strang"), ("euler", "heun"))
+        if SOURCES[targets].where != "B" and "linear" in SOURCES[targets].models]
 CASES = [(path.name, cfg) for path in FAST_BLOCKS for cfg in GRID if path.supports(cfg)]
 
 
@@ -40,7 +43,8 @@ def _problem(config, seed=0):
     rng = np.random.default_rng(seed)
     Z = rng.normal(size=(N, D))
     params = init_block_params(config, D, M, rng, "float64", scale=0.8)
-    params = {k: v + 0.3 * rng.normal(size=v.shape) if k in ("W", "b") else v for k, v in params.items()}
+    # every parameter away from its initial value (a zero bias, tau = 1 would hide a term)
+    params = {k: v if k == "h" else v + 0.3 * rng.normal(size=v.shape) for k, v in params.items()}
     C = fa.softmax(rng.normal(size=(N, M)), config.heads) if config.uses_labels else None
     return Z, params, C, rng.normal(size=(N, D))
 
@@ -56,8 +60,10 @@ def _close(a, b):
     return np.abs(a - b).max() <= TOL * scale
 
 
-def test_the_grid_reaches_every_fast_block():
+def test_the_grid_reaches_every_fast_block_and_every_source_it_supports():
     assert {name for name, _ in CASES} == {path.name for path in FAST_BLOCKS} >= {"eq8"}
+    # a source registered in one file (tests/toy_label_source.py) runs through eq8 too
+    assert {cfg.targets for name, cfg in CASES if name == "eq8"} >= {"labels", "none", "learned", "temperature"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
@@ -89,10 +95,12 @@ def test_the_fused_eq8_block_is_lie_step_of_the_public_sub_flows(case):
     config, fast, _ = _pair(case)
     Z, params, C, _ = _problem(config)
     theta, heads = params["theta"], config.heads
-    if config.targets == "learned":  # the oracle, held fixed over the block
-        C = fa.softmax(Z @ params["W"].T + params["b"], heads)
+    if config.source.where == "input":  # the oracle, held fixed over the block
+        C = config.source.forward(config, Z, params)[0]
+        if config.targets == "learned":  # written out once, as the paper's reader would
+            assert np.allclose(C, fa.softmax(Z @ params["W"].T + params["b"], heads), rtol=0, atol=1e-15)
     step_A = lambda Y, t: fa.rk_step(fa.linear_field(theta, heads=heads), Y, t, "euler")  # noqa: E731
-    step_B = (lambda Y, t: Y) if config.targets == "none" else (  # noqa: E731
+    step_B = (lambda Y, t: Y) if not config.has_B else (  # noqa: E731
         lambda Y, t: fa.linear_B_exact(Y, theta, C, t, heads))
     expected = fa.lie_step(step_A, step_B, Z, config.h)
     out = fast.forward(Z, params, C if config.uses_labels else None)[0]

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from helpers import network_data
-from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.config import BlockConfig
 from flowattn_np.blocks.network import Network, NetworkConfig
 from flowattn_np.training.optim import SGD, Adam
 from flowattn_np.training.train import fit

@@ -18,7 +18,7 @@ import pytest
 from flowattn_np.fast import fused_quadratic
 from flowattn_np.fast import gram_softmax
 from flowattn_np.equations.exact_b import divided_difference_products
-from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.config import BlockConfig
 from flowattn_np.blocks.network import Network, NetworkConfig
 
 TOL = 1e-12

@@ -11,7 +11,9 @@ import pytest
 import flowattn_np as fa
 from flowattn_np.backend import BackendError
 from flowattn_np.experiments.data import make_blobs
-from flowattn_np.blocks.layers import BlockConfig, init_block_params, make_block
+from flowattn_np.blocks.config import BlockConfig
+from flowattn_np.blocks.implementations import readable_block
+from flowattn_np.blocks.params import init_block_params
 from flowattn_np.blocks.network import Network, NetworkConfig
 from flowattn_np.training.train import fit
 
@@ -73,7 +75,7 @@ def test_a_block_names_the_host_argument(block, counts):
     C = None
     if block.targets == "labels":
         C = np.eye(m)[None].repeat(2, 0) if block.model == "quadratic" else np.eye(m)
-    b = make_block(block)
+    b = readable_block(block)
     _raises_naming("Z", lambda: b.forward(Z, params, None if C is None else fa.asarray(C)), counts)
     if C is not None:
         _raises_naming("C", lambda: b.forward(fa.asarray(Z), params, C), counts)

@@ -18,7 +18,7 @@ from flowattn_np import cli
 from flowattn_np.experiments.data import load_fashion_mnist
 from flowattn_np.experiments.common import ReproduceConfig
 from flowattn_np.experiments.part5_mlp_oracle import KINDS
-from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.config import BlockConfig
 from flowattn_np.blocks.network import Network, NetworkConfig
 from flowattn_np.training.train import evaluate, fit
 

@@ -19,7 +19,7 @@ import pytest
 
 import flowattn_np as fa
 from helpers import network_data
-from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.config import BlockConfig
 from flowattn_np.blocks.network import Network, NetworkConfig
 
 P, M, ROWS, LAYERS = 4, 5, 6, 3

@@ -1,7 +1,7 @@
 """Normalised blocks and networks: BlockConfig(norm='sphere' | 'layer', norm_place='post' | 'pre').
 
 * The hand-derived backward of every normalised block configuration (model x scheme x
-  integrator x B sub-step x targets, learned h, the memory block, multi-head, both
+  integrator x B sub-step x every registered label source, learned h, the memory block, multi-head, both
   manifolds and both placements) equals central finite differences in float64, for Z
   and every parameter; so do networks of L = 3 normalised blocks, tied and untied.
 * Post-norm blocks ARE the Riemannian splitting of the equations (sphere.py), to
@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.blocks.layers import BlockConfig, make_block
+from flowattn_np.blocks.config import BlockConfig
+from flowattn_np.blocks.implementations import readable_block
 from helpers import assert_round_off
-from test_blocks import assert_backward_matches_fd, make_problem
+from test_blocks import assert_backward_matches_fd, make_problem, source_fields, sources_for
 from test_network import assert_network_grads_match_fd, make_data, net_of, randomise
 
 PLACES = (("sphere", "post"), ("layer", "post"), ("sphere", "pre"), ("layer", "pre"))
@@ -38,16 +39,17 @@ def block_cases():
     cases = []
     for (norm, place), model in itertools.product(PLACES, ("linear", "quadratic")):
         for scheme, integrator, targets in itertools.product(
-                ("lie", "strang"), ("euler", "heun", "rk4"), ("labels", "none", "learned")):
+                ("lie", "strang"), ("euler", "heun", "rk4"), sources_for(model)):
             for b_flow in b_sub_steps(model, place):
                 cases.append(BlockConfig(model=model, scheme=scheme, integrator=integrator,
-                                         targets=targets, b_flow=b_flow, learn_h=True, h=0.3,
-                                         norm=norm, norm_place=place))
+                                         b_flow=b_flow, learn_h=True, h=0.3,
+                                         norm=norm, norm_place=place, **source_fields(targets)))
     for (norm, place), learn_h in itertools.product(PLACES, (False, True)):
         cases.append(BlockConfig(model="memory", targets="none", slots=3, h=0.3, learn_h=learn_h,
                                  norm=norm, norm_place=place))
-        cases.append(BlockConfig(targets="labels", heads=(2, 3), scheme="strang", integrator="rk4",
-                                 h=0.3, learn_h=learn_h, norm=norm, norm_place=place))
+        cases += [BlockConfig(heads=(2, 3), scheme="strang", integrator="rk4", h=0.3, learn_h=learn_h,
+                              norm=norm, norm_place=place, **source_fields(t))
+                  for t in sources_for("linear", with_B=True)]
     return cases
 
 
@@ -66,10 +68,10 @@ def test_normalised_block_backward_matches_central_differences(config):
 
 
 @pytest.mark.parametrize("norm, place", PLACES)
-@pytest.mark.parametrize("targets", ["labels", "learned"])
+@pytest.mark.parametrize("targets", sources_for("linear", with_B=True))
 def test_normalised_block_backward_for_negative_h(norm, place, targets):
-    assert_backward_matches_fd(BlockConfig(targets=targets, h=-0.4, learn_h=True, scheme="strang",
-                                           integrator="heun", norm=norm, norm_place=place))
+    assert_backward_matches_fd(BlockConfig(h=-0.4, learn_h=True, scheme="strang", integrator="heun",
+                                           norm=norm, norm_place=place, **source_fields(targets)))
 
 
 NETWORK_CASES = {
@@ -110,7 +112,7 @@ def test_post_sphere_lie_euler_block_is_the_riemannian_splitting(rng):
     d = 4
     Z = fa.retract(rng.normal(size=(6, d)))
     theta, C = rng.normal(size=(3, d)), np.eye(3)[rng.integers(3, size=6)]
-    block = make_block(BlockConfig(targets="labels", h=0.3, norm="sphere"))
+    block = readable_block(BlockConfig(targets="labels", h=0.3, norm="sphere"))
     out, _ = block.forward(Z, {"theta": theta}, C)
     A = fa.retract(Z + 0.3 * fa.linear_flow_A_sphere(Z, theta))          # Euler on the sphere, then R
     expected = fa.linear_B_exact_sphere(A, theta, C, 0.3)                 # the exact rotation
@@ -120,7 +122,7 @@ def test_post_sphere_lie_euler_block_is_the_riemannian_splitting(rng):
 def test_post_sphere_strang_rk4_block_is_the_riemannian_strang_step(rng):
     Z = fa.retract(rng.normal(size=(5, 3)))
     theta, C = rng.normal(size=(4, 3)), np.eye(4)[rng.integers(4, size=5)]
-    block = make_block(BlockConfig(targets="labels", h=0.2, scheme="strang", integrator="rk4", norm="sphere"))
+    block = readable_block(BlockConfig(targets="labels", h=0.2, scheme="strang", integrator="rk4", norm="sphere"))
 
     def step_A(Y, t):
         return fa.retract(fa.rk_step(lambda V: fa.linear_flow_A_sphere(V, theta), Y, t, "rk4"))
@@ -133,7 +135,7 @@ def test_post_sphere_strang_rk4_block_is_the_riemannian_strang_step(rng):
 def test_post_layer_linear_block_rotates_on_the_layer_manifold(rng):
     Z = fa.layer_retract(rng.normal(size=(5, 4)))
     theta, C = rng.normal(size=(3, 4)), np.eye(3)[rng.integers(3, size=5)]
-    block = make_block(BlockConfig(targets="labels", h=0.3, norm="layer"))
+    block = readable_block(BlockConfig(targets="labels", h=0.3, norm="layer"))
     out, _ = block.forward(Z, {"theta": theta}, C)
     A = fa.layer_retract(Z + 0.3 * fa.linear_flow_A_sphere(Z, theta, manifold="layer"))
     expected = fa.linear_B_exact_sphere(A, theta - theta.mean(axis=1, keepdims=True), C, 0.3)
@@ -145,7 +147,7 @@ def test_post_quadratic_block_is_euler_steps_on_the_sphere_then_R(rng):
     phi = np.tril(0.7 * rng.normal(size=(3, 3)))
     theta = fa.theta_from_phi(phi)
     C = np.eye(4)[rng.integers(4, size=(2, 4))]
-    block = make_block(BlockConfig(model="quadratic", targets="labels", b_flow="euler", h=0.2, norm="sphere"))
+    block = readable_block(BlockConfig(model="quadratic", targets="labels", b_flow="euler", h=0.2, norm="sphere"))
     A = fa.retract(Z + 0.2 * fa.quadratic_flow_A_sphere(Z, theta))
     expected = fa.retract(A + 0.2 * fa.quadratic_flow_B_sphere(A, theta, C))
     assert_round_off(block.forward(Z, {"phi": phi}, C)[0], expected, Z)
@@ -154,7 +156,7 @@ def test_post_quadratic_block_is_euler_steps_on_the_sphere_then_R(rng):
 def test_pre_norm_block_adds_the_step_of_the_normalised_input(rng):
     Z = 3.0 * rng.normal(size=(5, 4))
     theta, C = rng.normal(size=(3, 4)), np.eye(3)[rng.integers(3, size=5)]
-    block = make_block(BlockConfig(targets="labels", h=0.3, norm="sphere", norm_place="pre"))
+    block = readable_block(BlockConfig(targets="labels", h=0.3, norm="sphere", norm_place="pre"))
     half = Z - 0.3 * fa.cross_attention(fa.retract(Z), theta)            # Z + h f_A(R(Z))
     expected = half + 0.3 * C @ theta                                      # B is constant in Z
     assert_round_off(block.forward(Z, {"theta": theta}, C)[0], expected, Z)
@@ -163,7 +165,7 @@ def test_pre_norm_block_adds_the_step_of_the_normalised_input(rng):
 def test_post_norm_memory_block_is_a_projected_step_then_R(rng):
     Z = fa.retract(rng.normal(size=(5, 4)))
     K, V = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
-    block = make_block(BlockConfig(model="memory", targets="none", slots=3, h=0.3, norm="sphere"))
+    block = readable_block(BlockConfig(model="memory", targets="none", slots=3, h=0.3, norm="sphere"))
     update = fa.softmax(Z @ K.T) @ V
     expected = fa.retract(Z + 0.3 * fa.tangent_project(Z, update))
     assert_round_off(block.forward(Z, {"K": K, "V": V})[0], expected, Z)
@@ -182,7 +184,7 @@ def test_post_norm_rows_stay_on_the_manifold_through_many_blocks(norm, model, ta
     Z, params, C = make_problem(config, seed=3)
     r = math.sqrt(Z.shape[-1])
     Z = fa.retract(Z) if norm == "sphere" else fa.layer_retract(Z)
-    block = make_block(config)
+    block = readable_block(config)
     for _ in range(50):
         Z, _ = block.forward(Z, params, C)
         assert np.abs(np.linalg.norm(Z, axis=-1) - r).max() < ON_MANIFOLD
@@ -193,7 +195,7 @@ def test_post_norm_rows_stay_on_the_manifold_through_many_blocks(norm, model, ta
 def test_pre_norm_stream_leaves_the_sphere(rng):
     Z = fa.retract(rng.normal(size=(6, 4)))
     theta, C = rng.normal(size=(3, 4)), np.eye(3)[rng.integers(3, size=6)]
-    block = make_block(BlockConfig(targets="labels", h=0.3, norm="sphere", norm_place="pre"))
+    block = readable_block(BlockConfig(targets="labels", h=0.3, norm="sphere", norm_place="pre"))
     for _ in range(10):
         Z, _ = block.forward(Z, {"theta": theta}, C)
     assert np.abs(np.linalg.norm(Z, axis=1) - 2.0).max() > 0.1
@@ -204,7 +206,7 @@ def test_post_sphere_true_label_blocks_never_increase_the_loss(rng):
     theta = rng.normal(size=(4, 5))
     C = np.eye(4)[rng.integers(4, size=12)]
     Z = fa.retract(rng.normal(size=(12, 5)))
-    block = make_block(BlockConfig(targets="labels", h=0.05, norm="sphere", scheme="strang", integrator="rk4"))
+    block = readable_block(BlockConfig(targets="labels", h=0.05, norm="sphere", scheme="strang", integrator="rk4"))
     losses = [float(fa.linear_loss(Z, theta, C))]
     for _ in range(30):
         Z, _ = block.forward(Z, {"theta": theta}, C)
@@ -257,9 +259,10 @@ def test_normalised_blocks_keep_float32(xp, norm, place, model):
                          learn_h=True, h=0.3, scheme="strang", integrator="heun", norm=norm, norm_place=place)
     Z, params, C = make_problem(config, dtype=np.float32)
     Z, params = xp.asarray(Z), {k: xp.asarray(v) for k, v in params.items()}
-    block = make_block(config)
+    block = readable_block(config)
     out, cache = block.forward(Z, params, C)
-    Z_bar, grads = block.backward(xp.ones_like(out), cache)
+    back = block.backward(xp.ones_like(out), cache)
+    Z_bar, grads = back.Z, back.params
     assert out.dtype == Z_bar.dtype == np.float32
     assert all(g.dtype == np.float32 for g in grads.values())
     assert bool(xp.isfinite(Z_bar).all())
@@ -271,7 +274,7 @@ def test_normalised_blocks_and_networks_reject_rows_without_a_direction(norm, me
     Z, params, _ = make_problem(config)
     Z[1] = 0.0
     with pytest.raises(ValueError, match=rf"^Z: a normalised block needs rows .*{message}"):
-        make_block(config).forward(Z, params)
+        readable_block(config).forward(Z, params)
     net = net_of(config)
     X, _ = make_data(net.config)
     X[2] = 0.0

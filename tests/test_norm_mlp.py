@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import flowattn_np as fa
-from flowattn_np.blocks.layers import BlockConfig, make_block
+from flowattn_np.blocks.config import BlockConfig
+from flowattn_np.blocks.implementations import readable_block
 from helpers import assert_round_off
 from test_mlp_blocks import assert_block_backward_matches_fd, assert_mlp_network_matches_fd, make_problem
 from test_norm_blocks import PLACES, b_sub_steps
@@ -104,7 +105,7 @@ def test_pre_layernorm_lie_euler_mlp_block_is_the_gpt2_block():
 
     x = x + -h * _softmax(ln(x) @ theta.T) @ theta       # x = x + attn(ln_1(x))
     x = x + h * _gelu_mlp(ln(x), p) @ theta              # x = x + mlp(ln_2(x))
-    out, _ = make_block(cfg).forward(make_problem(cfg)[0], p)
+    out, _ = readable_block(cfg).forward(make_problem(cfg)[0], p)
     assert_round_off(out, x, theta)
 
 
@@ -115,6 +116,6 @@ def test_post_sphere_mlp_block_rotates_toward_the_oracle_at_the_on_sphere_input(
     theta = p["theta"]
     A = fa.retract(Z + 0.3 * fa.linear_flow_A_sphere(Z, theta))   # A: projected Euler step, then R
     expected = fa.linear_B_exact_sphere(A, theta, _gelu_mlp(A, p), 0.3)  # C_hat at that point
-    out, _ = make_block(cfg).forward(Z, p)
+    out, _ = readable_block(cfg).forward(Z, p)
     assert_round_off(out, expected, Z)
     assert np.abs(np.linalg.norm(out, axis=-1) - np.sqrt(Z.shape[-1])).max() < 1e-12

@@ -23,7 +23,8 @@ import pytest
 import flowattn_np as fa
 from flowattn_np.equations.integrators import integrate
 from flowattn_np.equations.flows import linear_flow, quadratic_flow
-from flowattn_np.blocks.layers import BlockConfig, make_block
+from flowattn_np.blocks.config import BlockConfig
+from flowattn_np.blocks.implementations import readable_block
 
 N, D, M, BATCH = 4, 3, 5, 2
 REF_STEPS = 4000  # RK4 with h = T/4000: error ~1e-14, far below the splitting errors
@@ -49,7 +50,7 @@ def make_problem(model, seed=0, scale=1.0):
 
 
 def run_blocks(config, Z0, params, C, L):
-    block = make_block(config)
+    block = readable_block(config)
     Z = Z0
     for _ in range(L):
         Z, _ = block.forward(Z, params, C)
@@ -140,7 +141,7 @@ def test_lie_and_strang_converge_to_the_same_limit(reference, model):
 
 def _merged_strang(model, integrator, Z0, params, C, h, L):
     """A(h/2), B(h), then L-1 Lie blocks (A(h), B(h)), then A(h/2): the merged stack of docs/math.md."""
-    half_A = make_block(BlockConfig(model=model, integrator=integrator, targets="none", h=h / 2))
+    half_A = readable_block(BlockConfig(model=model, integrator=integrator, targets="none", h=h / 2))
     Y = half_A.forward(Z0, params)[0]
     if model == "linear":
         Y = fa.linear_B_exact(Y, params["theta"], C, h)
@@ -186,7 +187,7 @@ def _losses_over_blocks(model, scheme, integrator, b_flow, seed, blocks=20):
         # the Hessian in Z scales like lam_max(theta) ||Z||^2: a step well inside it
         h = 0.25 / (np.linalg.eigvalsh(theta).max() * max(np.linalg.norm(z, 2) ** 2 for z in Z))
         params, loss = {"phi": phi}, (lambda Z: float(fa.quadratic_loss(Z, theta, C)))
-    block = make_block(BlockConfig(model=model, scheme=scheme, integrator=integrator,
+    block = readable_block(BlockConfig(model=model, scheme=scheme, integrator=integrator,
                                    b_flow=b_flow, targets="labels", h=float(h)))
     losses = [loss(Z)]
     for _ in range(blocks):

@@ -8,7 +8,7 @@ import pytest
 
 import flowattn_np as fa
 from flowattn_np.blocks import network as network_module
-from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.config import BlockConfig
 from flowattn_np.blocks.network import Network, NetworkConfig
 from flowattn_np.training.optim import SGD
 from test_network import GRAD_CASES, make_data, net_of, randomise

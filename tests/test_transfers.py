@@ -19,7 +19,7 @@ import pytest
 
 import flowattn_np as fa
 from flowattn_np.experiments.data import make_blobs
-from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.config import BlockConfig
 from flowattn_np.blocks.network import Network, NetworkConfig
 from flowattn_np.training.optim import SGD, Adam
 from flowattn_np.random import RNG

@@ -7,7 +7,8 @@ the configurations it supports; the tests prove each one equal to its reference.
 else in the package asks which one runs:
 
 * ``make_block(config, fast=True)``: the first registered fast block that supports the
-  ``BlockConfig``, else the readable block; ``fast=False``: always the readable one.
+  ``BlockConfig``, else the readable block; ``fast=False`` (or ``readable_block(config)``):
+  always the readable one.
 * ``network_pass(config, fast=True)``: likewise for a whole network (``NetworkConfig``);
   the fallback is ``BlockByBlock``, which runs the blocks ``make_block`` gives.
 
@@ -19,8 +20,13 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from flowattn_np.blocks.layers import make_block as reference_block
+from flowattn_np.blocks.cross_attention import CrossAttentionBlock
+from flowattn_np.blocks.memory import MemoryBlock
 from flowattn_np.blocks.network_pass import BlockByBlock
+from flowattn_np.blocks.self_attention import SelfAttentionBlock
+
+BLOCKS = {"linear": CrossAttentionBlock, "quadratic": SelfAttentionBlock, "memory": MemoryBlock}
+"""The readable block class of each model."""
 
 
 class FastPath(NamedTuple):
@@ -59,11 +65,17 @@ def _first(registry, config):
     return next((path for path in registry if path.supports(config)), None)
 
 
+def readable_block(config):
+    """The readable block of ``config.model`` (`CrossAttentionBlock`, `SelfAttentionBlock` or
+    `MemoryBlock`): the reference every fast block equals."""
+    return BLOCKS[config.model](config)
+
+
 def make_block(config, fast=True):
     """The block for a ``BlockConfig``: a registered fast block that supports it (``fast``),
     else the readable block of ``config.model``."""
     path = _first(FAST_BLOCKS, config) if fast else None
-    return path.build(config) if path else reference_block(config)
+    return path.build(config) if path else readable_block(config)
 
 
 def network_pass(config, fast=True):

@@ -1,7 +1,7 @@
 """A deep network of split-flow blocks with a multinomial-regression head.
 
     Z_0 = E(X)                     identity, or a learned linear map X E^T
-    Z_l = block(Z_{l-1})           l = 1..L  (layers.py; eq. 8 or 10)
+    Z_l = block(Z_{l-1})           l = 1..L  (blocks/split.py; eq. 8 or 10)
     logits = Z_L theta^T           linear model (classes), or Z_L theta Z_L^T (quadratic)
     loss = mean cross-entropy      over rows (images, or tokens)
 
@@ -29,13 +29,7 @@ from flowattn_np.backend import (
     on_host,
 )
 from flowattn_np import threads as thread_policy, validate
-from flowattn_np.blocks.layers import (
-    TARGET_TITLES,
-    BlockConfig,
-    block_param_shapes,
-    init_block_param,
-    require_labels,
-)
+from flowattn_np.blocks.config import TARGET_TITLES, BlockConfig, require_labels
 from flowattn_np.blocks.implementations import make_block, network_pass
 from flowattn_np.blocks.network_pass import (
     block_params,
@@ -43,6 +37,7 @@ from flowattn_np.blocks.network_pass import (
     head_heads,
     target_matrix,
 )
+from flowattn_np.blocks.params import block_param_shapes, init_block_param
 from flowattn_np.random import host_rng
 from flowattn_np.equations.sphere import check_nonzero_rows
 from flowattn_np.equations.ops import (
@@ -288,7 +283,7 @@ class Network:
         """Fresh parameters from a seeded host RNG (the same on every backend).
 
         Names, shapes and order: ``NetworkConfig.param_layout``; each block's draws:
-        ``layers.init_block_param``.
+        ``blocks.params.init_block_param``.
         """
         cfg = self.config
         rng = host_rng(seed)  # host draws, moved to the backend: same init everywhere

@@ -142,9 +142,10 @@ class BlockByBlock:
         Z_bar, grads = head_backward(cfg, params, logits_bar, Z, cache.theta, bufs[0])
         for layer in reversed(range(cfg.layers)):
             out = bufs[1] if Z_bar is bufs[0] else bufs[0]  # never the buffer being read
-            Z_bar, g = self.block.backward(Z_bar, cache.block_caches[layer], out=out)[:2]
+            g = self.block.backward(Z_bar, cache.block_caches[layer], out=out)  # a Grads
+            Z_bar = g.Z
             prefix = "" if cfg.tied else f"block{layer}."
-            for k, v in g.items():  # tied weights: the gradients of all blocks add up
+            for k, v in g.params.items():  # tied weights: the gradients of all blocks add up
                 grads[prefix + k] = grads[prefix + k] + v if prefix + k in grads else v
         if cfg.encoding == "linear":
             grads["E"] = encode_vjp(cfg, cache.X, Z_bar, cache.encoded)

@@ -13,7 +13,7 @@ Strang ``A(h/2) o B(h) o A(h/2)`` (second order with sub-flows of order >= 2).
 
 Integrators are explicit Runge-Kutta methods given by their Butcher tableau, each
 declaring its order; ``rk_forward``/``rk_backward`` step and differentiate any of
-them, which is how the blocks in ``layers`` get their backward passes.
+them, which is how the blocks (``blocks.split``) get their backward passes.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, replace
 
 from flowattn_np.backend import asarray, get_array_module, to_float
-from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.config import BlockConfig
 from flowattn_np.blocks.network import Network, NetworkConfig
 from flowattn_np.equations.models import linear_logits
 from flowattn_np.equations.ops import mean_cross_entropy

@@ -22,7 +22,7 @@ attention steps add accuracy or noise robustness beyond the MLP they contain?
 
 from __future__ import annotations
 
-from flowattn_np.blocks.layers import BlockConfig
+from flowattn_np.blocks.config import BlockConfig
 from flowattn_np.blocks.mlp_classifier import MLPClassifier, MLPClassifierConfig
 from flowattn_np.blocks.network import Network, NetworkConfig
 from flowattn_np.experiments.common import epochs_cell, pct, step_report, train_over_seeds, training_note

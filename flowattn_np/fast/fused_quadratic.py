@@ -9,7 +9,7 @@ and registers itself for the configurations it supports (``fast/__init__.py``);
 tests/test_fused_quadratic.py checks both agree. Per block:
 
     Y = Z theta,  P = sigma(Y Z^T),  Z_half = Z - h (P + P^T) Y           (A, Euler)
-    Z_out = B-step of Z_half with M = C + C^T (exact or Euler; none if targets='none')
+    Z_out = B-step of Z_half with M = C + C^T (exact or Euler; none without targets)
 
 What the arrangement changes:
 
@@ -52,12 +52,14 @@ from flowattn_np.equations.ops import (
 
 
 def supports(config):
-    """Whether a NetworkConfig's blocks take this path (quadratic, Lie, Euler for A, flat:
-    normalised blocks take the per-block path; not the MLP oracle, which is evaluated after
-    the attention sub-step: the per-block path runs it)."""
+    """Whether a NetworkConfig's blocks take this path: quadratic, Lie, Euler for A, flat, with
+    targets given, none, or from a source whose scores share the product (``fused_keys``:
+    C = softmax(Z W Z^T)). Other configurations run the readable pass (normalised blocks;
+    the MLP oracle, evaluated after the attention sub-step; other sources)."""
     b = config.block
     return config.head_model == "quadratic" and b.model == "quadratic" and b.scheme == "lie" \
-        and b.integrator == "euler" and not b.normalised and b.targets != "mlp"
+        and b.integrator == "euler" and not b.normalised \
+        and (b.source.where in ("given", "none") or b.fused_keys is not None)
 
 
 class QuadraticWeights(NamedTuple):
@@ -110,13 +112,14 @@ def _weights(config, params, layer):
     p = params
     theta = theta_from_phi(p[prefix + "phi"], check=False)
     xp = get_array_module(theta)
-    W = p.get(prefix + "W") if cfg.targets == "learned" else None
+    W_name = prefix + cfg.fused_keys[0] if cfg.fused_keys else None  # C = softmax(Z W Z^T)
+    W = p[W_name] if W_name else None
     keys = theta if W is None else xp.concatenate([theta, W], axis=1)
     # eigh(theta) once per pass where the exact B step takes the eigenbases
-    exact = cfg.targets != "none" and cfg.b_flow == "exact"
+    exact = cfg.has_B and cfg.b_flow == "exact"
     eig = xp.linalg.eigh(theta) if exact and default_B_method(theta) == "eigh" else None
     return QuadraticWeights(theta, keys, W, eig, cfg.step_size(block_params(config, params, layer)),
-                            (prefix + "phi", prefix + "W", prefix + "h"))
+                            (prefix + "phi", W_name, prefix + "h"))
 
 
 def forward(config, params, X, C=None, workspace=None):
@@ -162,11 +165,11 @@ def _block_forward(Z, w, C, cfg, ws, layer):
         P, r = softmax(S, out=S, shift=symmetric_row_max(S)), None
         Q = xp.add(P, swap_last(P), out=_buf(ws, f"Q{layer}", Z, nn))
     F = xp.matmul(Q, Y, out=_buf(ws, f"F{layer}", Z))
-    last = cfg.targets == "none"
+    last = not cfg.has_B
     Z_half = xp.multiply(F, -w.h, out=_buf(ws, f"Z{layer + 1}" if last else f"Zh{layer}", Z))
     Z_half += Z
     ZW, M, Bc, Z_out = None, None, None, Z_half
-    if cfg.targets == "learned":
+    if cfg.fused_keys:  # the oracle's scores Z W Z^T from the shared product Z [theta | W]
         ZW = YK[..., d:]
         C = softmax(xp.matmul(ZW, Zt, out=_buf(ws, f"C{layer}", Z, nn)), out=ws.get(f"C{layer}", nn, Z.dtype, xp))
     if not last:
@@ -229,7 +232,7 @@ def _block_backward(Z_bar, c, w, cfg, ws, need_input, out, theta_bars, grads):
         _add(theta_bars, phi_name, theta_bar)
         if learn_h:
             _add(grads, h_name, t_bar.reshape(()))
-        if cfg.targets == "learned":
+        if cfg.fused_keys:
             C_bar = M_bar + swap_last(M_bar)
     if learn_h:
         _add(grads, h_name, -xp.asarray(xp.vdot(Z_half_bar.reshape(-1), c.F.reshape(-1))).reshape(()))

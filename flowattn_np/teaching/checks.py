@@ -78,7 +78,9 @@ from typing import Callable
 import numpy as np
 
 from flowattn_np.equations import attention
-from flowattn_np.blocks import layers
+from flowattn_np.blocks.config import BlockConfig
+from flowattn_np.blocks.cross_attention import CrossAttentionBlock
+from flowattn_np.blocks.implementations import readable_block
 from flowattn_np.equations import ops
 from flowattn_np.equations.attention import self_attention, self_attention_adjoint
 from flowattn_np.equations.flows import linear_B_exact, linear_flow_A
@@ -1097,16 +1099,16 @@ def _softmax_cols(S):
 
 def reference_ca_block(Z, theta, C, h):
     """Lie block of eq. (8), Euler on A, exact B: Z + h (C - sigma(Z theta^T)) theta (n x d)."""
-    block = layers.CrossAttentionBlock(layers.BlockConfig(model="linear", targets="labels", learn_h=True))
+    block = CrossAttentionBlock(BlockConfig(model="linear", targets="labels", learn_h=True))
     return block.forward(Z, {"theta": theta, "h": np.asarray(h, dtype=Z.dtype)}, C)[0]
 
 
 def reference_ca_block_vjp(Z_out_bar, Z, theta, C, h):
     """VJP of reference_ca_block for the upstream Z_out_bar: (Z_bar, theta_bar, h_bar)."""
-    block = layers.CrossAttentionBlock(layers.BlockConfig(model="linear", targets="labels", learn_h=True))
+    block = CrossAttentionBlock(BlockConfig(model="linear", targets="labels", learn_h=True))
     _, cache = block.forward(Z, {"theta": theta, "h": np.asarray(h, dtype=Z.dtype)}, C)
-    Z_bar, grads = block.backward(Z_out_bar, cache)
-    return Z_bar, grads["theta"], grads["h"]
+    g = block.backward(Z_out_bar, cache)
+    return g.Z, g.params["theta"], g.params["h"]
 
 
 def reference_network(X, y, theta, h, L):
@@ -1119,7 +1121,7 @@ def reference_network(X, y, theta, h, L):
     from flowattn_np.blocks.network import Network, NetworkConfig
 
     cfg = NetworkConfig(n_inputs=X.shape[1], n_classes=theta.shape[0], layers=L, dtype=str(X.dtype),
-                        block=layers.BlockConfig(model="linear", targets="none", learn_h=True))
+                        block=BlockConfig(model="linear", targets="none", learn_h=True))
     net = Network(cfg, params={"theta": theta.copy(), "h": np.asarray(h, dtype=X.dtype)})
     loss, grads, _ = net.loss_and_grads(X, y)
     return loss, grads["theta"], grads.get("h", np.zeros((), X.dtype))
@@ -1129,7 +1131,7 @@ def _head_only(X, y, theta, h, L):
     """The network's gradients with theta_bar from the head alone (the tied blocks' part left out)."""
     loss, _, h_bar = reference_network(X, y, theta, h, L)
     Z, C = X, np.eye(theta.shape[0], dtype=X.dtype)[y]
-    attention_only = layers.CrossAttentionBlock(layers.BlockConfig(model="linear", targets="none", learn_h=True))
+    attention_only = CrossAttentionBlock(BlockConfig(model="linear", targets="none", learn_h=True))
     for _ in range(L):  # label-free blocks: Z + h (0 - sigma(Z theta^T)) theta
         Z = attention_only.forward(Z, {"theta": theta, "h": np.asarray(h, dtype=X.dtype)})[0]
     G = (ops.softmax(Z @ theta.T) - C) / X.shape[0]
@@ -1572,7 +1574,7 @@ def reference_mlp_oracle_vjp(C_bar, Z, W1, b1, W2, b2):
 
 
 def _mlp_block(k):
-    return layers.make_block(layers.BlockConfig(model="linear", targets="mlp", mlp_hidden=k, activation="gelu",
+    return readable_block(BlockConfig(model="linear", targets="mlp", mlp_hidden=k, activation="gelu",
                                                 learn_h=True))
 
 
@@ -1593,8 +1595,8 @@ def reference_mlp_block_vjp(Z_bar, Z, theta, h, W1, b1, W2, b2):
     W2_bar, b2_bar), from the package's block."""
     block = _mlp_block(W1.shape[0])
     _, cache = block.forward(Z, _mlp_block_params(theta, h, W1, b1, W2, b2))
-    Z_in_bar, g = block.backward(Z_bar, cache)
-    return (Z_in_bar, g["theta"], g["h"], g["W1"], g["b1"], g["W2"], g["b2"])
+    g = block.backward(Z_bar, cache)
+    return (g.Z, *(g.params[k] for k in ("theta", "h", "W1", "b1", "W2", "b2")))
 
 
 def make_mlp_network_inputs(rng, n=12, d=2, k=5, m=4):
@@ -1615,8 +1617,9 @@ def reference_mlp_network(X, y, theta, h, W1, b1, W2, b2, L=2):
     grads = {"theta": G.T @ Z}
     Z_bar = G @ theta
     for cache in reversed(caches):
-        Z_bar, g = block.backward(Z_bar, cache)
-        for name, value in g.items():
+        g = block.backward(Z_bar, cache)
+        Z_bar = g.Z
+        for name, value in g.params.items():
             grads[name] = grads.get(name, 0.0) + value
     return tuple(np.asarray(grads[name], dtype=X.dtype) for name in ("theta", "h", "W1", "b1", "W2", "b2"))
 
