@@ -4,8 +4,8 @@ Training a quadratic network with Lie splitting and an Euler A step runs
 ``fused_quadratic`` (one 2-D product over the (B*n, d) rows for every shared weight,
 (B, n, n) tensors in reused buffers, softmax and its VJP in place, Z theta shared by
 forward, backward and head, eigh(theta) once per pass, phi's gradient formed once, no
-gradient for the input batch). ``Network(config, fused=False)`` runs the blocks of
-layers.py one by one instead. Both are compared here in float64 to 1e-12, forward and
+gradient for the input batch). ``Network(config, fused=False)`` runs the readable blocks
+one by one instead (``network_pass.BlockByBlock``). Both are compared here in float64 to 1e-12, forward and
 backward, for every quadratic configuration the fused path takes; repeated calls with
 the same workspace give bitwise-identical results.
 """
