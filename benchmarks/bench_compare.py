@@ -132,7 +132,7 @@ def taylor_terms_of(w, seed=0):
     if w["model"] != "quadratic" or w["targets"] == "none":
         return 0
     net, X, y = build(w, seed)
-    _, cache = fused_forward(net, X)
+    _, cache = fused_forward(net.config, net.params, X)
     return max(len(c.B.thetas) if isinstance(c.B, QuadraticBTaylorCache) else 0 for c in cache.blocks)
 
 
