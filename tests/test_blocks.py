@@ -599,3 +599,19 @@ def test_fused_keys_name_score_parameters_of_the_source():
             keys = config.fused_keys
             assert keys is None or set(keys) <= set(source.param_shapes(config, D, M)), name
             assert keys is not None or name != "learned"
+
+
+@pytest.mark.parametrize("norm", ("none", "sphere"))
+def test_each_block_kind_returns_one_cache_type_flat_or_normalised(norm):
+    """One cache type per block kind: the backward reads the config, never the cache's type."""
+    rng = np.random.default_rng(3)
+    Z = rng.normal(size=(5, 4))
+    types = {}
+    for model, targets in (("linear", "labels"), ("quadratic", "labels"), ("memory", "none")):
+        cfg = BlockConfig(model=model, targets=targets, slots=3 if model == "memory" else 0, norm=norm,
+                          b_flow="euler" if model == "quadratic" and norm != "none" else "exact")
+        params = init_block_params(cfg, 4, 3, rng, "float64")
+        C = (fa.softmax(rng.normal(size=(5, 3))) if model == "linear" else
+             fa.softmax(rng.normal(size=(5, 5))) if model == "quadratic" else None)
+        types[model] = type(readable_block(cfg).forward(Z, params, C)[1]).__name__
+    assert types == {"linear": "BlockCache", "quadratic": "BlockCache", "memory": "MemoryBlockCache"}

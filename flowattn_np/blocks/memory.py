@@ -22,6 +22,13 @@ class MemoryCache(NamedTuple):
     params: dict
 
 
+class MemoryBlockCache(NamedTuple):
+    """Cache of `MemoryBlock.forward`, flat or normalised alike: the step's cache (a
+    MemoryCache, or the normalisation's cache around it: the config says which)."""
+
+    step: Any
+
+
 class MemoryBlock:
     r"""Key/value memory block with $s$ learned slots, beyond the theory.
 
@@ -50,7 +57,7 @@ class MemoryBlock:
         if check:
             self.check_inputs(Z, params, C)
         Z_out, cache = self.step(params).forward(Z, self.config.step_size(params))
-        return copy_into(out, Z_out), cache
+        return copy_into(out, Z_out), MemoryBlockCache(cache)
 
     def backward(self, Z_bar, cache, out=None):
         r"""Vector-Jacobian product of the memory block.
@@ -61,10 +68,10 @@ class MemoryBlock:
         $$
 
         The interface of every block (`SplitBlock.backward`): Z_bar (n, d) upstream, the
-        cache of `forward`, ``out`` a buffer for the input gradient (not ``Z_bar``). Returns
+        MemoryBlockCache of `forward`, ``out`` a buffer for the input gradient (not ``Z_bar``). Returns
         Grads: Z, params (``"K"``, ``"V"``, ``"h"`` if learned) and t (the gradient in h).
         """
-        g = self.step(None).vjp(Z_bar, cache)
+        g = self.step(None).vjp(Z_bar, cache.step)
         grads = dict(g.params)
         if self.config.learn_h:
             add_grads(grads, {"h": g.t.reshape(())})
