@@ -23,6 +23,7 @@ a site built before instead of building one (both ignored when ``CI`` is set).
 """
 
 import html.parser
+import inspect
 import json
 import os
 import re
@@ -523,8 +524,12 @@ def _api_ids(site):
 
 
 def test_every_public_name_is_on_the_api_pages(site):
-    documented = set().union(*_api_ids(site).values())
-    missing = sorted(set(flowattn_np.__all__) - documented)
+    pages = _api_ids(site)
+    documented = set().union(*pages.values())
+    # a module exported by name (fa.checks, fa.plotting) is documented by its own page
+    modules = {name for name in flowattn_np.__all__ if inspect.ismodule(getattr(flowattn_np, name))
+               and getattr(flowattn_np, name).__name__.removeprefix("flowattn_np.") in pages}
+    missing = sorted(set(flowattn_np.__all__) - documented - modules)
     assert not missing, f"in flowattn_np.__all__ but not documented on the API pages: {missing}"
 
 
