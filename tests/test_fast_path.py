@@ -140,3 +140,20 @@ def test_a_registered_fast_block_is_taken_where_it_supports_and_names_are_unique
     assert not implementations.make_block(lie).fast  # eq8 is not registered in this registry
     with pytest.raises(ValueError, match="probe"):
         implementations.register_fast_block("probe", lambda cfg: True, Probe)
+
+
+def test_a_network_hands_buffers_only_to_blocks_that_compute_into_them(monkeypatch):
+    """The readable block would copy its fresh result into a buffer: it gets none."""
+    seen = []
+    for fused in (True, False):
+        net = fa.Network(fa.NetworkConfig(n_inputs=D, n_classes=M, layers=2, dtype="float64",
+                                          block=BlockConfig(targets="labels")), fused=fused)
+        block = net.implementation.block  # the block the pass runs
+        forward, backward = block.forward, block.backward
+        monkeypatch.setattr(block, "forward", lambda *a, out=None, **k: seen.append(("f", fused, out is not None))
+                            or forward(*a, out=out, **k))
+        monkeypatch.setattr(block, "backward", lambda *a, out=None, **k: seen.append(("b", fused, out is not None))
+                            or backward(*a, out=out, **k))
+        rng = np.random.default_rng(0)
+        net.loss_and_grads(rng.normal(size=(N, D)), rng.integers(0, M, N))
+    assert set(seen) == {("f", True, True), ("b", True, True), ("f", False, False), ("b", False, False)}

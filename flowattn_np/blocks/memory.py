@@ -41,6 +41,7 @@ class MemoryBlock:
     """
 
     fast = False  # the readable reference (a fast path says True; blocks/implementations.py)
+    fills_out = False  # computes fresh arrays: an `out` buffer would only cost a copy
 
     def __init__(self, config):
         self.config = config

@@ -125,8 +125,10 @@ class BlockByBlock:
         Z, encoded = encode(cfg, params, X)
         xp = get_array_module(Z)
         caches = []
+        buffers = workspace is not None and self.block.fills_out
         for layer in range(cfg.layers):
-            out = None if workspace is None else workspace.get(f"Z{layer + 1}", Z.shape, Z.dtype, xp)
+            # buffers only for a block that computes into them (for the others, a copy)
+            out = workspace.get(f"Z{layer + 1}", Z.shape, Z.dtype, xp) if buffers else None
             Z, c = self.block.forward(Z, block_params(cfg, params, layer), C, out=out, check=False)
             caches.append(c)
         theta = head_theta(cfg, params)
@@ -142,7 +144,8 @@ class BlockByBlock:
         Z_bar, grads = head_backward(cfg, params, logits_bar, Z, cache.theta, bufs[0])
         for layer in reversed(range(cfg.layers)):
             out = bufs[1] if Z_bar is bufs[0] else bufs[0]  # never the buffer being read
-            g = self.block.backward(Z_bar, cache.block_caches[layer], out=out)  # a Grads
+            g = self.block.backward(Z_bar, cache.block_caches[layer],
+                                    out=out if self.block.fills_out else None)  # a Grads
             Z_bar = g.Z
             prefix = "" if cfg.tied else f"block{layer}."
             for k, v in g.params.items():  # tied weights: the gradients of all blocks add up

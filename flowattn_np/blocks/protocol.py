@@ -4,6 +4,10 @@ returns its gradients as a `Grads`, and parameter gradients are summed with `add
 A sub-step is a pair of functions (`SubStep`): ``forward(Z, t) -> (Z_out, cache)`` over
 time ``t`` and ``vjp(Z_out_bar, cache) -> Grads``. A block records the sub-steps it runs
 on a tape (`TapeEntry`) and its backward walks the tape in reverse.
+
+Every block takes ``out=`` buffers in ``forward`` and ``backward`` and returns its result in
+them; ``fills_out`` says whether it computes into them (the fused blocks) or copies a
+fresh result in (the readable ones), so that a network hands buffers only to the former.
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ class SplitBlock(ABC):
     """
 
     fast = False  # the readable reference (a fast path says True; blocks/implementations.py)
+    fills_out = False  # computes fresh arrays: an `out` buffer would only cost a copy
 
     def __init__(self, config):
         self.config = config

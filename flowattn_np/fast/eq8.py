@@ -51,6 +51,7 @@ class FusedCrossAttentionBlock(CrossAttentionBlock):
     """eq. (8) in one update: the interface (and input checks) of ``CrossAttentionBlock``."""
 
     fast = True
+    fills_out = True  # computes its output and input gradient into `out` buffers
 
     def forward(self, Z, params, C=None, out=None, check=True):
         r"""$Z+h(C-\sigma(Z\theta^\top))\theta$ of $Z$ (n, d), $\theta$ (m, d), $C$ (n, m); ``out``: a buffer for the output."""
