@@ -615,3 +615,51 @@ def test_each_block_kind_returns_one_cache_type_flat_or_normalised(norm):
              fa.softmax(rng.normal(size=(5, 5))) if model == "quadratic" else None)
         types[model] = type(readable_block(cfg).forward(Z, params, C)[1]).__name__
     assert types == {"linear": "BlockCache", "quadratic": "BlockCache", "memory": "MemoryBlockCache"}
+
+
+@pytest.fixture
+def registry():
+    """The label-source registry, restored in place after the test (views of it stay live)."""
+    from flowattn_np.blocks import sources
+
+    saved = dict(sources.SOURCES)
+    yield sources
+    sources.SOURCES.clear()
+    sources.SOURCES.update(saved)
+
+
+def test_registering_a_source_refuses_a_bad_name_a_bad_place_and_a_taken_name(registry):
+    sources = registry
+
+    class Probe(sources.LabelSource):
+        name, where, models = "probe", "input", ("linear",)
+
+    with pytest.raises(ValueError, match=r"^source: expected a non-empty str name, got ''"):
+        sources.register_source(type("Nameless", (Probe,), {"name": ""})())
+    with pytest.raises(ValueError, match=r"^source 'probe': where must be one of 'given', .*got 'later'"):
+        sources.register_source(type("Late", (Probe,), {"where": "later"})())
+    probe = sources.register_source(Probe())
+    assert sources.register_source(probe) is probe  # the same object again: no change
+    with pytest.raises(ValueError, match=r"^source: the name 'labels' is taken by"):
+        sources.register_source(type("Labels2", (Probe,), {"name": "labels"})())
+
+
+def test_a_source_may_not_declare_a_parameter_of_the_model(registry):
+    """A source's W is its own; declaring 'theta' would collide with the model's."""
+    sources = registry
+
+    class Clash(sources.LabelSource):
+        name, where, models = "clash", "input", ("linear",)
+
+        def param_shapes(self, config, d, m):
+            return {"theta": (m, d)}
+
+    sources.register_source(Clash())
+    with pytest.raises(ValueError, match=r"^targets: the source 'clash' declares 'theta', a parameter of the linear"):
+        block_param_shapes(BlockConfig(targets="clash"), 4, 3)
+
+
+def test_the_quadratic_model_has_no_exact_b_step_on_the_manifold():
+    block = SelfAttentionBlock(BlockConfig(model="quadratic", targets="labels"))
+    with pytest.raises(ValueError, match=r"^b_flow: the quadratic model's B sub-flow has no exact form"):
+        block.B_manifold_forward(np.ones((3, 2)), np.eye(2), np.eye(3), 0.1)
